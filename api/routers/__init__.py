@@ -1,0 +1,1 @@
+"""Conveyor: api/routers package."""
