@@ -1,0 +1,1 @@
+"""Model deployments: desired state in the store, replicas run by a backend."""

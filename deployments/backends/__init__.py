@@ -1,0 +1,1 @@
+"""Deployment backends: one interface (base), local processes and Kubernetes."""

@@ -1,0 +1,123 @@
+"""The deployment backend interface: what every backend (local processes, Kubernetes) offers.
+
+A backend is stateless between calls. The caller (the deploy task or the reconciler) keeps the
+backend's state as JSON in the store (`BackendState`), passes it to every call and stores what
+comes back, so an API or worker restart resumes from the store. Each call makes reality match
+the spec as far as it can right now and reports what it observed (`Observation`); it never
+waits for a rollout to finish: waiting (with a deadline) is the deploy task's job.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+Runtime = Literal["vllm", "transformers"]
+ObservedStatus = Literal["deploying", "running", "degraded", "failed", "stopped"]
+
+
+class ReasonCode:
+    """Machine-readable prefixes of `status_reason` (`"<code>: <human message>"`)."""
+
+    UNSCHEDULABLE = "unschedulable"
+    IMAGE_PULL_FAILED = "image_pull_failed"
+    OOM_KILLED = "oom_killed"
+    CRASH_LOOP = "crash_loop"
+    REPLICA_CRASHED = "replica_crashed"
+    HEALTH_CHECK_FAILED = "health_check_failed"
+    ROLLOUT_TIMEOUT = "rollout_timeout"
+    REPLICAS_NOT_READY = "replicas_not_ready"
+    BACKEND_ERROR = "backend_error"
+
+
+def reason(code: str, message: str) -> str:
+    """Format a status_reason: a stable code, then a message for people."""
+    message = " ".join(message.split())
+    return f"{code}: {message}" if message else code
+
+
+class DeploymentSpec(BaseModel):
+    """The desired state of one deployment revision, as a backend needs it."""
+
+    id: str
+    name: str = Field(description="The deployment's name; also the served model name.")
+    model: str = Field(description="Catalogue name of the model.")
+    model_path: str = Field(description="Local directory or hub id/URI of the weights.")
+    runtime: Runtime = "transformers"
+    gpu_type: str | None = None
+    gpu_count: int = 0
+    replicas: int = Field(1, ge=0, description="How many ready replicas are wanted.")
+    env: dict[str, str] = Field(default_factory=dict)
+    runtime_options: dict[str, Any] = Field(default_factory=dict)
+    context_length: int | None = None
+    revision: int = 1
+    org_id: str | None = None
+
+    def secret_values(self) -> list[str]:
+        """Values to mask wherever this deployment's output is shown."""
+        return [v for v in self.env.values() if len(v) >= 4]
+
+
+class BackendState(BaseModel):
+    """A backend's own bookkeeping, stored as JSON next to the deployment row."""
+
+    backend: str
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class Observation(BaseModel):
+    """What a backend saw (and did) in one call."""
+
+    status: ObservedStatus
+    reason: str | None = None
+    ready_replicas: int = 0
+    desired_replicas: int = 0
+    endpoints: list[str] = Field(default_factory=list)
+    state: BackendState
+    events: list[str] = Field(default_factory=list, description="Notable changes, for logs.")
+
+    @property
+    def endpoint(self) -> str | None:
+        return self.endpoints[0] if self.endpoints else None
+
+
+def derive_status(previous: str | None, obs: Observation) -> ObservedStatus:
+    """Turn an observation into the deployment status, given the status it had before.
+
+    A deployment that has been running and lost replicas is `degraded`; one that is still
+    coming up is `deploying`. Backends report `deploying` for both; history decides.
+    """
+    if obs.status in ("failed", "stopped", "running"):
+        return obs.status
+    if previous in ("running", "degraded") and obs.desired_replicas > 0:
+        return "degraded"
+    return obs.status
+
+
+class Backend(abc.ABC):
+    """One way of running deployments. Implementations: `local`, `kubernetes`."""
+
+    name: str
+
+    @abc.abstractmethod
+    def reconcile(self, spec: DeploymentSpec, state: BackendState | None) -> Observation:
+        """Start, restart, replace or stop replicas so that reality moves towards `spec`."""
+
+    @abc.abstractmethod
+    def stop(self, spec: DeploymentSpec, state: BackendState | None) -> Observation:
+        """Stop every replica (the deployment keeps its configuration and logs)."""
+
+    @abc.abstractmethod
+    def delete(self, spec: DeploymentSpec, state: BackendState | None) -> None:
+        """Remove everything the deployment owns. Idempotent."""
+
+    @abc.abstractmethod
+    def read_logs(
+        self, spec: DeploymentSpec, state: BackendState | None, tail: int = 200
+    ) -> list[str]:
+        """The last `tail` log lines of the deployment's replicas, secrets masked."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release clients held by the backend."""
