@@ -1,0 +1,51 @@
+"""Errors raised by the resources domain.
+
+Hierarchy (each carries an HTTP status and a code from the API's error enum):
+
+- ``ResourceError`` (500 ``internal_error``): base of every resources error.
+  - ``BackendError`` (500 ``internal_error``): a server/binary did not do what was asked;
+    the message says which command failed and the tail of its output (never a secret).
+  - ``NotSupported`` (422 ``validation_error``): the operation does not exist for this
+    type/tier (e.g. PITR on the shared tier).
+  - ``OutsideWindow`` (422 ``validation_error``): a PITR target outside the restorable window;
+    the message names the window.
+  - ``SourceBusy`` (409 ``conflict``): another operation holds the source.
+  - ``VerificationFailed`` (500 ``internal_error``): a backup did not restore to the same data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ResourceError(Exception):
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class BackendError(ResourceError):
+    pass
+
+
+class NotSupported(ResourceError):
+    status_code = 422
+    code = "validation_error"
+
+
+class OutsideWindow(ResourceError):
+    status_code = 422
+    code = "validation_error"
+
+
+class SourceBusy(ResourceError):
+    status_code = 409
+    code = "conflict"
+
+
+class VerificationFailed(ResourceError):
+    pass
