@@ -1,0 +1,425 @@
+"""Transformers engine: a Hugging Face causal LM with dynamic batching (CPU or GPU).
+
+Requests from any number of concurrent callers go into one queue. A single generation thread
+collects them for a few milliseconds, left-pads their prompts into one batch and decodes it
+token by token under ``torch.inference_mode``, streaming every choice's new text back to its
+caller's event loop as it is produced. Each row samples with its own temperature, top-p and
+seeded generator, and stops on EOS, its own ``max_tokens`` or one of its stop strings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from inference.engines.base import (
+    ChatEngine,
+    ChatMessage,
+    FinishReason,
+    GenerationEvent,
+    GenerationRequest,
+    TextDelta,
+    Usage,
+)
+from inference.errors import ContextLengthError, EngineUnavailableError, InvalidRequestError
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+_GREEDY_BELOW = 1e-5  # temperatures under this decode greedily (OpenAI's temperature=0)
+_END = object()  # end-of-stream marker put on a caller's queue
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` means CUDA when a GPU is visible, else CPU."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class _Pending:
+    """One caller's request, as seen by the generation thread."""
+
+    request: GenerationRequest
+    prompt_ids: list[int]
+    max_tokens: int
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue[object]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    rows_left: int = 0
+    completion_tokens: int = 0
+
+    def emit(self, item: object) -> None:
+        # The caller's loop may be gone (closed after a cancel); nothing is waiting then.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+
+
+@dataclass
+class _Row:
+    """One choice (of ``n``) of one request inside a running batch."""
+
+    pending: _Pending
+    index: int
+    generator: torch.Generator | None
+    token_ids: list[int] = field(default_factory=list)
+    sent_chars: int = 0
+    finished: bool = False
+
+
+class TransformersEngine(ChatEngine):
+    """Serve one Hugging Face causal LM directory with dynamic batching."""
+
+    def __init__(
+        self,
+        name: str,
+        path: str | Path,
+        *,
+        device: str = "auto",
+        max_batch_size: int = 32,
+        batch_wait_ms: float = 5.0,
+        default_max_tokens: int = 256,
+    ) -> None:
+        super().__init__(name)
+        self.path = Path(path)
+        self.device = device
+        self.max_batch_size = max_batch_size
+        self.batch_wait_s = batch_wait_ms / 1000.0
+        self.default_max_tokens = default_max_tokens
+        self._queue: queue.Queue[_Pending | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._tokenizer_lock = threading.Lock()
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._context_length = 0
+        self.batches_run = 0  # observable by tests and benchmarks
+        self.max_rows_seen = 0
+
+    # -- lifecycle ---------------------------------------------------------------------
+    @property
+    def context_length(self) -> int:
+        return self._context_length
+
+    async def start(self) -> None:
+        if self._thread is not None:
+            return
+        await asyncio.to_thread(self._load)
+        self._thread = threading.Thread(
+            target=self._generation_loop, name=f"engine-{self.name}", daemon=True
+        )
+        self._thread.start()
+
+    def _load(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        self.device = resolve_device(self.device)
+        dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            self.path, local_files_only=True, dtype=dtype
+        )
+        model = model.to(self.device).eval()
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self._tokenizer = tokenizer
+        self._model = model
+        config_limit = getattr(model.config, "max_position_embeddings", None) or getattr(
+            model.config, "n_positions", None
+        )
+        tokenizer_limit = tokenizer.model_max_length
+        limits = [v for v in (config_limit, tokenizer_limit) if v and v < 10**9]
+        self._context_length = int(min(limits)) if limits else 2048
+        eos = model.generation_config.eos_token_id
+        if eos is None:
+            eos = tokenizer.eos_token_id
+        self._eos_ids = set(eos if isinstance(eos, list) else [eos])
+        logger.info("loaded %s from %s on %s", self.name, self.path, self.device)
+
+    async def close(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)
+            await asyncio.to_thread(thread.join)
+        self._model = None
+
+    # -- request side (caller's event loop) ---------------------------------------------
+    def render_chat(self, messages: Sequence[ChatMessage]) -> str:
+        tokenizer = self._require_tokenizer()
+        if getattr(tokenizer, "chat_template", None):
+            with self._tokenizer_lock:
+                rendered = tokenizer.apply_chat_template(
+                    list(messages), tokenize=False, add_generation_prompt=True
+                )
+            return str(rendered)
+        lines = [f"{m['role']}: {m['content']}" for m in messages]
+        return "\n".join([*lines, "assistant:"])
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._encode(text))
+
+    def _encode(self, text: str) -> list[int]:
+        tokenizer = self._require_tokenizer()
+        with self._tokenizer_lock:
+            ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+        return list(ids)
+
+    def _decode(self, ids: list[int]) -> str:
+        with self._tokenizer_lock:
+            return str(self._tokenizer.decode(ids, skip_special_tokens=True))
+
+    def _require_tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            raise EngineUnavailableError(f"Model '{self.name}' is not loaded.")
+        return self._tokenizer
+
+    def _admit(self, request: GenerationRequest) -> tuple[list[int], int]:
+        """Tokenize and check the context limit; return prompt ids and the token budget."""
+        params = request.params
+        if params.n < 1:
+            raise InvalidRequestError("n must be at least 1.", param="n")
+        prompt_ids = self._encode(request.prompt)
+        if not prompt_ids:
+            raise InvalidRequestError("The prompt is empty.", param="prompt")
+        limit = self._context_length
+        room = limit - len(prompt_ids)
+        if params.max_tokens is None:
+            if room < 1:
+                raise ContextLengthError(limit=limit, prompt_tokens=len(prompt_ids), max_tokens=1)
+            return prompt_ids, min(self.default_max_tokens, room)
+        if params.max_tokens < 1:
+            raise InvalidRequestError("max_tokens must be at least 1.", param="max_tokens")
+        if params.max_tokens > room:
+            raise ContextLengthError(
+                limit=limit, prompt_tokens=len(prompt_ids), max_tokens=params.max_tokens
+            )
+        return prompt_ids, params.max_tokens
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        if self._thread is None:
+            raise EngineUnavailableError(f"Model '{self.name}' is not started.")
+        prompt_ids, max_tokens = self._admit(request)
+        pending = _Pending(
+            request=request,
+            prompt_ids=prompt_ids,
+            max_tokens=max_tokens,
+            loop=asyncio.get_running_loop(),
+            events=asyncio.Queue(),
+        )
+        self._queue.put(pending)
+        try:
+            while True:
+                item = await pending.events.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                assert isinstance(item, TextDelta | Usage)
+                yield item
+        finally:
+            pending.cancelled.set()
+
+    # -- generation thread --------------------------------------------------------------
+    def _generation_loop(self) -> None:
+        import torch
+
+        with torch.inference_mode():
+            while True:
+                first = self._queue.get()
+                if first is None:
+                    return
+                batch = self._collect(first)
+                stop_after = batch[-1] is None
+                jobs = [p for p in batch if p is not None and not p.cancelled.is_set()]
+                if jobs:
+                    try:
+                        self._run_batch(jobs)
+                    except Exception as exc:  # a bad batch fails its callers, not the engine
+                        logger.exception("generation batch failed")
+                        for job in jobs:
+                            job.emit(EngineUnavailableError(f"Generation failed: {exc}"))
+                if stop_after:
+                    return
+
+    def _collect(self, first: _Pending) -> list[_Pending | None]:
+        """Gather requests arriving within the batching window (up to the batch size)."""
+        batch: list[_Pending | None] = [first]
+        rows = first.request.params.n
+        deadline = time.monotonic() + self.batch_wait_s
+        while rows < self.max_batch_size:
+            timeout = deadline - time.monotonic()
+            try:
+                item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            batch.append(item)
+            if item is None:
+                break
+            rows += item.request.params.n
+        return batch
+
+    def _run_batch(self, jobs: list[_Pending]) -> None:
+        import torch
+
+        rows: list[_Row] = []
+        for job in jobs:
+            params = job.request.params
+            job.rows_left = params.n
+            for index in range(params.n):
+                generator = None
+                if params.temperature >= _GREEDY_BELOW:
+                    generator = torch.Generator(device=self.device)
+                    if params.seed is not None:
+                        generator.manual_seed(params.seed + index)
+                    else:
+                        generator.seed()
+                rows.append(_Row(pending=job, index=index, generator=generator))
+        self.batches_run += 1
+        self.max_rows_seen = max(self.max_rows_seen, len(rows))
+
+        pad_id = int(self._tokenizer.pad_token_id)
+        width = max(len(r.pending.prompt_ids) for r in rows)
+        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids = row.pending.prompt_ids
+            input_ids[i, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            attention[i, width - len(ids) :] = 1
+        input_ids = input_ids.to(self.device)
+        attention = attention.to(self.device)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+
+        temperatures = torch.tensor(
+            [max(r.pending.request.params.temperature, _GREEDY_BELOW) for r in rows],
+            device=self.device,
+        )
+        top_ps = torch.tensor([r.pending.request.params.top_p for r in rows], device=self.device)
+        greedy = [r.generator is None for r in rows]
+        steps = max(r.pending.max_tokens for r in rows)
+
+        out = self._model(
+            input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True
+        )
+        past = out.past_key_values
+        logits = out.logits[:, -1, :]
+        last_pos = positions[:, -1:]
+        for _ in range(steps):
+            next_ids = self._sample(logits, temperatures, top_ps, greedy, rows)
+            for row, token in zip(rows, next_ids.tolist(), strict=True):
+                if not row.finished:
+                    self._advance(row, int(token))
+            if all(r.finished for r in rows):
+                return
+            attention = torch.cat([attention, attention.new_ones((len(rows), 1))], dim=1)
+            last_pos = last_pos + 1
+            out = self._model(
+                input_ids=next_ids[:, None],
+                attention_mask=attention,
+                position_ids=last_pos,
+                past_key_values=past,
+                use_cache=True,
+            )
+            past = out.past_key_values
+            logits = out.logits[:, -1, :]
+
+    def _sample(
+        self,
+        logits: torch.Tensor,
+        temperatures: torch.Tensor,
+        top_ps: torch.Tensor,
+        greedy: list[bool],
+        rows: list[_Row],
+    ) -> torch.Tensor:
+        import torch
+
+        logits = logits.float()
+        chosen = logits.argmax(dim=-1)
+        if all(greedy):
+            return chosen
+        scaled = logits / temperatures[:, None]
+        sorted_logits, sorted_idx = scaled.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        # Drop tokens once the mass before them already reaches top_p (keep at least one).
+        drop = (cumulative - sorted_logits.softmax(dim=-1)) >= top_ps[:, None]
+        drop &= (top_ps < 1.0)[:, None]
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        scaled = torch.full_like(scaled, float("-inf")).scatter(-1, sorted_idx, sorted_logits)
+        probs = scaled.softmax(dim=-1)
+        for i, row in enumerate(rows):
+            if row.generator is not None and not row.finished:
+                chosen[i] = torch.multinomial(probs[i], 1, generator=row.generator)[0]
+        return chosen
+
+    def _advance(self, row: _Row, token: int) -> None:
+        job = row.pending
+        if job.cancelled.is_set():
+            self._finish(row, None)
+            return
+        row.token_ids.append(token)
+        job.completion_tokens += 1
+        if token in self._eos_ids:
+            text = self._decode(row.token_ids[:-1])
+            self._finish(row, "stop", text[row.sent_chars :])
+            return
+        text = self._decode(row.token_ids)
+        stops = job.request.params.stop
+        if stops:
+            cut = _first_stop(text, stops, row.sent_chars)
+            if cut is not None:
+                self._finish(row, "stop", text[row.sent_chars : cut])
+                return
+        if len(row.token_ids) >= job.max_tokens:
+            self._finish(row, "length", text[row.sent_chars :])
+            return
+        # Hold back a trailing partial UTF-8 character and any tail that may begin a stop.
+        end = len(text)
+        while end > row.sent_chars and text[end - 1] == "\ufffd":
+            end -= 1
+        end -= _stop_prefix_overlap(text[:end], stops)
+        if end > row.sent_chars:
+            job.emit(TextDelta(index=row.index, text=text[row.sent_chars : end]))
+            row.sent_chars = end
+
+    def _finish(self, row: _Row, reason: FinishReason | None, text: str = "") -> None:
+        row.finished = True
+        job = row.pending
+        if reason is not None:
+            job.emit(TextDelta(index=row.index, text=text, finish_reason=reason))
+        job.rows_left -= 1
+        if job.rows_left == 0:
+            job.emit(Usage(len(job.prompt_ids), job.completion_tokens))
+            job.emit(_END)
+
+
+def _first_stop(text: str, stops: Sequence[str], sent: int) -> int | None:
+    """Index where the earliest stop string starts in ``text`` (searching unsent text)."""
+    longest = max(len(s) for s in stops)
+    start = max(0, sent - longest + 1)
+    hits = [i for i in (text.find(s, start) for s in stops if s) if i >= 0]
+    return min(hits) if hits else None
+
+
+def _stop_prefix_overlap(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest tail of ``text`` that is a proper prefix of a stop string."""
+    best = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), best, -1):
+            if text.endswith(stop[:k]):
+                best = k
+                break
+    return best

@@ -1,0 +1,84 @@
+"""Build a tiny generative model on disk for tests and benchmarks (no download).
+
+The model is a randomly initialised 2-layer GPT-2 with a byte-level BPE tokenizer trained
+locally on a few sentences; both are written with ``save_pretrained`` so that callers load
+them through the same code path as a real model directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Conveyor turns every request into a job on a queue.",
+    "Workers consume queues and record the outcome of each job.",
+    "Hello world! How are you today? I am fine, thank you.",
+    "Inference workers hold the model in memory and batch concurrent requests.",
+    "0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20",
+    "user assistant system: what is the answer? the answer is forty two.",
+]
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|{{ message['role'] }}|>{{ message['content'] }}<|end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|end|>"]
+
+
+def build_tiny_model(
+    directory: str | Path,
+    *,
+    layers: int = 2,
+    hidden: int = 64,
+    heads: int = 2,
+    context_length: int = 256,
+    vocab_size: int = 512,
+    seed: int = 0,
+) -> Path:
+    """Write a tiny GPT-2 causal LM and its tokenizer to ``directory``; return the path."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    target = Path(directory)
+    target.mkdir(parents=True, exist_ok=True)
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(_CORPUS, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=bpe,
+        eos_token="<|endoftext|>",
+        bos_token="<|endoftext|>",
+        pad_token="<|pad|>",
+        additional_special_tokens=["<|end|>"],
+        model_max_length=context_length,
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(target)
+
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=context_length,
+        n_embd=hidden,
+        n_layer=layers,
+        n_head=heads,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = GPT2LMHeadModel(config)
+    model.save_pretrained(target)
+    return target
