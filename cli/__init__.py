@@ -1,1 +1,1 @@
-"""Conveyor: cli package."""
+"""The ``conveyor`` command line: run the platform's processes and talk to its API."""

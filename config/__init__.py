@@ -1,1 +1,5 @@
-"""Conveyor: config package."""
+"""Configuration: one Settings class (prefix CONVEYOR_), queues, routes, limits, beat."""
+
+from config.settings import Settings, get_settings
+
+__all__ = ["Settings", "get_settings"]

@@ -1,1 +1,1 @@
-"""Conveyor: store package."""
+"""The job store: SQLAlchemy models, sessions, migrations and the job/key repositories."""

@@ -1,1 +1,1 @@
-"""Conveyor: workers package."""
+"""The Celery app, queue routing, worker/beat entry points and the embedded broker."""

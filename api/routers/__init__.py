@@ -1,1 +1,1 @@
-"""Conveyor: api/routers package."""
+"""One router module per resource group."""

@@ -1,0 +1,38 @@
+"""The FastAPI application: routers under /v1, the error envelope, request ids."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+from fastapi import FastAPI
+
+from api.errors import RequestIdMiddleware, install_error_handlers
+from config import get_settings
+
+# Router modules, each exposing ``router`` (add one line per resource group).
+ROUTERS: list[str] = [
+    "api.routers.health",
+    "api.routers.jobs",
+    "api.routers.diagnostics",
+]
+
+
+def create_app() -> FastAPI:
+    settings = get_settings()
+    logging.basicConfig(level=settings.log_level)
+    app = FastAPI(
+        title="Conveyor",
+        version="0.1.0",
+        description=(
+            "Every request becomes a job on a Celery queue: submit, poll `GET /v1/jobs/{id}`, "
+            "download `GET /v1/jobs/{id}/result` (kept 24 h). Auth: `Authorization: Bearer`."
+        ),
+        docs_url="/docs",
+        openapi_url="/openapi.json",
+    )
+    install_error_handlers(app)
+    for module in ROUTERS:
+        app.include_router(importlib.import_module(module).router)
+    app.add_middleware(RequestIdMiddleware)
+    return app

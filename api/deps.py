@@ -1,0 +1,53 @@
+"""Request dependencies: the database session and the authenticated principal."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from common.errors import Unauthorized
+from store import orgs
+from store.db import get_sessionmaker
+from store.orgs import Principal
+
+bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer cvy_live_…`")
+
+
+def get_db() -> Iterator[Session]:
+    """A session per request; commits when the endpoint succeeds."""
+    session = get_sessionmaker()()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+Db = Annotated[Session, Depends(get_db)]
+
+
+def get_principal(
+    request: Request,
+    db: Db,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Principal:
+    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
+        raise Unauthorized(
+            "Missing API key: send `Authorization: Bearer <key>`.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    principal = orgs.authenticate(db, credentials.credentials)
+    if principal is None:
+        raise Unauthorized("Invalid or revoked API key.", headers={"WWW-Authenticate": "Bearer"})
+    request.state.principal = principal
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]

@@ -1,0 +1,20 @@
+"""``POST /v1/diagnostics/sleep``: a cooperative sleep job for checking the platform."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from api.deps import CurrentPrincipal
+from api.schemas import ERROR_RESPONSES, JobOut
+from api.submit import accepted, submit_job
+from diagnostics.schemas import SleepInput
+
+router = APIRouter(prefix="/v1/diagnostics", tags=["diagnostics"], responses=ERROR_RESPONSES)
+
+
+@router.post(
+    "/sleep", status_code=202, response_model=JobOut, summary="Submit a diagnostics sleep job"
+)
+def create_sleep(body: SleepInput, principal: CurrentPrincipal) -> JSONResponse:
+    return accepted(submit_job(principal, "diagnostics", body.model_dump(mode="json")))

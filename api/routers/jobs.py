@@ -1,0 +1,123 @@
+"""``/v1/jobs``: list, get, cancel, delete and download results of the caller's jobs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import Field
+
+from api.deps import CurrentPrincipal, Db
+from api.schemas import ERROR_RESPONSES, JobOut, ListQuery, Page
+from api.views import job_to_dict, render_result
+from common import events
+from common.errors import NotFound, ValidationFailed
+from store import jobs as job_store
+from store.jobs import ACTIVE, ALL_STATUSES, JobFilter, JobStatus
+from store.models import Job
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
+
+
+class JobListQuery(ListQuery):
+    status: str | None = Field(
+        default=None, description="Comma-separated: queued,running,completed,failed,cancelled"
+    )
+    kind: str | None = Field(default=None, max_length=40)
+
+
+def _statuses(raw: str | None) -> tuple[str, ...]:
+    if not raw:
+        return ()
+    statuses = tuple(dict.fromkeys(s.strip() for s in raw.split(",") if s.strip()))
+    bad = [s for s in statuses if s not in ALL_STATUSES]
+    if bad:
+        raise ValidationFailed(
+            f"Unknown status {bad[0]!r}; use one of {', '.join(ALL_STATUSES)}.",
+            details=[{"loc": ["query", "status"], "msg": "unknown status", "type": "enum"}],
+        )
+    return statuses
+
+
+@router.get("", response_model=Page[JobOut], summary="List jobs (cursor pagination)")
+def list_jobs(
+    principal: CurrentPrincipal, db: Db, query: Annotated[JobListQuery, Query()]
+) -> dict[str, object]:
+    flt = JobFilter(
+        statuses=_statuses(query.status),
+        kind=query.kind,
+        created_after=query.created_after,
+        created_before=query.created_before,
+        descending=query.sort == "-created_at",
+    )
+    rows, next_cursor = job_store.list_jobs(
+        db, principal.org_id, flt, limit=query.limit, cursor=query.cursor
+    )
+    return {"data": [job_to_dict(job) for job in rows], "next_cursor": next_cursor}
+
+
+def load_job(db: Db, principal: CurrentPrincipal, job_id: str) -> Job:
+    job = job_store.get_job(db, principal.org_id, job_id) if len(job_id) <= 64 else None
+    if job is None:
+        raise NotFound(f"Job {job_id!r} not found.")
+    return job
+
+
+@router.get("/{job_id}", response_model=JobOut, summary="Get a job")
+def get_job(job_id: str, principal: CurrentPrincipal, db: Db) -> dict[str, object]:
+    return job_to_dict(load_job(db, principal, job_id))
+
+
+def cancel_job(db: Db, job: Job) -> bool:
+    """Cancel a queued or running job (compare-and-set: loses cleanly to a finishing worker)."""
+    won = job_store.transition(db, job.id, to=JobStatus.CANCELLED, from_=list(ACTIVE))
+    db.commit()
+    if won:
+        events.publish("job.cancelled", job.id)
+    db.refresh(job)
+    return won
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut, summary="Cancel a job")
+def cancel(job_id: str, principal: CurrentPrincipal, db: Db) -> dict[str, object]:
+    job = load_job(db, principal, job_id)
+    if job.status in ACTIVE:
+        cancel_job(db, job)
+    return job_to_dict(job)
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    response_class=Response,
+    summary="Cancel a running job, or delete a finished job's result (idempotent)",
+)
+def delete_job(job_id: str, principal: CurrentPrincipal, db: Db) -> Response:
+    job = load_job(db, principal, job_id)
+    if job.status in ACTIVE and cancel_job(db, job):
+        return Response(status_code=204)
+    job_store.delete_results(db, job.id)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/{job_id}/result",
+    summary="Download the result (streamed)",
+    responses={
+        200: {"description": "The result (JSON, NDJSON or a kind-specific format)."},
+        409: {"description": "not_ready"},
+        410: {"description": "gone"},
+    },
+)
+def get_result(
+    job_id: str,
+    request: Request,
+    principal: CurrentPrincipal,
+    db: Db,
+    format: Annotated[
+        Literal["json", "markdown", "html", "text", "links", "screenshot"] | None, Query()
+    ] = None,
+) -> Response:
+    job = load_job(db, principal, job_id)
+    db.commit()
+    return render_result(job, request)

@@ -1,0 +1,79 @@
+"""Pydantic shapes shared by every router: the job object, list pages, the error envelope."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+T = TypeVar("T")
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="A documented error code (see common.errors.ErrorCode).")
+    message: str
+    details: Any = None
+    request_id: str = Field(description="Starts with req_; equals the X-Request-ID header.")
+
+
+class ErrorEnvelope(BaseModel):
+    error: ErrorBody
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobLinks(BaseModel):
+    self: str
+    result: str
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    kind: str
+    status: Literal["queued", "running", "completed", "failed", "cancelled"]
+    input: dict[str, Any]
+    progress: dict[str, Any]
+    error: JobError | None
+    attempts: int
+    created_at: str
+    started_at: str | None
+    completed_at: str | None
+    expires_at: str | None
+    links: JobLinks
+
+
+class Page(BaseModel, Generic[T]):
+    data: list[T]
+    next_cursor: str | None
+
+
+class ListQuery(BaseModel):
+    """Common list parameters; unknown query parameters are rejected (422)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(default=20, ge=1, le=100)
+    cursor: str | None = None
+    created_after: datetime | None = Field(default=None, description="Exclusive bound.")
+    created_before: datetime | None = Field(default=None, description="Exclusive bound.")
+    sort: Literal["-created_at", "created_at"] = "-created_at"
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorEnvelope, "description": desc}
+    for code, desc in {
+        400: "validation_error (malformed JSON)",
+        401: "unauthorized",
+        404: "not_found",
+        422: "validation_error",
+        429: "rate_limited",
+        500: "internal_error",
+        503: "unavailable",
+    }.items()
+}

@@ -1,0 +1,219 @@
+"""``conveyor``: process commands (up, api, worker, beat, flower, migrate) and admin commands.
+
+Process commands start the embedded broker first when ``CONVEYOR_BROKER_URL`` is not set.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from config import get_settings
+from config.queues import QUEUES, WORKER_GROUPS
+
+app = typer.Typer(help="Conveyor: a self-hosted job platform.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+err = Console(stderr=True)
+
+
+def _prepare() -> None:
+    """Data dir and embedded broker (when no broker URL is configured)."""
+    from workers.embedded import ensure_embedded_broker
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    ensure_embedded_broker(settings)
+
+
+def _celery(*args: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "workers.app", *args]
+
+
+def worker_command(
+    group: str | None, queues: list[str] | None, concurrency: int | None
+) -> list[str]:
+    settings = get_settings()
+    if group:
+        spec = WORKER_GROUPS[group]
+        queues, pool, conc = list(spec.queues), spec.pool, spec.concurrency
+    else:
+        pool, conc = "prefork", 2
+    conc = concurrency or settings.worker_concurrency or conc
+    name = f"{group or 'worker'}-{os.getpid()}@%h"
+    return _celery(
+        "worker",
+        "-Q",
+        ",".join(queues or QUEUES),
+        "-P",
+        pool,
+        "-c",
+        str(conc),
+        "-n",
+        name,
+        "-l",
+        settings.log_level,
+        "-E",
+    )
+
+
+def flower_command() -> tuple[list[str], dict[str, str]]:
+    settings = get_settings()
+    args = ["flower", f"--port={settings.flower_port}"]
+    env = dict(os.environ)
+    password = settings.flower_password.get_secret_value()
+    if settings.flower_user or password:
+        env["FLOWER_BASIC_AUTH"] = f"{settings.flower_user}:{password}"
+        args.append("--address=0.0.0.0")
+    else:
+        # Embedded default: loopback only, no auth, API enabled.
+        env["FLOWER_UNAUTHENTICATED_API"] = "true"
+        args.append("--address=127.0.0.1")
+    return _celery(*args), env
+
+
+def api_command() -> list[str]:
+    settings = get_settings()
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "api.app:create_app",
+        "--factory",
+        "--host",
+        settings.api_host,
+        "--port",
+        str(settings.api_port),
+        "--no-access-log",
+    ]
+
+
+def beat_command() -> list[str]:
+    settings = get_settings()
+    return _celery("beat", "-S", "redbeat.RedBeatScheduler", "-l", settings.log_level)
+
+
+def _exec(cmd: list[str], env: dict[str, str] | None = None) -> None:
+    _prepare()
+    os.execvpe(cmd[0], cmd, env or dict(os.environ))
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the store's tables."""
+    from store.migrate import upgrade
+
+    get_settings().data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade()
+    err.print("[green]store migrated[/green]")
+
+
+@app.command()
+def api() -> None:
+    """Run the HTTP API (uvicorn)."""
+    _exec(api_command())
+
+
+@app.command()
+def worker(
+    queues: Annotated[str | None, typer.Option(help="Comma-separated queues.")] = None,
+    group: Annotated[str | None, typer.Option(help=f"One of {', '.join(WORKER_GROUPS)}.")] = None,
+    concurrency: Annotated[int | None, typer.Option()] = None,
+) -> None:
+    """Run a Celery worker on some queues (default: all)."""
+    _exec(worker_command(group, queues.split(",") if queues else None, concurrency))
+
+
+@app.command()
+def beat() -> None:
+    """Run Celery beat (one scheduler at a time, locked in Redis by redbeat)."""
+    _exec(beat_command())
+
+
+@app.command()
+def flower() -> None:
+    """Run the Flower monitoring UI."""
+    cmd, env = flower_command()
+    _exec(cmd, env)
+
+
+def _create_key(org: str, name: str) -> str:
+    from store import orgs
+    from store.db import session_scope
+
+    with session_scope() as session:
+        organisation = orgs.get_or_create_org(session, org)
+        return orgs.create_key(session, organisation.id, name=name).raw
+
+
+@keys_app.command("create")
+def keys_create(
+    org: Annotated[str, typer.Option(help="Organisation name (created if needed).")],
+    name: Annotated[str, typer.Option(help="A label for the key.")] = "cli",
+) -> None:
+    """Create an API key and print it (alone, on stdout). It is never shown again."""
+    print(_create_key(org, name))
+
+
+@app.command()
+def up() -> None:
+    """The whole platform in one process tree: API, a worker per queue group, beat, Flower."""
+    from store.migrate import upgrade
+
+    settings = get_settings()
+    _prepare()
+    upgrade()
+    key = _create_key("default", "conveyor up")
+    procs: list[subprocess.Popen[bytes]] = []
+    flower_cmd, flower_env = flower_command()
+    commands: list[tuple[list[str], dict[str, str] | None]] = [
+        (api_command(), None),
+        *((worker_command(group, None, None), None) for group in WORKER_GROUPS),
+        (beat_command(), None),
+        (flower_cmd, flower_env),
+    ]
+    for cmd, env in commands:
+        procs.append(subprocess.Popen(cmd, env=env))
+    err.print(
+        f"[bold green]Conveyor is up[/bold green]: API http://{settings.api_host}:"
+        f"{settings.api_port} (docs /docs), Flower http://127.0.0.1:{settings.flower_port}, "
+        f"data in {settings.data_dir.resolve()}"
+    )
+    err.print("API key for organisation 'default' (shown once):")
+    print(key, flush=True)
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        while not stopping and all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for p in procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+    failed = [p.args for p in procs if p.returncode not in (0, -signal.SIGTERM, None)]
+    if failed and not stopping:
+        err.print(f"[red]a process exited[/red]: {failed[0]!r}")
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""Code shared by every layer that is neither HTTP nor Celery: the error hierarchy, time helpers."""

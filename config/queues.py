@@ -1,0 +1,88 @@
+"""Queue names, task routes, per-kind time limits, worker groups and the beat schedule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+CRAWL = "crawl"
+DEPLOY = "deploy"
+PROVISION = "provision"
+INFERENCE = "inference"
+WEBHOOKS = "webhooks"
+MAINTENANCE = "maintenance"
+QUEUES: tuple[str, ...] = (CRAWL, DEPLOY, PROVISION, INFERENCE, WEBHOOKS, MAINTENANCE)
+
+
+@dataclass(frozen=True)
+class KindLimits:
+    """Where a job kind runs and how long it may take (seconds)."""
+
+    queue: str
+    soft_time_limit: int
+    time_limit: int
+
+
+# Every job kind: its queue and limits. A kind's task is named "<kind>.run".
+KINDS: dict[str, KindLimits] = {
+    "diagnostics": KindLimits(MAINTENANCE, 300, 330),
+    "crawl": KindLimits(CRAWL, 3 * 3600, 3 * 3600 + 60),
+    "crawl_batch": KindLimits(CRAWL, 1800, 1860),
+    "deploy": KindLimits(DEPLOY, 1800, 1860),
+    "provision": KindLimits(PROVISION, 3 * 3600, 3 * 3600 + 60),
+    "backup": KindLimits(PROVISION, 3 * 3600, 3 * 3600 + 60),
+    "restore": KindLimits(PROVISION, 3 * 3600, 3 * 3600 + 60),
+    "inference": KindLimits(INFERENCE, 600, 660),
+}
+
+# Redis redelivers an unacked message after this long: keep it above the longest hard limit.
+VISIBILITY_TIMEOUT = max(k.time_limit for k in KINDS.values()) + 600
+
+# Modules that hold Celery tasks (imported by the worker).
+TASK_MODULES: list[str] = [
+    "tasks.diagnostics",
+    "tasks.maintenance",
+]
+
+# Routes for tasks that are not job kinds (maintenance, webhooks …).
+EXTRA_ROUTES: dict[str, dict[str, str]] = {
+    "maintenance.*": {"queue": MAINTENANCE},
+    "webhooks.*": {"queue": WEBHOOKS},
+}
+
+
+def task_routes() -> dict[str, dict[str, str]]:
+    routes = {f"{kind}.run": {"queue": limits.queue} for kind, limits in KINDS.items()}
+    routes.update(EXTRA_ROUTES)
+    return routes
+
+
+@dataclass(frozen=True)
+class WorkerGroup:
+    """One worker process kind: the queues it consumes, its pool and default concurrency."""
+
+    queues: tuple[str, ...]
+    pool: str
+    concurrency: int
+
+
+WORKER_GROUPS: dict[str, WorkerGroup] = {
+    "crawl": WorkerGroup((CRAWL,), "prefork", 2),
+    "deploy": WorkerGroup((DEPLOY,), "prefork", 2),
+    "provision": WorkerGroup((PROVISION,), "prefork", 2),
+    "inference": WorkerGroup((INFERENCE,), "threads", 32),
+    "light": WorkerGroup((WEBHOOKS, MAINTENANCE), "prefork", 2),
+}
+
+
+def beat_schedule() -> dict[str, dict[str, Any]]:
+    return {
+        "expire-results": {"task": "maintenance.expire_results", "schedule": timedelta(minutes=5)},
+        "purge-metadata": {"task": "maintenance.purge_metadata", "schedule": timedelta(hours=1)},
+        "reap-stuck-jobs": {
+            "task": "maintenance.reap_stuck_jobs",
+            "schedule": timedelta(minutes=1),
+        },
+        "broker-canary": {"task": "maintenance.broker_canary", "schedule": timedelta(minutes=1)},
+    }

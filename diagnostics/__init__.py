@@ -1,0 +1,1 @@
+"""The diagnostics job kind: a cooperative sleep used to exercise the platform end to end."""

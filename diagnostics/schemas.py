@@ -1,0 +1,18 @@
+"""Input of the diagnostics sleep job."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SleepInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seconds: float = Field(default=1.0, ge=0, le=300, description="How long to sleep.")
+    fail: bool = Field(default=False, description="End the job failed instead of completed.")
+    steps: int = Field(default=10, ge=1, le=1000, description="Progress steps (cancel points).")
+    crash: bool = Field(
+        default=False,
+        description="Kill the worker process mid-job (only when CONVEYOR_DIAGNOSTICS_ALLOW_CRASH "
+        "is set; used by crash-safety tests).",
+    )

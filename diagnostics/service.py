@@ -1,0 +1,35 @@
+"""Run a diagnostics sleep: sleep in steps, report progress, honour cancel between steps."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any, Protocol
+
+from common.errors import JobFailed
+from diagnostics.schemas import SleepInput
+
+
+class SleepContext(Protocol):
+    attempt: int
+
+    def progress(self, **counters: Any) -> None: ...
+
+    def check_cancelled(self, min_interval: float = 0.0) -> None: ...
+
+
+def run_sleep(ctx: SleepContext, params: SleepInput, *, allow_crash: bool) -> dict[str, Any]:
+    step = params.seconds / params.steps
+    started = time.monotonic()
+    for done in range(1, params.steps + 1):
+        ctx.check_cancelled()
+        if step:
+            time.sleep(step)
+        if params.crash and allow_crash and done == params.steps // 2 + 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if params.steps <= 100 or done % (params.steps // 100) == 0 or done == params.steps:
+            ctx.progress(steps_total=params.steps, steps_done=done)
+    if params.fail:
+        raise JobFailed("The diagnostics job was asked to fail.", code="diagnostics_failure")
+    return {"slept_seconds": round(time.monotonic() - started, 3), "steps": params.steps}

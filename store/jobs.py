@@ -1,0 +1,399 @@
+"""The job repository and lifecycle: creation, the one compare-and-set transition function,
+progress counters, result items, keyset listing, expiry, purge and reaping.
+
+Functions take the caller's session and never commit (the caller owns the transaction).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, cast
+
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    delete,
+    func,
+    select,
+    tuple_,
+    union_all,
+    update,
+)
+from sqlalchemy.orm import Session, aliased
+
+from common.errors import ValidationFailed
+from common.timeutil import utcnow
+from config import get_settings
+from store.db import session_scope
+from store.models import Job, ResultItem
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL: frozenset[str] = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+ACTIVE: frozenset[str] = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
+ALL_STATUSES: tuple[str, ...] = tuple(s.value for s in JobStatus)
+
+
+def create_job(
+    session: Session, *, org_id: str, kind: str, input: dict[str, Any], job_id: str | None = None
+) -> Job:
+    job = Job(org_id=org_id, kind=kind, input=input, status=JobStatus.QUEUED, progress={})
+    if job_id:
+        job.id = job_id
+    session.add(job)
+    session.flush()
+    return job
+
+
+def get_job(session: Session, org_id: str, job_id: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.id == job_id, Job.org_id == org_id))
+
+
+def transition(
+    session: Session,
+    job_id: str,
+    *,
+    to: JobStatus,
+    from_: Sequence[str],
+    error: dict[str, Any] | None = None,
+    values: dict[str, Any] | None = None,
+) -> bool:
+    """Move a job to ``to`` if and only if it is in one of ``from_`` (compare-and-set).
+
+    Exactly one of several racing callers wins; the others get False and change nothing.
+    Terminal states stamp ``completed_at`` and ``expires_at`` (completed_at + result TTL).
+    """
+    now = utcnow()
+    changes: dict[str, Any] = {"status": to.value, **(values or {})}
+    if to == JobStatus.RUNNING:
+        changes.setdefault("started_at", func.coalesce(Job.started_at, now))
+    if to.value in TERMINAL:
+        changes["completed_at"] = now
+        changes["expires_at"] = now + timedelta(seconds=get_settings().result_ttl_seconds)
+        changes["error"] = error
+    stmt = update(Job).where(Job.id == job_id, Job.status.in_(list(from_))).values(**changes)
+    result = session.execute(stmt.execution_options(synchronize_session=False))
+    return bool(getattr(result, "rowcount", 0) == 1)
+
+
+class StartOutcome(StrEnum):
+    STARTED = "started"  # first delivery: queued -> running
+    REDELIVERED = "redelivered"  # same message again after a worker died: run it again
+    EXHAUSTED = "exhausted"  # too many deliveries: the job failed with worker_lost
+    SKIP = "skip"  # finished, cancelled, or a duplicate message: do nothing
+
+
+def start(session: Session, job_id: str, delivery_id: str, max_deliveries: int) -> StartOutcome:
+    """Mark a job running for one delivery of its message, counting deliveries."""
+    if transition(
+        session,
+        job_id,
+        to=JobStatus.RUNNING,
+        from_=[JobStatus.QUEUED],
+        values={"attempts": Job.attempts + 1, "delivery_id": delivery_id},
+    ):
+        return StartOutcome.STARTED
+    row = session.execute(
+        select(Job.status, Job.attempts, Job.delivery_id).where(Job.id == job_id)
+    ).first()
+    if row is None or row.status != JobStatus.RUNNING or row.delivery_id != delivery_id:
+        return StartOutcome.SKIP
+    if row.attempts >= max_deliveries:
+        transition(
+            session,
+            job_id,
+            to=JobStatus.FAILED,
+            from_=[JobStatus.RUNNING],
+            error={
+                "code": "worker_lost",
+                "message": f"The worker died while running this job {row.attempts} times; "
+                "giving up.",
+            },
+        )
+        return StartOutcome.EXHAUSTED
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.attempts == row.attempts)
+        .values(attempts=row.attempts + 1)
+    )
+    updated = session.execute(stmt.execution_options(synchronize_session=False))
+    return StartOutcome.REDELIVERED if getattr(updated, "rowcount", 0) == 1 else StartOutcome.SKIP
+
+
+def status_of(session: Session, job_id: str) -> str | None:
+    return session.scalar(select(Job.status).where(Job.id == job_id))
+
+
+def _lock_progress(session: Session, job_id: str) -> dict[str, Any]:
+    """Take the job row's write lock first, then read its progress.
+
+    A no-op UPDATE locks the row on PostgreSQL and takes SQLite's write lock, so concurrent
+    read-modify-write cycles on the counters serialise instead of losing increments.
+    """
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(attempts=Job.attempts)
+        .execution_options(synchronize_session=False)
+    )
+    return dict(session.scalar(select(Job.progress).where(Job.id == job_id)) or {})
+
+
+def set_progress(session: Session, job_id: str, counters: dict[str, Any]) -> None:
+    """Merge counters into a running job's progress (read-modify-write under a row lock)."""
+    current = _lock_progress(session, job_id)
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(progress={**current, **counters})
+        .execution_options(synchronize_session=False)
+    )
+
+
+def increment_progress(session: Session, job_id: str, deltas: dict[str, int]) -> dict[str, Any]:
+    """Add to counters exactly, even with many workers updating one job at once."""
+    current = _lock_progress(session, job_id)
+    merged = dict(current)
+    for name, delta in deltas.items():
+        merged[name] = int(merged.get(name, 0)) + delta
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(progress=merged)
+        .execution_options(synchronize_session=False)
+    )
+    return merged
+
+
+# --- results ---------------------------------------------------------------------------------
+
+
+def add_result_item(
+    session: Session,
+    job_id: str,
+    *,
+    seq: int,
+    name: str = "",
+    content_type: str = "application/json",
+    body: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> None:
+    session.add(
+        ResultItem(
+            job_id=job_id, seq=seq, name=name, content_type=content_type, body=body, data=data
+        )
+    )
+
+
+def iter_result_items(job_id: str, *, batch: int = 200) -> Iterator[ResultItem]:
+    """Stream a job's result items in order, constant memory (keyset batches, short sessions)."""
+    last_seq = -1
+    while True:
+        with session_scope() as session:
+            rows = list(
+                session.scalars(
+                    select(ResultItem)
+                    .where(ResultItem.job_id == job_id, ResultItem.seq > last_seq)
+                    .order_by(ResultItem.seq)
+                    .limit(batch)
+                )
+            )
+        if not rows:
+            return
+        yield from rows
+        last_seq = rows[-1].seq
+        if len(rows) < batch:
+            return
+
+
+def has_results(session: Session, job_id: str) -> bool:
+    return (
+        session.scalar(select(ResultItem.id).where(ResultItem.job_id == job_id).limit(1))
+        is not None
+    )
+
+
+def delete_results(session: Session, job_id: str) -> None:
+    session.execute(delete(ResultItem).where(ResultItem.job_id == job_id))
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.result_deleted_at.is_(None))
+        .values(result_deleted_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+
+
+def result_gone(job: Job, now: datetime | None = None) -> bool:
+    if job.result_deleted_at is not None:
+        return True
+    return job.expires_at is not None and job.expires_at <= (now or utcnow())
+
+
+# --- listing (keyset pagination) -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    statuses: tuple[str, ...] = ()
+    kind: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    descending: bool = True
+
+
+def encode_cursor(created_at: datetime, job_id: str) -> str:
+    raw = json.dumps({"t": created_at.isoformat(), "id": job_id}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        return datetime.fromisoformat(data["t"]), str(data["id"])
+    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise ValidationFailed(
+            "Invalid cursor.",
+            details=[{"loc": ["query", "cursor"], "msg": "invalid cursor", "type": "value_error"}],
+        ) from exc
+
+
+def _page_query(
+    org_id: str, flt: JobFilter, status: str | None, after: tuple[datetime, str] | None, limit: int
+) -> Select[Job]:
+    conditions: list[ColumnElement[bool]] = [Job.org_id == org_id]
+    if status is not None:
+        conditions.append(Job.status == status)
+    if flt.kind:
+        conditions.append(Job.kind == flt.kind)
+    if flt.created_after:
+        conditions.append(Job.created_at > flt.created_after)
+    if flt.created_before:
+        conditions.append(Job.created_at < flt.created_before)
+    key = tuple_(Job.created_at, Job.id)
+    if after is not None:
+        conditions.append(key < after if flt.descending else key > after)
+    order = (Job.created_at.desc(), Job.id.desc()) if flt.descending else (Job.created_at, Job.id)
+    return select(Job).where(and_(*conditions)).order_by(*order).limit(limit)
+
+
+def list_jobs(
+    session: Session, org_id: str, flt: JobFilter, *, limit: int, cursor: str | None
+) -> tuple[list[Job], str | None]:
+    """One page of an organisation's jobs and the cursor of the next page.
+
+    Several statuses are fetched as one UNION ALL of per-status index walks, each limited, so
+    the cost of a page never depends on the size of the table.
+    """
+    after = decode_cursor(cursor) if cursor else None
+    fetch = limit + 1
+    if len(flt.statuses) <= 1:
+        status = flt.statuses[0] if flt.statuses else None
+        rows: list[Job] = list(session.scalars(_page_query(org_id, flt, status, after, fetch)))
+    else:
+        parts = [
+            _page_query(org_id, flt, status, after, fetch).subquery().select()
+            for status in flt.statuses
+        ]
+        union = union_all(*parts).subquery()
+        job_alias = aliased(Job, union)
+        order = (
+            (job_alias.created_at.desc(), job_alias.id.desc())
+            if flt.descending
+            else (job_alias.created_at, job_alias.id)
+        )
+        rows = cast(
+            list[Job], list(session.scalars(select(job_alias).order_by(*order).limit(fetch)))
+        )
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id)
+    return rows, next_cursor
+
+
+# --- maintenance ---------------------------------------------------------------------------
+
+
+def expire_results(session: Session, now: datetime, *, batch: int = 500) -> int:
+    """Delete the results of jobs whose ``expires_at`` has passed. Returns the jobs expired."""
+    ids = list(
+        session.scalars(
+            select(Job.id)
+            .where(
+                Job.status.in_(list(TERMINAL)),
+                Job.expires_at <= now,
+                Job.result_deleted_at.is_(None),
+            )
+            .limit(batch)
+        )
+    )
+    if not ids:
+        return 0
+    session.execute(delete(ResultItem).where(ResultItem.job_id.in_(ids)))
+    session.execute(
+        update(Job)
+        .where(Job.id.in_(ids))
+        .values(result_deleted_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return len(ids)
+
+
+def purge_metadata(session: Session, now: datetime, *, batch: int = 1000) -> int:
+    """Delete job rows finished more than ``metadata_ttl_days`` ago."""
+    cutoff = now - timedelta(days=get_settings().metadata_ttl_days)
+    ids = list(
+        session.scalars(
+            select(Job.id)
+            .where(Job.status.in_(list(TERMINAL)), Job.completed_at < cutoff)
+            .limit(batch)
+        )
+    )
+    if ids:
+        session.execute(delete(ResultItem).where(ResultItem.job_id.in_(ids)))
+        session.execute(delete(Job).where(Job.id.in_(ids)))
+    return len(ids)
+
+
+def reap_stuck(
+    session: Session, now: datetime, hard_limits: dict[str, int], grace: int
+) -> list[str]:
+    """Fail jobs that stay ``running`` past their kind's hard time limit (code ``timed_out``)."""
+    reaped: list[str] = []
+    for kind, limit in hard_limits.items():
+        cutoff = now - timedelta(seconds=limit + grace)
+        stuck = list(
+            session.scalars(
+                select(Job.id).where(
+                    Job.status == JobStatus.RUNNING, Job.kind == kind, Job.started_at < cutoff
+                )
+            )
+        )
+        for job_id in stuck:
+            if transition(
+                session,
+                job_id,
+                to=JobStatus.FAILED,
+                from_=[JobStatus.RUNNING],
+                error={
+                    "code": "timed_out",
+                    "message": f"The job ran longer than its {limit} s limit for kind {kind!r}.",
+                },
+            ):
+                reaped.append(job_id)
+    return reaped

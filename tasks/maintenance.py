@@ -1,0 +1,112 @@
+"""Beat tasks on the ``maintenance`` queue: result expiry, metadata purge, the stuck-job
+reaper and the broker canary that notices a queue nobody consumes."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import redis
+from celery import shared_task
+
+from common import events
+from common.timeutil import utcnow
+from config import get_settings
+from config.queues import KINDS, QUEUES
+from store import jobs as job_store
+from store.db import session_scope
+from workers.app import celery_app
+
+log = logging.getLogger(__name__)
+
+CANARY_KEY = "conveyor:canary:{queue}"
+CANARY_SENT_KEY = "conveyor:canary-sent:{queue}"
+
+
+@celery_app.task(name="maintenance.expire_results")
+def expire_results() -> int:
+    """Delete results whose 24 h have passed (the result endpoint then answers 410)."""
+    total = 0
+    while True:
+        with session_scope() as session:
+            count = job_store.expire_results(session, utcnow())
+        total += count
+        if count == 0:
+            return total
+
+
+@celery_app.task(name="maintenance.purge_metadata")
+def purge_metadata() -> int:
+    """Delete job metadata 30 days after the job ended."""
+    total = 0
+    while True:
+        with session_scope() as session:
+            count = job_store.purge_metadata(session, utcnow())
+        total += count
+        if count == 0:
+            return total
+
+
+@celery_app.task(name="maintenance.reap_stuck_jobs")
+def reap_stuck_jobs() -> list[str]:
+    """Fail jobs still ``running`` past their kind's hard time limit (``timed_out``)."""
+    settings = get_settings()
+    limits = {kind: k.time_limit for kind, k in KINDS.items()}
+    with session_scope() as session:
+        reaped = job_store.reap_stuck(session, utcnow(), limits, settings.reaper_grace_seconds)
+    for job_id in reaped:
+        log.warning("reaped stuck job %s", job_id)
+        events.publish("job.failed", job_id, {"code": "timed_out"})
+    return reaped
+
+
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(get_settings().resolved_redis_url(), decode_responses=True)
+
+
+@shared_task(name="maintenance.canary_ping", ignore_result=True)
+def canary_ping(queue: str, sent_at: float) -> None:
+    """Runs on each queue: proves a worker consumed from it."""
+    _redis().set(CANARY_KEY.format(queue=queue), f"{time.time()}:{sent_at}")
+
+
+@celery_app.task(name="maintenance.broker_canary")
+def broker_canary() -> dict[str, float | None]:
+    """Send a canary to every queue; report (and log) queues whose last canary is stale."""
+    settings = get_settings()
+    client = _redis()
+    now = time.time()
+    ages: dict[str, float | None] = {}
+    for queue in QUEUES:
+        raw = client.get(CANARY_KEY.format(queue=queue))
+        sent = client.get(CANARY_SENT_KEY.format(queue=queue))
+        consumed_at = float(str(raw).split(":")[0]) if raw else None
+        ages[queue] = None if consumed_at is None else round(now - consumed_at, 1)
+        if (
+            sent
+            and float(sent) < now - settings.canary_max_age_seconds
+            and (consumed_at is None or consumed_at < float(sent))
+        ):
+            log.error(
+                "queue %s: no worker consumed the canary sent %.0f s ago",
+                queue,
+                now - float(sent),
+            )
+        if not sent or consumed_at is None or consumed_at >= float(sent):
+            client.set(CANARY_SENT_KEY.format(queue=queue), str(now))
+            canary_ping.apply_async(
+                args=[queue, now], queue=queue, expires=settings.canary_max_age_seconds
+            )
+    return ages
+
+
+def queue_health() -> dict[str, dict[str, float | int | None]]:
+    """Queue depths and canary ages, for ``GET /v1/health``."""
+    client = _redis()
+    now = time.time()
+    report: dict[str, dict[str, float | int | None]] = {}
+    for queue in QUEUES:
+        raw = client.get(CANARY_KEY.format(queue=queue))
+        age = round(now - float(str(raw).split(":")[0]), 1) if raw else None
+        report[queue] = {"depth": int(client.llen(queue)), "canary_age_s": age}
+    return report

@@ -1,0 +1,289 @@
+"""Turn a domain handler into a job task, and submit jobs (REST and Python share this path).
+
+``@job_task("diagnostics", input_model=SleepInput)`` registers the Celery task
+``diagnostics.run`` on the kind's queue with the kind's time limits. The task body loads the
+job, marks it running through the compare-and-set transition (counting deliveries, so a job
+whose worker keeps dying fails with ``worker_lost``), calls the handler with a ``JobContext``
+and records the outcome. ``submit()`` creates the job row, commits, and only then enqueues.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.orm import Session
+
+from common import events
+from common.errors import ConveyorError, JobFailed, NotFound, Unavailable, ValidationFailed
+from config import get_settings
+from config.queues import KINDS
+from store import jobs as job_store
+from store import orgs
+from store.db import session_scope
+from store.jobs import JobStatus, StartOutcome
+from store.models import Job
+from workers.app import celery_app
+
+log = logging.getLogger(__name__)
+
+
+class JobCancelled(Exception):
+    """Raised inside a handler when the job was cancelled; the runner stops quietly."""
+
+
+@dataclass
+class JobContext:
+    """What a handler gets: the job's input and ways to report progress and results."""
+
+    job_id: str
+    org_id: str
+    kind: str
+    input: dict[str, Any]
+    attempt: int
+    _next_seq: int = 0
+    _last_cancel_check: float = field(default=0.0)
+    _cancelled: bool = False
+
+    def progress(self, **counters: Any) -> None:
+        with session_scope() as session:
+            job_store.set_progress(session, self.job_id, counters)
+        events.publish("job.progress", self.job_id, counters)
+
+    def increment(self, **deltas: int) -> dict[str, Any]:
+        with session_scope() as session:
+            merged = job_store.increment_progress(session, self.job_id, deltas)
+        events.publish("job.progress", self.job_id, merged)
+        return merged
+
+    def cancelled(self, min_interval: float = 0.0) -> bool:
+        """True once the job was cancelled (or deleted); checks the store at most every
+        ``min_interval`` seconds."""
+        if self._cancelled:
+            return True
+        now = time.monotonic()
+        if now - self._last_cancel_check < min_interval:
+            return False
+        self._last_cancel_check = now
+        with session_scope() as session:
+            status = job_store.status_of(session, self.job_id)
+        self._cancelled = status in (None, JobStatus.CANCELLED)
+        return self._cancelled
+
+    def check_cancelled(self, min_interval: float = 0.0) -> None:
+        if self.cancelled(min_interval):
+            raise JobCancelled(self.job_id)
+
+    def add_result(
+        self,
+        *,
+        data: dict[str, Any] | None = None,
+        body: str | None = None,
+        name: str = "",
+        content_type: str = "application/json",
+        session: Session | None = None,
+    ) -> int:
+        seq = self._next_seq
+        self._next_seq += 1
+        if session is not None:
+            job_store.add_result_item(
+                session,
+                self.job_id,
+                seq=seq,
+                name=name,
+                content_type=content_type,
+                body=body,
+                data=data,
+            )
+        else:
+            with session_scope() as own:
+                job_store.add_result_item(
+                    own,
+                    self.job_id,
+                    seq=seq,
+                    name=name,
+                    content_type=content_type,
+                    body=body,
+                    data=data,
+                )
+        return seq
+
+
+Handler = Callable[[JobContext], dict[str, Any] | None]
+
+
+class JobTask(Task):  # type: ignore[misc]
+    """Celery task class of every job kind; ``submit`` is the Python entry point."""
+
+    kind: str = ""
+    input_model: type[BaseModel] | None = None
+
+    def submit(self, input: dict[str, Any] | None = None, *, org: str, **fields: Any) -> str:
+        """Create the job for organisation ``org`` (name or id), enqueue it, return its id."""
+        payload = {**(input or {}), **fields}
+        with session_scope() as session:
+            organisation = orgs.find_org(session, org)
+            if organisation is None:
+                raise NotFound(f"Organisation {org!r} does not exist.")
+            org_id = organisation.id
+        job = create_and_enqueue(self.kind, org_id, payload)
+        return job.id
+
+
+def validate_input(kind: str, payload: dict[str, Any]) -> dict[str, Any]:
+    task = registered_task(kind)
+    if task.input_model is None:
+        return payload
+    try:
+        return task.input_model.model_validate(payload).model_dump(mode="json")
+    except ValidationError as exc:
+        details = [
+            {"loc": ["body", *map(str, err["loc"])], "msg": err["msg"], "type": err["type"]}
+            for err in exc.errors()
+        ]
+        raise ValidationFailed("The job input is invalid.", details=details) from exc
+
+
+def registered_task(kind: str) -> JobTask:
+    task = celery_app.tasks.get(f"{kind}.run")
+    if task is None:
+        celery_app.loader.import_default_modules()  # the API process imports tasks lazily
+        task = celery_app.tasks.get(f"{kind}.run")
+    if task is None:
+        raise NotFound(f"Unknown job kind {kind!r}.")
+    return cast(JobTask, task)
+
+
+def enqueue(job_id: str, kind: str) -> None:
+    """Send the job's message. Call only after the row is committed."""
+    try:
+        celery_app.send_task(f"{kind}.run", args=[job_id], queue=KINDS[kind].queue, retry=False)
+    except Exception as exc:
+        with session_scope() as session:
+            job_store.transition(
+                session,
+                job_id,
+                to=JobStatus.FAILED,
+                from_=[JobStatus.QUEUED],
+                error={"code": "unavailable", "message": "The broker is unavailable."},
+            )
+        raise Unavailable("The job queue is unavailable; the job was not accepted.") from exc
+
+
+def create_and_enqueue(kind: str, org_id: str, payload: dict[str, Any]) -> Job:
+    """Validate, create the job row, commit, then enqueue (the shared REST/Python path)."""
+    clean = validate_input(kind, payload)
+    with session_scope() as session:
+        job = job_store.create_job(session, org_id=org_id, kind=kind, input=clean)
+    enqueue(job.id, kind)
+    return job
+
+
+def _record_failure(job_id: str, code: str, message: str) -> None:
+    with session_scope() as session:
+        won = job_store.transition(
+            session,
+            job_id,
+            to=JobStatus.FAILED,
+            from_=[JobStatus.RUNNING],
+            error={"code": code, "message": message},
+        )
+    if won:
+        events.publish("job.failed", job_id, {"code": code, "message": message})
+
+
+def run_job(task: Task, job_id: str, handler: Handler) -> None:
+    delivery_id = str(task.request.id)
+    with session_scope() as session:
+        outcome = job_store.start(session, job_id, delivery_id, get_settings().max_deliveries)
+        job = (
+            session.get(Job, job_id)
+            if outcome in (StartOutcome.STARTED, StartOutcome.REDELIVERED)
+            else None
+        )
+        snapshot = (
+            (job.org_id, job.kind, dict(job.input), job.attempts) if job is not None else None
+        )
+    if outcome == StartOutcome.EXHAUSTED:
+        events.publish("job.failed", job_id, {"code": "worker_lost"})
+        return
+    if snapshot is None:
+        log.info("job %s: delivery %s skipped (%s)", job_id, delivery_id, outcome)
+        return
+    if outcome == StartOutcome.STARTED:
+        events.publish("job.started", job_id)
+    org_id, kind, payload, attempt = snapshot
+    ctx = JobContext(job_id=job_id, org_id=org_id, kind=kind, input=payload, attempt=attempt)
+    try:
+        result = handler(ctx)
+    except JobCancelled:
+        log.info("job %s: cancelled while running", job_id)
+        return
+    except SoftTimeLimitExceeded:
+        _record_failure(job_id, "timed_out", f"The job exceeded its time limit for kind {kind!r}.")
+        return
+    except ConveyorError as exc:
+        _record_failure(job_id, exc.code, exc.message)
+        return
+    except Exception as exc:
+        log.exception("job %s: unhandled error", job_id)
+        _record_failure(job_id, "internal_error", f"Internal error: {type(exc).__name__}.")
+        return
+    with session_scope() as session:
+        if result is not None:
+            ctx.add_result(data=result, name="result", session=session)
+        won = job_store.transition(
+            session, job_id, to=JobStatus.COMPLETED, from_=[JobStatus.RUNNING]
+        )
+        if not won:
+            session.rollback()
+    if won:
+        events.publish("job.completed", job_id)
+
+
+def job_task(
+    kind: str, *, input_model: type[BaseModel] | None = None, **options: Any
+) -> Callable[[Handler], JobTask]:
+    """Register ``handler`` as the Celery task ``<kind>.run`` on the kind's queue and limits."""
+    limits = KINDS[kind]
+
+    def decorator(handler: Handler) -> JobTask:
+        def body(self: Task, job_id: str) -> None:
+            run_job(self, job_id, handler)
+
+        body.__name__ = handler.__name__
+        body.__doc__ = handler.__doc__
+        task = celery_app.task(
+            name=f"{kind}.run",
+            bind=True,
+            base=JobTask,
+            acks_late=True,
+            reject_on_worker_lost=True,
+            soft_time_limit=limits.soft_time_limit,
+            time_limit=limits.time_limit,
+            queue=limits.queue,
+            kind=kind,
+            input_model=input_model,
+            **options,
+        )(body)
+        return cast(JobTask, task)
+
+    return decorator
+
+
+__all__ = [
+    "JobCancelled",
+    "JobContext",
+    "JobFailed",
+    "JobTask",
+    "create_and_enqueue",
+    "enqueue",
+    "job_task",
+    "validate_input",
+]

@@ -1,0 +1,62 @@
+"""The Celery application, configured from ``config`` (queues, routes, limits, beat)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init
+from kombu.entity import Queue
+
+from config import Settings, get_settings
+from config.queues import QUEUES, TASK_MODULES, VISIBILITY_TIMEOUT, beat_schedule, task_routes
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    broker = settings.resolved_broker_url()
+    return {
+        "broker_url": broker,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT},
+        # Clients read the job table, never Celery's result backend.
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        "timezone": "UTC",
+        "enable_utc": True,
+        "task_queues": [Queue(name) for name in QUEUES],
+        "task_default_queue": "maintenance",
+        "task_routes": task_routes(),
+        # Crash safety: ack after the task ran; requeue when the worker process dies.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_proc_alive_timeout": 300.0,
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "beat_schedule": beat_schedule(),
+        "redbeat_redis_url": settings.resolved_redis_url(),
+        "redbeat_key_prefix": "conveyor:redbeat:",
+        "redbeat_lock_timeout": 300,
+    }
+
+
+def create_celery(settings: Settings | None = None) -> Celery:
+    app = Celery("conveyor", include=list(TASK_MODULES))
+    app.conf.update(celery_config(settings or get_settings()))
+    return app
+
+
+celery_app = create_celery()
+
+
+@worker_process_init.connect
+def _fresh_connections_in_child(**_: Any) -> None:
+    """A forked pool child must not share its parent's database connections."""
+    from store.db import reset_engine
+
+    reset_engine()
