@@ -10,7 +10,6 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Protocol
 
 from resources.errors import NotSupported
@@ -91,7 +90,7 @@ class Backend(Protocol):
 
     def rotate(self, handle: Handle) -> Handle: ...
 
-    def backup(self, handle: Handle, dest: Path) -> BackupResult: ...
+    def backup(self, handle: Handle, backup_id: str) -> BackupResult: ...
 
     def verify(self, handle: Handle, backup: BackupResult) -> VerifyResult: ...
 

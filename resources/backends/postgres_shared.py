@@ -9,6 +9,7 @@ password); rotation therefore swaps the role itself, so an old login stops worki
 from __future__ import annotations
 
 import secrets
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -101,8 +102,8 @@ class PostgresShared(NoPitr):
         return self._handle(st["database"], new_role, generation, password, st["connection_limit"])
 
     # -- backups ------------------------------------------------------------------------
-    def backup(self, handle: Handle, dest: Path) -> BackupResult:
-        path = dest / "backup.dump"
+    def backup(self, handle: Handle, backup_id: str) -> BackupResult:
+        path = self.settings.backups_dir / handle.state["database"] / backup_id / "backup.dump"
         fp = pg.dump_with_fingerprint(
             self.settings.pg_bin_dir, self.admin_dsn, handle.state["database"], path
         )
@@ -150,8 +151,7 @@ class PostgresShared(NoPitr):
         except psycopg.errors.ObjectInUse:
             new = self._create(ident, st)
             try:
-                with_path = self.settings.backups_dir / "branch" / ident
-                result = self.backup(handle, with_path)
+                result = self.backup(handle, f"branch_{ident}")
                 pg.restore_dump(
                     self.settings.pg_bin_dir,
                     self.admin_dsn,
@@ -159,7 +159,7 @@ class PostgresShared(NoPitr):
                     Path(result.location),
                     new.state["role"],
                 )
-                Path(result.location).unlink()
+                shutil.rmtree(Path(result.location).parent, ignore_errors=True)
             except BaseException:
                 self.deprovision(new)
                 raise

@@ -4,7 +4,6 @@ proven by restores, branches (template and the busy-source fallback), deprovisio
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -90,10 +89,10 @@ def test_rotation_old_login_fails(backend: PostgresShared, ident: str) -> None:
     _fill(rotated.env["DATABASE_URL"], 8)  # new role owns the table
 
 
-def test_backup_verify_restore(backend: PostgresShared, ident: str, tmp_path: Path) -> None:
+def test_backup_verify_restore(backend: PostgresShared, ident: str) -> None:
     h = backend.provision(ident, {})
     _fill(h.env["DATABASE_URL"], 500)
-    result = backend.backup(h, tmp_path / "b1")
+    result = backend.backup(h, "b1")
     assert result.fingerprint["public.items"]["rows"] == 500
     assert result.size_bytes > 0
     verified = backend.verify(h, result)
