@@ -102,7 +102,7 @@ class SentenceTransformerEngine(EmbeddingEngine):
         model = SentenceTransformer(str(self.path), device=self.device, local_files_only=True)
         model.eval()
         self._model = model
-        self._dimensions = int(model.get_sentence_embedding_dimension() or 0)
+        self._dimensions = int(model.get_embedding_dimension() or 0)
         logger.info("loaded embeddings %s from %s on %s", self.name, self.path, self.device)
 
     async def close(self) -> None:

@@ -107,6 +107,7 @@ class TransformersEngine(ChatEngine):
         self._context_length = 0
         self.batches_run = 0  # observable by tests and benchmarks
         self.max_rows_seen = 0
+        self.rows_cancelled = 0
 
     # -- lifecycle ---------------------------------------------------------------------
     @property
@@ -368,6 +369,7 @@ class TransformersEngine(ChatEngine):
     def _advance(self, row: _Row, token: int) -> None:
         job = row.pending
         if job.cancelled.is_set():
+            self.rows_cancelled += 1
             self._finish(row, None)
             return
         row.token_ids.append(token)
