@@ -1,0 +1,568 @@
+"""The Kubernetes backend: a deployment is a `vllm serve` Deployment plus what it needs.
+
+Rendered objects (all labelled `app.kubernetes.io/managed-by=conveyor` and
+`conveyor.dev/deployment-id=<id>`): a Deployment (GPU limits, node selector and tolerations per
+GPU type, startup/readiness/liveness probes on `/health`), a ClusterIP Service, a PVC mounted as
+the model cache (`HF_HOME`) and a Secret with the deployment's env. The Service, PVC and Secret
+carry an owner reference to the Deployment, so deleting it removes everything (we also delete
+them by name, which is idempotent).
+
+Objects are written with server-side apply (field manager `conveyor`) through the official
+client's `ApiClient`; the typed `*Api.patch_*` methods cannot send `application/apply-patch+yaml`.
+Observed state comes from the Deployment, its pods and their events: `Unschedulable`,
+`ErrImagePull`/`ImagePullBackOff`, `OOMKilled` and `CrashLoopBackOff` become `status_reason`
+codes, and `ProgressDeadlineExceeded` fails the rollout.
+
+Connect with a kubeconfig (`CONVEYOR_KUBE_CONFIG`, `CONVEYOR_KUBE_CONTEXT`) or, inside a pod,
+the in-cluster service account (`CONVEYOR_KUBE_IN_CLUSTER=true`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+
+from deployments.backends.base import (
+    Backend,
+    BackendState,
+    DeploymentSpec,
+    Observation,
+    ObservedStatus,
+    ReasonCode,
+    reason,
+)
+from deployments.errors import BackendError
+from deployments.masking import mask_secrets
+
+Manifest = dict[str, Any]
+
+FIELD_MANAGER = "conveyor"
+MANAGED_BY = "app.kubernetes.io/managed-by"
+ID_LABEL = "conveyor.dev/deployment-id"
+REVISION_LABEL = "conveyor.dev/revision"
+CONTAINER_PORT = 8000
+CACHE_MOUNT = "/models"
+
+IMAGE_PULL_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+
+
+@dataclass(frozen=True)
+class KubernetesBackendConfig:
+    """Knobs of the Kubernetes backend (built from `config.settings.Settings`)."""
+
+    namespace: str = "conveyor"
+    image: str = "vllm/vllm-openai:v0.11.0"
+    image_pull_policy: str = "IfNotPresent"
+    # GPU type → node selector; a type not listed selects on the GPU product label.
+    gpu_node_selectors: dict[str, dict[str, str]] = field(default_factory=dict)
+    gpu_product_label: str = "nvidia.com/gpu.product"
+    cache_size: str = "50Gi"
+    cache_storage_class: str | None = None
+    cache_access_mode: str = "ReadWriteOnce"
+    startup_budget_s: int = 600
+    startup_initial_delay_s: int = 15
+    startup_period_s: int = 10
+    rollout_deadline_s: int = 900
+    shm_size: str = "8Gi"
+    service_domain: str = "svc.cluster.local"
+    kubeconfig: str | None = None
+    context: str | None = None
+    in_cluster: bool = False
+
+
+def object_name(spec: DeploymentSpec) -> str:
+    """A DNS-1123 name for the deployment's objects, stable for its lifetime."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", spec.id.lower()).strip("-")
+    return f"cv-{slug}"[:63].rstrip("-")
+
+
+def labels(spec: DeploymentSpec) -> dict[str, str]:
+    instance = re.sub(r"[^A-Za-z0-9._-]+", "-", spec.name)[:63].strip("-._") or "deployment"
+    return {
+        "app.kubernetes.io/name": "conveyor-model",
+        "app.kubernetes.io/instance": instance,
+        "app.kubernetes.io/component": "inference",
+        MANAGED_BY: "conveyor",
+        ID_LABEL: object_name(spec)[3:],
+    }
+
+
+class ManifestRenderer:
+    """Renders the Kubernetes objects of a deployment (pure; no API calls)."""
+
+    def __init__(self, config: KubernetesBackendConfig) -> None:
+        self.config = config
+
+    def render(self, spec: DeploymentSpec, owner_uid: str | None = None) -> list[Manifest]:
+        """Deployment first (it owns the rest), then Secret, PVC and Service."""
+        owned = [self.secret(spec), self.cache_claim(spec), self.service(spec)]
+        if owner_uid:
+            ref = {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "name": object_name(spec),
+                "uid": owner_uid,
+                "blockOwnerDeletion": True,
+            }
+            for manifest in owned:
+                manifest["metadata"]["ownerReferences"] = [ref]
+        return [self.deployment(spec), *owned]
+
+    def _metadata(self, spec: DeploymentSpec, name: str) -> dict[str, Any]:
+        return {"name": name, "namespace": self.config.namespace, "labels": labels(spec)}
+
+    def secret(self, spec: DeploymentSpec) -> Manifest:
+        return {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": self._metadata(spec, f"{object_name(spec)}-env"),
+            "type": "Opaque",
+            "stringData": dict(spec.env),
+        }
+
+    def cache_claim(self, spec: DeploymentSpec) -> Manifest:
+        claim: Manifest = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": self._metadata(spec, f"{object_name(spec)}-cache"),
+            "spec": {
+                "accessModes": [self.config.cache_access_mode],
+                "resources": {"requests": {"storage": self.config.cache_size}},
+            },
+        }
+        if self.config.cache_storage_class:
+            claim["spec"]["storageClassName"] = self.config.cache_storage_class
+        return claim
+
+    def service(self, spec: DeploymentSpec) -> Manifest:
+        return {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": self._metadata(spec, object_name(spec)),
+            "spec": {
+                "type": "ClusterIP",
+                "selector": {ID_LABEL: labels(spec)[ID_LABEL]},
+                "ports": [
+                    {
+                        "name": "http",
+                        "port": CONTAINER_PORT,
+                        "targetPort": "http",
+                        "protocol": "TCP",
+                    }
+                ],
+            },
+        }
+
+    def _args(self, spec: DeploymentSpec) -> list[str]:
+        args = [spec.model_path, "--served-model-name", spec.name]
+        args += ["--host", "0.0.0.0", "--port", str(CONTAINER_PORT)]
+        args += ["--download-dir", f"{CACHE_MOUNT}/weights"]
+        if spec.gpu_count > 1:
+            args += ["--tensor-parallel-size", str(spec.gpu_count)]
+        max_len = spec.runtime_options.get("max_model_len") or spec.context_length
+        if max_len:
+            args += ["--max-model-len", str(max_len)]
+        args += [str(arg) for arg in spec.runtime_options.get("extra_args", [])]
+        return args
+
+    def _probe(self, period: int, failures: int, initial_delay: int = 0) -> dict[str, Any]:
+        probe: dict[str, Any] = {
+            "httpGet": {"path": "/health", "port": "http"},
+            "periodSeconds": period,
+            "failureThreshold": failures,
+            "timeoutSeconds": 5,
+        }
+        if initial_delay:
+            probe["initialDelaySeconds"] = initial_delay
+        return probe
+
+    def deployment(self, spec: DeploymentSpec) -> Manifest:
+        cfg = self.config
+        name = object_name(spec)
+        pod_labels = {**labels(spec), REVISION_LABEL: str(spec.revision)}
+        resources: dict[str, Any] = {}
+        pod_spec: dict[str, Any] = {}
+        if spec.gpu_count > 0:
+            resources = {"limits": {"nvidia.com/gpu": str(spec.gpu_count)}}
+            pod_spec["tolerations"] = [
+                {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+            ]
+            if spec.gpu_type:
+                selector = cfg.gpu_node_selectors.get(spec.gpu_type) or {
+                    cfg.gpu_product_label: spec.gpu_type
+                }
+                pod_spec["nodeSelector"] = dict(selector)
+        startup_failures = max(1, math.ceil(cfg.startup_budget_s / cfg.startup_period_s))
+        container = {
+            "name": "model",
+            "image": cfg.image,
+            "imagePullPolicy": cfg.image_pull_policy,
+            "command": ["vllm", "serve"],
+            "args": self._args(spec),
+            "ports": [{"name": "http", "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
+            "env": [{"name": "HF_HOME", "value": f"{CACHE_MOUNT}/hf"}],
+            "envFrom": [{"secretRef": {"name": f"{name}-env"}}],
+            "resources": resources,
+            "volumeMounts": [
+                {"name": "model-cache", "mountPath": CACHE_MOUNT},
+                {"name": "shm", "mountPath": "/dev/shm"},
+            ],
+            "startupProbe": self._probe(
+                cfg.startup_period_s, startup_failures, cfg.startup_initial_delay_s
+            ),
+            "readinessProbe": self._probe(5, 3),
+            "livenessProbe": self._probe(10, 3),
+        }
+        pod_spec.update(
+            containers=[container],
+            volumes=[
+                {"name": "model-cache", "persistentVolumeClaim": {"claimName": f"{name}-cache"}},
+                {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": cfg.shm_size}},
+            ],
+        )
+        return {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {
+                **self._metadata(spec, name),
+                "annotations": {"conveyor.dev/revision": str(spec.revision)},
+            },
+            "spec": {
+                "replicas": spec.replicas,
+                "progressDeadlineSeconds": cfg.rollout_deadline_s,
+                "revisionHistoryLimit": 5,
+                "selector": {"matchLabels": {ID_LABEL: labels(spec)[ID_LABEL]}},
+                "strategy": {
+                    "type": "RollingUpdate",
+                    "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+                },
+                "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
+            },
+        }
+
+
+_PATHS = {
+    "Deployment": "/apis/apps/v1/namespaces/{ns}/deployments",
+    "Service": "/api/v1/namespaces/{ns}/services",
+    "Secret": "/api/v1/namespaces/{ns}/secrets",
+    "PersistentVolumeClaim": "/api/v1/namespaces/{ns}/persistentvolumeclaims",
+}
+
+
+def load_api_client(config: KubernetesBackendConfig) -> k8s.ApiClient:
+    """An API client from the in-cluster service account or a kubeconfig."""
+    if config.in_cluster:
+        k8s_config.load_incluster_config()
+        return k8s.ApiClient()
+    return cast(
+        k8s.ApiClient,
+        k8s_config.new_client_from_config(config_file=config.kubeconfig, context=config.context),
+    )
+
+
+class KubernetesBackend(Backend):
+    """Deployments as Kubernetes objects, observed through the API server."""
+
+    name = "kubernetes"
+
+    def __init__(
+        self, config: KubernetesBackendConfig, api_client: k8s.ApiClient | None = None
+    ) -> None:
+        self.config = config
+        self.renderer = ManifestRenderer(config)
+        self.api = api_client or load_api_client(config)
+
+    # ---------------------------------------------------------------- API plumbing ---
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: list[tuple[str, Any]] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        data = self.api.call_api(
+            path,
+            method,
+            query_params=query or [],
+            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            body=body,
+            response_type="object",
+            auth_settings=["BearerToken"],
+            _return_http_data_only=True,
+            _request_timeout=30,
+        )
+        return cast(dict[str, Any], data or {})
+
+    def _path(self, kind: str, name: str | None = None) -> str:
+        base = _PATHS[kind].format(ns=self.config.namespace)
+        return f"{base}/{name}" if name else base
+
+    def apply(self, manifest: Manifest) -> dict[str, Any]:
+        """Server-side apply one object (create or update; conflicts forced to us)."""
+        path = self._path(manifest["kind"], manifest["metadata"]["name"])
+        return self._call(
+            "PATCH",
+            path,
+            query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+            body=manifest,
+            content_type="application/apply-patch+yaml",
+        )
+
+    def _get(self, kind: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self._call("GET", self._path(kind, name))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def _delete(self, kind: str, name: str) -> None:
+        try:
+            self._call("DELETE", self._path(kind, name), body={"propagationPolicy": "Foreground"})
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    # ------------------------------------------------------------ backend interface ---
+    def reconcile(self, spec: DeploymentSpec, state: BackendState | None) -> Observation:
+        try:
+            return self._reconcile(spec, state)
+        except ApiException as exc:
+            raise BackendError(
+                f"Kubernetes API error {exc.status}: {exc.reason}", details={"body": exc.body}
+            ) from exc
+
+    def _reconcile(self, spec: DeploymentSpec, state: BackendState | None) -> Observation:
+        data = dict(state.data) if state and state.backend == self.name else {}
+        name = object_name(spec)
+        events: list[str] = []
+        digest = self._digest(spec)
+        current = self._get("Deployment", name)
+        if current is None or data.get("applied") != digest:
+            if current is None and data.get("applied"):
+                events.append("Deployment missing from the cluster; re-applied")
+            current = self._apply_all(spec)
+            data.update(applied=digest, name=name, namespace=self.config.namespace)
+            data["uid"] = current.get("metadata", {}).get("uid")
+            events.append(f"applied revision {spec.revision} ({spec.replicas} replicas)")
+        pods = self._pods(spec)
+        return self._observe(
+            spec, current, pods, BackendState(backend=self.name, data=data), events
+        )
+
+    def stop(self, spec: DeploymentSpec, state: BackendState | None) -> Observation:
+        stopped = spec.model_copy(update={"replicas": 0})
+        try:
+            if self._get("Deployment", object_name(spec)) is not None:
+                self.apply(self.renderer.deployment(stopped))
+        except ApiException as exc:
+            raise BackendError(f"Kubernetes API error {exc.status}: {exc.reason}") from exc
+        data = dict(state.data) if state and state.backend == self.name else {}
+        data["applied"] = None  # the next reconcile re-applies the wanted replicas
+        return Observation(
+            status="stopped", state=BackendState(backend=self.name, data=data), desired_replicas=0
+        )
+
+    def delete(self, spec: DeploymentSpec, state: BackendState | None) -> None:
+        name = object_name(spec)
+        try:
+            self._delete("Deployment", name)
+            self._delete("Service", name)
+            self._delete("Secret", f"{name}-env")
+            self._delete("PersistentVolumeClaim", f"{name}-cache")
+        except ApiException as exc:
+            raise BackendError(f"Kubernetes API error {exc.status}: {exc.reason}") from exc
+
+    def read_logs(
+        self, spec: DeploymentSpec, state: BackendState | None, tail: int = 200
+    ) -> list[str]:
+        lines: list[str] = []
+        ns = self.config.namespace
+        for pod in self._pods(spec):
+            pod_name = pod["metadata"]["name"]
+            try:
+                text = self.api.call_api(
+                    f"/api/v1/namespaces/{ns}/pods/{pod_name}/log",
+                    "GET",
+                    query_params=[("tailLines", tail), ("container", "model")],
+                    header_params={"Accept": "text/plain"},
+                    response_type="str",
+                    auth_settings=["BearerToken"],
+                    _return_http_data_only=True,
+                )
+            except ApiException:
+                continue
+            lines += [f"[{pod_name}] {line}" for line in str(text or "").splitlines()]
+        secrets = spec.secret_values()
+        return [mask_secrets(line, secrets) for line in lines[-tail:]] if tail else []
+
+    def endpoint(self, spec: DeploymentSpec) -> str:
+        return (
+            f"http://{object_name(spec)}.{self.config.namespace}."
+            f"{self.config.service_domain}:{CONTAINER_PORT}"
+        )
+
+    def close(self) -> None:
+        self.api.close()
+
+    # -------------------------------------------------------------------- internals ---
+    def _digest(self, spec: DeploymentSpec) -> str:
+        rendered = json.dumps(self.renderer.render(spec), sort_keys=True)
+        return hashlib.sha256(rendered.encode()).hexdigest()[:16]
+
+    def _apply_all(self, spec: DeploymentSpec) -> dict[str, Any]:
+        deployment = self.apply(self.renderer.deployment(spec))
+        uid = deployment.get("metadata", {}).get("uid")
+        for manifest in self.renderer.render(spec, owner_uid=uid)[1:]:
+            self.apply(manifest)
+        return deployment
+
+    def _pods(self, spec: DeploymentSpec) -> list[dict[str, Any]]:
+        selector = f"{ID_LABEL}={labels(spec)[ID_LABEL]}"
+        listed = self._call(
+            "GET",
+            f"/api/v1/namespaces/{self.config.namespace}/pods",
+            query=[("labelSelector", selector)],
+        )
+        return cast(list[dict[str, Any]], listed.get("items") or [])
+
+    def _pod_events(self, pod_names: set[str]) -> list[dict[str, Any]]:
+        listed = self._call(
+            "GET",
+            f"/api/v1/namespaces/{self.config.namespace}/events",
+            query=[("fieldSelector", "involvedObject.kind=Pod")],
+        )
+        items = cast(list[dict[str, Any]], listed.get("items") or [])
+        return [e for e in items if e.get("involvedObject", {}).get("name") in pod_names]
+
+    def _observe(
+        self,
+        spec: DeploymentSpec,
+        deployment: dict[str, Any],
+        pods: list[dict[str, Any]],
+        state: BackendState,
+        events: list[str],
+    ) -> Observation:
+        live = [p for p in pods if not p.get("metadata", {}).get("deletionTimestamp")]
+        current = [
+            p
+            for p in live
+            if p.get("metadata", {}).get("labels", {}).get(REVISION_LABEL) == str(spec.revision)
+        ]
+        ready = sum(1 for p in current if _pod_ready(p))
+        problems = [diagnosis for p in current if not _pod_ready(p) for diagnosis in [_diagnose(p)]]
+        found = [d for d in problems if d is not None]
+        if not found and len(current) > ready:
+            found = self._from_events({p["metadata"]["name"] for p in current if not _pod_ready(p)})
+        endpoints = [self.endpoint(spec)] if ready > 0 else []
+        status: ObservedStatus
+        why: str | None = None
+        hard = [d for d in found if d[0] != ReasonCode.UNSCHEDULABLE]
+        if ready >= spec.replicas:
+            status = "running"
+        elif _deadline_exceeded(deployment):
+            status, why = (
+                "failed",
+                reason(
+                    ReasonCode.ROLLOUT_TIMEOUT,
+                    f"not ready within {self.config.rollout_deadline_s}s"
+                    + (f"; {found[0][0]}: {found[0][1]}" if found else ""),
+                ),
+            )
+        elif hard and ready == 0:
+            status, why = "failed", reason(*hard[0])
+        else:
+            status = "deploying"
+            why = (
+                reason(*found[0])
+                if found
+                else reason(
+                    ReasonCode.REPLICAS_NOT_READY, f"{ready}/{spec.replicas} replicas ready"
+                )
+            )
+        if why:
+            why = mask_secrets(why, spec.secret_values())
+        return Observation(
+            status=status,
+            reason=why,
+            ready_replicas=ready,
+            desired_replicas=spec.replicas,
+            endpoints=endpoints,
+            state=state,
+            events=events,
+        )
+
+    def _from_events(self, pod_names: set[str]) -> list[tuple[str, str]]:
+        found: list[tuple[str, str]] = []
+        for event in self._pod_events(pod_names):
+            why, message = event.get("reason", ""), event.get("message", "")
+            if why == "FailedScheduling":
+                found.append((ReasonCode.UNSCHEDULABLE, message))
+            elif why in ("Failed", "BackOff") and "pull" in message.lower():
+                found.append((ReasonCode.IMAGE_PULL_FAILED, message))
+            elif why == "OOMKilling":
+                found.append((ReasonCode.OOM_KILLED, message))
+        return found
+
+
+def _pod_ready(pod: dict[str, Any]) -> bool:
+    for condition in pod.get("status", {}).get("conditions") or []:
+        if condition.get("type") == "Ready":
+            return bool(condition.get("status") == "True")
+    return False
+
+
+def _diagnose(pod: dict[str, Any]) -> tuple[str, str] | None:
+    """The most telling reason why a pod is not ready, as (code, message), if any."""
+    status = pod.get("status", {})
+    for condition in status.get("conditions") or []:
+        if (
+            condition.get("type") == "PodScheduled"
+            and condition.get("status") == "False"
+            and condition.get("reason") == "Unschedulable"
+        ):
+            return ReasonCode.UNSCHEDULABLE, condition.get("message") or "no node fits"
+    for container in status.get("containerStatuses") or []:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        last = (container.get("lastState") or {}).get("terminated") or {}
+        now_terminated = (container.get("state") or {}).get("terminated") or {}
+        if waiting.get("reason") in IMAGE_PULL_REASONS:
+            return (
+                ReasonCode.IMAGE_PULL_FAILED,
+                f"{waiting['reason']}: {waiting.get('message', '')}",
+            )
+        for terminated in (now_terminated, last):
+            if terminated.get("reason") == "OOMKilled":
+                return (
+                    ReasonCode.OOM_KILLED,
+                    f"container {container.get('name')} was killed for exceeding its memory "
+                    f"limit (exit code {terminated.get('exitCode')}, "
+                    f"{container.get('restartCount', 0)} restarts)",
+                )
+        if waiting.get("reason") == "CrashLoopBackOff":
+            return (
+                ReasonCode.CRASH_LOOP,
+                f"container {container.get('name')} keeps crashing (exit code "
+                f"{last.get('exitCode')}, {container.get('restartCount', 0)} restarts): "
+                f"{waiting.get('message', '')}",
+            )
+    return None
+
+
+def _deadline_exceeded(deployment: dict[str, Any]) -> bool:
+    for condition in deployment.get("status", {}).get("conditions") or []:
+        if condition.get("type") == "Progressing" and condition.get("reason") == (
+            "ProgressDeadlineExceeded"
+        ):
+            return True
+    return False
