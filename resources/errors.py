@@ -2,7 +2,8 @@
 
 Hierarchy (each carries an HTTP status and a code from the API's error enum):
 
-- ``ResourceError`` (500 ``internal_error``): base of every resources error.
+- ``ResourceError`` (500 ``internal_error``, a ``common.errors.ConveyorError``): base of
+  every resources error.
   - ``BackendError`` (500 ``internal_error``): a server/binary did not do what was asked;
     the message says which command failed and the tail of its output (never a secret).
   - ``NotSupported`` (422 ``validation_error``): the operation does not exist for this
@@ -15,17 +16,12 @@ Hierarchy (each carries an HTTP status and a code from the API's error enum):
 
 from __future__ import annotations
 
-from typing import Any
+from common.errors import ConveyorError, ErrorCode
 
 
-class ResourceError(Exception):
+class ResourceError(ConveyorError):
     status_code = 500
-    code = "internal_error"
-
-    def __init__(self, message: str, details: Any = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.details = details
+    code = ErrorCode.INTERNAL_ERROR
 
 
 class BackendError(ResourceError):
@@ -34,17 +30,17 @@ class BackendError(ResourceError):
 
 class NotSupported(ResourceError):
     status_code = 422
-    code = "validation_error"
+    code = ErrorCode.VALIDATION_ERROR
 
 
 class OutsideWindow(ResourceError):
     status_code = 422
-    code = "validation_error"
+    code = ErrorCode.VALIDATION_ERROR
 
 
 class SourceBusy(ResourceError):
     status_code = 409
-    code = "conflict"
+    code = ErrorCode.CONFLICT
 
 
 class VerificationFailed(ResourceError):
