@@ -7,6 +7,7 @@ import logging
 
 from fastapi import FastAPI
 
+from api.contract import install_contract
 from api.errors import RequestIdMiddleware, install_error_handlers
 from config import get_settings
 
@@ -15,6 +16,9 @@ ROUTERS: list[str] = [
     "api.routers.health",
     "api.routers.jobs",
     "api.routers.diagnostics",
+    "api.routers.keys",
+    "api.routers.usage",
+    "api.routers.webhooks",
 ]
 
 
@@ -34,5 +38,6 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
     for module in ROUTERS:
         app.include_router(importlib.import_module(module).router)
+    install_contract(app)  # rate limits, body limits, idempotency, CORS, OpenAPI extras
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -12,9 +12,11 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
 from api.views import job_to_dict
+from store.db import session_scope
 from store.models import Job
 from store.orgs import Principal
 from tasks.runner import create_and_enqueue
+from webhooks.service import job_webhook_secret
 
 
 def submit_job(principal: Principal, kind: str, payload: dict[str, Any]) -> Job:
@@ -25,6 +27,9 @@ def accepted(job: Job, session: Session | None = None) -> JSONResponse:
     """202 with the job and a Location header."""
     if session is not None:
         session.refresh(job)
-    return JSONResponse(
-        job_to_dict(job), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"}
-    )
+    body = job_to_dict(job)
+    if isinstance(job.input.get("webhook"), dict):  # the webhook secret is shown only here
+        with session_scope() as db:
+            secret = job_webhook_secret(db, job.id)
+        body["webhook"] = {**job.input["webhook"], "secret": secret}
+    return JSONResponse(body, status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})

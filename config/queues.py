@@ -43,6 +43,8 @@ VISIBILITY_TIMEOUT = max(k.time_limit for k in KINDS.values()) + 600
 TASK_MODULES: list[str] = [
     "tasks.diagnostics",
     "tasks.maintenance",
+    "tasks.webhooks",
+    "tasks.inference",
 ]
 
 # Routes for tasks that are not job kinds (maintenance, webhooks …).

@@ -51,6 +51,24 @@ class Settings(BaseSettings):
     inference_tensor_parallel_size: int = 1
     inference_default_embedding: bool = True  # serve the packaged all-MiniLM-L6-v2
 
+    # --- API contract: rate limits, body limits, CORS, idempotency, webhooks ------------------
+    ratelimit_enabled: bool = True
+    ratelimit_storage_url: str = Field(
+        default="", description="limits storage URI; empty: the Redis of resolved_redis_url()."
+    )
+    ratelimit_strategy: str = "fixed-window"  # fixed-window | moving-window | sliding-window-counter
+    max_body_bytes: int = 64 * 1024
+    cors_origins: str = Field(default="", description="Comma-separated origins; empty: CORS off.")
+    idempotency_ttl_seconds: int = 24 * 3600
+    webhook_max_attempts: int = 6  # the first attempt + 5 retries (10 s … 43 min, ~57 min)
+    webhook_backoff_base_seconds: float = 10.0
+    webhook_backoff_factor: float = 4.0
+    webhook_timeout_seconds: float = 10.0
+    webhook_progress_interval_seconds: float = 5.0  # job.progress throttle per job
+    webhook_secrets_keys: SecretStr = Field(
+        default=SecretStr(""), description="Fernet keys, comma-separated; empty: a key file."
+    )
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url

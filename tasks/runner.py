@@ -24,11 +24,13 @@ from common import events
 from common.errors import ConveyorError, JobFailed, NotFound, Unavailable, ValidationFailed
 from config import get_settings
 from config.queues import KINDS
+from plans import service as plans
 from store import jobs as job_store
 from store import orgs
 from store.db import session_scope
 from store.jobs import JobStatus, StartOutcome
 from store.models import Job
+from webhooks import service as webhooks
 from workers.app import celery_app
 
 log = logging.getLogger(__name__)
@@ -178,9 +180,15 @@ def enqueue(job_id: str, kind: str) -> None:
 
 def create_and_enqueue(kind: str, org_id: str, payload: dict[str, Any]) -> Job:
     """Validate, create the job row, commit, then enqueue (the shared REST/Python path)."""
+    payload = dict(payload)
+    hook = webhooks.parse_job_webhook(payload.pop("webhook")) if "webhook" in payload else None
     clean = validate_input(kind, payload)
     with session_scope() as session:
+        plans.enforce_quota(session, org_id, kind, clean)  # 402 quota_exceeded
         job = job_store.create_job(session, org_id=org_id, kind=kind, input=clean)
+        if hook is not None:  # stored apart (secret encrypted); the input keeps {url, events}
+            public = webhooks.attach_job_webhook(session, org_id, job.id, hook)
+            job.input = {**clean, "webhook": public}
     enqueue(job.id, kind)
     return job
 

@@ -138,13 +138,15 @@ class OrgKey:
         self.headers = {"Authorization": f"Bearer {key}"}
 
 
-def make_org(name: str | None = None) -> OrgKey:
+def make_org(name: str | None = None, plan: str = "unlimited") -> OrgKey:
+    """A fresh organisation + key. Plan "unlimited" keeps quotas and rate limits out of tests
+    that are not about them (tests/api_contract passes "free" or its own plans)."""
     from store import orgs
     from store.db import session_scope
 
     name = name or f"org-{uuid.uuid4().hex[:10]}"
     with session_scope() as session:
-        org = orgs.get_or_create_org(session, name)
+        org = orgs.get_or_create_org(session, name, plan=plan)
         raw = orgs.create_key(session, org.id, name="test").raw
         return OrgKey(org.id, name, raw)
 

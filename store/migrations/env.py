@@ -10,7 +10,12 @@ from store.db import get_engine
 from store.models import Base
 
 # Domain packages that declare tables on Base (imported so autogenerate sees them).
-MODEL_MODULES: list[str] = ["store.models"]
+MODEL_MODULES: list[str] = [
+    "store.models",
+    "plans.models",
+    "webhooks.models",
+    "idempotency.models",
+]
 
 for module in MODEL_MODULES:
     importlib.import_module(module)

@@ -12,7 +12,7 @@ import pytest
 import standardwebhooks
 
 from crawler.safety import check_url
-from tests.api_contract.receiver import Receiver, start_receiver
+from tests.api_contract.receiver import Receiver
 from webhooks.delivery import (
     DEFAULT_MAX_ATTEMPTS,
     deliver,
@@ -21,14 +21,6 @@ from webhooks.delivery import (
     retry_schedule,
 )
 from webhooks.signing import generate_secret
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    rec = start_receiver()
-    yield rec
-    rec.server.shutdown()
-    rec.server.server_close()
 
 
 @pytest.fixture

@@ -1,0 +1,396 @@
+"""HTTP contract middlewares: rate limits, body size and media type, idempotency keys, CORS.
+
+``install_contract(app)`` adds them (inside ``RequestIdMiddleware``, so every error they answer
+carries the request id and the one error envelope). Order, outermost first:
+
+    CORS (when ``CONVEYOR_CORS_ORIGINS`` is set) → rate limit → body limit → idempotency → app
+
+* Rate limit: every ``/v1`` response carries ``X-RateLimit-Limit/Remaining/Reset``; over budget →
+  429 ``rate_limited`` + ``Retry-After``. Budgets per key and method class from the org's plan.
+* Body limit: ``Content-Length`` over ``CONVEYOR_MAX_BODY_BYTES`` (64 KiB) → 413 before reading;
+  a chunked body is cut off (413) as soon as it passes the limit, so it is never parsed.
+  A non-empty body that is not JSON → 415 ``unsupported_media_type``.
+* Idempotency: a POST with ``Idempotency-Key`` runs once per organisation and key for 24 h; the
+  same key and body replay the first answer (``Idempotent-Replayed: true``); another body → 409.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import anyio
+from fastapi import FastAPI, HTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import error_response
+from api.ratelimit import RateLimiter, RateLimitPolicy, identity_for
+from common.errors import ErrorCode
+from config import get_settings
+
+log = logging.getLogger(__name__)
+
+EXEMPT_PATHS = frozenset(
+    {"/v1/health", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}
+)
+JSON_TYPES = ("application/json", "application/merge-patch+json")
+#: POST routes that create nothing: no idempotency bookkeeping (and streaming answers).
+IDEMPOTENCY_EXEMPT_PREFIXES = ("/v1/chat/", "/v1/completions", "/v1/embeddings")
+MAX_STORED_RESPONSE = 256 * 1024
+_REPLAY_HEADERS = ("content-type", "location")
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+def bearer_token(scope: Scope) -> str | None:
+    value = _header(scope, b"authorization")
+    if value and value[:7].lower() == "bearer ":
+        return value[7:].strip() or None
+    return None
+
+
+async def _send_error(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    details: object = None,
+) -> None:
+    response = error_response(Request(scope), status, code, message, details, headers)
+    await response(scope, receive, send)
+
+
+# --- principal lookup (shared by rate limits and idempotency) ---------------------------------
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    org_id: str
+    policy: RateLimitPolicy
+
+
+class KeyLookup:
+    """Token → (org, rate-limit policy), cached briefly. Authentication itself stays in
+    ``api.deps`` (uncached), so a revoked key fails on its very next request."""
+
+    def __init__(self, ttl_seconds: float = 30.0, max_entries: int = 10_000) -> None:
+        self.ttl = ttl_seconds
+        self.max_entries = max_entries
+        self._cache: dict[str, tuple[float, KeyInfo | None]] = {}
+
+    def _load(self, token: str) -> KeyInfo | None:
+        from plans import service as plans
+        from store import orgs
+        from store.db import session_scope
+
+        with session_scope() as session:
+            principal = orgs.authenticate(session, token)
+            if principal is None:
+                return None
+            limits = plans.plan_limits(session, principal.plan)
+            return KeyInfo(
+                principal.org_id, RateLimitPolicy(limits.read_per_minute, limits.write_per_minute)
+            )
+
+    async def get(self, token: str) -> KeyInfo | None:
+        digest = hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+        now = time.monotonic()
+        hit = self._cache.get(digest)
+        if hit is not None and now - hit[0] < self.ttl:
+            return hit[1]
+        info = await anyio.to_thread.run_sync(self._load, token)
+        if len(self._cache) >= self.max_entries:
+            self._cache.clear()
+        self._cache[digest] = (now, info)
+        return info
+
+    def forget(self) -> None:
+        self._cache.clear()
+
+
+# --- rate limits ------------------------------------------------------------------------------
+
+
+class RateLimitMiddleware:
+    def __init__(self, app: ASGIApp, limiter: RateLimiter, lookup: KeyLookup) -> None:
+        self.app = app
+        self.limiter = limiter
+        self.lookup = lookup
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
+            await self.app(scope, receive, send)
+            return
+        token = bearer_token(scope)
+        info = await self.lookup.get(token) if token else None
+        client = scope.get("client")
+        # Unknown keys count against the caller's address, so random keys buy no extra budget.
+        identity = identity_for(token if info else None, client[0] if client else None)
+        try:
+            decision = await self.limiter.hit(
+                identity, scope["method"], info.policy if info else None
+            )
+        except Exception:  # the counter store is down: fail open, loudly
+            log.warning("rate-limit storage unavailable; request not counted", exc_info=True)
+            await self.app(scope, receive, send)
+            return
+        headers = decision.headers()
+        if not decision.allowed:
+            await _send_error(
+                scope,
+                receive,
+                send,
+                429,
+                ErrorCode.RATE_LIMITED,
+                f"Rate limit of {decision.limit} requests per minute exceeded for "
+                f"{scope['method']} requests; retry in {decision.retry_after} s.",
+                headers,
+            )
+            return
+        raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                names = {k for k, _ in raw}
+                kept = [h for h in message.get("headers", []) if h[0] not in names]
+                message["headers"] = [*kept, *raw]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+# --- body size and media type -----------------------------------------------------------------
+
+
+class BodyLimitMiddleware:
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        length_text = _header(scope, b"content-length")
+        chunked = "chunked" in (_header(scope, b"transfer-encoding") or "").lower()
+        try:
+            length = int(length_text) if length_text is not None else None
+        except ValueError:
+            await _send_error(
+                scope, receive, send, 400, ErrorCode.VALIDATION_ERROR, "Bad Content-Length."
+            )
+            return
+        if length is not None and length > self.max_bytes:
+            await _send_error(
+                scope,
+                receive,
+                send,
+                413,
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"The request body is {length} bytes; the limit is {self.max_bytes} bytes.",
+            )
+            return
+        has_body = chunked or (length or 0) > 0
+        content_type = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
+        if has_body and content_type not in JSON_TYPES:
+            await _send_error(
+                scope,
+                receive,
+                send,
+                415,
+                ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+                f"Send the body as application/json, not {content_type or 'no content type'}.",
+            )
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    # Raised inside the body read: FastAPI re-raises HTTPException as is, and the
+                    # error handlers turn it into the 413 envelope. Nothing past the limit is read.
+                    raise HTTPException(
+                        413, f"The request body is over the limit of {self.max_bytes} bytes."
+                    )
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+# --- idempotency keys -------------------------------------------------------------------------
+
+
+def _storable(status: int) -> bool:
+    """Answers worth replaying; transient ones (auth, quota, limits, 5xx) leave the key free."""
+    return status < 500 and status not in (401, 402, 408, 409, 429)
+
+
+class IdempotencyMiddleware:
+    def __init__(self, app: ASGIApp, lookup: KeyLookup, ttl_seconds: int) -> None:
+        self.app = app
+        self.lookup = lookup
+        self.ttl = ttl_seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        key = _header(scope, b"idempotency-key") if scope["type"] == "http" else None
+        if (
+            key is None
+            or scope["method"] != "POST"
+            or scope["path"].startswith(IDEMPOTENCY_EXEMPT_PREFIXES)
+        ):
+            await self.app(scope, receive, send)
+            return
+        if not (1 <= len(key) <= 255) or not key.isprintable() or not key.isascii():
+            await _send_error(
+                scope,
+                receive,
+                send,
+                422,
+                ErrorCode.VALIDATION_ERROR,
+                "Idempotency-Key must be 1-255 printable ASCII characters.",
+                details=[{"loc": ["header", "Idempotency-Key"], "msg": "invalid", "type": "value"}],
+            )
+            return
+        token = bearer_token(scope)
+        info = await self.lookup.get(token) if token else None
+        if info is None:  # the route answers 401 itself
+            await self.app(scope, receive, send)
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        query = bytes(scope.get("query_string", b""))
+        fingerprint = hashlib.sha256(
+            scope["method"].encode() + b" " + scope["path"].encode() + b"?" + query + b"\n" + body
+        ).hexdigest()
+        await self._handle(scope, send, info.org_id, key, fingerprint, bytes(body))
+
+    async def _handle(
+        self, scope: Scope, send: Send, org_id: str, key: str, fingerprint: str, body: bytes
+    ) -> None:
+        from idempotency import service
+
+        claim = await anyio.to_thread.run_sync(service.claim, org_id, key, fingerprint, self.ttl)
+        replay_receive = _replay(body)
+        if not claim.won:
+            if not claim.fingerprint_matches:
+                message = "This Idempotency-Key was already used with a different request body."
+            elif not claim.completed:
+                message = "A request with this Idempotency-Key is still being processed."
+            else:
+                message = ""
+            if message:
+                await _send_error(scope, replay_receive, send, 409, ErrorCode.CONFLICT, message)
+                return
+            headers = [
+                (k.encode(), str(v).encode()) for k, v in (claim.response_headers or {}).items()
+            ]
+            headers.append((b"idempotent-replayed", b"true"))
+            stored = (claim.response_body or "").encode()
+            headers.append((b"content-length", str(len(stored)).encode()))
+            await send(
+                {"type": "http.response.start", "status": claim.response_status, "headers": headers}
+            )
+            await send({"type": "http.response.body", "body": stored})
+            return
+        status = 500
+        kept: dict[str, str] = {}
+        captured = bytearray()
+        overflow = False
+
+        async def capture(message: Message) -> None:
+            nonlocal status, overflow
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                for name, value in message.get("headers", []):
+                    if bytes(name).decode("latin-1").lower() in _REPLAY_HEADERS:
+                        kept[bytes(name).decode("latin-1").lower()] = bytes(value).decode("latin-1")
+            elif message["type"] == "http.response.body" and not overflow:
+                captured.extend(message.get("body", b""))
+                overflow = len(captured) > MAX_STORED_RESPONSE
+            await send(message)
+
+        finished = False
+        try:
+            await self.app(scope, replay_receive, capture)
+            finished = True
+        finally:
+            text = captured.decode("utf-8", "replace")
+            if finished and _storable(status) and not overflow:
+                await anyio.to_thread.run_sync(service.complete, org_id, key, status, kept, text)
+            else:
+                await anyio.to_thread.run_sync(service.release, org_id, key)
+
+
+def _replay(body: bytes) -> Callable[[], Awaitable[Message]]:
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    return receive
+
+
+# --- installation -----------------------------------------------------------------------------
+
+
+def install_contract(app: FastAPI) -> None:
+    """Add the contract middlewares (call before ``RequestIdMiddleware`` is added)."""
+    from tasks.webhooks import subscribe_job_events
+
+    subscribe_job_events()  # the API publishes job.cancelled
+    settings = get_settings()
+    lookup = KeyLookup()
+    app.state.key_lookup = lookup
+    app.add_middleware(
+        IdempotencyMiddleware, lookup=lookup, ttl_seconds=settings.idempotency_ttl_seconds
+    )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.ratelimit_enabled:
+        limiter = RateLimiter(
+            settings.ratelimit_storage_url or settings.resolved_redis_url(),
+            strategy=settings.ratelimit_strategy,
+        )
+        app.state.rate_limiter = limiter
+        app.add_middleware(RateLimitMiddleware, limiter=limiter, lookup=lookup)
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+            expose_headers=[
+                "X-Request-ID",
+                "X-RateLimit-Limit",
+                "X-RateLimit-Remaining",
+                "X-RateLimit-Reset",
+                "Retry-After",
+            ],
+        )

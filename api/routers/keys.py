@@ -1,0 +1,101 @@
+"""``/v1/keys``: list, create and revoke the organisation's API keys (shown once, stored hashed)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select, tuple_
+
+from api.deps import CurrentPrincipal, Db
+from api.schemas import ERROR_RESPONSES
+from common.errors import NotFound
+from common.timeutil import isoformat_z
+from store import orgs
+from store.models import ApiKey
+from webhooks.service import decode_cursor, encode_cursor
+
+router = APIRouter(prefix="/v1/keys", tags=["keys"], responses=ERROR_RESPONSES)
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(default="", max_length=200)
+
+
+class KeyOut(BaseModel):
+    id: str
+    name: str
+    prefix: str = Field(description="The key's first characters, e.g. `cvy_live_AbCd`.")
+    last4: str
+    masked: str = Field(description="`prefix…last4`: enough to recognise a key, not to use it.")
+    created_at: str
+    revoked_at: str | None
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="The full key. Shown only in this response; store it now.")
+
+
+class KeyList(BaseModel):
+    data: list[KeyOut]
+    next_cursor: str | None
+
+
+class KeyListQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(default=20, ge=1, le=100)
+    cursor: str | None = Field(default=None, max_length=200)
+
+
+def _view(key: ApiKey) -> dict[str, object]:
+    return {
+        "id": key.id,
+        "name": key.name,
+        "prefix": key.prefix,
+        "last4": key.last4,
+        "masked": f"{key.prefix}…{key.last4}",
+        "created_at": isoformat_z(key.created_at),
+        "revoked_at": isoformat_z(key.revoked_at),
+    }
+
+
+@router.get("", response_model=KeyList, summary="List active API keys (prefix and last 4 only)")
+def list_keys(
+    principal: CurrentPrincipal, db: Db, query: Annotated[KeyListQuery, Query()]
+) -> dict[str, object]:
+    stmt = select(ApiKey).where(ApiKey.org_id == principal.org_id, ApiKey.revoked_at.is_(None))
+    after = decode_cursor(query.cursor)
+    if after is not None:
+        stmt = stmt.where(tuple_(ApiKey.created_at, ApiKey.id) < after)
+    stmt = stmt.order_by(ApiKey.created_at.desc(), ApiKey.id.desc()).limit(query.limit + 1)
+    rows = db.scalars(stmt).all()
+    page = rows[: query.limit]
+    more = len(rows) > query.limit
+    cursor = encode_cursor(page[-1].created_at, page[-1].id) if more and page else None
+    return {"data": [_view(k) for k in page], "next_cursor": cursor}
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=KeyCreated,
+    summary="Create an API key (the full key is shown once)",
+)
+def create_key(principal: CurrentPrincipal, db: Db, body: KeyCreate | None = None) -> JSONResponse:
+    new = orgs.create_key(db, principal.org_id, name=(body.name if body else ""))
+    db.commit()
+    return JSONResponse({**_view(new.key), "key": new.raw}, status_code=201)
+
+
+@router.delete(
+    "/{key_id}", status_code=204, summary="Revoke an API key (effective on the next request)"
+)
+def revoke_key(key_id: str, principal: CurrentPrincipal, db: Db) -> Response:
+    if len(key_id) > 64 or not orgs.revoke_key(db, principal.org_id, key_id):
+        raise NotFound("API key not found.")
+    return Response(status_code=204)

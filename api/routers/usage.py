@@ -1,0 +1,17 @@
+"""``/v1/usage``: the organisation's plan and what it used in the current period."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from api.deps import CurrentPrincipal, Db
+from api.schemas import ERROR_RESPONSES
+from plans import service as plans
+from plans.schemas import UsageReport
+
+router = APIRouter(prefix="/v1/usage", tags=["usage"], responses=ERROR_RESPONSES)
+
+
+@router.get("", response_model=UsageReport, summary="Usage of the current period against the plan")
+def get_usage(principal: CurrentPrincipal, db: Db) -> UsageReport:
+    return plans.usage_report(db, principal.org_id)

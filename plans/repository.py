@@ -1,0 +1,98 @@
+"""Queries of the plans domain. Functions take the caller's session and never commit."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from plans.models import Plan, UsageCounter
+from store.models import Job, Organization
+
+
+def get_plan(session: Session, name: str) -> Plan | None:
+    return session.get(Plan, name)
+
+
+def list_plans(session: Session) -> Sequence[Plan]:
+    return session.scalars(select(Plan).order_by(Plan.pages_per_month, Plan.name)).all()
+
+
+def get_org(session: Session, org_id: str, *, lock: bool = False) -> Organization | None:
+    query = select(Organization).where(Organization.id == org_id)
+    if lock and session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    return session.scalar(query)
+
+
+def get_org_by_name_or_id(session: Session, ref: str) -> Organization | None:
+    return session.scalar(
+        select(Organization).where((Organization.id == ref) | (Organization.name == ref))
+    )
+
+
+def count_active_jobs(session: Session, org_id: str, statuses: Sequence[str]) -> int:
+    query = (
+        select(func.count()).select_from(Job).where(Job.org_id == org_id, Job.status.in_(statuses))
+    )
+    return int(session.scalar(query) or 0)
+
+
+def pages_crawled_since(
+    session: Session, org_id: str, since: datetime, kinds: Sequence[str]
+) -> int:
+    """Pages crawled by the organisation's crawl jobs created since ``since`` (from progress)."""
+    pages = Job.progress["pages_crawled"].as_integer()
+    query = select(func.coalesce(func.sum(func.coalesce(pages, 0)), 0)).where(
+        Job.org_id == org_id, Job.kind.in_(kinds), Job.created_at >= since
+    )
+    return int(session.scalar(query) or 0)
+
+
+def get_counter(session: Session, org_id: str, period: str, metric: str) -> int:
+    value = session.scalar(
+        select(UsageCounter.amount).where(
+            UsageCounter.org_id == org_id,
+            UsageCounter.period == period,
+            UsageCounter.metric == metric,
+        )
+    )
+    return int(value or 0)
+
+
+def add_to_counter(session: Session, org_id: str, period: str, metric: str, amount: int) -> None:
+    """Atomic upsert-increment (safe under concurrent workers on PostgreSQL and SQLite)."""
+    values: dict[str, Any] = {
+        "org_id": org_id,
+        "period": period,
+        "metric": metric,
+        "amount": amount,
+    }
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        pg = pg_insert(UsageCounter).values(**values)
+        session.execute(
+            pg.on_conflict_do_update(
+                index_elements=["org_id", "period", "metric"],
+                set_={"amount": UsageCounter.amount + pg.excluded.amount},
+            )
+        )
+    elif dialect == "sqlite":
+        lite = sqlite_insert(UsageCounter).values(**values)
+        session.execute(
+            lite.on_conflict_do_update(
+                index_elements=["org_id", "period", "metric"],
+                set_={"amount": UsageCounter.amount + lite.excluded.amount},
+            )
+        )
+    else:  # pragma: no cover - only the two supported stores exist
+        raise RuntimeError(f"unsupported dialect {dialect}")
+
+
+def set_org_plan(session: Session, org_id: str, plan: str) -> None:
+    session.execute(update(Organization).where(Organization.id == org_id).values(plan=plan))

@@ -1,0 +1,151 @@
+"""The ``webhooks`` queue: deliver one webhook message, retrying with exponential backoff.
+
+Also subscribes outgoing webhooks to the job lifecycle events of ``common.events`` (published
+after commit by the job runner and the API) — ``job.progress`` throttled per job.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import timedelta
+from typing import Any
+
+import httpx
+from celery import Task
+from celery.signals import worker_process_shutdown
+
+from api.views import job_to_dict
+from common import events
+from common.timeutil import utcnow
+from config import get_settings
+from store.db import session_scope
+from store.models import Job
+from webhooks import service
+from webhooks.delivery import deliver, encode_payload, retry_delay
+from webhooks.dispatch import DELIVER_TASK, emit_event
+from webhooks.models import WebhookDelivery
+from webhooks.schemas import JOB_EVENTS
+from workers.app import celery_app
+
+log = logging.getLogger(__name__)
+
+_client: httpx.Client | None = None
+_client_lock = threading.Lock()
+
+
+def http_client() -> httpx.Client:
+    """One HTTP client per worker process (created on first use, closed at shutdown)."""
+    global _client
+    with _client_lock:
+        if _client is None:
+            _client = httpx.Client(
+                follow_redirects=False,
+                limits=httpx.Limits(max_connections=50, max_keepalive_connections=10),
+            )
+        return _client
+
+
+@worker_process_shutdown.connect
+def _close_client(**_: Any) -> None:
+    global _client
+    with _client_lock:
+        if _client is not None:
+            _client.close()
+            _client = None
+
+
+@celery_app.task(name=DELIVER_TASK, bind=True, acks_late=True, max_retries=None)
+def deliver_webhook(self: Task, delivery_id: str) -> str:
+    """Attempt one delivery; on a retryable failure schedule the next attempt (backoff)."""
+    settings = get_settings()
+    with session_scope() as session:
+        delivery = session.get(WebhookDelivery, delivery_id)
+        if delivery is None or delivery.status != "pending":
+            return "skipped"
+        target = service.delivery_target(session, delivery)
+        if target is None:
+            delivery.status = "failed"
+            delivery.last_error = "webhook_deleted"
+            return "failed"
+        url, secret = target
+        payload = delivery.payload
+        msg_id = delivery.msg_id
+        attempt = delivery.attempts + 1
+    body = encode_payload(payload["type"], payload["timestamp"], payload["data"])
+    outcome = deliver(
+        http_client(),
+        url,
+        secret,
+        msg_id,
+        body,
+        url_guard=service.guard_url,
+        timeout=settings.webhook_timeout_seconds,
+    )
+    retry = not outcome.ok and outcome.retryable and attempt < settings.webhook_max_attempts
+    delay = (
+        retry_delay(
+            attempt,
+            base=settings.webhook_backoff_base_seconds,
+            factor=settings.webhook_backoff_factor,
+        )
+        if retry
+        else None
+    )
+    with session_scope() as session:
+        delivery = session.get(WebhookDelivery, delivery_id)
+        if delivery is None:
+            return "skipped"
+        next_at = utcnow() + timedelta(seconds=delay) if delay is not None else None
+        service.record_attempt(delivery, outcome, next_attempt_at=next_at)
+        status = delivery.status
+    if delay is not None:
+        raise self.retry(countdown=delay, max_retries=None)
+    return status
+
+
+# --- job lifecycle → webhooks -------------------------------------------------------------------
+
+_last_progress: dict[str, float] = {}
+_progress_lock = threading.Lock()
+
+
+def _progress_due(job_id: str, interval: float) -> bool:
+    now = time.monotonic()
+    with _progress_lock:
+        if now - _last_progress.get(job_id, -interval - 1) < interval:
+            return False
+        _last_progress[job_id] = now
+        if len(_last_progress) > 10_000:  # forget the oldest jobs
+            for key in sorted(_last_progress, key=_last_progress.__getitem__)[:5_000]:
+                del _last_progress[key]
+        return True
+
+
+def on_job_event(event_type: str, job_id: str, data: dict[str, Any]) -> None:
+    """``common.events`` subscriber: job lifecycle event → webhook deliveries."""
+    if event_type not in JOB_EVENTS:
+        return
+    if event_type == "job.progress" and not _progress_due(
+        job_id, get_settings().webhook_progress_interval_seconds
+    ):
+        return
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            return
+        org_id = job.org_id
+        view = job_to_dict(job)
+    emit_event(event_type, org_id=org_id, data=view, job_id=job_id)
+    if event_type != "job.progress":
+        with _progress_lock:
+            _last_progress.pop(job_id, None)
+
+
+def subscribe_job_events() -> None:
+    """Register :func:`on_job_event` (idempotent; done on import for worker processes)."""
+    events.subscribe(on_job_event)
+
+
+subscribe_job_events()

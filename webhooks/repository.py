@@ -1,0 +1,62 @@
+"""Queries of the webhooks domain. Functions take the caller's session and never commit."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import select, tuple_
+from sqlalchemy.orm import Session
+
+from webhooks.models import JobWebhook, WebhookDelivery, WebhookEndpoint
+
+
+def get_endpoint(session: Session, org_id: str, endpoint_id: str) -> WebhookEndpoint | None:
+    return session.scalar(
+        select(WebhookEndpoint).where(
+            WebhookEndpoint.id == endpoint_id, WebhookEndpoint.org_id == org_id
+        )
+    )
+
+
+def list_endpoints(
+    session: Session, org_id: str, limit: int, after: tuple[datetime, str] | None
+) -> Sequence[WebhookEndpoint]:
+    """Newest first, keyset-paginated on (created_at, id)."""
+    query = select(WebhookEndpoint).where(WebhookEndpoint.org_id == org_id)
+    if after is not None:
+        query = query.where(tuple_(WebhookEndpoint.created_at, WebhookEndpoint.id) < after)
+    query = query.order_by(WebhookEndpoint.created_at.desc(), WebhookEndpoint.id.desc())
+    return session.scalars(query.limit(limit)).all()
+
+
+def endpoints_for_org(session: Session, org_id: str) -> Sequence[WebhookEndpoint]:
+    return session.scalars(select(WebhookEndpoint).where(WebhookEndpoint.org_id == org_id)).all()
+
+
+def get_job_webhook(session: Session, job_id: str) -> JobWebhook | None:
+    return session.get(JobWebhook, job_id)
+
+
+def get_delivery(session: Session, org_id: str, delivery_id: str) -> WebhookDelivery | None:
+    return session.scalar(
+        select(WebhookDelivery).where(
+            WebhookDelivery.id == delivery_id, WebhookDelivery.org_id == org_id
+        )
+    )
+
+
+def list_deliveries(
+    session: Session,
+    org_id: str,
+    endpoint_id: str,
+    limit: int,
+    after: tuple[datetime, str] | None,
+) -> Sequence[WebhookDelivery]:
+    query = select(WebhookDelivery).where(
+        WebhookDelivery.org_id == org_id, WebhookDelivery.endpoint_id == endpoint_id
+    )
+    if after is not None:
+        query = query.where(tuple_(WebhookDelivery.created_at, WebhookDelivery.id) < after)
+    query = query.order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id.desc())
+    return session.scalars(query.limit(limit)).all()

@@ -1,0 +1,132 @@
+"""Pydantic I/O of the webhooks domain: event types, endpoint and delivery views."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from webhooks.signing import is_valid_secret
+
+JOB_EVENTS: tuple[str, ...] = (
+    "job.started",
+    "job.progress",
+    "job.completed",
+    "job.failed",
+    "job.cancelled",
+)
+DEPLOYMENT_EVENTS: tuple[str, ...] = (
+    "deployment.created",
+    "deployment.running",
+    "deployment.failed",
+    "deployment.scaled",
+    "deployment.stopped",
+    "deployment.deleted",
+)
+EVENT_TYPES: tuple[str, ...] = JOB_EVENTS + DEPLOYMENT_EVENTS
+
+EventType = Literal[
+    "job.started",
+    "job.progress",
+    "job.completed",
+    "job.failed",
+    "job.cancelled",
+    "deployment.created",
+    "deployment.running",
+    "deployment.failed",
+    "deployment.scaled",
+    "deployment.stopped",
+    "deployment.deleted",
+]
+DeliveryStatus = Literal["pending", "succeeded", "failed"]
+
+
+def _job_events() -> list[EventType]:
+    return ["job.started", "job.progress", "job.completed", "job.failed", "job.cancelled"]
+
+
+_SECRET_HELP = "`whsec_` + base64 of 24-64 random bytes; generated when omitted."
+
+
+def _check_secret(value: str | None) -> str | None:
+    if value is not None and not is_valid_secret(value):
+        raise ValueError("must be 'whsec_' followed by base64 of 24 to 64 bytes")
+    return value
+
+
+class JobWebhookSpec(BaseModel):
+    """``"webhook"`` in a job's create body: where to send this job's events."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=8, max_length=2048, description="http(s) URL of the receiver.")
+    events: list[EventType] = Field(
+        default_factory=_job_events, min_length=1, max_length=len(EVENT_TYPES)
+    )
+    secret: str | None = Field(default=None, max_length=200, description=_SECRET_HELP)
+
+    _secret = field_validator("secret")(_check_secret)
+
+
+class WebhookCreate(BaseModel):
+    """``POST /v1/webhooks``: an organisation-wide endpoint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=8, max_length=2048, description="http(s) URL of the receiver.")
+    events: list[EventType] = Field(
+        default_factory=_job_events, min_length=1, max_length=len(EVENT_TYPES)
+    )
+    description: str = Field(default="", max_length=500)
+    secret: str | None = Field(default=None, max_length=200, description=_SECRET_HELP)
+
+    _secret = field_validator("secret")(_check_secret)
+
+
+class WebhookOut(BaseModel):
+    """An organisation webhook; ``secret`` only in the create response."""
+
+    id: str
+    url: str
+    events: list[str]
+    description: str
+    created_at: datetime
+    secret: str | None = Field(default=None, description="Shown once, in the create response.")
+
+
+class WebhookList(BaseModel):
+    data: list[WebhookOut]
+    next_cursor: str | None
+
+
+class DeliveryOut(BaseModel):
+    """One delivery in a webhook's log."""
+
+    id: str
+    webhook_id: str | None
+    job_id: str | None
+    msg_id: str = Field(description="The `webhook-id` header: the same on every retry.")
+    event_type: str
+    status: DeliveryStatus
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    response_snippet: str | None
+    duration_ms: int | None
+    next_attempt_at: datetime | None
+    created_at: datetime
+    delivered_at: datetime | None
+
+
+class DeliveryList(BaseModel):
+    data: list[DeliveryOut]
+    next_cursor: str | None
+
+
+class EventPayload(BaseModel):
+    """The JSON body of every delivery (documented; built by ``delivery.encode_payload``)."""
+
+    type: EventType
+    timestamp: datetime
+    data: dict[str, Any] = Field(description="The job (or deployment) object after the event.")

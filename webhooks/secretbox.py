@@ -1,0 +1,53 @@
+"""Webhook signing secrets at rest: Fernet-encrypted, decrypted only to sign a delivery.
+
+Keys come from ``CONVEYOR_WEBHOOK_SECRETS_KEYS`` (comma-separated Fernet keys, the first
+encrypts, all decrypt: rotation); when unset, a key file ``webhooks.key`` (mode 0600) in the data
+directory is created once and used.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from cryptography.fernet import Fernet, MultiFernet
+
+from config import get_settings
+
+
+def _key_file(path: Path) -> str:
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = Fernet.generate_key().decode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process created it first
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key)
+    return key
+
+
+@lru_cache(maxsize=1)
+def _box() -> MultiFernet:
+    settings = get_settings()
+    configured = settings.webhook_secrets_keys.get_secret_value()
+    keys = [k.strip() for k in configured.split(",") if k.strip()]
+    if not keys:
+        keys = [_key_file(settings.data_dir / "webhooks.key")]
+    return MultiFernet([Fernet(k.encode()) for k in keys])
+
+
+def encrypt(secret: str) -> str:
+    return _box().encrypt(secret.encode()).decode()
+
+
+def decrypt(token: str) -> str:
+    return _box().decrypt(token.encode()).decode()
+
+
+def reset() -> None:
+    """Forget the cached keys (tests that change settings)."""
+    _box.cache_clear()
