@@ -45,12 +45,14 @@ TASK_MODULES: list[str] = [
     "tasks.maintenance",
     "tasks.webhooks",
     "tasks.inference",
+    "tasks.crawl",
 ]
 
 # Routes for tasks that are not job kinds (maintenance, webhooks …).
 EXTRA_ROUTES: dict[str, dict[str, str]] = {
     "maintenance.*": {"queue": MAINTENANCE},
     "webhooks.*": {"queue": WEBHOOKS},
+    "crawl.batch": {"queue": CRAWL},
 }
 
 

@@ -35,6 +35,11 @@ class Settings(BaseSettings):
     result_ttl_seconds: int = 24 * 3600
     metadata_ttl_days: int = 30
     max_deliveries: int = Field(default=3, description="Deliveries before worker_lost.")
+    visibility_timeout: int = Field(
+        default=0,
+        description="Seconds before Redis redelivers an unacked message; 0: computed "
+        "from the longest hard time limit (config.queues.VISIBILITY_TIMEOUT).",
+    )
     db_pool_size: int = 10
     reaper_grace_seconds: int = 60
     canary_max_age_seconds: int = 180
@@ -51,12 +56,40 @@ class Settings(BaseSettings):
     inference_tensor_parallel_size: int = 1
     inference_default_embedding: bool = True  # serve the packaged all-MiniLM-L6-v2
 
+    # --- deployments -------------------------------------------------------------------------
+    deploy_backend: str = "local"  # local | kubernetes
+    deploy_runtime_dir: Path | None = None  # local replicas' pid/log files; default data_dir/...
+    deploy_startup_timeout_seconds: float = 600.0  # a replica's health-check budget
+    deploy_rollout_deadline_seconds: float = 900.0  # a deploy job fails past this
+    deploy_stop_grace_seconds: float = 10.0  # SIGTERM → SIGKILL
+    deploy_max_crashes: int = 3  # consecutive crashes before `failed`
+    deploy_backoff_base_seconds: float = 1.0
+    deploy_backoff_max_seconds: float = 30.0
+    deploy_poll_seconds: float = 1.0  # deploy job polling of the backend
+    deploy_reconcile_seconds: float = 5.0  # the reconciler beat period
+    deploy_orphan_grace_seconds: float = 120.0
+    deploy_default_gpu_type: str = ""
+    deploy_proxy_timeout_seconds: float = 300.0
+    kube_namespace: str = "conveyor"
+    kube_image: str = "vllm/vllm-openai:v0.11.0"
+    kube_config: str = ""  # kubeconfig path; empty: ~/.kube/config
+    kube_context: str = ""
+    kube_in_cluster: bool = False
+    kube_gpu_node_selectors: str = Field(
+        default="", description='JSON: {"gpu type": {"label": "value"}}; default: product label'
+    )
+    kube_cache_size: str = "50Gi"
+    kube_cache_storage_class: str = ""
+    kube_startup_budget_seconds: int = 600
+
     # --- API contract: rate limits, body limits, CORS, idempotency, webhooks ------------------
     ratelimit_enabled: bool = True
     ratelimit_storage_url: str = Field(
         default="", description="limits storage URI; empty: the Redis of resolved_redis_url()."
     )
-    ratelimit_strategy: str = "fixed-window"  # fixed-window | moving-window | sliding-window-counter
+    ratelimit_strategy: str = (
+        "fixed-window"  # fixed-window | moving-window | sliding-window-counter
+    )
     max_body_bytes: int = 64 * 1024
     cors_origins: str = Field(default="", description="Comma-separated origins; empty: CORS off.")
     idempotency_ttl_seconds: int = 24 * 3600
@@ -68,6 +101,24 @@ class Settings(BaseSettings):
     webhook_secrets_keys: SecretStr = Field(
         default=SecretStr(""), description="Fernet keys, comma-separated; empty: a key file."
     )
+
+    # --- crawler ------------------------------------------------------------------------------
+    crawl_allowed_hosts: str = Field(
+        default="",
+        description="SSRF allow-list for requests made on a user's behalf (crawls, webhooks): "
+        "comma-separated hosts, host:port pairs or CIDR ranges. Empty: public addresses only.",
+    )
+    crawl_user_agent: str = "ConveyorBot/0.1 (+https://github.com/conveyor/conveyor)"
+    crawl_max_body_bytes: int = 10 * 1024 * 1024  # bigger pages fail with too_large
+    crawl_max_retries: int = 2
+    crawl_max_retry_after_s: float = 30.0
+    crawl_global_concurrency: int = 16  # pages in flight per worker task
+    crawl_per_host_concurrency: int = 8
+    crawl_render_pool_size: int = 4  # browser pages at once per worker process
+    crawl_chromium_path: str = "/usr/bin/chromium"
+    crawl_split_threshold: int = 50  # crawls of this many pages or more get helper tasks
+    crawl_split_workers: int = 2  # tasks crawling one site at once (main + helpers)
+    crawl_stale_claim_seconds: float = 300.0  # a claim older than this was lost with its worker
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -11,8 +11,10 @@ class SleepInput(BaseModel):
     seconds: float = Field(default=1.0, ge=0, le=300, description="How long to sleep.")
     fail: bool = Field(default=False, description="End the job failed instead of completed.")
     steps: int = Field(default=10, ge=1, le=1000, description="Progress steps (cancel points).")
-    crash: bool = Field(
-        default=False,
-        description="Kill the worker process mid-job (only when CONVEYOR_DIAGNOSTICS_ALLOW_CRASH "
-        "is set; used by crash-safety tests).",
+    crash_attempts: int = Field(
+        default=0,
+        ge=0,
+        le=100,
+        description="Kill the worker process mid-job on the first N deliveries (only when "
+        "CONVEYOR_DIAGNOSTICS_ALLOW_CRASH is set; used by crash-safety tests).",
     )

@@ -26,7 +26,7 @@ def run_sleep(ctx: SleepContext, params: SleepInput, *, allow_crash: bool) -> di
         ctx.check_cancelled()
         if step:
             time.sleep(step)
-        if params.crash and allow_crash and done == params.steps // 2 + 1:
+        if allow_crash and ctx.attempt <= params.crash_attempts and done == params.steps // 2 + 1:
             os.kill(os.getpid(), signal.SIGKILL)
         if params.steps <= 100 or done % (params.steps // 100) == 0 or done == params.steps:
             ctx.progress(steps_total=params.steps, steps_done=done)

@@ -25,3 +25,84 @@ def wait_for_job(
             return job
         time.sleep(0.05)
     raise AssertionError(f"job {job_id} still {job.get('status')} after {timeout}s: {job}")
+
+
+class WorkerProcess:
+    """A real ``celery worker`` subprocess (its own process group) for end-to-end tests."""
+
+    def __init__(
+        self,
+        queues: list[str],
+        *,
+        pool: str = "prefork",
+        concurrency: int = 1,
+        env: dict[str, str] | None = None,
+        name: str | None = None,
+    ) -> None:
+        import os
+        import subprocess
+        import sys
+        import uuid
+
+        self.name = name or f"test-{uuid.uuid4().hex[:8]}@%h"
+        cmd = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.app",
+            "worker",
+            "-Q",
+            ",".join(queues),
+            "-P",
+            pool,
+            "-c",
+            str(concurrency),
+            "-n",
+            self.name,
+            "-l",
+            "WARNING",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
+        self.proc = subprocess.Popen(
+            cmd,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+
+    def children(self) -> list[int]:
+        import psutil
+
+        try:
+            return [c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def kill_all(self) -> None:
+        """SIGKILL the whole worker (main process and pool children): no chance to clean up."""
+        import os
+        import signal
+
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        import os
+        import signal
+        import subprocess
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill_all()
+        if self.proc.stderr:
+            self.proc.stderr.close()
