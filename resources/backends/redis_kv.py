@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from resources.backends.base import (
     BackupResult,
@@ -268,7 +270,13 @@ class RedisDedicated(NoPitr):
             f"aclfile {directory}/users.acl\nmaxmemory {maxmemory}\n"
         )
         run([str(self.settings.redis_server_bin), str(conf)])
-        client = redis.Redis(host="127.0.0.1", port=port, username="admin", password=admin_password)
+        client = redis.Redis(
+            host="127.0.0.1",
+            port=port,
+            username="admin",
+            password=admin_password,
+            retry=Retry(NoBackoff(), 0),
+        )
         deadline = time.monotonic() + self.settings.start_timeout_s
         while True:
             try:
@@ -342,8 +350,10 @@ class RedisDedicated(NoPitr):
 
     def deprovision(self, handle: Handle) -> None:
         # Already stopped is fine (SHUTDOWN also closes our own connection).
+        client = self._admin(handle.state, handle.secret)
+        client.connection_pool.connection_kwargs["retry"] = Retry(NoBackoff(), 0)
         with contextlib.suppress(redis.ConnectionError):
-            self._admin(handle.state, handle.secret).shutdown(nosave=True)
+            _cmd(client, "SHUTDOWN", "NOSAVE")
         shutil.rmtree(handle.state["dir"], ignore_errors=True)
 
     def rotate(self, handle: Handle) -> Handle:
