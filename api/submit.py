@@ -16,7 +16,7 @@ from store.db import session_scope
 from store.models import Job
 from store.orgs import Principal
 from tasks.runner import create_and_enqueue
-from webhooks.service import job_webhook_secret
+from webhooks.service import job_webhook_view
 
 
 def submit_job(principal: Principal, kind: str, payload: dict[str, Any]) -> Job:
@@ -28,8 +28,8 @@ def accepted(job: Job, session: Session | None = None) -> JSONResponse:
     if session is not None:
         session.refresh(job)
     body = job_to_dict(job)
-    if isinstance(job.input.get("webhook"), dict):  # the webhook secret is shown only here
-        with session_scope() as db:
-            secret = job_webhook_secret(db, job.id)
-        body["webhook"] = {**job.input["webhook"], "secret": secret}
+    with session_scope() as db:  # a per-job webhook's secret is shown only here
+        webhook = job_webhook_view(db, job.id, with_secret=True)
+    if webhook is not None:
+        body["webhook"] = webhook
     return JSONResponse(body, status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})

@@ -181,14 +181,14 @@ def enqueue(job_id: str, kind: str) -> None:
 def create_and_enqueue(kind: str, org_id: str, payload: dict[str, Any]) -> Job:
     """Validate, create the job row, commit, then enqueue (the shared REST/Python path)."""
     payload = dict(payload)
-    hook = webhooks.parse_job_webhook(payload.pop("webhook")) if "webhook" in payload else None
+    hook_value = payload.pop("webhook", None)  # create bodies may carry a per-job webhook
+    hook = webhooks.parse_job_webhook(hook_value) if hook_value is not None else None
     clean = validate_input(kind, payload)
     with session_scope() as session:
         plans.enforce_quota(session, org_id, kind, clean)  # 402 quota_exceeded
         job = job_store.create_job(session, org_id=org_id, kind=kind, input=clean)
-        if hook is not None:  # stored apart (secret encrypted); the input keeps {url, events}
-            public = webhooks.attach_job_webhook(session, org_id, job.id, hook)
-            job.input = {**clean, "webhook": public}
+        if hook is not None:  # stored apart, secret encrypted; never part of the job's input
+            webhooks.attach_job_webhook(session, org_id, job.id, hook)
     enqueue(job.id, kind)
     return job
 

@@ -69,6 +69,15 @@ class JobWebhookSpec(BaseModel):
     _secret = field_validator("secret")(_check_secret)
 
 
+class WithWebhook(BaseModel):
+    """Mixin for job create bodies: the optional per-job ``webhook`` (handled by the runner's
+    ``create_and_enqueue``, which stores it apart and returns its secret once)."""
+
+    webhook: JobWebhookSpec | None = Field(
+        default=None, description="Send this job's events to a URL (Standard Webhooks signed)."
+    )
+
+
 class WebhookCreate(BaseModel):
     """``POST /v1/webhooks``: an organisation-wide endpoint."""
 

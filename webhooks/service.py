@@ -144,7 +144,7 @@ def parse_job_webhook(value: Any) -> JobWebhookSpec:
 def attach_job_webhook(
     session: Session, org_id: str, job_id: str, spec: JobWebhookSpec
 ) -> dict[str, Any]:
-    """Store a job's webhook; returns its public view ``{url, events}`` for the job's input."""
+    """Store a job's webhook (secret encrypted); returns its public view ``{url, events}``."""
     guard_url(spec.url)
     secret = spec.secret or generate_secret()
     events = sorted(set(spec.events))
@@ -161,9 +161,17 @@ def attach_job_webhook(
     return {"url": spec.url, "events": events}
 
 
-def job_webhook_secret(session: Session, job_id: str) -> str | None:
+def job_webhook_view(
+    session: Session, job_id: str, *, with_secret: bool = False
+) -> dict[str, Any] | None:
+    """``{url, events}`` of a job's webhook (plus ``secret`` for the create response only)."""
     hook = repository.get_job_webhook(session, job_id)
-    return None if hook is None else secretbox.decrypt(hook.secret_encrypted)
+    if hook is None:
+        return None
+    view: dict[str, Any] = {"url": hook.url, "events": list(hook.events)}
+    if with_secret:
+        view["secret"] = secretbox.decrypt(hook.secret_encrypted)
+    return view
 
 
 # --- events → deliveries ----------------------------------------------------------------------
