@@ -46,6 +46,7 @@ TASK_MODULES: list[str] = [
     "tasks.webhooks",
     "tasks.inference",
     "tasks.crawl",
+    "tasks.deploy",
 ]
 
 # Routes for tasks that are not job kinds (maintenance, webhooks …).
@@ -53,6 +54,7 @@ EXTRA_ROUTES: dict[str, dict[str, str]] = {
     "maintenance.*": {"queue": MAINTENANCE},
     "webhooks.*": {"queue": WEBHOOKS},
     "crawl.batch": {"queue": CRAWL},
+    "deployments.*": {"queue": DEPLOY},
 }
 
 
@@ -89,4 +91,14 @@ def beat_schedule() -> dict[str, dict[str, Any]]:
             "schedule": timedelta(minutes=1),
         },
         "broker-canary": {"task": "maintenance.broker_canary", "schedule": timedelta(minutes=1)},
+        "reconcile-deployments": {
+            "task": "deployments.reconcile",
+            "schedule": timedelta(seconds=_deploy_reconcile_seconds()),
+        },
     }
+
+
+def _deploy_reconcile_seconds() -> float:
+    from config.settings import get_settings
+
+    return get_settings().deploy_reconcile_seconds

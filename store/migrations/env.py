@@ -15,6 +15,8 @@ MODEL_MODULES: list[str] = [
     "plans.models",
     "webhooks.models",
     "idempotency.models",
+    "deployments.models",
+    "crawler.models",
 ]
 
 for module in MODEL_MODULES:

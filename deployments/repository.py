@@ -1,0 +1,141 @@
+"""Queries of the deployments domain (keyset pagination on indexed columns)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session
+
+from deployments.models import Deployment, DeploymentRevision
+from store.jobs import decode_cursor, encode_cursor
+
+LIVE_EXCLUDED = ("deleted",)
+
+
+def get(
+    session: Session, org_id: str, deployment_id: str, *, lock: bool = False
+) -> Deployment | None:
+    query = select(Deployment).where(Deployment.id == deployment_id, Deployment.org_id == org_id)
+    if lock:
+        query = query.with_for_update()
+    return session.scalars(query).first()
+
+
+def get_any(session: Session, deployment_id: str, *, lock: bool = False) -> Deployment | None:
+    """A deployment by id regardless of organisation (tasks, reconciler)."""
+    query = select(Deployment).where(Deployment.id == deployment_id)
+    if lock:
+        query = query.with_for_update()
+    return session.scalars(query).first()
+
+
+def get_by_name(session: Session, org_id: str, name: str) -> Deployment | None:
+    """The organisation's live (not deleted) deployment of that name."""
+    return session.scalars(
+        select(Deployment).where(
+            Deployment.org_id == org_id,
+            Deployment.name == name,
+            Deployment.deleted_at.is_(None),
+        )
+    ).first()
+
+
+def list_live_names(session: Session, org_id: str) -> Sequence[Deployment]:
+    return session.scalars(
+        select(Deployment)
+        .where(Deployment.org_id == org_id, Deployment.deleted_at.is_(None))
+        .order_by(Deployment.created_at)
+        .limit(500)
+    ).all()
+
+
+@dataclass(frozen=True)
+class DeploymentFilter:
+    statuses: tuple[str, ...] = ()
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    descending: bool = True
+
+
+def list_page(
+    session: Session, org_id: str, flt: DeploymentFilter, *, limit: int, cursor: str | None
+) -> tuple[list[Deployment], str | None]:
+    query = select(Deployment).where(Deployment.org_id == org_id)
+    if flt.statuses:
+        query = query.where(Deployment.status.in_(flt.statuses))
+    else:
+        query = query.where(Deployment.status.not_in(LIVE_EXCLUDED))
+    if flt.created_after is not None:
+        query = query.where(Deployment.created_at > flt.created_after)
+    if flt.created_before is not None:
+        query = query.where(Deployment.created_at < flt.created_before)
+    if cursor:
+        at, last_id = decode_cursor(cursor)
+        if flt.descending:
+            query = query.where(
+                or_(
+                    Deployment.created_at < at,
+                    and_(Deployment.created_at == at, Deployment.id < last_id),
+                )
+            )
+        else:
+            query = query.where(
+                or_(
+                    Deployment.created_at > at,
+                    and_(Deployment.created_at == at, Deployment.id > last_id),
+                )
+            )
+    order = (
+        (Deployment.created_at.desc(), Deployment.id.desc())
+        if flt.descending
+        else (Deployment.created_at.asc(), Deployment.id.asc())
+    )
+    rows = list(session.scalars(query.order_by(*order).limit(limit + 1)))
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id)
+    return rows, next_cursor
+
+
+def to_reconcile(session: Session, limit: int = 200) -> Sequence[str]:
+    """Ids of deployments the reconciler looks after (desired running, not failed)."""
+    return session.scalars(
+        select(Deployment.id)
+        .where(
+            Deployment.desired == "running",
+            Deployment.status.in_(("running", "degraded", "deploying", "pending")),
+        )
+        .order_by(Deployment.updated_at)
+        .limit(limit)
+    ).all()
+
+
+def live_backend_states(session: Session, backend: str) -> Sequence[dict[str, object] | None]:
+    """Stored backend states of every deployment that is not deleted (orphan sweeping)."""
+    return session.scalars(
+        select(Deployment.backend_state).where(
+            Deployment.backend == backend, Deployment.deleted_at.is_(None)
+        )
+    ).all()
+
+
+def revisions(session: Session, deployment_id: str) -> Sequence[DeploymentRevision]:
+    return session.scalars(
+        select(DeploymentRevision)
+        .where(DeploymentRevision.deployment_id == deployment_id)
+        .order_by(DeploymentRevision.revision.desc())
+        .limit(100)
+    ).all()
+
+
+def get_revision(session: Session, deployment_id: str, revision: int) -> DeploymentRevision | None:
+    return session.scalars(
+        select(DeploymentRevision).where(
+            DeploymentRevision.deployment_id == deployment_id,
+            DeploymentRevision.revision == revision,
+        )
+    ).first()

@@ -1,0 +1,80 @@
+"""The backend this process uses (`CONVEYOR_DEPLOY_BACKEND`), created once per process."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+from config.settings import Settings, get_settings
+from deployments.backends.base import Backend
+from deployments.backends.local import LocalBackend, LocalBackendConfig
+
+_lock = threading.Lock()
+_backend: Backend | None = None
+
+# Settings of the control plane that a replica process must not inherit.
+_PRIVATE_ENV = ("DATABASE_URL", "BROKER_URL", "REDIS_URL", "API_KEY", "SECRET", "PASSWORD", "KEYS")
+
+
+def replica_base_env() -> dict[str, str]:
+    """The environment a local replica inherits: this process's, minus control-plane secrets."""
+    return {
+        key: value
+        for key, value in os.environ.items()
+        if not (key.startswith("CONVEYOR_") and any(p in key for p in _PRIVATE_ENV))
+    }
+
+
+def local_config(settings: Settings) -> LocalBackendConfig:
+    return LocalBackendConfig(
+        runtime_dir=settings.deploy_runtime_dir or (settings.data_dir / "deployments"),
+        startup_timeout_s=settings.deploy_startup_timeout_seconds,
+        stop_grace_s=settings.deploy_stop_grace_seconds,
+        max_crashes=settings.deploy_max_crashes,
+        backoff_base_s=settings.deploy_backoff_base_seconds,
+        backoff_max_s=settings.deploy_backoff_max_seconds,
+        orphan_grace_s=settings.deploy_orphan_grace_seconds,
+        base_env=replica_base_env(),
+    )
+
+
+def build_backend(settings: Settings) -> Backend:
+    if settings.deploy_backend == "kubernetes":
+        from deployments.backends.kubernetes import KubernetesBackend, KubernetesBackendConfig
+
+        selectors = (
+            json.loads(settings.kube_gpu_node_selectors) if settings.kube_gpu_node_selectors else {}
+        )
+        return KubernetesBackend(
+            KubernetesBackendConfig(
+                namespace=settings.kube_namespace,
+                image=settings.kube_image,
+                gpu_node_selectors=selectors,
+                cache_size=settings.kube_cache_size,
+                cache_storage_class=settings.kube_cache_storage_class or None,
+                startup_budget_s=settings.kube_startup_budget_seconds,
+                rollout_deadline_s=int(settings.deploy_rollout_deadline_seconds),
+                kubeconfig=settings.kube_config or None,
+                context=settings.kube_context or None,
+                in_cluster=settings.kube_in_cluster,
+            )
+        )
+    return LocalBackend(local_config(settings))
+
+
+def get_backend() -> Backend:
+    global _backend
+    with _lock:
+        if _backend is None:
+            _backend = build_backend(get_settings())
+        return _backend
+
+
+def reset_backend() -> None:
+    """Close and forget this process's backend (worker shutdown, tests)."""
+    global _backend
+    with _lock:
+        if _backend is not None:
+            _backend.close()
+        _backend = None

@@ -1,0 +1,414 @@
+"""The rules of the deployments domain. Functions take the caller's session and never commit.
+
+A deployment row is the desired state (`desired`, the current `revision`'s configuration) plus
+what the backend last observed (`status`, `status_reason`, `endpoints`, `backend_state`). Every
+lifecycle operation is a `deploy` job: `schedule()` creates the job row in the caller's
+transaction (cancelling the operation it supersedes) and the caller enqueues it after commit.
+`apply_observation()` is the one place status changes, GPU-seconds accrue and events are
+decided; events are returned for the caller to emit after its commit.
+
+Status machine: pending → deploying → running | failed; running ⇄ degraded;
+stopping → stopped; deleting → deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from common.errors import Conflict, NotFound, Unavailable, ValidationFailed
+from common.timeutil import isoformat_z, utcnow
+from config.settings import Settings
+from deployments import repository
+from deployments.backends.base import (
+    BackendState,
+    DeploymentSpec,
+    Observation,
+    derive_status,
+)
+from deployments.catalog import find_template
+from deployments.models import Deployment, DeploymentRevision
+from deployments.schemas import DeploymentCreate, DeploymentPatch, Replicas, RuntimeOptions
+from store import jobs as job_store
+from store.jobs import ACTIVE, JobStatus
+from webhooks import secretbox
+
+CONFIG_FIELDS = (
+    "model",
+    "model_path",
+    "runtime",
+    "gpu_type",
+    "gpu_count",
+    "replicas_min",
+    "replicas_max",
+    "runtime_options",
+    "context_length",
+)
+MASK = "****"
+
+
+@dataclass(frozen=True)
+class Event:
+    """A `deployment.*` event decided inside a transaction, emitted after its commit."""
+
+    type: str
+    org_id: str
+    data: dict[str, Any]
+
+
+# ------------------------------------------------------------------------------- views ---
+def links(dep: Deployment) -> dict[str, str | None]:
+    base = f"/v1/deployments/{dep.id}"
+    return {
+        "self": base,
+        "job": f"/v1/jobs/{dep.job_id}" if dep.job_id else None,
+        "logs": f"{base}/logs",
+        "metrics": f"{base}/metrics",
+    }
+
+
+def view(dep: Deployment) -> dict[str, Any]:
+    """The deployment object of the API (env values masked)."""
+    return {
+        "id": dep.id,
+        "name": dep.name,
+        "model": dep.model,
+        "runtime": dep.runtime,
+        "gpu_type": dep.gpu_type,
+        "gpu_count": dep.gpu_count,
+        "replicas": {"min": dep.replicas_min, "max": dep.replicas_max},
+        "ready_replicas": dep.ready_replicas,
+        "env": {key: MASK for key in dep.env_keys or []},
+        "runtime_options": dep.runtime_options or {},
+        "status": dep.status,
+        "status_reason": dep.status_reason,
+        "endpoint": dep.endpoint,
+        "revision": dep.revision,
+        "gpu_seconds": round(dep.gpu_seconds, 3),
+        "created_at": isoformat_z(dep.created_at),
+        "updated_at": isoformat_z(dep.updated_at),
+        "links": links(dep),
+    }
+
+
+def env_of(dep: Deployment) -> dict[str, str]:
+    if not dep.env_encrypted:
+        return {}
+    return dict(json.loads(secretbox.decrypt(dep.env_encrypted)))
+
+
+def _encrypt_env(env: dict[str, str]) -> str | None:
+    return secretbox.encrypt(json.dumps(env)) if env else None
+
+
+def desired_replicas(dep: Deployment) -> int:
+    """Replicas to run now: the minimum, but at least one while it is wanted running."""
+    if dep.desired != "running":
+        return 0
+    return max(dep.replicas_min, 1)
+
+
+def spec_of(dep: Deployment) -> DeploymentSpec:
+    return DeploymentSpec(
+        id=dep.id,
+        name=dep.name,
+        model=dep.model,
+        model_path=dep.model_path,
+        runtime=dep.runtime,  # type: ignore[arg-type]
+        gpu_type=dep.gpu_type,
+        gpu_count=dep.gpu_count,
+        replicas=desired_replicas(dep),
+        env=env_of(dep),
+        runtime_options=dep.runtime_options or {},
+        context_length=dep.context_length,
+        revision=dep.revision,
+        org_id=dep.org_id,
+    )
+
+
+def state_of(dep: Deployment) -> BackendState | None:
+    return BackendState.model_validate(dep.backend_state) if dep.backend_state else None
+
+
+# ------------------------------------------------------------------------ operations ---
+def get(session: Session, org_id: str, deployment_id: str, *, lock: bool = False) -> Deployment:
+    dep = (
+        repository.get(session, org_id, deployment_id, lock=lock)
+        if len(deployment_id) <= 40
+        else None
+    )
+    if dep is None:
+        raise NotFound(f"Deployment {deployment_id!r} not found.")
+    return dep
+
+
+def create(session: Session, org_id: str, body: DeploymentCreate, settings: Settings) -> Deployment:
+    template = find_template(settings, body.model)
+    if template is None:
+        raise ValidationFailed(
+            f"Unknown model {body.model!r}; see GET /v1/models/templates.",
+            details=[{"loc": ["body", "model"], "msg": "unknown model", "type": "value_error"}],
+        )
+    if repository.get_by_name(session, org_id, body.name) is not None:
+        raise Conflict(f"A deployment named {body.name!r} already exists.")
+    runtime = body.runtime or template.runtime
+    gpu_count = body.gpu_count if body.gpu_count is not None else template.default_gpu_count
+    options = body.runtime_options.model_dump(exclude_defaults=True)
+    dep = Deployment(
+        org_id=org_id,
+        name=body.name,
+        model=template.name,
+        model_path=template.source,
+        runtime=runtime,
+        gpu_type=body.gpu_type or template.default_gpu_type,
+        gpu_count=gpu_count,
+        replicas_min=body.replicas.min,
+        replicas_max=body.replicas.max,
+        env_encrypted=_encrypt_env(body.env),
+        env_keys=sorted(body.env),
+        runtime_options=options,
+        context_length=options.get("max_model_len") or template.context_length,
+        revision=1,
+        desired="running",
+        status="pending",
+        backend=settings.deploy_backend,
+        endpoints=[],
+    )
+    session.add(dep)
+    session.flush()
+    _snapshot(session, dep, "created")
+    return dep
+
+
+def _snapshot(session: Session, dep: Deployment, reason: str) -> None:
+    config = {name: getattr(dep, name) for name in CONFIG_FIELDS}
+    config["env_keys"] = list(dep.env_keys or [])
+    session.add(
+        DeploymentRevision(
+            deployment_id=dep.id,
+            revision=dep.revision,
+            config=config,
+            env_encrypted=dep.env_encrypted,
+            reason=reason,
+        )
+    )
+
+
+def _ensure_live(dep: Deployment) -> None:
+    if dep.desired == "deleted":
+        raise Conflict(f"Deployment {dep.id} is {dep.status}.")
+
+
+def patch(session: Session, dep: Deployment, body: DeploymentPatch) -> Deployment:
+    """Apply a change as a new revision (rolled out by the next deploy job)."""
+    _ensure_live(dep)
+    changes = body.model_dump(exclude_unset=True)
+    if not changes:
+        raise ValidationFailed("Nothing to change.", details=[])
+    if body.replicas is not None:
+        dep.replicas_min, dep.replicas_max = body.replicas.min, body.replicas.max
+    if body.runtime is not None:
+        dep.runtime = body.runtime
+    if "gpu_type" in changes:
+        dep.gpu_type = body.gpu_type
+    if body.gpu_count is not None:
+        dep.gpu_count = body.gpu_count
+    if body.env is not None:
+        dep.env_encrypted = _encrypt_env(body.env)
+        dep.env_keys = sorted(body.env)
+    if body.runtime_options is not None:
+        dep.runtime_options = body.runtime_options.model_dump(exclude_defaults=True)
+        dep.context_length = dep.runtime_options.get("max_model_len") or dep.context_length
+    dep.revision += 1
+    _snapshot(session, dep, "updated: " + ", ".join(sorted(changes)))
+    if dep.desired == "running":
+        dep.status = "deploying"
+    return dep
+
+
+def rollback(session: Session, dep: Deployment, revision: int) -> Deployment:
+    """A new revision with the configuration (and env) of an earlier one."""
+    _ensure_live(dep)
+    old = repository.get_revision(session, dep.id, revision)
+    if old is None or revision >= dep.revision + 1:
+        raise NotFound(f"Revision {revision} of deployment {dep.id} not found.")
+    for name in CONFIG_FIELDS:
+        setattr(dep, name, old.config[name])
+    dep.env_encrypted = old.env_encrypted
+    dep.env_keys = list(old.config.get("env_keys", []))
+    dep.revision += 1
+    _snapshot(session, dep, f"rollback to revision {revision}")
+    if dep.desired == "running":
+        dep.status = "deploying"
+    return dep
+
+
+def stop(session: Session, dep: Deployment) -> Deployment:
+    _ensure_live(dep)
+    dep.desired = "stopped"
+    if dep.status != "stopped":
+        dep.status = "stopping"
+    return dep
+
+
+def start(session: Session, dep: Deployment) -> Deployment:
+    _ensure_live(dep)
+    dep.desired = "running"
+    dep.status = "pending"
+    dep.status_reason = None
+    return dep
+
+
+def delete(session: Session, dep: Deployment) -> bool:
+    """Mark for deletion; False when it already is (DELETE is idempotent)."""
+    if dep.desired == "deleted":
+        return False
+    dep.desired = "deleted"
+    dep.status = "deleting"
+    return True
+
+
+def schedule(session: Session, dep: Deployment, operation: str) -> str:
+    """Create the deploy job for `operation` (cancelling the one it supersedes); return its id.
+
+    The caller commits, then enqueues the job (`tasks.runner.enqueue(job_id, "deploy")`).
+    """
+    if dep.job_id:
+        job_store.transition(session, dep.job_id, to=JobStatus.CANCELLED, from_=list(ACTIVE))
+    job = job_store.create_job(
+        session,
+        org_id=dep.org_id,
+        kind="deploy",
+        input={"deployment_id": dep.id, "operation": operation, "revision": dep.revision},
+    )
+    dep.job_id = job.id
+    return job.id
+
+
+def job_active(session: Session, dep: Deployment) -> bool:
+    if not dep.job_id:
+        return False
+    return job_store.status_of(session, dep.job_id) in ACTIVE
+
+
+# --------------------------------------------------------------------- observations ---
+def _accrue(session: Session, dep: Deployment, now: datetime) -> None:
+    """GPU-seconds: ready replicas * GPUs (a CPU replica counts as one) * elapsed time."""
+    from plans.service import METRIC_GPU_SECONDS, record_usage
+
+    if dep.accounted_at is not None and dep.ready_replicas > 0:
+        elapsed = max(0.0, (now - dep.accounted_at).total_seconds())
+        dep.gpu_seconds += elapsed * dep.ready_replicas * max(dep.gpu_count, 1)
+        whole = math.floor(dep.gpu_seconds)
+        if whole > dep.gpu_seconds_billed:
+            record_usage(session, dep.org_id, METRIC_GPU_SECONDS, whole - dep.gpu_seconds_billed)
+            dep.gpu_seconds_billed = whole
+    dep.accounted_at = now
+
+
+EVENT_OF_STATUS = {
+    "running": "deployment.running",
+    "failed": "deployment.failed",
+    "degraded": "deployment.degraded",
+    "stopped": "deployment.stopped",
+    "deleted": "deployment.deleted",
+}
+
+
+def apply_observation(
+    session: Session, dep: Deployment, obs: Observation, now: datetime | None = None
+) -> list[Event]:
+    """Store what the backend saw; return the events its status change causes."""
+    now = now or utcnow()
+    _accrue(session, dep, now)
+    previous = dep.status
+    status = derive_status(previous, obs)
+    if status == "deploying" and previous == "pending":
+        status = "deploying"
+    dep.status = status
+    dep.status_reason = None if status in ("running", "stopped") else obs.reason
+    dep.ready_replicas = obs.ready_replicas
+    dep.endpoints = list(obs.endpoints)
+    dep.endpoint = obs.endpoint
+    dep.backend_state = obs.state.model_dump(mode="json")
+    dep.updated_at = now
+    return status_events(dep, previous)
+
+
+def status_events(dep: Deployment, previous: str) -> list[Event]:
+    event = EVENT_OF_STATUS.get(dep.status)
+    if event is None or dep.status == previous:
+        return []
+    return [Event(event, dep.org_id, view(dep))]
+
+
+def mark_deleted(dep: Deployment, now: datetime | None = None) -> list[Event]:
+    previous = dep.status
+    dep.status = "deleted"
+    dep.status_reason = None
+    dep.deleted_at = now or utcnow()
+    dep.ready_replicas = 0
+    dep.endpoint = None
+    dep.endpoints = []
+    dep.backend_state = None
+    return status_events(dep, previous)
+
+
+def fail(dep: Deployment, reason: str) -> list[Event]:
+    previous = dep.status
+    dep.status = "failed"
+    dep.status_reason = reason
+    dep.ready_replicas = 0
+    dep.endpoint = None
+    dep.endpoints = []
+    return status_events(dep, previous)
+
+
+# ---------------------------------------------------------------------------- serving ---
+def serving_endpoints(
+    session: Session, org_id: str, name: str
+) -> tuple[Deployment, list[str]] | None:
+    """The live deployment called `name` and the endpoints that may take a request now.
+
+    None when no deployment has that name. A deployment that exists but cannot serve right now
+    (stopped, starting, scaling from zero, all replicas down) raises 503 `unavailable` with
+    Retry-After, never 404.
+    """
+    dep = repository.get_by_name(session, org_id, name)
+    if dep is None:
+        return None
+    endpoints = list(dep.endpoints or [])
+    if dep.status in ("running", "degraded") and endpoints:
+        return dep, endpoints
+    retry_after = 30 if dep.status in ("stopped", "stopping", "failed") else 5
+    raise Unavailable(
+        f"Deployment {name!r} is {dep.status} and cannot serve requests now.",
+        details={"deployment_id": dep.id, "status": dep.status},
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+def revision_views(session: Session, dep: Deployment) -> list[dict[str, Any]]:
+    return [
+        {
+            "revision": rev.revision,
+            "reason": rev.reason,
+            "config": {
+                **rev.config,
+                "replicas": Replicas(
+                    min=rev.config["replicas_min"], max=rev.config["replicas_max"]
+                ).model_dump(),
+                "runtime_options": RuntimeOptions.model_validate(
+                    rev.config.get("runtime_options") or {}
+                ).model_dump(exclude_defaults=True),
+            },
+            "created_at": isoformat_z(rev.created_at),
+            "current": rev.revision == dep.revision,
+        }
+        for rev in repository.revisions(session, dep.id)
+    ]

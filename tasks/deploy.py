@@ -1,0 +1,141 @@
+"""Deploy queue tasks: `deploy.run` (one lifecycle operation as a job) and the reconciler beat.
+
+Both are thin: load the deployment, call the backend, store the observation through
+`deployments.service.apply_observation`, commit, then emit the events it returned.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from celery.signals import worker_process_shutdown
+
+from common.errors import JobFailed
+from config import get_settings
+from deployments import repository, service
+from deployments.backends.base import BackendState, Observation
+from deployments.backends.local import LocalBackend, replica_ids
+from deployments.events import emit
+from deployments.rollout import wait_for_rollout
+from deployments.runtime import get_backend, reset_backend
+from deployments.schemas import DeployJobInput
+from deployments.service import Event
+from store.db import session_scope
+from tasks.runner import JobCancelled, JobContext, job_task
+from workers.app import celery_app
+
+log = logging.getLogger(__name__)
+
+
+class Superseded(Exception):
+    """A newer operation on the same deployment took over; this job stops quietly."""
+
+
+def emit_all(events: Iterable[Event]) -> None:
+    for event in events:
+        emit(event.type, org_id=event.org_id, data=event.data)
+
+
+@job_task("deploy", input_model=DeployJobInput)
+def deploy(ctx: JobContext) -> dict[str, Any] | None:
+    """Apply, stop or delete one deployment; a rollout waits (with a deadline) until running."""
+    job = DeployJobInput.model_validate(ctx.input)
+    settings = get_settings()
+    backend = get_backend()
+    with session_scope() as session:
+        dep = repository.get_any(session, job.deployment_id, lock=True)
+        if dep is None:
+            raise JobFailed(f"Deployment {job.deployment_id} not found.", code="not_found")
+        if dep.job_id not in (None, ctx.job_id):
+            return {"superseded_by": dep.job_id}
+        spec, state = service.spec_of(dep), service.state_of(dep)
+        if job.operation == "apply":
+            dep.status, dep.status_reason = "deploying", None
+
+    if job.operation == "stop":
+        obs = backend.stop(spec, state)
+        _store(ctx, obs)
+        return {"status": "stopped"}
+    if job.operation == "delete":
+        backend.delete(spec, state)
+        with session_scope() as session:
+            dep = repository.get_any(session, job.deployment_id, lock=True)
+            events = service.mark_deleted(dep) if dep is not None else []
+        emit_all(events)
+        return {"status": "deleted"}
+
+    try:
+        obs = wait_for_rollout(
+            backend,
+            spec,
+            state,
+            deadline_s=settings.deploy_rollout_deadline_seconds,
+            poll_s=settings.deploy_poll_seconds,
+            cancelled=lambda: ctx.cancelled(min_interval=1.0),
+            on_observation=lambda o: _store(ctx, o),
+        )
+    except Superseded:
+        return {"superseded": True}
+    if ctx.cancelled():
+        raise JobCancelled(ctx.job_id)
+    if obs.status == "failed":
+        reason = obs.reason or "rollout failed"
+        raise JobFailed(reason, code=reason.split(":", 1)[0])
+    return {"status": obs.status, "ready_replicas": obs.ready_replicas, "endpoint": obs.endpoint}
+
+
+def _store(ctx: JobContext, obs: Observation) -> None:
+    with session_scope() as session:
+        dep = repository.get_any(session, ctx.input["deployment_id"], lock=True)
+        if dep is None or dep.job_id not in (None, ctx.job_id):
+            raise Superseded()
+        events = service.apply_observation(session, dep, obs)
+    emit_all(events)
+
+
+@celery_app.task(name="deployments.reconcile", acks_late=True, ignore_result=True)  # type: ignore[untyped-decorator]
+def reconcile_deployments() -> dict[str, int]:
+    """Compare desired and observed state of every live deployment; fix and report drift."""
+    return reconcile_all()
+
+
+def reconcile_all() -> dict[str, int]:
+    backend = get_backend()
+    checked = 0
+    with session_scope() as session:
+        ids = list(repository.to_reconcile(session))
+    for deployment_id in ids:
+        try:
+            checked += reconcile_one(deployment_id)
+        except Exception:
+            log.exception("reconciling deployment %s failed", deployment_id)
+    killed = 0
+    if isinstance(backend, LocalBackend):
+        with session_scope() as session:
+            known: set[str] = set()
+            for raw in repository.live_backend_states(session, backend.name):
+                known |= replica_ids(BackendState.model_validate(raw) if raw else None)
+        killed = len(backend.sweep_orphans(known))
+    return {"checked": checked, "orphans_killed": killed}
+
+
+def reconcile_one(deployment_id: str) -> int:
+    """Reconcile one deployment unless a deploy job is working on it. Returns 1 if checked."""
+    backend = get_backend()
+    with session_scope() as session:
+        dep = repository.get_any(session, deployment_id, lock=True)
+        if dep is None or dep.desired != "running" or service.job_active(session, dep):
+            return 0
+        if dep.status == "failed":
+            return 0
+        obs = backend.reconcile(service.spec_of(dep), service.state_of(dep))
+        events = service.apply_observation(session, dep, obs)
+    emit_all(events)
+    return 1
+
+
+@worker_process_shutdown.connect  # type: ignore[untyped-decorator]
+def _close_backend(**_: Any) -> None:
+    reset_backend()
