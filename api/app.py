@@ -19,6 +19,8 @@ ROUTERS: list[str] = [
     "api.routers.keys",
     "api.routers.usage",
     "api.routers.webhooks",
+    "api.routers.crawls",
+    "api.routers.openai",
 ]
 
 

@@ -197,8 +197,17 @@ def _check_resolved(target: Target, addresses: list[IPAddress], allowed: AllowLi
         check_address(address, target.port, allowed, target.host)
 
 
-def check_url(url: str, allowed: str | Iterable[str] | AllowList | None = None) -> None:
-    """Raise :class:`UnsafeURLError` unless ``url`` may be requested (resolves DNS, blocking)."""
+def check_url(
+    url: str,
+    allowed: str | Iterable[str] | AllowList | None = None,
+    *,
+    unresolvable_ok: bool = False,
+) -> None:
+    """Raise :class:`UnsafeURLError` unless ``url`` may be requested (resolves DNS, blocking).
+
+    ``unresolvable_ok`` lets a name that does not resolve (yet) through: used when a job is
+    submitted; the fetch itself checks again and fails the page if it is unsafe then.
+    """
     allow = AllowList.parse(allowed)
     target = parse_target(url)
     if _check_name(target, allow):
@@ -209,6 +218,8 @@ def check_url(url: str, allowed: str | Iterable[str] | AllowList | None = None) 
     try:
         infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
+        if unresolvable_ok:
+            return
         raise UnsafeURLError(f"Host {target.host!r} did not resolve: {exc}") from exc
     _check_resolved(target, _addresses(infos), allow)
 

@@ -1,6 +1,6 @@
 """A deterministic generated website served by a real HTTP server on 127.0.0.1.
 
-``TestSite(pages=N).start()`` serves N interlinked ~20 KB article pages with realistic
+``GeneratedSite(pages=N).start()`` serves N interlinked ~20 KB article pages with realistic
 boilerplate (nav, sidebar, cookie banner, footer), plus, when ``traps=True``: JavaScript-only
 pages, redirects and redirect chains, a redirect loop, a redirect to a private address (the
 "canary" server on 127.0.0.2 that counts every request it gets: it must get none), robots.txt
@@ -21,7 +21,59 @@ from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-WORDS = ["crawler", "queue", "worker", "browser", "render", "markdown", "table", "header", "latency", "throughput", "sitemap", "robots", "request", "response", "cluster", "deploy", "backup", "restore", "volume", "bucket", "index", "token", "model", "batch", "stream", "cursor", "page", "frontier", "scope", "depth", "redirect", "cookie", "session", "cache", "proxy", "socket", "thread", "process", "signal", "retry", "backoff", "budget", "limit", "window", "metric", "probe", "health", "ready", "alive", "replica", "shard"]
+WORDS = [
+    "crawler",
+    "queue",
+    "worker",
+    "browser",
+    "render",
+    "markdown",
+    "table",
+    "header",
+    "latency",
+    "throughput",
+    "sitemap",
+    "robots",
+    "request",
+    "response",
+    "cluster",
+    "deploy",
+    "backup",
+    "restore",
+    "volume",
+    "bucket",
+    "index",
+    "token",
+    "model",
+    "batch",
+    "stream",
+    "cursor",
+    "page",
+    "frontier",
+    "scope",
+    "depth",
+    "redirect",
+    "cookie",
+    "session",
+    "cache",
+    "proxy",
+    "socket",
+    "thread",
+    "process",
+    "signal",
+    "retry",
+    "backoff",
+    "budget",
+    "limit",
+    "window",
+    "metric",
+    "probe",
+    "health",
+    "ready",
+    "alive",
+    "replica",
+    "shard",
+]
 JS_PAGES = 5
 ORPHANS = 5
 HUGE_BYTES = 11 * 1024 * 1024
@@ -56,7 +108,7 @@ BOILER_TAIL = """<aside class="sidebar"><h3>Popular</h3><ul>{popular}</ul>
 
 
 @dataclass
-class TestSite:
+class GeneratedSite:
     """Serves the site on 127.0.0.1:<port> and the canary on 127.0.0.2:<canary_port>."""
 
     pages: int = 300
@@ -71,7 +123,7 @@ class TestSite:
     _servers: list[ThreadingHTTPServer] = field(default_factory=list)
 
     # ---- lifecycle ------------------------------------------------------------------------
-    def start(self) -> TestSite:
+    def start(self) -> GeneratedSite:
         site = self
 
         class Handler(_Handler):
@@ -104,7 +156,7 @@ class TestSite:
             server.shutdown()
             server.server_close()
 
-    def __enter__(self) -> TestSite:
+    def __enter__(self) -> GeneratedSite:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -273,7 +325,7 @@ def _wrap(title: str, desc: str, body: str, seed: int) -> bytes:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    owner: TestSite
+    owner: GeneratedSite
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: object) -> None:

@@ -1,0 +1,226 @@
+"""Rendering pages with one Playwright Chromium per worker process.
+
+A bounded number of pages render at once (each in its own browser context, so cookies and
+headers never leak between crawls). Every request the browser makes goes through route
+interception: the SSRF guard refuses unsafe hosts, and images, fonts and media are not loaded
+unless a screenshot is wanted. A page that hangs is closed at its timeout without taking the
+browser down; a browser that crashes is relaunched on the next render.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from urllib.parse import urljoin, urlsplit
+
+from playwright.async_api import Browser, Playwright, Route, async_playwright
+from playwright.async_api import Error as PlaywrightError
+
+from crawler.config import CHROMIUM_ARGS, CrawlConfig
+from crawler.fetch import CREDENTIAL_HEADERS, REDIRECT_STATUSES, PageErrorCode, clean_headers
+from crawler.safety import AllowList, UnsafeURLError, check_url_async
+
+HEAVY_RESOURCES = frozenset({"image", "font", "media"})
+RouteHandler = Callable[[Route], Awaitable[None]]
+
+
+@dataclass
+class RenderResult:
+    url: str
+    final_url: str
+    status_code: int | None = None
+    html: str = ""
+    screenshot: bytes | None = None
+    error: PageErrorCode | None = None
+    message: str = ""
+    blocked: list[str] = field(default_factory=list)
+    fetched_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Renderer:
+    """``async with Renderer(config) as r: await r.render(url)``; start/close also explicit."""
+
+    def __init__(self, config: CrawlConfig | None = None) -> None:
+        self.config = config or CrawlConfig()
+        self.allowed = AllowList.parse(self.config.allowed_hosts)
+        self._pool = asyncio.Semaphore(self.config.render_pool_size)
+        self._lock = asyncio.Lock()
+        self._playwright: Playwright | None = None
+        self._browser: Browser | None = None
+        self.launches = 0
+
+    async def __aenter__(self) -> Renderer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        await self._ensure_browser()
+
+    async def close(self) -> None:
+        if self._browser is not None:
+            with contextlib.suppress(PlaywrightError):
+                await self._browser.close()
+            self._browser = None
+        if self._playwright is not None:
+            await self._playwright.stop()
+            self._playwright = None
+
+    async def _ensure_browser(self) -> Browser:
+        async with self._lock:
+            if self._browser is not None and self._browser.is_connected():
+                return self._browser
+            if self._playwright is None:
+                self._playwright = await async_playwright().start()
+            self._browser = await self._playwright.chromium.launch(
+                executable_path=self.config.chromium_path,
+                args=list(CHROMIUM_ARGS),
+                headless=True,
+            )
+            self.launches += 1
+            return self._browser
+
+    @property
+    def browser(self) -> Browser | None:
+        return self._browser
+
+    async def render(
+        self,
+        url: str,
+        *,
+        timeout_ms: int | None = None,
+        wait_for_ms: int = 0,
+        screenshot: bool = False,
+        headers: Mapping[str, str] | None = None,
+    ) -> RenderResult:
+        """Load ``url`` in Chromium and return its rendered HTML (never raises for page errors)."""
+        timeout_ms = timeout_ms or self.config.render_timeout_ms
+        result = RenderResult(url=url, final_url=url)
+        try:
+            await check_url_async(url, self.allowed)
+        except UnsafeURLError as exc:
+            result.error, result.message = PageErrorCode.UNSAFE_URL, exc.message
+            return result
+        async with self._pool:
+            for attempt in range(2):
+                try:
+                    await asyncio.wait_for(
+                        self._render(result, timeout_ms, wait_for_ms, screenshot, headers),
+                        timeout=timeout_ms / 1000 + 5,
+                    )
+                    return result
+                except TimeoutError:
+                    result.error = PageErrorCode.TIMEOUT
+                    result.message = f"Rendering took longer than {timeout_ms} ms."
+                    return result
+                except PlaywrightError as exc:
+                    browser = self._browser
+                    if attempt == 0 and (browser is None or not browser.is_connected()):
+                        continue  # the browser died under us: relaunch and try once more
+                    result.error = PageErrorCode.RENDER_FAILED
+                    result.message = exc.message.splitlines()[0] if exc.message else repr(exc)
+                    return result
+        return result
+
+    async def _render(
+        self,
+        result: RenderResult,
+        timeout_ms: int,
+        wait_for_ms: int,
+        screenshot: bool,
+        headers: Mapping[str, str] | None,
+    ) -> None:
+        browser = await self._ensure_browser()
+        context = await browser.new_context(
+            user_agent=self.config.user_agent,
+            extra_http_headers=clean_headers(headers),
+            service_workers="block",
+            java_script_enabled=True,
+        )
+        try:
+            await context.route("**/*", self._route_handler(result, screenshot))
+            page = await context.new_page()
+            page.set_default_timeout(timeout_ms)
+            try:
+                response = await page.goto(result.url, wait_until="load", timeout=timeout_ms)
+            except PlaywrightError as exc:
+                if "ERR_BLOCKED_BY_CLIENT" in (exc.message or "") and result.blocked:
+                    result.error = PageErrorCode.UNSAFE_URL
+                    result.message = f"Blocked request to {result.blocked[0]}"
+                    return
+                if "Timeout" in type(exc).__name__ or "Timeout" in (exc.message or ""):
+                    result.error = PageErrorCode.TIMEOUT
+                    result.message = f"Navigation took longer than {timeout_ms} ms."
+                    return
+                raise
+            if wait_for_ms:
+                await page.wait_for_timeout(wait_for_ms)
+            with contextlib.suppress(PlaywrightError):
+                await page.wait_for_load_state("networkidle", timeout=min(timeout_ms, 3000))
+            if result.final_url == result.url:
+                result.final_url = page.url
+            result.status_code = response.status if response is not None else None
+            result.html = await page.content()
+            if screenshot:
+                result.screenshot = await page.screenshot(full_page=True, type="png")
+            if result.status_code is not None and result.status_code >= 400:
+                result.error = PageErrorCode.HTTP_ERROR
+                result.message = f"HTTP {result.status_code}"
+        finally:
+            with contextlib.suppress(PlaywrightError):
+                await context.close()
+
+    def _route_handler(self, result: RenderResult, screenshot: bool) -> RouteHandler:
+        """Every browser request: refuse heavy resources and unsafe hosts, follow redirects here.
+
+        Playwright routes only the first URL of a redirect chain (Chromium follows the rest
+        internally), so each request is fetched through the route without following redirects,
+        every hop is checked by the guard, and the final response is handed to the page.
+        """
+        allowed, max_hops = self.allowed, self.config.max_redirects
+
+        async def handle(route: Route) -> None:
+            request = route.request
+            if not screenshot and request.resource_type in HEAVY_RESOURCES:
+                await route.abort("blockedbyclient")
+                return
+            if request.url.startswith(("data:", "blob:", "about:")):
+                await route.continue_()
+                return
+            main_nav = request.is_navigation_request() and request.frame.parent_frame is None
+            url, headers = request.url, dict(request.headers)
+            origin = urlsplit(url).netloc
+            for _hop in range(max_hops + 1):
+                try:
+                    await check_url_async(url, allowed)
+                except UnsafeURLError:
+                    result.blocked.append(url)
+                    await route.abort("blockedbyclient")
+                    return
+                if urlsplit(url).netloc != origin:
+                    headers = {k: v for k, v in headers.items() if k not in CREDENTIAL_HEADERS}
+                try:
+                    response = await route.fetch(url=url, headers=headers, max_redirects=0)
+                except PlaywrightError:
+                    await route.abort("failed")
+                    return
+                location = response.headers.get("location")
+                if response.status in REDIRECT_STATUSES and location:
+                    url = urljoin(url, location)
+                    if main_nav:
+                        result.final_url = url
+                    continue
+                await route.fulfill(response=response)
+                return
+            await route.abort("failed")
+
+        return handle

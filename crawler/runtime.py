@@ -1,0 +1,98 @@
+"""Per-process crawl resources: one event loop thread, one HTTP client, one browser.
+
+Celery runs task bodies synchronously; crawls are asyncio. Each worker process gets one event
+loop in a background thread (created lazily, after fork), and every crawl task of that process
+runs its coroutine there, so the httpx client's connection pool and the Chromium browser are
+shared by all the crawls the process runs. ``shutdown_runtime()`` (worker_process_shutdown)
+closes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from crawler.config import CrawlConfig
+from crawler.fetch import Fetcher
+from crawler.render import Renderer
+
+T = TypeVar("T")
+
+
+class CrawlRuntime:
+    def __init__(self, config: CrawlConfig) -> None:
+        self.config = config
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="crawl-loop", daemon=True
+        )
+        self._thread.start()
+        self.fetcher: Fetcher = self.run(self._make_fetcher())
+        self._renderer: Renderer | None = None
+        self._renderer_lock: asyncio.Lock | None = None
+
+    async def _make_fetcher(self) -> Fetcher:
+        return Fetcher(self.config)
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on the process loop and wait for its result (from any thread)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    async def renderer(self) -> Renderer:
+        """The process's browser, launched on first use (most crawls never need it)."""
+        if self._renderer_lock is None:
+            self._renderer_lock = asyncio.Lock()
+        async with self._renderer_lock:
+            if self._renderer is None:
+                renderer = Renderer(self.config)
+                await renderer.start()
+                self._renderer = renderer
+        return self._renderer
+
+    async def _aclose(self) -> None:
+        if self._renderer is not None:
+            await self._renderer.close()
+            self._renderer = None
+        await self.fetcher.aclose()
+
+    def close(self) -> None:
+        if self.loop.is_closed():
+            return
+        try:
+            self.run(self._aclose())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=10)
+            self.loop.close()
+
+
+_RUNTIME: CrawlRuntime | None = None
+_LOCK = threading.Lock()
+
+
+def get_runtime() -> CrawlRuntime:
+    """This process's runtime (a forked child never reuses its parent's)."""
+    global _RUNTIME
+    with _LOCK:
+        if _RUNTIME is None or _RUNTIME.pid != os.getpid():
+            _RUNTIME = CrawlRuntime(CrawlConfig.from_settings())
+        return _RUNTIME
+
+
+def shutdown_runtime() -> None:
+    global _RUNTIME
+    with _LOCK:
+        if _RUNTIME is not None and _RUNTIME.pid == os.getpid():
+            _RUNTIME.close()
+        _RUNTIME = None
+
+
+def install_runtime(runtime: CrawlRuntime) -> None:
+    """Make ``runtime`` this process's runtime (tests share one browser this way)."""
+    global _RUNTIME
+    with _LOCK:
+        _RUNTIME = runtime

@@ -1,0 +1,246 @@
+"""The crawl service: seeds a crawl's frontier and runs one worker's share of it.
+
+A crawl job's main task seeds the store-backed frontier (start URL, sitemap, selected URLs)
+and then crawls like every helper task: claim a batch of URLs, crawl them concurrently
+(per-host cap and robots crawl-delay), record the outcomes in one transaction (result items,
+new links, exact counters), repeat until nothing is queued or claimed anywhere. Helpers
+(``crawl.batch``) let several worker processes crawl one site at once. Cancellation is checked
+between pages; a cancelled worker gives its unfinished claims back and keeps finished pages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from urllib.parse import urlsplit
+
+from sqlalchemy.orm import Session
+
+from common.timeutil import utcnow
+from crawler import repository as repo
+from crawler.engine import PageOutcome, crawl_page
+from crawler.fetch import PageErrorCode
+from crawler.frontier import Scope, normalize_url
+from crawler.render import Renderer
+from crawler.robots import RobotsCache, sitemap_urls
+from crawler.runtime import CrawlRuntime
+from crawler.schemas import CrawlRequest
+from store import jobs as job_store
+from store.db import session_scope
+from store.models import ResultItem
+
+log = logging.getLogger(__name__)
+Cancelled = Callable[[], bool]
+
+
+@dataclass
+class WorkerOptions:
+    concurrency: int = 16
+    per_host: int = 8
+    stale_after_s: float = 300.0
+    idle_poll_s: float = 0.2
+    worker_id: str = "main"
+
+
+def make_scope(request: CrawlRequest) -> Scope:
+    return Scope.for_url(
+        request.start_url,
+        allow_subdomains=request.allow_subdomains,
+        include_paths=request.include_paths,
+        exclude_paths=request.exclude_paths,
+        max_depth=request.max_depth,
+    )
+
+
+def _norm(request: CrawlRequest, url: str) -> str:
+    return normalize_url(url, ignore_query_params=request.ignore_query_params)
+
+
+# --- seeding -----------------------------------------------------------------------------
+
+
+async def seed(job_id: str, request: CrawlRequest, runtime: CrawlRuntime) -> int:
+    """Put the crawl's first URLs in the frontier (idempotent: safe on redelivery)."""
+    items: list[tuple[str, int]]
+    if request.mode == "select":
+        items = [(_norm(request, u), 0) for u in request.urls]
+    else:
+        items = [(_norm(request, request.start_url), 0)]
+    if request.mode == "full" and request.use_sitemap:
+        scope = make_scope(request)
+        robots = RobotsCache(runtime.fetcher, headers=request.headers or None)
+        limit = min(max(request.max_pages * 2, 100), 50_000)
+        found = await sitemap_urls(runtime.fetcher, request.start_url, robots, limit)
+        items += [(_norm(request, u), 1) for u in found if scope.allows(_norm(request, u), 1)]
+    return await asyncio.to_thread(_seed_rows, job_id, items)
+
+
+def _seed_rows(job_id: str, items: list[tuple[str, int]]) -> int:
+    with session_scope() as session:
+        repo.lock_job(session, job_id)
+        added = repo.insert_urls(session, job_id, items)
+        total = sum(repo.counts(session, job_id).values())
+        job_store.set_progress(
+            session,
+            job_id,
+            {"pages_discovered": total, "pages_crawled": _crawled(session, job_id)},
+        )
+    return added
+
+
+def _crawled(session: Session, job_id: str) -> int:
+    return repo.counts(session, job_id).get(repo.CRAWLED, 0)
+
+
+# --- recording ---------------------------------------------------------------------------
+
+
+@dataclass
+class Finished:
+    page: repo.Claimed
+    outcome: PageOutcome
+
+
+def record(job_id: str, request: CrawlRequest, scope: Scope, batch: list[Finished]) -> None:
+    """Store a batch of outcomes in one transaction, with exact counters."""
+    follow = request.mode == "full"
+    with session_scope() as session:
+        repo.lock_job(session, job_id)
+        deltas = {"pages_crawled": 0, "pages_failed": 0, "pages_skipped": 0, "pages_discovered": 0}
+        for done in batch:
+            out, page = done.outcome, done.page
+            if out.status == "crawled" and repo.content_seen(session, job_id, out.content_hash):
+                out.status, out.reason = "skipped", PageErrorCode.DUPLICATE_CONTENT.value
+                out.message = "Same content as a page already crawled."
+            common = {"status_code": out.status_code, "final_url": out.final_url or None}
+            if out.status == "crawled" and out.record is not None:
+                repo.finish_page(
+                    session, page.id, status=repo.CRAWLED, content_hash=out.content_hash,
+                    size=len(out.record.markdown), **common,
+                )  # fmt: skip
+                session.add(
+                    ResultItem(
+                        job_id=job_id,
+                        seq=page.id,
+                        name=page.url[:2048],
+                        content_type="application/json",
+                        data=out.record.public(),
+                    )
+                )
+                deltas["pages_crawled"] += 1
+                if follow:
+                    links = [(_norm(request, link), page.depth + 1) for link in out.links]
+                    links = [(u, d) for u, d in links if scope.allows(u, d)]
+                    deltas["pages_discovered"] += repo.insert_urls(session, job_id, links)
+            else:
+                status = repo.SKIPPED if out.status == "skipped" else repo.FAILED
+                repo.finish_page(
+                    session, page.id, status=status, reason=out.reason, message=out.message,
+                    **common,
+                )  # fmt: skip
+                deltas["pages_failed" if status == repo.FAILED else "pages_skipped"] += 1
+        job_store.increment_progress(session, job_id, deltas)
+
+
+# --- one worker's loop ---------------------------------------------------------------------
+
+
+@dataclass
+class _Politeness:
+    """Per-host concurrency cap and crawl-delay, within this worker."""
+
+    per_host: int
+    semaphores: dict[str, asyncio.Semaphore] = field(default_factory=dict)
+    next_slot: dict[str, float] = field(default_factory=dict)
+
+    async def wait(self, host: str, delay: float) -> asyncio.Semaphore:
+        sem = self.semaphores.setdefault(host, asyncio.Semaphore(1 if delay else self.per_host))
+        await sem.acquire()
+        if delay:
+            now = time.monotonic()
+            slot = max(now, self.next_slot.get(host, 0.0))
+            self.next_slot[host] = slot + delay
+            await asyncio.sleep(slot - now)
+        return sem
+
+
+def _claim(job_id: str, limit: int, max_pages: int, worker: str) -> list[repo.Claimed]:
+    with session_scope() as session:
+        return repo.claim(session, job_id, limit=limit, max_pages=max_pages, worker=worker)
+
+
+def _idle_state(job_id: str, max_pages: int, stale_after_s: float) -> bool:
+    """True when the crawl is finished: nothing claimed, and nothing queued or no budget."""
+    with session_scope() as session:
+        repo.release_stale(session, job_id, utcnow() - timedelta(seconds=stale_after_s))
+        counts = repo.counts(session, job_id)
+    if counts.get(repo.CLAIMED, 0):
+        return False
+    return not counts.get(repo.QUEUED, 0) or counts.get(repo.CRAWLED, 0) >= max_pages
+
+
+def _release(job_id: str, worker: str) -> None:
+    with session_scope() as session:
+        repo.release_worker(session, job_id, worker)
+
+
+async def run_worker(
+    job_id: str,
+    request: CrawlRequest,
+    runtime: CrawlRuntime,
+    *,
+    cancelled: Cancelled,
+    options: WorkerOptions | None = None,
+) -> None:
+    """Crawl this job's frontier until it is exhausted (or the job is cancelled)."""
+    opts = options or WorkerOptions()
+    scope = make_scope(request)
+    robots = RobotsCache(runtime.fetcher, headers=request.headers or None)
+    polite = _Politeness(opts.per_host)
+    budget = request.page_budget
+    renderer: Callable[[], Awaitable[Renderer]] = runtime.renderer
+    in_flight: dict[asyncio.Task[PageOutcome], repo.Claimed] = {}
+
+    async def crawl_one(page: repo.Claimed) -> PageOutcome:
+        host = urlsplit(page.url).netloc
+        delay = await robots.crawl_delay(page.url) if request.respect_robots else 0.0
+        sem = await polite.wait(host, delay)
+        try:
+            return await crawl_page(
+                page.url, request, fetcher=runtime.fetcher, renderer=renderer,
+                robots=robots, depth=page.depth,
+            )  # fmt: skip
+        finally:
+            sem.release()
+
+    try:
+        while True:
+            if await asyncio.to_thread(cancelled):
+                break
+            free = opts.concurrency - len(in_flight)
+            claimed: list[repo.Claimed] = []
+            if free > 0:
+                claimed = await asyncio.to_thread(_claim, job_id, free, budget, opts.worker_id)
+                for page in claimed:
+                    in_flight[asyncio.create_task(crawl_one(page))] = page
+            if not in_flight:
+                if await asyncio.to_thread(_idle_state, job_id, budget, opts.stale_after_s):
+                    break
+                await asyncio.sleep(opts.idle_poll_s)
+                continue
+            done, _ = await asyncio.wait(
+                in_flight, timeout=1.0, return_when=asyncio.FIRST_COMPLETED
+            )
+            batch = [Finished(in_flight.pop(task), task.result()) for task in done]
+            if batch:
+                await asyncio.to_thread(record, job_id, request, scope, batch)
+    finally:
+        for task in in_flight:
+            task.cancel()
+        if in_flight:
+            await asyncio.gather(*in_flight, return_exceptions=True)
+        await asyncio.to_thread(_release, job_id, opts.worker_id)

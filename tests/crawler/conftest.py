@@ -1,0 +1,56 @@
+"""Crawler fixtures: the generated site on 127.0.0.1, one crawl runtime (one Chromium) shared
+by every test of the session, and the allow-list setting that lets crawls reach the site."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from crawler.config import CrawlConfig
+from crawler.runtime import CrawlRuntime, install_runtime
+from tests.sites.site import GeneratedSite
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="session")
+def site() -> Iterator[GeneratedSite]:
+    with GeneratedSite(pages=300) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def crawl_config(site: GeneratedSite) -> CrawlConfig:
+    return CrawlConfig(
+        allowed_hosts=site.allowed_hosts,
+        max_retries=2,
+        retry_backoff_s=0.05,
+        max_retry_after_s=5.0,
+        render_timeout_ms=15_000,
+    )
+
+
+@pytest.fixture(scope="session")
+def runtime(crawl_config: CrawlConfig) -> Iterator[CrawlRuntime]:
+    """One event loop thread, HTTP client and (lazily) one Chromium for the whole session."""
+    if shutil.which(CHROMIUM) is None:
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium")
+    rt = CrawlRuntime(crawl_config)
+    install_runtime(rt)
+    yield rt
+    rt.close()
+
+
+@pytest.fixture(scope="session")
+def crawl_settings(site: GeneratedSite, runtime: CrawlRuntime) -> Iterator[None]:
+    """Point the platform's allow-list setting at the test site (never turning the guard off)."""
+    from config import get_settings
+
+    settings = get_settings()
+    saved = (settings.crawl_allowed_hosts, settings.crawl_split_threshold)
+    settings.crawl_allowed_hosts = site.allowed_hosts
+    settings.crawl_split_threshold = 10**9  # in-process worker: no helper tasks
+    yield
+    settings.crawl_allowed_hosts, settings.crawl_split_threshold = saved
