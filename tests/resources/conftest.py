@@ -66,3 +66,70 @@ def ident() -> str:
 
 def connect_url(url: str) -> psycopg.Connection[tuple[object, ...]]:
     return psycopg.connect(url, connect_timeout=5, autocommit=True)
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator[dict[str, str]]:
+    """moto's S3/IAM server on 127.0.0.1 with IAM authentication switched on after the
+    three bootstrap calls that create the platform's admin user and key."""
+    yield from _moto_server(iam_auth=True)
+
+
+@pytest.fixture(scope="session")
+def moto_s3_open() -> Iterator[dict[str, str]]:
+    """moto's server without IAM enforcement: its auth emulation cannot check presigned
+    (query-string) signatures, so presigned URLs are exercised here."""
+    yield from _moto_server(iam_auth=False)
+
+
+def _moto_server(iam_auth: bool) -> Iterator[dict[str, str]]:
+    import subprocess
+    import sys
+    import time
+
+    import boto3
+    import httpx
+
+    from resources.backends.base import free_port
+
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3" if iam_auth else "inf"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{endpoint}/moto-api/", timeout=1)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    _unavailable("moto server")
+                time.sleep(0.1)
+        iam = boto3.client(
+            "iam",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="bootstrap",
+            aws_secret_access_key="bootstrap",
+        )
+        iam.create_user(UserName="platform")
+        iam.put_user_policy(
+            UserName="platform",
+            PolicyName="all",
+            PolicyDocument='{"Version":"2012-10-17","Statement":[{"Effect":"Allow",'
+            '"Action":"*","Resource":"*"}]}',
+        )
+        key = iam.create_access_key(UserName="platform")["AccessKey"]
+        yield {
+            "endpoint_url": endpoint,
+            "access_key_id": key["AccessKeyId"],
+            "secret_access_key": key["SecretAccessKey"],
+        }
+    finally:
+        proc.terminate()
+        proc.wait(10)
