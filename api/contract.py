@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from urllib.parse import unquote_plus
 
 import anyio
 from fastapi import FastAPI, HTTPException
@@ -42,6 +44,7 @@ JSON_TYPES = ("application/json", "application/merge-patch+json")
 #: POST routes that create nothing: no idempotency bookkeeping (and streaming answers).
 IDEMPOTENCY_EXEMPT_PREFIXES = ("/v1/chat/", "/v1/completions", "/v1/embeddings")
 MAX_STORED_RESPONSE = 256 * 1024
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _REPLAY_HEADERS = ("content-type", "location")
 
 
@@ -181,7 +184,27 @@ class BodyLimitMiddleware:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        # NUL and other control characters can name nothing, and PostgreSQL refuses NUL in
+        # text: answer before any route turns them into a query.
+        if _CONTROL.search(scope["path"]):
+            await _send_error(scope, receive, send, 404, ErrorCode.NOT_FOUND, "Not found.")
+            return
+        query = unquote_plus(bytes(scope.get("query_string", b"")).decode("latin-1"))
+        if _CONTROL.search(query):
+            await _send_error(
+                scope,
+                receive,
+                send,
+                422,
+                ErrorCode.VALIDATION_ERROR,
+                "Query parameters may not contain control characters.",
+                details=[{"loc": ["query"], "msg": "control character", "type": "value_error"}],
+            )
+            return
+        if scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
         length_text = _header(scope, b"content-length")

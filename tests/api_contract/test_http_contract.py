@@ -25,8 +25,7 @@ def test_write_budget_runs_out_with_429_envelope_and_retry_after(
     client: Any, free_org: OrgKey
 ) -> None:
     statuses = [
-        client.delete("/v1/webhooks/none", headers=free_org.headers).status_code
-        for _ in range(61)
+        client.delete("/v1/webhooks/none", headers=free_org.headers).status_code for _ in range(61)
     ]
     assert statuses[:60] == [404] * 60 and statuses[60] == 429
     limited = client.delete("/v1/webhooks/none", headers=free_org.headers)

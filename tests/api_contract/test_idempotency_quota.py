@@ -58,7 +58,8 @@ def test_concurrent_duplicates_create_one_job(client: Any, org: OrgKey) -> None:
     assert {r.json()["id"] for r in ok} == {ok[0].json()["id"]}
     assert all(r.status_code in (202, 409) for r in responses)
     with session_scope() as session:
-        count = session.scalar(select(func.count()).select_from(Job).where(Job.org_id == org.org_id))
+        query = select(func.count()).select_from(Job).where(Job.org_id == org.org_id)
+        count = session.scalar(query)
     assert count == 1
 
 

@@ -107,9 +107,9 @@ def test_failed_delivery_is_retried_then_succeeds(
         return bool(data["data"]) and data["data"][0]["status"] == "succeeded"
 
     _wait(succeeded)
-    (delivery,) = client.get(
-        f"/v1/webhooks/{hook['id']}/deliveries", headers=org.headers
-    ).json()["data"]
+    (delivery,) = client.get(f"/v1/webhooks/{hook['id']}/deliveries", headers=org.headers).json()[
+        "data"
+    ]
     assert delivery["attempts"] == 3
     ids = {r.headers["webhook-id"] for r in receiver.requests}
     assert ids == {delivery["msg_id"]}  # the same message id on every retry

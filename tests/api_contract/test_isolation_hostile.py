@@ -1,0 +1,137 @@
+"""Organisation isolation over every OpenAPI route, hostile input, and secrets kept out of logs."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import pytest
+
+from tests.conftest import OrgKey
+from tests.helpers import wait_for_job
+
+PARAM = re.compile(r"\{([^}]+)\}")
+
+
+def _first_org_objects(client: Any, org: OrgKey, worker: Any) -> dict[str, str]:
+    """Create one object of each kind the first organisation can own; return their ids."""
+    job = client.post(
+        "/v1/diagnostics/sleep", json={"seconds": 0, "steps": 1}, headers=org.headers
+    ).json()
+    wait_for_job(client, job["id"], org.headers)
+    key = client.post("/v1/keys", json={"name": "victim"}, headers=org.headers).json()
+    ids = {"job_id": job["id"], "key_id": key["id"]}
+    return ids
+
+
+def test_a_second_org_sees_and_changes_nothing_on_any_route(
+    client: Any, app: Any, org: OrgKey, other_org: OrgKey, worker: Any
+) -> None:
+    ids = _first_org_objects(client, org, worker)
+    spec = client.get("/openapi.json").json()
+    walked = 0
+    for path, operations in spec["paths"].items():
+        names = PARAM.findall(path)
+        if not names:
+            continue
+        for method in operations:
+            concrete = path
+            for name in names:
+                concrete = concrete.replace("{" + name + "}", ids.get(name, ids["job_id"]))
+            response = client.request(method.upper(), concrete, headers=other_org.headers, json={})
+            walked += 1
+            assert response.status_code in (404, 422), (method, concrete, response.status_code)
+            if response.status_code == 404:
+                assert response.json()["error"]["code"] == "not_found"
+    assert walked >= 8
+    # Nothing of the first organisation changed or leaked into the second one's lists.
+    assert client.get(f"/v1/jobs/{ids['job_id']}", headers=org.headers).json()["status"] == (
+        "completed"
+    )
+    assert client.get(f"/v1/jobs/{ids['job_id']}/result", headers=org.headers).status_code == 200
+    mine = [k["id"] for k in client.get("/v1/keys", headers=org.headers).json()["data"]]
+    assert ids["key_id"] in mine
+    for listing in ("/v1/jobs", "/v1/keys", "/v1/webhooks"):
+        data = client.get(listing, headers=other_org.headers).json()["data"]
+        assert ids["job_id"] not in str(data) and ids["key_id"] not in str(data)
+
+
+HOSTILE_BODIES = [
+    b"{not json",
+    b'{"url": "' + b"\xff\xfe" + b'"}',
+    b"[" * 5000 + b"]" * 5000,
+    b'{"url": 1e999999}',
+    b'{"url": 123456789012345678901234567890123456789012345678901234567890}',
+    b'{"url": "http://x/\' OR 1=1; DROP TABLE jobs; --"}',
+    b'{"url": "https://example.com", "events": ["job.completed"], "secret": "whsec_%%%"}',
+    b"null",
+    b'"just a string"',
+]
+
+
+@pytest.mark.parametrize("body", HOSTILE_BODIES)
+def test_hostile_bodies_get_clear_4xx(client: Any, org: OrgKey, body: bytes) -> None:
+    response = client.post(
+        "/v1/webhooks", content=body, headers={**org.headers, "content-type": "application/json"}
+    )
+    assert 400 <= response.status_code < 500, (body[:40], response.status_code)
+    error = response.json()["error"]
+    assert error["code"] in ("validation_error", "unsafe_url")
+    assert error["request_id"].startswith("req_")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/jobs/..%2F..%2Fetc%2Fpasswd",
+        "/v1/jobs/' OR '1'='1",
+        "/v1/webhooks/" + "9" * 500,
+        "/v1/webhooks/%00",
+        "/v1/jobs/%E2%80%AE",
+        "/v1/keys/..%2f..%2fv1%2fhealth",
+    ],
+)
+def test_hostile_ids_get_404(client: Any, org: OrgKey, path: str) -> None:
+    response = client.get(path, headers=org.headers)
+    assert response.status_code in (404, 405), (path, response.status_code)
+    assert response.json()["error"]["code"] in ("not_found", "method_not_allowed")
+
+
+def test_secrets_never_reach_the_logs(
+    client: Any, org: OrgKey, worker: Any, caplog: pytest.LogCaptureFixture, monkeypatch: Any
+) -> None:
+    from config import get_settings
+
+    monkeypatch.setattr(get_settings(), "crawl_allowed_hosts", "127.0.0.1:9", raising=False)
+    caplog.set_level(logging.DEBUG)
+    created = client.post("/v1/keys", json={"name": "logged?"}, headers=org.headers).json()
+    raw_key = created["key"]
+    hook = client.post(
+        "/v1/webhooks",
+        json={"url": "http://127.0.0.1:9/hook", "events": ["job.completed"]},
+        headers=org.headers,
+    ).json()
+    job = client.post(
+        "/v1/diagnostics/sleep",
+        json={"seconds": 0, "steps": 1},
+        headers={"Authorization": f"Bearer {raw_key}"},
+    ).json()
+    wait_for_job(client, job["id"], org.headers)
+    client.get("/v1/jobs", headers={"Authorization": "Bearer cvy_live_wrongwrongwrong"})
+    client.get(f"/v1/webhooks/{hook['id']}/deliveries", headers=org.headers)
+    text = (
+        "\n".join(f"{r.getMessage()} {r.args!r} {r.exc_text or ''}" for r in caplog.records)
+        + caplog.text
+    )
+    assert caplog.records, "nothing was logged: the test would prove nothing"
+    for secret in (raw_key, org.key, hook["secret"], "cvy_live_wrongwrongwrong"):
+        assert secret not in text
+    assert hook["secret"].removeprefix("whsec_") not in text
+
+
+def test_control_characters_in_query_are_422(client: Any, org: OrgKey) -> None:
+    for params in ({"kind": "\x00"}, {"cursor": "a\x00b"}, {"status": "queued\x1b"}):
+        response = client.get("/v1/jobs", params=params, headers=org.headers)
+        assert response.status_code == 422, params
+        assert response.json()["error"]["code"] == "validation_error"
