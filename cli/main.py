@@ -16,11 +16,13 @@ import typer
 from rich.console import Console
 
 from config import get_settings
+from cli.orgs import app as orgs_app
 from config.queues import QUEUES, WORKER_GROUPS
 
 app = typer.Typer(help="Conveyor: a self-hosted job platform.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.add_typer(orgs_app, name="orgs")
 err = Console(stderr=True)
 
 
