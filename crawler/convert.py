@@ -179,10 +179,10 @@ def _inside_content(el: lxml.html.HtmlElement) -> bool:
 def _main_root(body: lxml.html.HtmlElement) -> lxml.html.HtmlElement:
     mains = body.xpath(".//main | .//*[@role='main']")
     if mains:
-        return mains[0]  # type: ignore[no-any-return]
+        return mains[0]  # type: ignore[no-any-return,unused-ignore]
     articles = body.xpath(".//article")
     if len(articles) == 1:
-        return articles[0]  # type: ignore[no-any-return]
+        return articles[0]  # type: ignore[no-any-return,unused-ignore]
     return body
 
 

@@ -44,7 +44,9 @@ class CrawlRequest(BaseModel):
     render: RenderMode = "auto"
     wait_for_ms: int = Field(default=0, ge=0, le=60_000)
     timeout_ms: int = Field(default=30_000, ge=1_000, le=120_000)
-    export_formats: list[ExportFormat] = Field(default_factory=lambda: ["markdown"], min_length=1)
+    export_formats: list[ExportFormat] = Field(
+        default_factory=lambda: list[ExportFormat](["markdown"]), min_length=1
+    )
     only_main_content: bool = True
     include_tags: list[str] = Field(default_factory=list, max_length=50)
     exclude_tags: list[str] = Field(default_factory=list, max_length=50)

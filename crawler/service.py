@@ -116,12 +116,16 @@ def record(job_id: str, request: CrawlRequest, scope: Scope, batch: list[Finishe
             if out.status == "crawled" and repo.content_seen(session, job_id, out.content_hash):
                 out.status, out.reason = "skipped", PageErrorCode.DUPLICATE_CONTENT.value
                 out.message = "Same content as a page already crawled."
-            common = {"status_code": out.status_code, "final_url": out.final_url or None}
             if out.status == "crawled" and out.record is not None:
                 repo.finish_page(
-                    session, page.id, status=repo.CRAWLED, content_hash=out.content_hash,
-                    size=len(out.record.markdown), **common,
-                )  # fmt: skip
+                    session,
+                    page.id,
+                    status=repo.CRAWLED,
+                    content_hash=out.content_hash,
+                    size=len(out.record.markdown),
+                    status_code=out.status_code,
+                    final_url=out.final_url or None,
+                )
                 session.add(
                     ResultItem(
                         job_id=job_id,
@@ -139,9 +143,14 @@ def record(job_id: str, request: CrawlRequest, scope: Scope, batch: list[Finishe
             else:
                 status = repo.SKIPPED if out.status == "skipped" else repo.FAILED
                 repo.finish_page(
-                    session, page.id, status=status, reason=out.reason, message=out.message,
-                    **common,
-                )  # fmt: skip
+                    session,
+                    page.id,
+                    status=status,
+                    reason=out.reason,
+                    message=out.message,
+                    status_code=out.status_code,
+                    final_url=out.final_url or None,
+                )
                 deltas["pages_failed" if status == repo.FAILED else "pages_skipped"] += 1
         job_store.increment_progress(session, job_id, deltas)
 

@@ -23,6 +23,7 @@ from crawler.service import WorkerOptions, run_worker, seed
 from store import jobs as job_store
 from store.db import session_scope
 from store.jobs import JobStatus
+from store.models import Job
 from tasks.runner import JobCancelled, JobContext, job_task
 from workers.app import celery_app
 
@@ -67,7 +68,7 @@ def _job_running(job_id: str) -> bool:
 def crawl_batch(job_id: str) -> None:
     """Help crawl a running job's frontier; returns when it is exhausted or the job stopped."""
     with session_scope() as session:
-        row = session.get(job_store.Job, job_id)
+        row = session.get(Job, job_id)
         payload: dict[str, Any] | None = dict(row.input) if row is not None else None
     if payload is None or not _job_running(job_id):
         return

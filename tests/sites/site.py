@@ -107,6 +107,17 @@ BOILER_TAIL = """<aside class="sidebar"><h3>Popular</h3><ul>{popular}</ul>
 </body></html>"""
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client that hung up (timeouts, size limits) is expected here, not an error."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
 @dataclass
 class GeneratedSite:
     """Serves the site on 127.0.0.1:<port> and the canary on 127.0.0.2:<canary_port>."""
@@ -140,10 +151,10 @@ class GeneratedSite:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        main = ThreadingHTTPServer((self.host, self.port), Handler)
+        main = _Server((self.host, self.port), Handler)
         main.daemon_threads = True
         self.port = main.server_address[1]
-        canary = ThreadingHTTPServer((self.canary_host, self.canary_port), CanaryHandler)
+        canary = _Server((self.canary_host, self.canary_port), CanaryHandler)
         canary.daemon_threads = True
         self.canary_port = canary.server_address[1]
         self._servers = [main, canary]
@@ -381,7 +392,8 @@ class _Handler(BaseHTTPRequestHandler):
                     _wrap(
                         f"{seg[0]} {n}",
                         seg[0],
-                        f"<main><h1>{seg[0].title()} page {n}</h1><p>{_paragraph(random.Random(n + 500))}</p></main>",
+                        f"<main><h1>{seg[0].title()} page {n}</h1>"
+                        f"<p>{_paragraph(random.Random(n + 500))}</p></main>",
                         n,
                     ),
                 )
@@ -439,7 +451,8 @@ class _Handler(BaseHTTPRequestHandler):
                 _wrap(
                     "Internal links",
                     "x",
-                    f"<main><h1>Internal links</h1><ul>{links}</ul><p>{_paragraph(random.Random(3))}</p></main>",
+                    f"<main><h1>Internal links</h1><ul>{links}</ul>"
+                    f"<p>{_paragraph(random.Random(3))}</p></main>",
                     3,
                 ),
             )
