@@ -20,6 +20,8 @@ ROUTERS: list[str] = [
     "api.routers.usage",
     "api.routers.webhooks",
     "api.routers.crawls",
+    "api.routers.resources",
+    "api.routers.deployments",
     "api.routers.openai",
 ]
 

@@ -96,6 +96,13 @@ def derive_status(previous: str | None, obs: Observation) -> ObservedStatus:
     return obs.status
 
 
+class LogFollower:
+    """Yields log lines written after it was created (`poll` returns what is new)."""
+
+    def poll(self) -> list[str]:
+        return []
+
+
 class Backend(abc.ABC):
     """One way of running deployments. Implementations: `local`, `kubernetes`."""
 
@@ -118,6 +125,10 @@ class Backend(abc.ABC):
         self, spec: DeploymentSpec, state: BackendState | None, tail: int = 200
     ) -> list[str]:
         """The last `tail` log lines of the deployment's replicas, secrets masked."""
+
+    def follow_logs(self, spec: DeploymentSpec, state: BackendState | None) -> LogFollower:
+        """A follower of new log lines (secrets masked); the default follows nothing."""
+        return LogFollower()
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release clients held by the backend."""

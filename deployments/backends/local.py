@@ -40,6 +40,7 @@ from deployments.backends.base import (
     Backend,
     BackendState,
     DeploymentSpec,
+    LogFollower,
     Observation,
     ObservedStatus,
     ReasonCode,
@@ -243,6 +244,9 @@ class LocalBackend(Backend):
         lines.sort(key=lambda item: (item[0], item[1]))
         secrets = spec.secret_values()
         return [mask_secrets(text, secrets) for _, _, text in lines[-tail:]] if tail else []
+
+    def follow_logs(self, spec: DeploymentSpec, state: BackendState | None) -> LogFollower:
+        return FileLogFollower(self._dir(spec.id) / "logs", spec.secret_values())
 
     def log_files(self, deployment_id: str) -> list[Path]:
         """Log files of a deployment, oldest first (one per replica process lineage)."""
@@ -528,3 +532,40 @@ def replica_ids(state: BackendState | None) -> set[str]:
     if state is None or state.backend != LocalBackend.name:
         return set()
     return {str(r["id"]) for r in state.data.get("replicas", [])}
+
+
+class FileLogFollower(LogFollower):
+    """Follows every replica log file of a deployment from its current end (like `tail -F`)."""
+
+    def __init__(self, directory: Path, secrets: list[str]) -> None:
+        self.directory = directory
+        self.secrets = secrets
+        self.offsets: dict[Path, int] = {
+            path: path.stat().st_size for path in directory.glob("*.log")
+        }
+        self.partial: dict[Path, bytes] = {}
+
+    def poll(self) -> list[str]:
+        lines: list[str] = []
+        for path in sorted(self.directory.glob("*.log")):
+            offset = self.offsets.get(path, 0)
+            try:
+                size = path.stat().st_size
+                if size < offset:  # truncated: start again
+                    offset = 0
+                if size == offset:
+                    continue
+                with path.open("rb") as handle:
+                    handle.seek(offset)
+                    data = self.partial.pop(path, b"") + handle.read(size - offset)
+            except FileNotFoundError:
+                continue
+            self.offsets[path] = size
+            complete, _, rest = data.rpartition(b"\n")
+            if rest:
+                self.partial[path] = rest
+            if complete or data.endswith(b"\n"):
+                for raw in complete.split(b"\n"):
+                    text = raw.decode("utf-8", errors="replace")
+                    lines.append(mask_secrets(f"[{path.stem}] {text}", self.secrets))
+        return lines

@@ -7,7 +7,6 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-from fake_kube import K8S_VERSION, FakeKube, running_fake_kube
 from kubernetes import client as k8s
 
 from deployments.backends.base import DeploymentSpec, Observation, derive_status
@@ -18,6 +17,7 @@ from deployments.backends.kubernetes import (
     object_name,
 )
 from deployments.rollout import wait_for_rollout
+from tests.deployments.fake_kube import K8S_VERSION, FakeKube, running_fake_kube
 
 SECRET = "hf_abcdefghijklmnopqrstuvwxyz"
 

@@ -1,0 +1,336 @@
+"""`/v1/deployments` (lifecycle as deploy jobs, revisions, logs, metrics), `/v1/models/templates`,
+and the hook the OpenAI routes call to proxy a request whose `model` names a deployment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import httpx
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from redis.asyncio import Redis
+
+from api.deps import CurrentPrincipal, Db
+from api.schemas import ERROR_RESPONSES, Page
+from common.errors import ConveyorError, Unavailable, ValidationFailed
+from config import get_settings
+from deployments import catalog, metrics, proxy, repository, service
+from deployments.events import emit
+from deployments.models import Deployment
+from deployments.repository import DeploymentFilter
+from deployments.runtime import get_backend
+from deployments.schemas import (
+    ALL_STATUSES,
+    DeploymentCreate,
+    DeploymentListQuery,
+    DeploymentMetrics,
+    DeploymentOut,
+    DeploymentPatch,
+    LogsQuery,
+    ModelTemplate,
+    RevisionOut,
+    RollbackRequest,
+)
+from store.db import session_scope
+from store.orgs import Principal
+from tasks.runner import enqueue
+
+router = APIRouter(prefix="/v1", tags=["deployments"], responses=ERROR_RESPONSES)
+
+_redis_by_loop: dict[int, Redis] = {}
+
+
+def _redis() -> Redis:
+    loop_id = id(asyncio.get_running_loop())
+    client = _redis_by_loop.get(loop_id)
+    if client is None:
+        client = Redis.from_url(get_settings().resolved_redis_url())
+        _redis_by_loop[loop_id] = client
+    return client
+
+
+def _accepted(dep: Deployment) -> JSONResponse:
+    return JSONResponse(
+        service.view(dep), status_code=202, headers={"Location": f"/v1/deployments/{dep.id}"}
+    )
+
+
+def _operate(db: Db, dep: Deployment, operation: str) -> JSONResponse:
+    """Create the deploy job with the state change, commit, then enqueue (never before)."""
+    job_id = service.schedule(db, dep, operation)
+    db.commit()
+    enqueue(job_id, "deploy")
+    db.refresh(dep)
+    return _accepted(dep)
+
+
+def _statuses(raw: str | None) -> tuple[str, ...]:
+    if not raw:
+        return ()
+    statuses = tuple(dict.fromkeys(s.strip() for s in raw.split(",") if s.strip()))
+    bad = [s for s in statuses if s not in ALL_STATUSES]
+    if bad:
+        raise ValidationFailed(
+            f"Unknown status {bad[0]!r}; use one of {', '.join(ALL_STATUSES)}.",
+            details=[{"loc": ["query", "status"], "msg": "unknown status", "type": "enum"}],
+        )
+    return statuses
+
+
+# ------------------------------------------------------------------------- catalogue ---
+@router.get("/models/templates", response_model=list[ModelTemplate], summary="Deployable models")
+def list_templates(principal: CurrentPrincipal) -> list[ModelTemplate]:
+    return catalog.templates(get_settings())
+
+
+# ------------------------------------------------------------------------- lifecycle ---
+@router.post(
+    "/deployments", status_code=202, response_model=DeploymentOut, summary="Create a deployment"
+)
+def create_deployment(body: DeploymentCreate, principal: CurrentPrincipal, db: Db) -> JSONResponse:
+    dep = service.create(db, principal.org_id, body, get_settings())
+    response = _operate(db, dep, "apply")
+    emit("deployment.created", org_id=dep.org_id, data=service.view(dep))
+    return response
+
+
+@router.get("/deployments", response_model=Page[DeploymentOut], summary="List deployments")
+def list_deployments(
+    principal: CurrentPrincipal, db: Db, query: Annotated[DeploymentListQuery, Query()]
+) -> dict[str, Any]:
+    flt = DeploymentFilter(
+        statuses=_statuses(query.status),
+        created_after=query.created_after,
+        created_before=query.created_before,
+        descending=query.sort == "-created_at",
+    )
+    rows, next_cursor = repository.list_page(
+        db, principal.org_id, flt, limit=query.limit, cursor=query.cursor
+    )
+    return {"data": [service.view(d) for d in rows], "next_cursor": next_cursor}
+
+
+@router.get("/deployments/{deployment_id}", response_model=DeploymentOut)
+def get_deployment(deployment_id: str, principal: CurrentPrincipal, db: Db) -> dict[str, Any]:
+    return service.view(service.get(db, principal.org_id, deployment_id))
+
+
+@router.patch(
+    "/deployments/{deployment_id}",
+    status_code=202,
+    response_model=DeploymentOut,
+    summary="Change replicas, env or runtime options (a new revision, rolled out as a job)",
+)
+def patch_deployment(
+    deployment_id: str, body: DeploymentPatch, principal: CurrentPrincipal, db: Db
+) -> JSONResponse:
+    dep = service.get(db, principal.org_id, deployment_id, lock=True)
+    service.patch(db, dep, body)
+    return _operate(db, dep, "apply" if dep.desired == "running" else "stop")
+
+
+@router.post("/deployments/{deployment_id}/stop", status_code=202, response_model=DeploymentOut)
+def stop_deployment(deployment_id: str, principal: CurrentPrincipal, db: Db) -> JSONResponse:
+    dep = service.get(db, principal.org_id, deployment_id, lock=True)
+    service.stop(db, dep)
+    return _operate(db, dep, "stop")
+
+
+@router.post("/deployments/{deployment_id}/start", status_code=202, response_model=DeploymentOut)
+def start_deployment(deployment_id: str, principal: CurrentPrincipal, db: Db) -> JSONResponse:
+    dep = service.get(db, principal.org_id, deployment_id, lock=True)
+    service.start(db, dep)
+    return _operate(db, dep, "apply")
+
+
+@router.post("/deployments/{deployment_id}/rollback", status_code=202, response_model=DeploymentOut)
+def rollback_deployment(
+    deployment_id: str, body: RollbackRequest, principal: CurrentPrincipal, db: Db
+) -> JSONResponse:
+    dep = service.get(db, principal.org_id, deployment_id, lock=True)
+    service.rollback(db, dep, body.revision)
+    return _operate(db, dep, "apply" if dep.desired == "running" else "stop")
+
+
+@router.delete("/deployments/{deployment_id}", status_code=202, response_model=DeploymentOut)
+def delete_deployment(deployment_id: str, principal: CurrentPrincipal, db: Db) -> JSONResponse:
+    dep = service.get(db, principal.org_id, deployment_id, lock=True)
+    if not service.delete(db, dep):
+        return _accepted(dep)  # already deleting or deleted: idempotent
+    return _operate(db, dep, "delete")
+
+
+@router.get("/deployments/{deployment_id}/revisions", response_model=list[RevisionOut])
+def list_revisions(deployment_id: str, principal: CurrentPrincipal, db: Db) -> list[dict[str, Any]]:
+    dep = service.get(db, principal.org_id, deployment_id)
+    return service.revision_views(db, dep)
+
+
+# ---------------------------------------------------------------------- logs, metrics ---
+def _load_spec(org_id: str, deployment_id: str) -> tuple[Any, Any, str]:
+    with session_scope() as session:
+        dep = service.get(session, org_id, deployment_id)
+        return service.spec_of(dep), service.state_of(dep), dep.status
+
+
+@router.get(
+    "/deployments/{deployment_id}/logs",
+    summary="Replica logs (secrets masked); `follow=true` streams Server-Sent Events",
+)
+async def deployment_logs(
+    deployment_id: str,
+    request: Request,
+    principal: CurrentPrincipal,
+    query: Annotated[LogsQuery, Query()],
+) -> Response:
+    spec, state, _ = await run_in_threadpool(_load_spec, principal.org_id, deployment_id)
+    backend = get_backend()
+    follower = await run_in_threadpool(backend.follow_logs, spec, state) if query.follow else None
+    lines = await run_in_threadpool(backend.read_logs, spec, state, query.tail)
+    if follower is None:
+        return JSONResponse({"deployment_id": deployment_id, "lines": lines})
+
+    async def stream() -> AsyncIterator[bytes]:
+        for line in lines:
+            yield _sse(line)
+        quiet_since = time.monotonic()
+        while not await request.is_disconnected():
+            fresh = await run_in_threadpool(follower.poll)
+            for line in fresh:
+                yield _sse(line)
+            if fresh:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since > 15:
+                quiet_since = time.monotonic()
+                yield b": keepalive\n\n"
+            await asyncio.sleep(0.25)
+
+    return StreamingResponse(
+        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )
+
+
+def _sse(line: str) -> bytes:
+    return b"event: log\ndata: " + json.dumps({"line": line}).encode() + b"\n\n"
+
+
+@router.get("/deployments/{deployment_id}/metrics", response_model=DeploymentMetrics)
+async def deployment_metrics(deployment_id: str, principal: CurrentPrincipal) -> dict[str, Any]:
+    def load() -> tuple[float, int, int]:
+        with session_scope() as session:
+            dep = service.get(session, principal.org_id, deployment_id)
+            return dep.gpu_seconds, dep.ready_replicas, service.desired_replicas(dep)
+
+    gpu_seconds, ready, desired = await run_in_threadpool(load)
+    try:
+        counters = await metrics.read(_redis(), deployment_id)
+    except Exception as exc:
+        raise Unavailable("The metrics store is unavailable.") from exc
+    return {
+        "deployment_id": deployment_id,
+        **counters,
+        "gpu_seconds": round(gpu_seconds, 3),
+        "replicas_ready": ready,
+        "replicas_desired": desired,
+    }
+
+
+# ------------------------------------------------------------ hook for /v1/chat/... ---
+_targets: dict[tuple[str, str], tuple[float, tuple[str, list[str]] | ConveyorError | None]] = {}
+TARGET_TTL_SECONDS = 1.0
+
+
+def _lookup(org_id: str, name: str) -> tuple[str, list[str]] | ConveyorError | None:
+    with session_scope() as session:
+        try:
+            found = service.serving_endpoints(session, org_id, name)
+        except ConveyorError as exc:
+            return exc
+    return (found[0].id, found[1]) if found else None
+
+
+async def _target(org_id: str, name: str) -> tuple[str, list[str]] | None:
+    """A deployment's (id, endpoints), cached for a second; raises 503 when it cannot serve."""
+    key = (org_id, name)
+    now = time.monotonic()
+    cached = _targets.get(key)
+    if cached is None or now - cached[0] > TARGET_TTL_SECONDS:
+        cached = (now, await run_in_threadpool(_lookup, org_id, name))
+        _targets[key] = cached
+    value = cached[1]
+    if isinstance(value, ConveyorError):
+        raise value
+    return value
+
+
+async def proxy_to_deployment(
+    request: Request, principal: Principal, model: str, path: str
+) -> Response | None:
+    """Answer an OpenAI request whose `model` is a deployment's name; None when it is not one.
+
+    `path` is the OpenAI path below the replica's root, e.g. `/v1/chat/completions`. A
+    deployment that is stopped, starting or has no reachable replica answers 503 `unavailable`
+    with Retry-After (never 404).
+    """
+    target = await _target(principal.org_id, model)
+    if target is None:
+        return None
+    deployment_id, endpoints = target
+    body = await request.body()
+    settings = get_settings()
+
+    async def finish(latency_ms: float, tokens: int, error: bool) -> None:
+        with contextlib.suppress(Exception):  # metrics never fail a request
+            await metrics.record(
+                _redis(), deployment_id, latency_ms=latency_ms, tokens=tokens, error=error
+            )
+
+    try:
+        upstream = await proxy.send(
+            proxy.pick(endpoints),
+            path,
+            body,
+            timeout=settings.deploy_proxy_timeout_seconds,
+            finish=finish,
+        )
+    except httpx.HTTPError as exc:
+        _targets.pop((principal.org_id, model), None)
+        raise Unavailable(
+            f"Deployment {model!r} has no reachable replica right now.",
+            details={"deployment_id": deployment_id},
+            headers={"Retry-After": "5"},
+        ) from exc
+    headers = {"X-Conveyor-Deployment-Id": deployment_id}
+    media_type = upstream.response.headers.get("content-type", "application/json")
+    if upstream.streaming:
+        return StreamingResponse(
+            upstream.stream(),
+            status_code=upstream.response.status_code,
+            media_type=media_type,
+            headers=headers,
+        )
+    content = await upstream.body()
+    return Response(
+        content, status_code=upstream.response.status_code, media_type=media_type, headers=headers
+    )
+
+
+async def deployment_models(principal: Principal) -> dict[str, str]:
+    """name → kind of the organisation's live deployments (listed by GET /v1/models)."""
+
+    def load() -> dict[str, str]:
+        with session_scope() as session:
+            return {
+                d.name: "chat"
+                for d in repository.list_live_names(session, principal.org_id)
+                if d.status not in ("deleting", "deleted")
+            }
+
+    return await run_in_threadpool(load)
