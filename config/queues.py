@@ -47,6 +47,7 @@ TASK_MODULES: list[str] = [
     "tasks.inference",
     "tasks.crawl",
     "tasks.deploy",
+    "tasks.provision",
 ]
 
 # Routes for tasks that are not job kinds (maintenance, webhooks …).
@@ -55,6 +56,7 @@ EXTRA_ROUTES: dict[str, dict[str, str]] = {
     "webhooks.*": {"queue": WEBHOOKS},
     "crawl.batch": {"queue": CRAWL},
     "deployments.*": {"queue": DEPLOY},
+    "resources.*": {"queue": MAINTENANCE},
 }
 
 
@@ -91,6 +93,14 @@ def beat_schedule() -> dict[str, dict[str, Any]]:
             "schedule": timedelta(minutes=1),
         },
         "broker-canary": {"task": "maintenance.broker_canary", "schedule": timedelta(minutes=1)},
+        "resources-scheduled-backups": {
+            "task": "resources.scheduled_backups",
+            "schedule": timedelta(minutes=1),
+        },
+        "resources-check-archiving": {
+            "task": "resources.check_archiving",
+            "schedule": timedelta(minutes=1),
+        },
         "reconcile-deployments": {
             "task": "deployments.reconcile",
             "schedule": timedelta(seconds=_deploy_reconcile_seconds()),

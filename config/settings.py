@@ -122,6 +122,26 @@ class Settings(BaseSettings):
 
     def resolved_database_url(self) -> str:
         if self.database_url:
+    # --- resources (resources/settings.py maps these onto the backends) ----------------------
+    resources_pg_admin_dsn: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    resources_pg_public_host: str = "127.0.0.1"
+    resources_pg_bin_dir: Path = Path("/usr/lib/postgresql/15/bin")
+    resources_pg_os_user: str = "postgres"  # dedicated instances run as this user when root
+    resources_pg_archive_timeout_s: int = 60
+    resources_redis_admin_url: str = "redis://127.0.0.1:6379/0"
+    resources_redis_public_host: str = "127.0.0.1"
+    resources_redis_server_bin: Path = Path("/usr/bin/redis-server")
+    resources_s3_endpoint_url: str = ""  # empty: AWS; locally moto's server
+    resources_s3_region: str = "us-east-1"
+    resources_s3_access_key_id: str = "conveyor"
+    resources_s3_secret_access_key: SecretStr = SecretStr("conveyor")
+    resources_s3_use_iam: bool = True  # an IAM user + key per bucket
+    resources_name_prefix: str = "cvy_"
+    resources_credentials_keys: SecretStr = Field(
+        default=SecretStr(""), description="Fernet keys, comma-separated; empty: a key file."
+    )
+    resources_backup_retention_days: int = 7
+
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'conveyor.db').resolve()}"
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -113,7 +114,13 @@ def desired_replicas(dep: Deployment) -> int:
     return max(dep.replicas_min, 1)
 
 
+# Other domains' variables for a deployment, read at each rollout (resource bindings register
+# one: resources.service.provide_bound_env). The deployment's own env wins on a clash.
+ENV_PROVIDERS: list[Callable[[Deployment], dict[str, str]]] = []
+
+
 def spec_of(dep: Deployment) -> DeploymentSpec:
+    provided = {k: v for provider in ENV_PROVIDERS for k, v in provider(dep).items()}
     return DeploymentSpec(
         id=dep.id,
         name=dep.name,
@@ -123,7 +130,7 @@ def spec_of(dep: Deployment) -> DeploymentSpec:
         gpu_type=dep.gpu_type,
         gpu_count=dep.gpu_count,
         replicas=desired_replicas(dep),
-        env=env_of(dep),
+        env={**provided, **env_of(dep)},
         runtime_options=dep.runtime_options or {},
         context_length=dep.context_length,
         revision=dep.revision,

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from config.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -51,3 +55,25 @@ class ResourceSettings:
     @property
     def volumes_dir(self) -> Path:
         return self.data_dir / "volumes"
+
+    @classmethod
+    def from_platform(cls, settings: Settings) -> ResourceSettings:
+        keys = settings.resources_credentials_keys.get_secret_value()
+        return cls(
+            pg_admin_dsn=settings.resources_pg_admin_dsn,
+            pg_public_host=settings.resources_pg_public_host,
+            pg_bin_dir=settings.resources_pg_bin_dir,
+            pg_os_user=settings.resources_pg_os_user,
+            pg_archive_timeout_s=settings.resources_pg_archive_timeout_s,
+            redis_admin_url=settings.resources_redis_admin_url,
+            redis_public_host=settings.resources_redis_public_host,
+            redis_server_bin=settings.resources_redis_server_bin,
+            s3_endpoint_url=settings.resources_s3_endpoint_url or None,
+            s3_region=settings.resources_s3_region,
+            s3_access_key_id=settings.resources_s3_access_key_id,
+            s3_secret_access_key=settings.resources_s3_secret_access_key.get_secret_value(),
+            s3_use_iam=settings.resources_s3_use_iam,
+            data_dir=settings.data_dir / "resources",
+            name_prefix=settings.resources_name_prefix,
+            credentials_keys=tuple(k.strip() for k in keys.split(",") if k.strip()),
+        )

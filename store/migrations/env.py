@@ -16,6 +16,7 @@ MODEL_MODULES: list[str] = [
     "webhooks.models",
     "idempotency.models",
     "deployments.models",
+    "resources.models",
     "crawler.models",
 ]
 

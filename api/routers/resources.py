@@ -1,0 +1,256 @@
+"""`/v1/resources` (provision, credentials, rotation, backups, restores, branches, metrics,
+presigned URLs) and `/v1/deployments/{id}/bindings`.
+
+Every slow operation is a job on the `provision` queue: the route changes the rows and
+creates the job in one transaction, commits, and only then enqueues (202 + the object).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy.orm import Session
+
+from api.deps import CurrentPrincipal, Db
+from api.schemas import ERROR_RESPONSES
+from common.errors import ValidationFailed
+from resources import repository, service
+from resources.events import emit
+from resources.models import Resource
+from resources.repository import ResourceFilter
+from resources.schemas import (
+    BackupListQuery,
+    BindingCreate,
+    BranchRequest,
+    PresignRequest,
+    ResourceCreate,
+    ResourceListQuery,
+    ResourcePatch,
+    RestoreRequest,
+)
+from resources.service import Outcome
+from tasks.runner import enqueue
+
+router = APIRouter(prefix="/v1", tags=["resources"], responses=ERROR_RESPONSES)
+service.register_binding_hook()
+
+_STATUSES = ("provisioning", "ready", "degraded", "failed", "deleting", "deleted")
+_TYPES = ("postgres", "redis", "blob", "volume")
+
+
+def _commit_and_dispatch(db: Session, outcome: Outcome) -> None:
+    """Commit first: a worker must find the rows its job names."""
+    db.commit()
+    for job_id, kind in outcome.jobs:
+        enqueue(job_id, kind)
+    for event_type, org_id, data in outcome.events:
+        emit(event_type, org_id=org_id, data=data)
+
+
+def _accepted(db: Session, res: Resource, outcome: Outcome) -> JSONResponse:
+    _commit_and_dispatch(db, outcome)
+    db.refresh(res)
+    return JSONResponse(
+        service.view(res), status_code=202, headers={"Location": f"/v1/resources/{res.id}"}
+    )
+
+
+def _csv(raw: str | None, allowed: tuple[str, ...], name: str) -> tuple[str, ...]:
+    values = tuple(dict.fromkeys(v.strip() for v in (raw or "").split(",") if v.strip()))
+    bad = [v for v in values if v not in allowed]
+    if bad:
+        raise ValidationFailed(
+            f"Unknown {name} {', '.join(bad)}; one of {', '.join(allowed)}.",
+            details=[{"loc": ["query", name], "msg": "unknown value", "type": "value_error"}],
+        )
+    return values
+
+
+@router.post("/resources", status_code=202, summary="Provision a resource (202, then poll)")
+def create_resource(body: ResourceCreate, principal: CurrentPrincipal, db: Db) -> JSONResponse:
+    res, outcome = service.create(db, principal.org_id, body)
+    return _accepted(db, res, outcome)
+
+
+@router.get("/resources", summary="List resources (cursor pages; credentials masked)")
+def list_resources(
+    principal: CurrentPrincipal, db: Db, query: Annotated[ResourceListQuery, Query()]
+) -> dict[str, Any]:
+    flt = ResourceFilter(
+        statuses=_csv(query.status, _STATUSES, "status"),
+        types=_csv(query.type, _TYPES, "type"),
+        created_after=query.created_after,
+        created_before=query.created_before,
+        descending=query.sort == "-created_at",
+    )
+    rows, next_cursor = repository.list_page(
+        db, principal.org_id, flt, limit=query.limit, cursor=query.cursor
+    )
+    return {"data": [service.view(r) for r in rows], "next_cursor": next_cursor}
+
+
+@router.get("/resources/{resource_id}", summary="A resource (credentials masked)")
+def get_resource(resource_id: str, principal: CurrentPrincipal, db: Db) -> dict[str, Any]:
+    return service.view(service.get(db, principal.org_id, resource_id))
+
+
+@router.patch("/resources/{resource_id}", summary="Change limits, backup schedule, retention")
+def patch_resource(
+    resource_id: str, body: ResourcePatch, principal: CurrentPrincipal, db: Db
+) -> dict[str, Any]:
+    res = service.patch(db, service.get(db, principal.org_id, resource_id, lock=True), body)
+    db.commit()
+    return service.view(res)
+
+
+@router.delete("/resources/{resource_id}", status_code=202, summary="Delete (idempotent)")
+def delete_resource(
+    resource_id: str, principal: CurrentPrincipal, db: Db, purge_backups: bool = False
+) -> JSONResponse:
+    res = repository.get(db, principal.org_id, resource_id, lock=True)
+    if res is None:
+        service.get(db, principal.org_id, resource_id)  # 404 in the one error shape
+        raise AssertionError
+    return _accepted(db, res, service.delete(db, res, purge_backups))
+
+
+@router.get("/resources/{resource_id}/credentials", summary="Full credentials (unmasked)")
+def get_credentials(resource_id: str, principal: CurrentPrincipal, db: Db) -> dict[str, Any]:
+    return service.credentials(service.get(db, principal.org_id, resource_id))
+
+
+@router.post(
+    "/resources/{resource_id}/credentials/rotate",
+    status_code=202,
+    summary="Rotate: a new role/user, the old one stops working, bound deployments roll",
+)
+def rotate_credentials(resource_id: str, principal: CurrentPrincipal, db: Db) -> JSONResponse:
+    res = service.get(db, principal.org_id, resource_id, lock=True)
+    return _accepted(db, res, service.rotate(db, res))
+
+
+@router.post("/resources/{resource_id}/presign", summary="A presigned GET/PUT URL (blob)")
+def presign(
+    resource_id: str, body: PresignRequest, principal: CurrentPrincipal, db: Db
+) -> dict[str, Any]:
+    res = service.get(db, principal.org_id, resource_id)
+    return {"url": service.presign(res, body), "method": body.method, "expires_in": body.expires_in}
+
+
+@router.get("/resources/{resource_id}/metrics", summary="Size, connections or keys, backup age")
+def get_metrics(resource_id: str, principal: CurrentPrincipal, db: Db) -> dict[str, Any]:
+    return service.metrics(db, service.get(db, principal.org_id, resource_id))
+
+
+# ----------------------------------------------------------------------------- backups ---
+@router.post("/resources/{resource_id}/backups", status_code=202, summary="Back up now")
+def create_backup(resource_id: str, principal: CurrentPrincipal, db: Db) -> JSONResponse:
+    res = service.get(db, principal.org_id, resource_id)
+    backup, outcome = service.request_backup(db, res)
+    _commit_and_dispatch(db, outcome)
+    db.refresh(backup)
+    return JSONResponse(
+        service.backup_view(backup),
+        status_code=202,
+        headers={"Location": f"/v1/resources/{res.id}/backups/{backup.id}"},
+    )
+
+
+@router.get("/resources/{resource_id}/backups", summary="Backups (with the PITR window)")
+def list_backups(
+    resource_id: str,
+    principal: CurrentPrincipal,
+    db: Db,
+    query: Annotated[BackupListQuery, Query()],
+) -> dict[str, Any]:
+    res = service.get(db, principal.org_id, resource_id)
+    rows, next_cursor = repository.list_backups(db, res.id, limit=query.limit, cursor=query.cursor)
+    until = service.restorable_until(db, res)
+    return {"data": [service.backup_view(b, until) for b in rows], "next_cursor": next_cursor}
+
+
+@router.get("/resources/{resource_id}/backups/{backup_id}", summary="One backup")
+def get_backup(
+    resource_id: str, backup_id: str, principal: CurrentPrincipal, db: Db
+) -> dict[str, Any]:
+    res = service.get(db, principal.org_id, resource_id)
+    backup = service.get_backup(db, res, backup_id)
+    return service.backup_view(backup, service.restorable_until(db, res))
+
+
+@router.delete(
+    "/resources/{resource_id}/backups/{backup_id}", status_code=204, summary="Delete a backup"
+)
+def delete_backup(
+    resource_id: str, backup_id: str, principal: CurrentPrincipal, db: Db
+) -> Response:
+    res = service.get(db, principal.org_id, resource_id)
+    service.delete_backup(db, service.get_backup(db, res, backup_id))
+    db.commit()
+    return Response(status_code=204)
+
+
+@router.post(
+    "/resources/{resource_id}/restore",
+    status_code=202,
+    summary="Restore a backup_id (any tier) or a target_time (dedicated) into a NEW resource",
+)
+def restore(
+    resource_id: str, body: RestoreRequest, principal: CurrentPrincipal, db: Db
+) -> JSONResponse:
+    source = service.get(db, principal.org_id, resource_id)
+    res, outcome = service.restore(db, source, body)
+    return _accepted(db, res, outcome)
+
+
+@router.post(
+    "/resources/{resource_id}/branches",
+    status_code=202,
+    summary="A new resource holding a copy of the data (now, or at from_time)",
+)
+def create_branch(
+    resource_id: str, body: BranchRequest, principal: CurrentPrincipal, db: Db
+) -> JSONResponse:
+    source = service.get(db, principal.org_id, resource_id)
+    res, outcome = service.branch(db, source, body)
+    return _accepted(db, res, outcome)
+
+
+# ---------------------------------------------------------------------------- bindings ---
+@router.post(
+    "/deployments/{deployment_id}/bindings",
+    status_code=202,
+    tags=["deployments"],
+    summary="Bind a resource: its variables go into the next revision (redeploy job)",
+)
+def create_binding(
+    deployment_id: str, body: BindingCreate, principal: CurrentPrincipal, db: Db
+) -> JSONResponse:
+    binding, outcome = service.create_binding(db, principal.org_id, deployment_id, body)
+    _commit_and_dispatch(db, outcome)
+    db.refresh(binding)
+    view = service.binding_view(binding)
+    view["jobs"] = [f"/v1/jobs/{job_id}" for job_id, _ in outcome.jobs]
+    return JSONResponse(view, status_code=202)
+
+
+@router.get("/deployments/{deployment_id}/bindings", tags=["deployments"], summary="Bindings")
+def list_bindings(deployment_id: str, principal: CurrentPrincipal, db: Db) -> dict[str, Any]:
+    rows = service.list_bindings(db, principal.org_id, deployment_id)
+    return {"data": [service.binding_view(b) for b in rows], "next_cursor": None}
+
+
+@router.delete(
+    "/deployments/{deployment_id}/bindings/{binding_id}",
+    status_code=204,
+    tags=["deployments"],
+    summary="Remove a binding (its variables leave the next revision)",
+)
+def delete_binding(
+    deployment_id: str, binding_id: str, principal: CurrentPrincipal, db: Db
+) -> Response:
+    outcome = service.delete_binding(db, principal.org_id, deployment_id, binding_id)
+    _commit_and_dispatch(db, outcome)
+    return Response(status_code=204)

@@ -1,0 +1,183 @@
+"""Queries of the resources domain (keyset pagination on indexed columns)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session
+
+from resources.models import Resource, ResourceBackup, ResourceBinding
+from store.jobs import decode_cursor, encode_cursor
+
+LIVE = ("provisioning", "ready", "degraded", "failed", "deleting")
+
+
+def get(session: Session, org_id: str, resource_id: str, *, lock: bool = False) -> Resource | None:
+    query = select(Resource).where(Resource.id == resource_id, Resource.org_id == org_id)
+    if lock:
+        query = query.with_for_update()
+    return session.scalars(query).first()
+
+
+def get_any(session: Session, resource_id: str, *, lock: bool = False) -> Resource | None:
+    """A resource by id regardless of organisation (tasks)."""
+    query = select(Resource).where(Resource.id == resource_id)
+    if lock:
+        query = query.with_for_update()
+    return session.scalars(query).first()
+
+
+def get_by_name(session: Session, org_id: str, name: str) -> Resource | None:
+    return session.scalars(
+        select(Resource).where(
+            Resource.org_id == org_id, Resource.name == name, Resource.deleted_at.is_(None)
+        )
+    ).first()
+
+
+@dataclass(frozen=True)
+class ResourceFilter:
+    statuses: tuple[str, ...] = ()
+    types: tuple[str, ...] = ()
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    descending: bool = True
+
+
+def _keyset(query: Any, model: Any, cursor: str | None, descending: bool) -> Any:
+    if cursor:
+        at, last_id = decode_cursor(cursor)
+        if descending:
+            query = query.where(
+                or_(model.created_at < at, and_(model.created_at == at, model.id < last_id))
+            )
+        else:
+            query = query.where(
+                or_(model.created_at > at, and_(model.created_at == at, model.id > last_id))
+            )
+    order = (
+        (model.created_at.desc(), model.id.desc())
+        if descending
+        else (model.created_at.asc(), model.id.asc())
+    )
+    return query.order_by(*order)
+
+
+def _page(session: Session, query: Any, limit: int) -> tuple[list[Any], str | None]:
+    rows = list(session.scalars(query.limit(limit + 1)))
+    if len(rows) > limit:
+        rows = rows[:limit]
+        return rows, encode_cursor(rows[-1].created_at, rows[-1].id)
+    return rows, None
+
+
+def list_page(
+    session: Session, org_id: str, flt: ResourceFilter, *, limit: int, cursor: str | None
+) -> tuple[list[Resource], str | None]:
+    query = select(Resource).where(Resource.org_id == org_id)
+    query = query.where(Resource.status.in_(flt.statuses or LIVE))
+    if flt.types:
+        query = query.where(Resource.type.in_(flt.types))
+    if flt.created_after is not None:
+        query = query.where(Resource.created_at > flt.created_after)
+    if flt.created_before is not None:
+        query = query.where(Resource.created_at < flt.created_before)
+    return _page(session, _keyset(query, Resource, cursor, flt.descending), limit)
+
+
+def get_backup(session: Session, resource_id: str, backup_id: str) -> ResourceBackup | None:
+    return session.scalars(
+        select(ResourceBackup).where(
+            ResourceBackup.id == backup_id,
+            ResourceBackup.resource_id == resource_id,
+            ResourceBackup.deleted_at.is_(None),
+        )
+    ).first()
+
+
+def get_backup_any(session: Session, backup_id: str) -> ResourceBackup | None:
+    return session.get(ResourceBackup, backup_id)
+
+
+def list_backups(
+    session: Session, resource_id: str, *, limit: int, cursor: str | None
+) -> tuple[list[ResourceBackup], str | None]:
+    query = select(ResourceBackup).where(
+        ResourceBackup.resource_id == resource_id, ResourceBackup.deleted_at.is_(None)
+    )
+    return _page(session, _keyset(query, ResourceBackup, cursor, True), limit)
+
+
+def completed_backups(session: Session, resource_id: str) -> Sequence[ResourceBackup]:
+    """Completed, not deleted backups of a resource (PITR bases), oldest first."""
+    return session.scalars(
+        select(ResourceBackup)
+        .where(
+            ResourceBackup.resource_id == resource_id,
+            ResourceBackup.status == "completed",
+            ResourceBackup.deleted_at.is_(None),
+        )
+        .order_by(ResourceBackup.created_at)
+    ).all()
+
+
+def latest_backup(session: Session, resource_id: str) -> ResourceBackup | None:
+    return session.scalars(
+        select(ResourceBackup)
+        .where(ResourceBackup.resource_id == resource_id, ResourceBackup.status == "completed")
+        .order_by(ResourceBackup.completed_at.desc())
+        .limit(1)
+    ).first()
+
+
+def due_for_backup(session: Session, now: datetime, limit: int = 100) -> Sequence[Resource]:
+    return session.scalars(
+        select(Resource)
+        .where(Resource.next_backup_at <= now, Resource.status.in_(("ready", "degraded")))
+        .order_by(Resource.next_backup_at)
+        .limit(limit)
+    ).all()
+
+
+def expired_backups(session: Session, now: datetime, limit: int = 100) -> Sequence[ResourceBackup]:
+    return session.scalars(
+        select(ResourceBackup)
+        .where(ResourceBackup.expires_at <= now, ResourceBackup.deleted_at.is_(None))
+        .limit(limit)
+    ).all()
+
+
+def live_of(session: Session, type_: str, tier: str) -> Sequence[Resource]:
+    return session.scalars(
+        select(Resource).where(
+            Resource.type == type_,
+            Resource.tier == tier,
+            Resource.status.in_(("ready", "degraded")),
+        )
+    ).all()
+
+
+def bindings_of_deployment(session: Session, deployment_id: str) -> Sequence[ResourceBinding]:
+    return session.scalars(
+        select(ResourceBinding)
+        .where(ResourceBinding.deployment_id == deployment_id)
+        .order_by(ResourceBinding.created_at, ResourceBinding.id)
+    ).all()
+
+
+def bindings_of_resource(session: Session, resource_id: str) -> Sequence[ResourceBinding]:
+    return session.scalars(
+        select(ResourceBinding).where(ResourceBinding.resource_id == resource_id)
+    ).all()
+
+
+def get_binding(session: Session, deployment_id: str, binding_id: str) -> ResourceBinding | None:
+    return session.scalars(
+        select(ResourceBinding).where(
+            ResourceBinding.id == binding_id, ResourceBinding.deployment_id == deployment_id
+        )
+    ).first()

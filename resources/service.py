@@ -1,0 +1,857 @@
+"""The rules of the resources domain. Request-side functions take the caller's session and
+never commit; they return the ids of the jobs they created, which the caller enqueues after
+its commit. Worker-side functions (``run_*``) do the slow work with the backends outside any
+transaction and record the outcome in short transactions of their own.
+
+Resource status: provisioning → ready | failed; ready ⇄ degraded (WAL archiving failing);
+deleting → deleted. Backups: pending → running → completed (→ verified_at) | failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from common.errors import Conflict, JobFailed, NotFound, NotReady, ValidationFailed
+from common.timeutil import isoformat_z, utcnow
+from config import get_settings
+from resources import repository
+from resources.backends import get_backend, supported
+from resources.backends.base import Backend, BackupResult, Handle
+from resources.credentials import CredentialBox, mask_env
+from resources.errors import OutsideWindow, ResourceError
+from resources.models import Resource, ResourceBackup, ResourceBinding
+from resources.schemas import (
+    BindingCreate,
+    BranchRequest,
+    PresignRequest,
+    ResourceCreate,
+    ResourcePatch,
+    RestoreRequest,
+    parse_cron,
+)
+from resources.settings import ResourceSettings
+from store import jobs as job_store
+
+log = logging.getLogger(__name__)
+PITR_BACKUP_METHOD = "pg_basebackup"
+
+
+@dataclass
+class Outcome:
+    """Jobs to enqueue and events to emit once the caller has committed."""
+
+    jobs: list[tuple[str, str]] = field(default_factory=list)  # (job id, kind)
+    events: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+
+
+class FailedWithOutcome(JobFailed):
+    """The job failed after recording it (resource/backup ``failed``): the caller emits
+    ``outcome``'s events (the alert) and lets the runner fail the job."""
+
+    def __init__(self, message: str, code: str, outcome: Outcome) -> None:
+        super().__init__(message, code=code)
+        self.outcome = outcome
+
+
+# --------------------------------------------------------------------------- plumbing ---
+@lru_cache(maxsize=1)
+def resource_settings() -> ResourceSettings:
+    return ResourceSettings.from_platform(get_settings())
+
+
+@lru_cache(maxsize=1)
+def credential_box() -> CredentialBox:
+    return CredentialBox(resource_settings())
+
+
+def reset_caches() -> None:
+    resource_settings.cache_clear()
+    credential_box.cache_clear()
+
+
+def backend_of(res: Resource) -> Backend:
+    return get_backend(res.type, res.tier, resource_settings())
+
+
+def ident_of(res: Resource) -> str:
+    return res.id.removeprefix("res_")
+
+
+def handle_of(res: Resource) -> Handle:
+    if res.state is None or res.secret_encrypted is None:
+        raise NotReady(f"Resource {res.id} is {res.status}.")
+    return Handle(dict(res.state), credential_box().decrypt(res.secret_encrypted))
+
+
+def _store_handle(res: Resource, handle: Handle) -> None:
+    res.state = handle.state
+    res.secret_encrypted = credential_box().encrypt(handle.secret)
+
+
+def backup_result(b: ResourceBackup) -> BackupResult:
+    return BackupResult(
+        location=b.location or "",
+        size_bytes=b.size_bytes or 0,
+        fingerprint=b.fingerprint or {},
+        method=b.method or "",
+        meta=b.meta or {},
+    )
+
+
+def next_run(schedule: str | None, after: datetime) -> datetime | None:
+    if not schedule:
+        return None
+    cron = parse_cron(schedule)
+    delta: timedelta = cron.remaining_estimate(after)
+    return after + delta
+
+
+# ------------------------------------------------------------------------------- views ---
+def links(res: Resource) -> dict[str, str | None]:
+    base = f"/v1/resources/{res.id}"
+    return {
+        "self": base,
+        "job": f"/v1/jobs/{res.job_id}" if res.job_id else None,
+        "credentials": f"{base}/credentials",
+        "backups": f"{base}/backups",
+        "metrics": f"{base}/metrics",
+    }
+
+
+def view(res: Resource) -> dict[str, Any]:
+    """The resource object of the API: connection variables always masked."""
+    env: dict[str, str] = {}
+    if res.secret_encrypted:
+        env = mask_env(credential_box().decrypt(res.secret_encrypted).get("env", {}))
+    return {
+        "id": res.id,
+        "type": res.type,
+        "tier": res.tier,
+        "name": res.name,
+        "status": res.status,
+        "status_reason": res.status_reason,
+        "limits": res.limits or {},
+        "backup_schedule": res.backup_schedule,
+        "backup_retention_days": res.backup_retention_days,
+        "next_backup_at": isoformat_z(res.next_backup_at) if res.next_backup_at else None,
+        "env": env,
+        "source": res.source,
+        "created_at": isoformat_z(res.created_at),
+        "updated_at": isoformat_z(res.updated_at),
+        "links": links(res),
+    }
+
+
+def backup_view(b: ResourceBackup, restorable_until: datetime | None = None) -> dict[str, Any]:
+    meta = b.meta or {}
+    pitr = b.method == PITR_BACKUP_METHOD and b.status == "completed"
+    return {
+        "id": b.id,
+        "resource_id": b.resource_id,
+        "status": b.status,
+        "trigger": b.trigger,
+        "method": b.method,
+        "size_bytes": b.size_bytes,
+        "verified_at": isoformat_z(b.verified_at) if b.verified_at else None,
+        "restorable_from": meta.get("end_time") if pitr else None,
+        "restorable_until": isoformat_z(restorable_until) if pitr and restorable_until else None,
+        "fingerprint": b.fingerprint,
+        "error": b.error,
+        "created_at": isoformat_z(b.created_at),
+        "completed_at": isoformat_z(b.completed_at) if b.completed_at else None,
+        "expires_at": isoformat_z(b.expires_at) if b.expires_at else None,
+        "links": {
+            "self": f"/v1/resources/{b.resource_id}/backups/{b.id}",
+            "job": f"/v1/jobs/{b.job_id}" if b.job_id else None,
+        },
+    }
+
+
+def binding_view(b: ResourceBinding) -> dict[str, Any]:
+    return {
+        "id": b.id,
+        "deployment_id": b.deployment_id,
+        "resource_id": b.resource_id,
+        "env_prefix": b.env_prefix or None,
+        "env_names": list(b.env_names or []),
+        "created_at": isoformat_z(b.created_at),
+    }
+
+
+# -------------------------------------------------------------------- request side ---
+def get(session: Session, org_id: str, resource_id: str, *, lock: bool = False) -> Resource:
+    res = (
+        repository.get(session, org_id, resource_id, lock=lock) if len(resource_id) <= 40 else None
+    )
+    if res is None or res.status == "deleted":
+        raise NotFound(f"Resource {resource_id!r} not found.")
+    return res
+
+
+def _job(session: Session, res: Resource, kind: str, payload: dict[str, Any]) -> str:
+    job = job_store.create_job(session, org_id=res.org_id, kind=kind, input=payload)
+    return job.id
+
+
+def _new_resource(
+    session: Session,
+    org_id: str,
+    *,
+    type_: str,
+    tier: str,
+    name: str,
+    limits: dict[str, Any],
+    schedule: str | None,
+    retention: int | None,
+    source: dict[str, Any] | None = None,
+) -> Resource:
+    if not supported(type_, tier):
+        raise ValidationFailed(
+            f"There is no {tier} tier for {type_} resources.",
+            details=[{"loc": ["body", "tier"], "msg": "unsupported tier", "type": "value_error"}],
+        )
+    if repository.get_by_name(session, org_id, name) is not None:
+        raise Conflict(f"A resource named {name!r} already exists.")
+    now = utcnow()
+    res = Resource(
+        org_id=org_id,
+        name=name,
+        type=type_,
+        tier=tier,
+        status="provisioning",
+        limits=limits,
+        backup_schedule=schedule,
+        backup_retention_days=retention or get_settings().resources_backup_retention_days,
+        next_backup_at=next_run(schedule, now),
+        source=source,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(res)
+    session.flush()
+    return res
+
+
+def create(session: Session, org_id: str, body: ResourceCreate) -> tuple[Resource, Outcome]:
+    res = _new_resource(
+        session,
+        org_id,
+        type_=body.type,
+        tier=body.tier,
+        name=body.name,
+        limits=body.limits.model_dump(exclude_none=True),
+        schedule=body.backup_schedule,
+        retention=body.backup_retention_days,
+    )
+    res.job_id = _job(session, res, "provision", {"resource_id": res.id, "operation": "create"})
+    return res, Outcome(jobs=[(res.job_id, "provision")])
+
+
+def patch(session: Session, res: Resource, body: ResourcePatch) -> Resource:
+    """Limits, backup schedule and retention. New limits apply from the next provisioning
+    step that reads them (rotation, restore, branch)."""
+    changes = body.model_dump(exclude_unset=True)
+    if not changes:
+        raise ValidationFailed("Nothing to change.", details=[])
+    if res.status in ("deleting", "deleted"):
+        raise Conflict(f"Resource {res.id} is {res.status}.")
+    if body.limits is not None:
+        res.limits = {**(res.limits or {}), **body.limits.model_dump(exclude_none=True)}
+    if "backup_schedule" in changes:
+        res.backup_schedule = body.backup_schedule
+        res.next_backup_at = next_run(body.backup_schedule, utcnow())
+    if body.backup_retention_days is not None:
+        res.backup_retention_days = body.backup_retention_days
+    res.updated_at = utcnow()
+    return res
+
+
+def delete(session: Session, res: Resource, purge_backups: bool) -> Outcome:
+    """Idempotent: a resource already deleting/deleted gets no second job."""
+    if res.status in ("deleting", "deleted"):
+        return Outcome()
+    if res.job_id:
+        job_store.transition(
+            session,
+            res.job_id,
+            to=job_store.JobStatus.CANCELLED,
+            from_=[job_store.JobStatus.QUEUED],
+        )
+    res.status, res.status_reason = "deleting", None
+    res.job_id = _job(
+        session,
+        res,
+        "provision",
+        {"resource_id": res.id, "operation": "delete", "purge_backups": purge_backups},
+    )
+    return Outcome(jobs=[(res.job_id, "provision")])
+
+
+def _require_ready(res: Resource) -> None:
+    if res.status not in ("ready", "degraded"):
+        raise NotReady(f"Resource {res.id} is {res.status}.")
+
+
+def credentials(res: Resource) -> dict[str, Any]:
+    """The full credentials: ``env`` plus the type's own fields."""
+    _require_ready(res)
+    secret = handle_of(res).secret
+    out: dict[str, Any] = {"env": dict(secret.get("env", {}))}
+    if res.type == "redis":
+        out["key_prefix"] = secret.get("key_prefix", "")
+    if res.type == "blob":
+        for name in ("endpoint_url", "bucket", "access_key_id", "secret_access_key"):
+            out[name] = secret.get(name)
+    return out
+
+
+def rotate(session: Session, res: Resource) -> Outcome:
+    _require_ready(res)
+    if res.type == "volume":
+        raise ValidationFailed("A volume has no credentials to rotate.", details=[])
+    res.job_id = _job(session, res, "provision", {"resource_id": res.id, "operation": "rotate"})
+    return Outcome(jobs=[(res.job_id, "provision")])
+
+
+def presign(res: Resource, body: PresignRequest) -> str:
+    _require_ready(res)
+    if res.type != "blob":
+        raise ValidationFailed("Presigned URLs exist for blob resources only.", details=[])
+    from resources.backends.blob import Blob
+
+    backend = backend_of(res)
+    assert isinstance(backend, Blob)
+    return backend.presign(handle_of(res), body.key, body.method, body.expires_in)
+
+
+def request_backup(
+    session: Session, res: Resource, trigger: str = "manual"
+) -> tuple[ResourceBackup, Outcome]:
+    _require_ready(res)
+    backup = ResourceBackup(
+        org_id=res.org_id,
+        resource_id=res.id,
+        status="pending",
+        trigger=trigger,
+        created_at=utcnow(),
+    )
+    session.add(backup)
+    session.flush()
+    backup.job_id = _job(session, res, "backup", {"backup_id": backup.id, "operation": "backup"})
+    return backup, Outcome(jobs=[(backup.job_id, "backup")])
+
+
+def get_backup(session: Session, res: Resource, backup_id: str) -> ResourceBackup:
+    backup = repository.get_backup(session, res.id, backup_id)
+    if backup is None:
+        raise NotFound(f"Backup {backup_id!r} not found.")
+    return backup
+
+
+def _remove_backup_files(backup: ResourceBackup) -> None:
+    if backup.location:
+        path = Path(backup.location)
+        shutil.rmtree(path.parent if path.is_file() else path, ignore_errors=True)
+
+
+def delete_backup(session: Session, backup: ResourceBackup) -> None:
+    if backup.status in ("pending", "running"):
+        raise Conflict(f"Backup {backup.id} is {backup.status}; delete it once it has finished.")
+    _remove_backup_files(backup)
+    backup.deleted_at = utcnow()
+
+
+def restorable_until(session: Session, res: Resource) -> datetime | None:
+    """The end of the PITR window now (None when the resource has none)."""
+    if res.type != "postgres" or res.tier != "dedicated" or res.status not in ("ready", "degraded"):
+        return None
+    bases = [
+        backup_result(b)
+        for b in repository.completed_backups(session, res.id)
+        if b.method == PITR_BACKUP_METHOD
+    ]
+    try:
+        return backend_of(res).window(handle_of(res), bases).restorable_until  # type: ignore[attr-defined,no-any-return]
+    except (OutsideWindow, ResourceError):
+        return None
+
+
+def _check_window(session: Session, source: Resource, target: datetime) -> None:
+    """PITR targets are checked here, in the request: outside the window → 422 with the
+    window, and no resource or job is created."""
+    if source.type != "postgres" or source.tier != "dedicated":
+        raise ValidationFailed(
+            "Point-in-time restore needs a dedicated postgres resource; "
+            "restore a backup_id instead.",
+            details=[
+                {
+                    "loc": ["body", "target_time"],
+                    "msg": "no PITR on this tier",
+                    "type": "value_error",
+                }
+            ],
+        )
+    _require_ready(source)
+    bases = [
+        backup_result(b)
+        for b in repository.completed_backups(session, source.id)
+        if b.method == PITR_BACKUP_METHOD
+    ]
+    try:
+        window = backend_of(source).window(handle_of(source), bases)  # type: ignore[attr-defined]
+    except OutsideWindow as exc:
+        raise ValidationFailed(f"No restorable window yet: {exc.message}", details=[]) from exc
+    if not window.contains(target):
+        raise ValidationFailed(
+            f"target_time {isoformat_z(target)} is outside the restorable window "
+            f"{isoformat_z(window.restorable_from)} .. {isoformat_z(window.restorable_until)}.",
+            details={
+                "restorable_from": isoformat_z(window.restorable_from),
+                "restorable_until": isoformat_z(window.restorable_until),
+            },
+        )
+
+
+def _derived(
+    session: Session, source: Resource, name: str, payload: dict[str, Any], origin: dict[str, Any]
+) -> tuple[Resource, Outcome]:
+    res = _new_resource(
+        session,
+        source.org_id,
+        type_=source.type,
+        tier=source.tier,
+        name=name,
+        limits=dict(source.limits or {}),
+        schedule=source.backup_schedule,
+        retention=source.backup_retention_days,
+        source=origin,
+    )
+    res.job_id = _job(
+        session, res, "restore", {"resource_id": res.id, "source_id": source.id, **payload}
+    )
+    return res, Outcome(jobs=[(res.job_id, "restore")])
+
+
+def restore(session: Session, source: Resource, body: RestoreRequest) -> tuple[Resource, Outcome]:
+    """Always into a NEW resource, never in place."""
+    name = body.name or f"{source.name[:40]}-restore-{utcnow():%Y%m%d%H%M%S}"
+    if body.target_time is not None:
+        target = body.target_time.astimezone(UTC)
+        _check_window(session, source, target)
+        return _derived(
+            session,
+            source,
+            name,
+            {"target_time": target.isoformat()},
+            {"restored_from": source.id, "target_time": isoformat_z(target)},
+        )
+    assert body.backup_id is not None
+    backup = get_backup(session, source, body.backup_id)
+    if backup.status != "completed":
+        raise NotReady(f"Backup {backup.id} is {backup.status}.")
+    return _derived(
+        session,
+        source,
+        name,
+        {"backup_id": backup.id},
+        {"restored_from": source.id, "backup_id": backup.id},
+    )
+
+
+def branch(session: Session, source: Resource, body: BranchRequest) -> tuple[Resource, Outcome]:
+    if body.from_time is not None:
+        target = body.from_time.astimezone(UTC)
+        _check_window(session, source, target)
+        return _derived(
+            session,
+            source,
+            body.name,
+            {"target_time": target.isoformat()},
+            {"branched_from": source.id, "from_time": isoformat_z(target)},
+        )
+    _require_ready(source)
+    return _derived(session, source, body.name, {"branch": True}, {"branched_from": source.id})
+
+
+def metrics(session: Session, res: Resource) -> dict[str, Any]:
+    _require_ready(res)
+    data = backend_of(res).metrics(handle_of(res))
+    last = repository.latest_backup(session, res.id)
+    age = (utcnow() - last.completed_at).total_seconds() if last and last.completed_at else None
+    return {"type": res.type, **data, "last_backup_age_seconds": age}
+
+
+# --------------------------------------------------------------------------- bindings ---
+def env_for_binding(res: Resource, prefix: str) -> dict[str, str]:
+    env = handle_of(res).secret.get("env", {})
+    return {(f"{prefix}_{k}" if prefix else k): str(v) for k, v in env.items()}
+
+
+def create_binding(
+    session: Session, org_id: str, deployment_id: str, body: BindingCreate
+) -> tuple[ResourceBinding, Outcome]:
+    """Bind: the resource's variables go into the deployment's next revision. A variable
+    name already taken (by the deployment's own env or another binding) → 409 naming it;
+    nothing is ever renamed silently — pass ``env_prefix`` to bind under other names."""
+    from deployments import service as deployments
+
+    dep = deployments.get(session, org_id, deployment_id, lock=True)
+    res = get(session, org_id, body.resource_id)
+    _require_ready(res)
+    prefix = body.env_prefix or ""
+    names = sorted(env_for_binding(res, prefix))
+    taken: dict[str, str] = {k: "the deployment's env" for k in dep.env_keys or []}
+    for other in repository.bindings_of_deployment(session, dep.id):
+        taken.update(
+            {k: f"binding {other.id} (resource {other.resource_id})" for k in other.env_names}
+        )
+    clashes = [n for n in names if n in taken]
+    if clashes:
+        raise Conflict(
+            "Variable(s) already set on this deployment: "
+            + ", ".join(f"{n} (by {taken[n]})" for n in clashes)
+            + ". Give an env_prefix to bind under other names.",
+            details={"conflicts": clashes},
+        )
+    binding = ResourceBinding(
+        org_id=org_id,
+        deployment_id=dep.id,
+        resource_id=res.id,
+        env_prefix=prefix,
+        env_names=names,
+        created_at=utcnow(),
+    )
+    session.add(binding)
+    session.flush()
+    return binding, _roll(session, [dep.id], f"binding {binding.id}")
+
+
+def delete_binding(session: Session, org_id: str, deployment_id: str, binding_id: str) -> Outcome:
+    from deployments import service as deployments
+
+    dep = deployments.get(session, org_id, deployment_id, lock=True)
+    binding = repository.get_binding(session, dep.id, binding_id)
+    if binding is None:
+        raise NotFound(f"Binding {binding_id!r} not found.")
+    session.delete(binding)
+    session.flush()
+    return _roll(session, [dep.id], f"unbinding {binding_id}")
+
+
+def list_bindings(session: Session, org_id: str, deployment_id: str) -> list[ResourceBinding]:
+    from deployments import service as deployments
+
+    dep = deployments.get(session, org_id, deployment_id)
+    return list(repository.bindings_of_deployment(session, dep.id))
+
+
+def bound_env(session: Session, deployment_id: str) -> dict[str, str]:
+    """The variables of every resource bound to a deployment, read fresh (so a rollout after
+    a rotation carries the new credentials, and a rollback never resurrects old ones)."""
+    env: dict[str, str] = {}
+    for binding in repository.bindings_of_deployment(session, deployment_id):
+        res = repository.get_any(session, binding.resource_id)
+        if res is not None and res.secret_encrypted and res.status in ("ready", "degraded"):
+            env.update(env_for_binding(res, binding.env_prefix))
+    return env
+
+
+def _roll(session: Session, deployment_ids: list[str], reason: str) -> Outcome:
+    """A new revision (same config) and a deploy job for each deployment that runs."""
+    from deployments import repository as dep_repo
+    from deployments import service as deployments
+    from deployments.schemas import DeploymentPatch
+
+    out = Outcome()
+    for dep_id in sorted(set(deployment_ids)):
+        dep = dep_repo.get_any(session, dep_id, lock=True)
+        if dep is None or dep.desired == "deleted":
+            continue
+        deployments.patch(session, dep, DeploymentPatch(env=deployments.env_of(dep)))
+        if dep.desired == "running":
+            out.jobs.append((deployments.schedule(session, dep, "apply"), "deploy"))
+        log.info("deployment %s rolled for %s", dep_id, reason)
+    return out
+
+
+# ------------------------------------------------------------------------ worker side ---
+def _fail(session: Session, res: Resource, reason: str) -> Outcome:
+    res.status, res.status_reason = "failed", reason
+    return Outcome(events=[("resource.failed", res.org_id, {"id": res.id, "reason": reason})])
+
+
+def run_create(session_factory: Any, resource_id: str) -> Outcome:
+    """Provision a fresh resource."""
+    with session_factory() as session:
+        res = repository.get_any(session, resource_id)
+        if res is None or res.status != "provisioning":
+            return Outcome()
+        backend, ident, limits = backend_of(res), ident_of(res), dict(res.limits or {})
+    return _finish_provisioning(
+        session_factory, resource_id, lambda: backend.provision(ident, limits)
+    )
+
+
+def _finish_provisioning(session_factory: Any, resource_id: str, make: Any) -> Outcome:
+    try:
+        handle: Handle = make()
+    except ResourceError as exc:
+        with session_factory() as session:
+            res = repository.get_any(session, resource_id, lock=True)
+            assert res is not None
+            out = _fail(session, res, exc.message)
+        raise FailedWithOutcome(exc.message, exc.code, out) from exc
+    with session_factory() as session:
+        res = repository.get_any(session, resource_id, lock=True)
+        assert res is not None
+        _store_handle(res, handle)
+        if res.status != "provisioning":  # deleted meanwhile: its delete job cleans up
+            return Outcome()
+        res.status, res.status_reason = "ready", None
+        return Outcome(events=[("resource.ready", res.org_id, {"id": res.id})])
+
+
+def run_delete(session_factory: Any, resource_id: str, purge_backups: bool) -> Outcome:
+    with session_factory() as session:
+        res = repository.get_any(session, resource_id)
+        if res is None or res.status == "deleted":
+            return Outcome()
+        backend = backend_of(res)
+        handle = handle_of(res) if res.state and res.secret_encrypted else None
+        backups = [b.id for b in repository.completed_backups(session, res.id)]
+    if handle is not None:
+        backend.deprovision(handle)
+        if purge_backups and hasattr(backend, "purge_backups"):
+            backend.purge_backups(handle)
+    with session_factory() as session:
+        res = repository.get_any(session, resource_id, lock=True)
+        assert res is not None
+        out = Outcome()
+        bound = [b.deployment_id for b in repository.bindings_of_resource(session, res.id)]
+        for binding in repository.bindings_of_resource(session, res.id):
+            session.delete(binding)
+        session.flush()
+        out.jobs += _roll(session, bound, f"deletion of {res.id}").jobs
+        if purge_backups:
+            for backup_id in backups:
+                backup = repository.get_backup_any(session, backup_id)
+                if backup is not None:
+                    delete_backup(session, backup)
+        res.status, res.deleted_at = "deleted", utcnow()
+        res.secret_encrypted = None
+        out.events.append(("resource.deleted", res.org_id, {"id": res.id}))
+        return out
+
+
+def run_rotate(session_factory: Any, resource_id: str) -> Outcome:
+    with session_factory() as session:
+        res = repository.get_any(session, resource_id)
+        if res is None or res.status not in ("ready", "degraded"):
+            return Outcome()
+        backend, handle = backend_of(res), handle_of(res)
+    new = backend.rotate(handle)
+    with session_factory() as session:
+        res = repository.get_any(session, resource_id, lock=True)
+        assert res is not None
+        _store_handle(res, new)
+        bound = [b.deployment_id for b in repository.bindings_of_resource(session, res.id)]
+        return _roll(session, bound, f"rotation of {res.id}")
+
+
+def run_backup(session_factory: Any, backup_id: str) -> Outcome:
+    with session_factory() as session:
+        backup = repository.get_backup_any(session, backup_id)
+        if backup is None or backup.status not in ("pending", "running"):
+            return Outcome()
+        res = repository.get_any(session, backup.resource_id)
+        assert res is not None
+        backup.status = "running"
+        backend, handle = backend_of(res), handle_of(res)
+        retention = res.backup_retention_days
+    try:
+        result = backend.backup(handle, backup_id)
+    except ResourceError as exc:
+        with session_factory() as session:
+            backup = repository.get_backup_any(session, backup_id)
+            assert backup is not None
+            backup.status, backup.error = "failed", {"code": exc.code, "message": exc.message}
+            event = {"id": backup.resource_id, "backup_id": backup_id, "reason": exc.message}
+        out = Outcome(events=[("resource.backup_failed", backup.org_id, event)])
+        raise FailedWithOutcome(exc.message, exc.code, out) from exc
+    with session_factory() as session:
+        backup = repository.get_backup_any(session, backup_id)
+        assert backup is not None
+        now = utcnow()
+        backup.status, backup.completed_at = "completed", now
+        backup.expires_at = now + timedelta(days=retention)
+        backup.location, backup.size_bytes = result.location, result.size_bytes
+        backup.fingerprint, backup.method, backup.meta = (
+            result.fingerprint,
+            result.method,
+            result.meta,
+        )
+        verify = _job_for(session, backup, {"backup_id": backup_id, "operation": "verify"})
+        return Outcome(jobs=[(verify, "backup")])
+
+
+def _job_for(session: Session, backup: ResourceBackup, payload: dict[str, Any]) -> str:
+    job = job_store.create_job(session, org_id=backup.org_id, kind="backup", input=payload)
+    return job.id
+
+
+def run_verify(session_factory: Any, backup_id: str) -> tuple[Outcome, dict[str, Any]]:
+    """Restore the backup into a scratch copy, compare per table, drop the copy."""
+    with session_factory() as session:
+        backup = repository.get_backup_any(session, backup_id)
+        if backup is None or backup.status != "completed" or backup.deleted_at is not None:
+            return Outcome(), {"skipped": True}
+        res = repository.get_any(session, backup.resource_id)
+        assert res is not None
+        backend, result = backend_of(res), backup_result(backup)
+        handle = (
+            handle_of(res) if res.state and res.secret_encrypted else Handle(res.state or {}, {})
+        )
+    try:
+        verdict = backend.verify(handle, result)
+        mismatches = verdict.mismatches
+    except ResourceError as exc:
+        mismatches = [f"restore failed: {exc.message}"]
+    with session_factory() as session:
+        backup = repository.get_backup_any(session, backup_id)
+        assert backup is not None
+        if not mismatches:
+            backup.verified_at = utcnow()
+            return Outcome(
+                events=[
+                    (
+                        "resource.backup_completed",
+                        backup.org_id,
+                        {"id": backup.resource_id, "backup_id": backup.id},
+                    )
+                ]
+            ), {"verified": True, "tables": len(result.fingerprint)}
+        backup.status = "failed"
+        backup.error = {"code": "verification_failed", "message": "; ".join(mismatches)[:2000]}
+        out = Outcome(
+            events=[
+                (
+                    "resource.backup_failed",
+                    backup.org_id,
+                    {
+                        "id": backup.resource_id,
+                        "backup_id": backup.id,
+                        "reason": backup.error["message"],
+                    },
+                )
+            ]
+        )
+    return out, {"verified": False, "mismatches": mismatches}
+
+
+def run_restore(session_factory: Any, job: dict[str, Any]) -> Outcome:
+    """Fill the new resource ``resource_id`` from ``source_id``."""
+    with session_factory() as session:
+        res = repository.get_any(session, job["resource_id"])
+        source = repository.get_any(session, job["source_id"])
+        if res is None or res.status != "provisioning":
+            return Outcome()
+        if source is None or not source.state or not source.secret_encrypted:
+            out = _fail(session, res, "the source resource no longer exists")
+            session.commit()
+            raise FailedWithOutcome("The source resource no longer exists.", "not_found", out)
+        backend, ident, source_handle = backend_of(res), ident_of(res), handle_of(source)
+        bases = [
+            backup_result(b)
+            for b in repository.completed_backups(session, source.id)
+            if b.method == PITR_BACKUP_METHOD
+        ]
+        backup = (
+            repository.get_backup_any(session, job["backup_id"]) if job.get("backup_id") else None
+        )
+        result = backup_result(backup) if backup is not None else None
+    if result is not None:
+        make = lambda: backend.restore(result, source_handle, ident)  # noqa: E731
+    elif job.get("target_time"):
+        target = datetime.fromisoformat(job["target_time"])
+        make = lambda: backend.pitr(source_handle, bases, target, ident)  # type: ignore[attr-defined]  # noqa: E731
+    else:
+        make = lambda: backend.branch(source_handle, ident)  # noqa: E731
+    return _finish_provisioning(session_factory, job["resource_id"], make)
+
+
+# ------------------------------------------------------------------- periodic (beat) ---
+def schedule_due_backups(session: Session, now: datetime) -> Outcome:
+    out = Outcome()
+    for res in repository.due_for_backup(session, now):
+        res.next_backup_at = next_run(res.backup_schedule, now)
+        out.jobs += request_backup(session, res, trigger="scheduled")[1].jobs
+    return out
+
+
+def expire_backups(session: Session, now: datetime) -> int:
+    expired = list(repository.expired_backups(session, now))
+    for backup in expired:
+        _remove_backup_files(backup)
+        backup.deleted_at = now
+    return len(expired)
+
+
+def check_archiving(session_factory: Any) -> Outcome:
+    """Every dedicated postgres: commit a heartbeat (keeps quiet databases restorable) and
+    read pg_stat_archiver; failing archiving → degraded + alert, recovered → ready."""
+    out = Outcome()
+    with session_factory() as session:
+        targets = [
+            (r.id, handle_of(r)) for r in repository.live_of(session, "postgres", "dedicated")
+        ]
+    backend = get_backend("postgres", "dedicated", resource_settings())
+    for resource_id, handle in targets:
+        try:
+            backend.heartbeat(handle)  # type: ignore[attr-defined]
+            health = backend.health(handle)  # type: ignore[attr-defined]
+        except Exception as exc:
+            health = {"status": "failing", "last_failed_wal": None, "error": str(exc)[:300]}
+        with session_factory() as session:
+            res = repository.get_any(session, resource_id, lock=True)
+            if res is None:
+                continue
+            if health["status"] == "failing" and res.status == "ready":
+                reason = f"WAL archiving is failing: {health}"
+                res.status, res.status_reason = "degraded", reason
+                out.events.append(
+                    ("resource.degraded", res.org_id, {"id": res.id, "reason": reason})
+                )
+            elif health["status"] == "ok" and res.status == "degraded":
+                res.status, res.status_reason = "ready", None
+                out.events.append(("resource.ready", res.org_id, {"id": res.id}))
+    return out
+
+
+def provide_bound_env(dep: Any) -> dict[str, str]:
+    """``deployments.service.ENV_PROVIDERS`` hook: the bound resources' variables, read in the
+    deployment's own session at rollout time."""
+    from sqlalchemy.orm import object_session
+
+    from store.db import session_scope
+
+    session = object_session(dep)
+    if session is not None:
+        return bound_env(session, dep.id)
+    with session_scope() as own:
+        return bound_env(own, dep.id)
+
+
+def register_binding_hook() -> None:
+    """Plug bindings into deployments (idempotent; called where resources are loaded)."""
+    from deployments import service as deployments
+
+    if provide_bound_env not in deployments.ENV_PROVIDERS:
+        deployments.ENV_PROVIDERS.append(provide_bound_env)

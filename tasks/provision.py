@@ -1,0 +1,103 @@
+"""Provision queue tasks: ``provision.run`` (create / delete / rotate a resource), ``backup.run``
+(take a backup, then verify it by a scratch restore), ``restore.run`` (fill a new resource from
+a backup, a point in time or a branch), and the beat tasks (scheduled backups, retention,
+WAL-archive health).
+
+Thin: call ``resources.service``, which records outcomes in its own short transactions, then
+enqueue the jobs and emit the events it returned.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from common.timeutil import utcnow
+from resources import service
+from resources.events import emit
+from resources.schemas import BackupJobInput, ProvisionJobInput, RestoreJobInput
+from resources.service import FailedWithOutcome, Outcome
+from store.db import session_scope
+from tasks.runner import JobContext, enqueue, job_task
+from workers.app import celery_app
+
+log = logging.getLogger(__name__)
+service.register_binding_hook()  # deploy workers import every task module: bindings apply there
+
+
+def dispatch(outcome: Outcome) -> None:
+    """After the commit: enqueue the outcome's jobs, emit its events."""
+    for job_id, kind in outcome.jobs:
+        enqueue(job_id, kind)
+    for event_type, org_id, data in outcome.events:
+        emit(event_type, org_id=org_id, data=data)
+
+
+def _run(fn: Any, *args: Any) -> Outcome:
+    try:
+        outcome: Outcome = fn(session_scope, *args)
+    except FailedWithOutcome as exc:
+        dispatch(exc.outcome)
+        raise
+    dispatch(outcome)
+    return outcome
+
+
+@job_task("provision", input_model=ProvisionJobInput)
+def provision(ctx: JobContext) -> dict[str, Any] | None:
+    """Create, delete or rotate the credentials of one resource."""
+    job = ProvisionJobInput.model_validate(ctx.input)
+    if job.operation == "create":
+        _run(service.run_create, job.resource_id)
+    elif job.operation == "delete":
+        _run(service.run_delete, job.resource_id, job.purge_backups)
+    else:
+        _run(service.run_rotate, job.resource_id)
+    return {"resource_id": job.resource_id, "operation": job.operation}
+
+
+@job_task("backup", input_model=BackupJobInput)
+def backup(ctx: JobContext) -> dict[str, Any] | None:
+    """Take a backup (then queue its verification) or verify one by a scratch restore."""
+    job = BackupJobInput.model_validate(ctx.input)
+    if job.operation == "backup":
+        _run(service.run_backup, job.backup_id)
+        return {"backup_id": job.backup_id}
+    outcome, report = service.run_verify(session_scope, job.backup_id)
+    dispatch(outcome)
+    if report.get("verified") is False:
+        raise FailedWithOutcome(
+            "The backup did not restore to the same data: " + "; ".join(report["mismatches"]),
+            "verification_failed",
+            Outcome(),
+        )
+    return {"backup_id": job.backup_id, **report}
+
+
+@job_task("restore", input_model=RestoreJobInput)
+def restore(ctx: JobContext) -> dict[str, Any] | None:
+    """Fill a new resource from a backup, a point in time or the source's current data."""
+    job = RestoreJobInput.model_validate(ctx.input)
+    _run(service.run_restore, job.model_dump(mode="json"))
+    return {"resource_id": job.resource_id, **job.describe()}
+
+
+@celery_app.task(name="resources.scheduled_backups", acks_late=True, ignore_result=True)
+def scheduled_backups() -> int:
+    """Queue the backups whose ``backup_schedule`` is due; drop backups past retention."""
+    now = utcnow()
+    with session_scope() as session:
+        outcome = service.schedule_due_backups(session, now)
+        expired = service.expire_backups(session, now)
+    dispatch(outcome)
+    if expired:
+        log.info("%d backups past their retention deleted", expired)
+    return len(outcome.jobs)
+
+
+@celery_app.task(name="resources.check_archiving", acks_late=True, ignore_result=True)
+def check_archiving() -> int:
+    """Heartbeat + pg_stat_archiver for every dedicated postgres (degraded + alert on failure)."""
+    outcome = service.check_archiving(session_scope)
+    dispatch(outcome)
+    return len(outcome.events)
