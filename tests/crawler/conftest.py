@@ -24,7 +24,7 @@ def site() -> Iterator[GeneratedSite]:
 @pytest.fixture(scope="session")
 def crawl_config(site: GeneratedSite) -> CrawlConfig:
     return CrawlConfig(
-        allowed_hosts=site.allowed_hosts,
+        allowed_hosts=site.host,  # every port on 127.0.0.1; the canary on 127.0.0.2 stays refused
         max_retries=2,
         retry_backoff_s=0.05,
         max_retry_after_s=5.0,
@@ -50,7 +50,7 @@ def crawl_settings(site: GeneratedSite, runtime: CrawlRuntime) -> Iterator[None]
 
     settings = get_settings()
     saved = (settings.crawl_allowed_hosts, settings.crawl_split_threshold)
-    settings.crawl_allowed_hosts = site.allowed_hosts
+    settings.crawl_allowed_hosts = site.host
     settings.crawl_split_threshold = 10**9  # in-process worker: no helper tasks
     yield
     settings.crawl_allowed_hosts, settings.crawl_split_threshold = saved
