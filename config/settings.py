@@ -120,8 +120,6 @@ class Settings(BaseSettings):
     crawl_split_workers: int = 2  # tasks crawling one site at once (main + helpers)
     crawl_stale_claim_seconds: float = 300.0  # a claim older than this was lost with its worker
 
-    def resolved_database_url(self) -> str:
-        if self.database_url:
     # --- resources (resources/settings.py maps these onto the backends) ----------------------
     resources_pg_admin_dsn: str = "postgresql://postgres@127.0.0.1:5432/postgres"
     resources_pg_public_host: str = "127.0.0.1"
@@ -142,6 +140,8 @@ class Settings(BaseSettings):
     )
     resources_backup_retention_days: int = 7
 
+    def resolved_database_url(self) -> str:
+        if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'conveyor.db').resolve()}"
 
