@@ -74,6 +74,33 @@ def request_id_of(request: Request) -> str:
     return str(rid)
 
 
+# OpenAI-compatible routes: their errors also carry OpenAI's ``type`` and ``param``.
+OPENAI_PATHS = (
+    "/v1/models",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/batches",
+    "/v1/files",
+)
+
+
+def _openai_type(status: int) -> str:
+    if status >= 500:
+        return "server_error"
+    return {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}.get(
+        status, "invalid_request_error"
+    )
+
+
+def _param_of(details: Any) -> str | None:
+    """The first invalid field of a validation error (``body.messages.0`` → ``messages.0``)."""
+    if isinstance(details, list) and details and isinstance(details[0], dict):
+        loc = [str(p) for p in details[0].get("loc", []) if p != "body"]
+        return ".".join(loc) or None
+    return None
+
+
 def error_response(
     request: Request,
     status: int,
@@ -81,9 +108,12 @@ def error_response(
     message: str,
     details: Any = None,
     headers: dict[str, str] | None = None,
+    *,
+    openai_type: str | None = None,
+    param: str | None = None,
 ) -> JSONResponse:
     request_id = request_id_of(request)
-    body = {
+    body: dict[str, dict[str, Any]] = {
         "error": {
             "code": str(code),
             "message": message,
@@ -91,6 +121,9 @@ def error_response(
             "request_id": request_id,
         }
     }
+    if request.url.path.startswith(OPENAI_PATHS):  # OpenAI clients parse type/param too
+        body["error"]["type"] = openai_type or _openai_type(status)
+        body["error"]["param"] = param if param is not None else _param_of(details)
     return JSONResponse(
         body, status_code=status, headers={**(headers or {}), REQUEST_ID_HEADER: request_id}
     )
@@ -98,7 +131,16 @@ def error_response(
 
 async def _conveyor_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ConveyorError)
-    return error_response(request, exc.status_code, exc.code, exc.message, exc.details, exc.headers)
+    return error_response(
+        request,
+        exc.status_code,
+        exc.code,
+        exc.message,
+        exc.details,
+        exc.headers,
+        openai_type=getattr(exc, "openai_type", None),
+        param=getattr(exc, "param", None),
+    )
 
 
 def _clean_loc(loc: Any) -> list[Any]:

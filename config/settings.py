@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     inference_default_max_tokens: int = 256
     inference_tensor_parallel_size: int = 1
     inference_default_embedding: bool = True  # serve the packaged all-MiniLM-L6-v2
+    inference_wait_seconds: float = 600.0  # the API gives up on a sync request after this
 
     # --- deployments -------------------------------------------------------------------------
     deploy_backend: str = "local"  # local | kubernetes
@@ -91,6 +92,7 @@ class Settings(BaseSettings):
         "fixed-window"  # fixed-window | moving-window | sliding-window-counter
     )
     max_body_bytes: int = 64 * 1024
+    max_upload_bytes: int = 32 * 1024 * 1024  # multipart uploads (POST /v1/files)
     cors_origins: str = Field(default="", description="Comma-separated origins; empty: CORS off.")
     idempotency_ttl_seconds: int = 24 * 3600
     webhook_max_attempts: int = 6  # the first attempt + 5 retries (10 s … 43 min, ~57 min)

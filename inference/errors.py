@@ -1,4 +1,4 @@
-"""Errors raised by the inference domain.
+"""Errors raised by the inference domain (subclasses of ``common.errors.ConveyorError``).
 
 Hierarchy (every error a user can see carries an HTTP status, a Conveyor ``code`` and the
 OpenAI ``type``/``param`` so both kinds of client can parse it):
@@ -15,19 +15,19 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from common.errors import ConveyorError
 
-class InferenceError(Exception):
+
+class InferenceError(ConveyorError):
     """Base class of inference errors; carries both Conveyor's and OpenAI's error fields."""
 
-    status_code: ClassVar[int] = 500
-    code: ClassVar[str] = "internal_error"
+    status_code = 500
+    code = "internal_error"
     openai_type: ClassVar[str] = "server_error"
 
     def __init__(self, message: str, *, param: str | None = None, details: Any = None) -> None:
-        super().__init__(message)
-        self.message = message
+        super().__init__(message, details=details)
         self.param = param
-        self.details = details
 
     def to_error_object(self, request_id: str | None = None) -> dict[str, Any]:
         """The ``error`` object holding both shapes (code/message/request_id + type/param)."""

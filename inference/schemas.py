@@ -266,3 +266,13 @@ def openai_error_body(
             "param": param,
         }
     }
+
+
+class InferenceJobInput(BaseModel):
+    """The input of an ``inference`` job (what the API queues for an inference worker)."""
+
+    model_config = ConfigDict(extra="forbid")
+    operation: Literal["chat.completions", "completions", "embeddings", "batch"]
+    body: dict[str, Any] = Field(default_factory=dict)
+    requests: list[BatchRequestLine] = Field(default_factory=list)
+    relay: bool = Field(default=False, description="Stream events to the API through Redis.")

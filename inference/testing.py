@@ -82,3 +82,91 @@ def build_tiny_model(
     model = GPT2LMHeadModel(config)
     model.save_pretrained(target)
     return target
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Stack:
+    """A Conveyor API subprocess and an inference worker subprocess (threads pool).
+
+    ``env`` is the environment of both (it points them at the store, the broker and the
+    models); the caller's store must already be migrated.
+    """
+
+    def __init__(self, env: dict[str, str], *, concurrency: int = 32) -> None:
+        import subprocess
+        import sys
+        import tempfile
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = env
+        self._logs = tempfile.TemporaryDirectory(prefix="conveyor-stack-")
+        self.worker_log = Path(self._logs.name) / "worker.log"
+        self.api_log = Path(self._logs.name) / "api.log"
+        worker_cmd = [
+            sys.executable, "-m", "celery", "-A", "workers.app", "worker",
+            "-Q", "inference", "-P", "threads", "-c", str(concurrency),
+            "-n", f"inference-{self.port}@%h", "-l", "INFO",
+            "--without-gossip", "--without-mingle", "--without-heartbeat",
+        ]  # fmt: skip
+        api_cmd = [
+            sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory",
+            "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
+        ]  # fmt: skip
+        self.worker = subprocess.Popen(
+            worker_cmd, env=env, stdout=self.worker_log.open("wb"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        self.api = subprocess.Popen(
+            api_cmd, env=env, stdout=self.api_log.open("wb"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+    def wait_ready(self, models: list[str], timeout: float = 180.0) -> None:
+        """Wait until the API answers and a worker announced every model in ``models``."""
+        import time
+
+        import httpx
+        import redis
+
+        from inference.relay import MODELS_KEY
+
+        broker = redis.Redis.from_url(self.env["CONVEYOR_BROKER_URL"])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for proc, log in ((self.worker, self.worker_log), (self.api, self.api_log)):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"process exited: {log.read_text()[-3000:]}")
+            announced = {bytes(k).decode() for k in broker.hkeys(MODELS_KEY)}
+            try:
+                api_up = httpx.get(f"{self.url}/v1/health", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                api_up = False
+            if api_up and set(models) <= announced:
+                return
+            time.sleep(0.3)
+        worker_tail = self.worker_log.read_text()[-3000:]
+        raise RuntimeError(f"stack not ready: {worker_tail}\n{self.api_log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        import os
+        import signal
+        import subprocess
+
+        for proc in (self.api, self.worker):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in (self.api, self.worker):
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self._logs.cleanup()

@@ -1,0 +1,387 @@
+"""OpenAI-compatible routes: models, chat/completions, completions, embeddings, batches, files.
+
+The API never loads a model: each request becomes an ``inference`` job; the API waits for it
+(like a ``runsync``) and relays what the worker writes to the job's Redis stream — SSE chunks as
+they are produced, or the final body. A client that goes away cancels the job. ``?async=true``
+or ``Prefer: respond-async`` answers 202 with the job instead. Errors carry both Conveyor's and
+OpenAI's fields (``api.errors`` adds ``type``/``param`` on these paths).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from functools import lru_cache
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, Header, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ValidationError
+from redis.asyncio import Redis
+
+from api.deps import CurrentPrincipal
+from api.routers.deployments import deployment_models, proxy_to_deployment
+from api.schemas import ERROR_RESPONSES
+from api.submit import accepted, submit_job
+from common.errors import NotFound, Unavailable
+from config import get_settings
+from inference import relay
+from inference.errors import InferenceError, InvalidRequestError, ModelNotFoundError
+from inference.registry import configured_models
+from inference.schemas import (
+    SSE_DONE,
+    BatchCreate,
+    BatchRequestLine,
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    InferenceJobInput,
+    ModelCard,
+    ModelList,
+)
+from store.jobs import ACTIVE
+from store.orgs import Principal
+
+router = APIRouter(prefix="/v1", tags=["inference"], responses=ERROR_RESPONSES)
+
+FILE_TTL_SECONDS = 24 * 3600
+
+
+class RelayedError(InferenceError):
+    """An error the worker reported through the relay, re-raised in the API."""
+
+    def __init__(self, status: int, error: dict[str, Any]) -> None:
+        super().__init__(
+            str(error.get("message", "Inference failed.")),
+            param=error.get("param"),
+            details=error.get("details"),
+        )
+        self.status_code = status
+        self.code = str(error.get("code", "internal_error"))
+        self.openai_type = str(error.get("type", "server_error"))  # type: ignore[misc]
+
+
+# -- shared helpers ------------------------------------------------------------------------
+
+_redis_by_loop: dict[int, Redis] = {}
+
+
+def _redis() -> Redis:
+    """One async Redis client per event loop (the relay and the file store)."""
+    loop = asyncio.get_running_loop()
+    client = _redis_by_loop.get(id(loop))
+    if client is None:
+        client = Redis.from_url(get_settings().resolved_redis_url())
+        _redis_by_loop[id(loop)] = client
+    return client
+
+
+@lru_cache(maxsize=4)
+def _configured(models: str, default_embedding: bool) -> dict[str, str]:
+    return {s.name: s.kind for s in configured_models(models, default_embedding=default_embedding)}
+
+
+async def served_models() -> dict[str, str]:
+    """name → kind: the configured models plus those inference workers announced."""
+    settings = get_settings()
+    models = dict(_configured(settings.models, settings.inference_default_embedding))
+    try:
+        models.update(await relay.announced_models(_redis()))
+    except Exception as exc:  # the broker's Redis is down: the config still answers
+        raise Unavailable("The inference broker is unavailable.") from exc
+    return models
+
+
+async def _check_model(name: str, kind: str) -> None:
+    models = await served_models()
+    if name not in models:
+        raise ModelNotFoundError(name)
+    if models[name] != kind:
+        raise InvalidRequestError(
+            f"The model '{name}' is a {models[name]} model; use the matching endpoint.",
+            param="model",
+        )
+
+
+def _wants_async(async_: bool, prefer: str | None) -> bool:
+    return async_ or (prefer is not None and "respond-async" in prefer.lower())
+
+
+async def _submit(principal: Principal, payload: InferenceJobInput) -> Any:
+    return await run_in_threadpool(
+        submit_job, principal, "inference", payload.model_dump(mode="json", exclude_none=True)
+    )
+
+
+async def _cancel(job_id: str) -> None:
+    """The client went away: flag the worker (fast path) and cancel the job in the store."""
+    from common import events
+    from store import jobs as job_store
+    from store.db import session_scope
+    from store.jobs import JobStatus
+
+    try:
+        await relay.request_cancel(_redis(), job_id)
+    finally:
+
+        def cancel_in_store() -> None:
+            with session_scope() as session:
+                won = job_store.transition(
+                    session, job_id, to=JobStatus.CANCELLED, from_=list(ACTIVE)
+                )
+            if won:
+                events.publish("job.cancelled", job_id)
+
+        await run_in_threadpool(cancel_in_store)
+
+
+class _Waiter:
+    """Reads one job's relay stream, giving up when no worker answers in time."""
+
+    def __init__(self, job_id: str, request: Request) -> None:
+        self.job_id = job_id
+        self.request = request
+        self.after = "0"
+        self.started = False
+        self.deadline = time.monotonic() + get_settings().inference_wait_seconds
+        self.last_disconnect_check = time.monotonic()
+
+    async def next_events(self) -> list[relay.RelayEvent]:
+        while True:
+            events = await relay.read(_redis(), self.job_id, self.after, block_ms=250)
+            # The server does not tell a streaming response that its client left: ask.
+            now = time.monotonic()
+            if now - self.last_disconnect_check > 0.2:
+                self.last_disconnect_check = now
+                if await self.request.is_disconnected():
+                    raise _ClientGone()
+            if events:
+                self.after = events[-1].id
+                self.started = True
+                return events
+            if time.monotonic() > self.deadline:
+                await _cancel(self.job_id)
+                raise Unavailable(
+                    "No inference worker answered in time; the job was cancelled.",
+                    details={"job_id": self.job_id},
+                )
+
+    async def first_answer(self) -> relay.RelayEvent:
+        """Wait for the first event that is not ``started`` (an error raises)."""
+        while True:
+            for event in await self.next_events():
+                if event.type == "started":
+                    continue
+                if event.type == "error":
+                    info = event.json()
+                    raise RelayedError(int(info["status"]), info["error"])
+                return event
+
+
+class _ClientGone(Exception):
+    pass
+
+
+async def _run_sync(request: Request, principal: Principal, payload: InferenceJobInput) -> Any:
+    """Create the job, wait for its body (or stream it), cancel it when the client leaves."""
+    job = await _submit(principal, payload)
+    waiter = _Waiter(job.id, request)
+    headers = {"X-Conveyor-Job-Id": job.id}
+    try:
+        first = await waiter.first_answer()
+    except _ClientGone:
+        await _cancel(job.id)
+        return Response(status_code=499)
+    except BaseException:
+        if not waiter.started:
+            await _cancel(job.id)
+        raise
+    if first.type == "result":
+        return Response(first.data, media_type="application/json", headers=headers)
+    return StreamingResponse(
+        _relay_sse(waiter, first), media_type="text/event-stream", headers=headers
+    )
+
+
+async def _relay_sse(waiter: _Waiter, first: relay.RelayEvent) -> AsyncIterator[bytes]:
+    finished = False
+    try:
+        pending = [first]
+        while True:
+            for event in pending:
+                if event.type == "chunk":
+                    yield b"data: " + event.data.encode() + b"\n\n"
+                elif event.type == "error":
+                    yield (
+                        b"data: " + json.dumps({"error": event.json()["error"]}).encode() + b"\n\n"
+                    )
+                    finished = True
+                elif event.type == "end":
+                    finished = True
+                if finished:
+                    yield SSE_DONE
+                    return
+            pending = await waiter.next_events()
+    except _ClientGone:
+        pass
+    finally:
+        if not finished:
+            await _cancel(waiter.job_id)
+
+
+AsyncFlag = Annotated[bool, Query(alias="async", description="Answer 202 with the job.")]
+PreferHeader = Annotated[str | None, Header(description="`respond-async` answers 202.")]
+
+
+# -- routes --------------------------------------------------------------------------------
+
+
+@router.get("/models", summary="Models served by the inference workers")
+async def list_models(principal: CurrentPrincipal) -> dict[str, Any]:
+    models = await served_models()
+    models.update(await deployment_models(principal))  # the caller's deployments
+    cards = [ModelCard(id=name, kind=kind) for name, kind in sorted(models.items())]  # type: ignore[arg-type]
+    return ModelList(data=cards).model_dump()
+
+
+@router.post("/chat/completions", summary="OpenAI chat completions (SSE with stream=true)")
+async def chat_completions(
+    body: ChatCompletionRequest,
+    request: Request,
+    principal: CurrentPrincipal,
+    async_: AsyncFlag = False,
+    prefer: PreferHeader = None,
+) -> Any:
+    deployed = await proxy_to_deployment(request, principal, body.model, "/v1/chat/completions")
+    if deployed is not None:  # `model` names one of the caller's deployments
+        return deployed
+    await _check_model(body.model, "chat")
+    return await _dispatch(request, principal, "chat.completions", body, async_, prefer)
+
+
+@router.post("/completions", summary="OpenAI text completions (SSE with stream=true)")
+async def completions(
+    body: CompletionRequest,
+    request: Request,
+    principal: CurrentPrincipal,
+    async_: AsyncFlag = False,
+    prefer: PreferHeader = None,
+) -> Any:
+    deployed = await proxy_to_deployment(request, principal, body.model, "/v1/completions")
+    if deployed is not None:  # `model` names one of the caller's deployments
+        return deployed
+    await _check_model(body.model, "chat")
+    return await _dispatch(request, principal, "completions", body, async_, prefer)
+
+
+@router.post("/embeddings", summary="OpenAI embeddings")
+async def embeddings(
+    body: EmbeddingRequest,
+    request: Request,
+    principal: CurrentPrincipal,
+    async_: AsyncFlag = False,
+    prefer: PreferHeader = None,
+) -> Any:
+    await _check_model(body.model, "embedding")
+    return await _dispatch(request, principal, "embeddings", body, async_, prefer)
+
+
+async def _dispatch(
+    request: Request,
+    principal: Principal,
+    operation: str,
+    body: BaseModel,
+    async_: bool,
+    prefer: str | None,
+) -> Any:
+    raw = body.model_dump(mode="json", exclude_none=True)
+    if _wants_async(async_, prefer):
+        raw["stream"] = False
+        payload = InferenceJobInput(operation=operation, body=raw, relay=False)  # type: ignore[arg-type]
+        job = await _submit(principal, payload)
+        return accepted(job)
+    payload = InferenceJobInput(operation=operation, body=raw, relay=True)  # type: ignore[arg-type]
+    return await _run_sync(request, principal, payload)
+
+
+@router.post("/batches", status_code=202, summary="Run OpenAI batch requests as one job")
+async def create_batch(body: BatchCreate, principal: CurrentPrincipal) -> JSONResponse:
+    if body.requests is not None:
+        lines = body.requests
+    elif body.input_file_id:
+        lines = await _read_batch_file(principal, body.input_file_id)
+    else:
+        raise InvalidRequestError("Give `requests` or `input_file_id`.", param="requests")
+    if not lines:
+        raise InvalidRequestError("The batch holds no requests.", param="requests")
+    if body.endpoint and any(line.url != body.endpoint for line in lines):
+        raise InvalidRequestError("Every line's url must equal `endpoint`.", param="endpoint")
+    models = await served_models()
+    for line in lines:
+        model = str(line.body.get("model", ""))
+        if model not in models:
+            raise ModelNotFoundError(model)
+    payload = InferenceJobInput(operation="batch", requests=lines, relay=False)
+    job = await _submit(principal, payload)
+    return accepted(job)
+
+
+async def _read_batch_file(principal: Principal, file_id: str) -> list[BatchRequestLine]:
+    raw = await _redis().get(_file_key(principal.org_id, file_id))
+    if raw is None:
+        raise NotFound(f"File {file_id!r} not found (files are kept 24 h).")
+    content = json.loads(raw)["content"]
+    lines: list[BatchRequestLine] = []
+    for number, text in enumerate(str(content).splitlines(), start=1):
+        if not text.strip():
+            continue
+        try:
+            lines.append(BatchRequestLine.model_validate_json(text))
+        except ValidationError as exc:
+            raise InvalidRequestError(
+                f"Line {number} of the input file is not a valid batch request.",
+                param="input_file_id",
+                details=[{"line": number, "msg": e["msg"]} for e in exc.errors()],
+            ) from exc
+    return lines
+
+
+def _file_key(org_id: str, file_id: str) -> str:
+    return f"conveyor:inference:file:{org_id}:{file_id}"
+
+
+@router.post("/files", summary="Upload a batch input file (JSONL, kept 24 h)")
+async def upload_file(
+    principal: CurrentPrincipal,
+    file: Annotated[UploadFile, File()],
+    purpose: Annotated[str, Form()] = "batch",
+) -> dict[str, Any]:
+    if purpose != "batch":
+        raise InvalidRequestError("Only purpose=batch files are accepted.", param="purpose")
+    data = await file.read()
+    try:
+        content = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequestError("The file must be UTF-8 JSONL.", param="file") from exc
+    file_id = "file-" + uuid.uuid4().hex[:24]
+    created = int(time.time())
+    record = {
+        "id": file_id,
+        "object": "file",
+        "bytes": len(data),
+        "created_at": created,
+        "expires_at": created + FILE_TTL_SECONDS,
+        "filename": file.filename or "batch.jsonl",
+        "purpose": purpose,
+        "status": "processed",
+    }
+    await _redis().set(
+        _file_key(principal.org_id, file_id),
+        json.dumps({**record, "content": content}),
+        ex=FILE_TTL_SECONDS,
+    )
+    return record

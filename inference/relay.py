@@ -1,0 +1,101 @@
+"""The token relay between an inference worker and the API: one Redis stream per job.
+
+The worker appends events (``started``, ``chunk``, ``result``, ``error``, ``end``) to
+``conveyor:inference:<job>:events``; the API reads them from the start (a stream keeps what was
+written before the reader arrived, unlike pub/sub) and relays them to the client. The API sets
+``conveyor:inference:<job>:cancel`` when its client goes away; the worker watches it. Workers
+announce the models they serve in the hash ``conveyor:inference:models``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from redis.asyncio import Redis
+
+EventType = Literal["started", "chunk", "result", "error", "end"]
+EVENT_TTL_SECONDS = 3600
+MODELS_KEY = "conveyor:inference:models"
+ANNOUNCE_TTL_SECONDS = 24 * 3600
+
+
+def events_key(job_id: str) -> str:
+    return f"conveyor:inference:{job_id}:events"
+
+
+def cancel_key(job_id: str) -> str:
+    return f"conveyor:inference:{job_id}:cancel"
+
+
+@dataclass(frozen=True)
+class RelayEvent:
+    id: str
+    type: EventType
+    data: str
+
+    def json(self) -> Any:
+        return json.loads(self.data) if self.data else None
+
+
+async def publish(redis: Redis, job_id: str, type_: EventType, data: str = "") -> None:
+    key = events_key(job_id)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.xadd(key, {"t": type_, "d": data})
+        if type_ in ("started", "end", "error", "result"):
+            pipe.expire(key, EVENT_TTL_SECONDS)
+        await pipe.execute()
+
+
+async def read(
+    redis: Redis, job_id: str, after: str = "0", block_ms: int = 500
+) -> list[RelayEvent]:
+    """Events after ``after`` (blocking up to ``block_ms`` when none are there yet)."""
+    answer: Any = await redis.xread({events_key(job_id): after}, block=block_ms, count=512)
+    events: list[RelayEvent] = []
+    for _key, entries in answer or []:
+        for entry_id, fields in entries:
+            kind = _text(fields[b"t"])
+            data = _text(fields.get(b"d", b""))
+            events.append(RelayEvent(id=_text(entry_id), type=kind, data=data))  # type: ignore[arg-type]
+    return events
+
+
+async def request_cancel(redis: Redis, job_id: str) -> None:
+    await redis.set(cancel_key(job_id), b"1", ex=EVENT_TTL_SECONDS)
+
+
+async def cancel_requested(redis: Redis, job_id: str) -> bool:
+    return bool(await redis.exists(cancel_key(job_id)))
+
+
+async def announce_models(redis: Redis, models: Sequence[tuple[str, str]], worker: str) -> None:
+    """Record (name, kind) pairs this worker serves."""
+    if not models:
+        return
+    now = time.time()
+    mapping = {
+        name: json.dumps({"kind": kind, "worker": worker, "announced_at": now})
+        for name, kind in models
+    }
+    await redis.hset(MODELS_KEY, mapping=dict(mapping))  # type: ignore[arg-type]
+    await redis.expire(MODELS_KEY, ANNOUNCE_TTL_SECONDS)
+
+
+async def announced_models(redis: Redis) -> dict[str, str]:
+    """name → kind of every model a worker announced in the last day."""
+    raw: dict[Any, Any] = await redis.hgetall(MODELS_KEY)
+    cutoff = time.time() - ANNOUNCE_TTL_SECONDS
+    models: dict[str, str] = {}
+    for name, value in raw.items():
+        info = json.loads(value)
+        if info.get("announced_at", 0) >= cutoff:
+            models[_text(name)] = str(info.get("kind", "chat"))
+    return models
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

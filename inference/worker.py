@@ -1,0 +1,258 @@
+"""The inference worker's runtime: one event loop and one set of engines per worker process.
+
+Celery runs inference tasks on a threads pool; each task thread hands its job to the process's
+single engine event loop (``InferenceRuntime.run``), so every request the worker is handling at
+once lands in the same engine and is batched together. ``execute`` runs one job there: it relays
+chunks or the final body through Redis (``inference.relay``), stops when the job is cancelled,
+and returns the job's result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from redis.asyncio import Redis
+
+from inference import relay, service
+from inference.engines import EngineOptions, create_engine
+from inference.errors import InferenceError
+from inference.registry import ModelPool, ModelSpec
+from inference.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    InferenceJobInput,
+)
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class JobHooks(Protocol):
+    """What ``execute`` needs from the job runner (blocking calls; run off the loop)."""
+
+    def cancelled(self, min_interval: float = 0.0) -> bool: ...
+
+    def progress(self, **counters: Any) -> None: ...
+
+    def add_result(self, *, data: dict[str, Any] | None = None, name: str = "") -> int: ...
+
+
+class JobWasCancelled(Exception):
+    """The job was cancelled while it ran (by the API on disconnect or by a user)."""
+
+
+@dataclass
+class Outcome:
+    result: dict[str, Any] | None
+    meter: service.Meter
+    engine_seconds: float
+
+
+class InferenceRuntime:
+    """Engines started on one background event loop, plus the Redis client for the relay."""
+
+    def __init__(self, specs: list[ModelSpec], options: EngineOptions, redis_url: str) -> None:
+        self.specs = specs
+        self.options = options
+        self.redis_url = redis_url
+        self.loop = asyncio.new_event_loop()
+        self.pool = ModelPool(create_engine(spec, options) for spec in specs)
+        self._thread = threading.Thread(target=self.loop.run_forever, name="inference-loop")
+        self._thread.daemon = True
+        self.redis: Redis | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+        self.run(self._start())
+
+    async def _start(self) -> None:
+        self.redis = Redis.from_url(self.redis_url)
+        await self.pool.start()
+        worker = f"{socket.gethostname()}:{os.getpid()}"
+        await relay.announce_models(self.redis, [(s.name, s.kind) for s in self.specs], worker)
+        logger.info("inference runtime ready: %s", ", ".join(self.pool.names()))
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the engine loop from any thread and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def close(self) -> None:
+        async def _close() -> None:
+            await self.pool.close()
+            if self.redis is not None:
+                await self.redis.aclose()
+
+        if self._thread.is_alive():
+            self.run(_close())
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=10)
+
+
+_runtime: InferenceRuntime | None = None
+_runtime_lock = threading.Lock()
+
+
+def get_runtime(factory: Callable[[], InferenceRuntime]) -> InferenceRuntime:
+    """The process's runtime, created and started on first use (thread-safe)."""
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            runtime = factory()
+            runtime.start()
+            _runtime = runtime
+        return _runtime
+
+
+def close_runtime() -> None:
+    global _runtime
+    with _runtime_lock:
+        runtime, _runtime = _runtime, None
+    if runtime is not None:
+        runtime.close()
+
+
+async def execute(
+    runtime: InferenceRuntime, job_id: str, payload: InferenceJobInput, hooks: JobHooks
+) -> Outcome:
+    """Run one inference job on the engine loop; raise ``JobWasCancelled`` when cancelled."""
+    assert runtime.redis is not None
+    redis = runtime.redis
+    meter = service.Meter()
+    started = time.monotonic()
+    if payload.relay:
+        await relay.publish(redis, job_id, "started")
+    work = asyncio.ensure_future(_dispatch(runtime, job_id, payload, hooks, meter))
+    watcher = asyncio.ensure_future(_watch_cancel(redis, job_id, hooks))
+    try:
+        done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if work not in done:
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await work
+            raise JobWasCancelled(job_id)
+        result = work.result()
+    except InferenceError as exc:
+        if payload.relay:
+            error = {"status": exc.status_code, "error": exc.to_error_object()}
+            await relay.publish(redis, job_id, "error", json.dumps(error))
+        raise
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    return Outcome(result=result, meter=meter, engine_seconds=time.monotonic() - started)
+
+
+async def _watch_cancel(redis: Redis, job_id: str, hooks: JobHooks) -> None:
+    """Return once the API flagged the job (fast path) or the store says it was cancelled."""
+    last_store_check = time.monotonic()
+    while True:
+        await asyncio.sleep(0.1)
+        if await relay.cancel_requested(redis, job_id):
+            return
+        if time.monotonic() - last_store_check >= 1.0:
+            last_store_check = time.monotonic()
+            if await asyncio.to_thread(hooks.cancelled):
+                return
+
+
+async def _dispatch(
+    runtime: InferenceRuntime,
+    job_id: str,
+    payload: InferenceJobInput,
+    hooks: JobHooks,
+    meter: service.Meter,
+) -> dict[str, Any] | None:
+    pool = runtime.pool
+    op = payload.operation
+    if op == "batch":
+        await _run_batch(pool, payload, hooks, meter)
+        return None
+    stream = bool(payload.body.get("stream")) and payload.relay
+    body: dict[str, Any]
+    if op == "embeddings":
+        body = (
+            await service.embeddings(
+                pool, EmbeddingRequest.model_validate(payload.body), meter=meter
+            )
+        ).model_dump()
+    elif op == "chat.completions":
+        chat = ChatCompletionRequest.model_validate(payload.body)
+        if stream:
+            return await _relay_chunks(
+                runtime,
+                job_id,
+                await service.chat_completion_stream(pool, chat, meter=meter),
+                meter,
+            )
+        body = (await service.chat_completion(pool, chat, meter=meter)).model_dump()
+    else:
+        text = CompletionRequest.model_validate(payload.body)
+        if stream:
+            return await _relay_chunks(
+                runtime, job_id, await service.completion_stream(pool, text, meter=meter), meter
+            )
+        body = (await service.completion(pool, text, meter=meter)).model_dump()
+    if payload.relay:
+        assert runtime.redis is not None
+        await relay.publish(runtime.redis, job_id, "result", json.dumps(body))
+    return body
+
+
+async def _relay_chunks(
+    runtime: InferenceRuntime, job_id: str, chunks: Any, meter: service.Meter
+) -> dict[str, Any]:
+    assert runtime.redis is not None
+    count = 0
+    async for chunk in chunks:
+        await relay.publish(runtime.redis, job_id, "chunk", chunk.model_dump_json())
+        count += 1
+    await relay.publish(runtime.redis, job_id, "end")
+    return {
+        "object": "stream.summary",
+        "chunks": count,
+        "usage": {
+            "prompt_tokens": meter.prompt_tokens,
+            "completion_tokens": meter.completion_tokens,
+            "total_tokens": meter.prompt_tokens + meter.completion_tokens,
+        },
+    }
+
+
+async def _run_batch(
+    pool: ModelPool, payload: InferenceJobInput, hooks: JobHooks, meter: service.Meter
+) -> None:
+    """Run every line (concurrently, so they batch in the engine); write JSONL result lines."""
+    total = len(payload.requests)
+    counters = {"requests_total": total, "requests_completed": 0, "requests_failed": 0}
+    await asyncio.to_thread(hooks.progress, **counters)
+    limit = asyncio.Semaphore(64)
+    write_lock = asyncio.Lock()
+    last_progress = time.monotonic()
+
+    async def one(line: Any) -> None:
+        nonlocal last_progress
+        async with limit:
+            out = await service.run_batch_line(pool, line, meter=meter)
+        async with write_lock:
+            await asyncio.to_thread(hooks.add_result, data=out, name="line")
+            key = "requests_failed" if out["error"] is not None else "requests_completed"
+            counters[key] += 1
+            if time.monotonic() - last_progress > 0.5:
+                last_progress = time.monotonic()
+                await asyncio.to_thread(hooks.progress, **counters)
+
+    await asyncio.gather(*(one(line) for line in payload.requests))
+    await asyncio.to_thread(hooks.progress, **counters)
+    return None
