@@ -40,9 +40,12 @@ class Claimed:
 
 def insert_urls(session: Session, job_id: str, items: Iterable[tuple[str, int]]) -> int:
     """Add normalized URLs (url, depth) not yet known to the crawl; return how many were new."""
+    first: dict[str, int] = {}
+    for url, depth in items:
+        first.setdefault(url, depth)  # keep the order found and the shallowest first sighting
     rows = [
         {"job_id": job_id, "url_key": url_key(url), "url": url, "depth": depth, "status": QUEUED}
-        for url, depth in dict(reversed(list(items))).items()
+        for url, depth in first.items()
     ]
     if not rows:
         return 0
