@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from config import get_settings
+from cli.crawl import crawl as crawl_command
 from cli.orgs import app as orgs_app
 from config.queues import QUEUES, WORKER_GROUPS
 
@@ -23,6 +24,7 @@ app = typer.Typer(help="Conveyor: a self-hosted job platform.", no_args_is_help=
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(orgs_app, name="orgs")
+app.command(name="crawl")(crawl_command)
 err = Console(stderr=True)
 
 
