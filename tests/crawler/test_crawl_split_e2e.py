@@ -1,0 +1,80 @@
+"""One site crawled by several worker processes at once (real prefork ``celery worker``
+subprocesses): counters stay exact, no page is crawled twice, the budget is never exceeded."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from crawler.models import CrawlPage
+from store.db import session_scope
+from tests.helpers import WorkerProcess, wait_for_job
+from tests.sites.site import GeneratedSite
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("crawl_settings")]
+
+
+@pytest.fixture
+def crawl_workers(migrated: dict[str, object], site: GeneratedSite) -> Iterator[WorkerProcess]:
+    env = {
+        "CONVEYOR_CRAWL_ALLOWED_HOSTS": site.host,
+        "CONVEYOR_CRAWL_SPLIT_THRESHOLD": "20",
+        "CONVEYOR_CRAWL_SPLIT_WORKERS": "3",
+    }
+    worker = WorkerProcess(["crawl"], pool="prefork", concurrency=2, env=env)
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def split_here() -> Iterator[None]:
+    """The same split settings for a main task that an in-process worker might run."""
+    from config import get_settings
+
+    settings = get_settings()
+    saved = (settings.crawl_split_threshold, settings.crawl_split_workers)
+    settings.crawl_split_threshold, settings.crawl_split_workers = 20, 3
+    yield
+    settings.crawl_split_threshold, settings.crawl_split_workers = saved
+
+
+@pytest.mark.parametrize("max_pages", [1000, 150])
+def test_site_crawled_by_several_workers_with_exact_counters(
+    client: Any, org: Any, crawl_workers: WorkerProcess, split_here: None, max_pages: int
+) -> None:
+    with GeneratedSite(pages=400, traps=False) as big:
+        r = client.post(
+            "/v1/crawls",
+            json={"url": f"{big.base}/", "mode": "full", "max_pages": max_pages},
+            headers=org.headers,
+        )
+        assert r.status_code == 202, r.text
+        job = wait_for_job(client, r.json()["id"], org.headers, timeout=300)
+    assert job["status"] == "completed", job
+    result = client.get(f"/v1/jobs/{job['id']}/result?format=json", headers=org.headers)
+    pages = [json.loads(line) for line in result.text.splitlines()]
+    urls = [p["url"] for p in pages]
+    assert len(urls) == len(set(urls)) == job["pages_crawled"]
+    with session_scope() as session:
+        rows = session.execute(
+            select(CrawlPage.status, CrawlPage.claimed_by).where(CrawlPage.job_id == job["id"])
+        ).all()
+    by_status: dict[str, int] = {}
+    for status, _ in rows:
+        by_status[status] = by_status.get(status, 0) + 1
+    assert by_status.get("crawled", 0) == job["pages_crawled"]
+    assert by_status.get("failed", 0) == job["pages_failed"]
+    assert len(rows) == job["pages_discovered"]
+    assert by_status.get("claimed", 0) == 0
+    if max_pages < 400:
+        assert job["pages_crawled"] == max_pages  # exact, however many workers raced
+    else:
+        titles = {p["title"] for p in pages if p["title"].startswith("Article ")}
+        assert len(titles) == 400
+        assert by_status.get("queued", 0) == 0
+    claimers = {c.rsplit("-", 1)[0] for _, c in rows if c}  # role-pid
+    assert len(claimers) >= 2, claimers  # several processes crawled this one site
