@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[inference,deploy,resources,dev]"
+	$(PY) -m pip install -q -e ".[inference,deploy,resources,dev]" --config-settings editable_mode=compat
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 install: $(STAMP)

@@ -39,6 +39,10 @@ def create_app() -> FastAPI:
         docs_url="/docs",
         openapi_url="/openapi.json",
     )
+    # Register every job kind's task now (not on the first submit), so a healthy API is ready.
+    from workers.app import celery_app
+
+    celery_app.loader.import_default_modules()
     install_error_handlers(app)
     for module in ROUTERS:
         app.include_router(importlib.import_module(module).router)

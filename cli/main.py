@@ -15,9 +15,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from config import get_settings
 from cli.crawl import crawl as crawl_command
 from cli.orgs import app as orgs_app
+from config import get_settings
 from config.queues import QUEUES, WORKER_GROUPS
 
 app = typer.Typer(help="Conveyor: a self-hosted job platform.", no_args_is_help=True)
@@ -170,8 +170,10 @@ def keys_create(
 def up() -> None:
     """The whole platform in one process tree: API, a worker per queue group, beat, Flower."""
     from store.migrate import upgrade
+    from workers.embedded import broker_running, stop_embedded_broker
 
     settings = get_settings()
+    own_broker = settings.embedded_broker and not broker_running(settings)
     _prepare()
     upgrade()
     key = _create_key("default", "conveyor up")
@@ -213,6 +215,8 @@ def up() -> None:
                 p.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 p.kill()
+        if own_broker:
+            stop_embedded_broker(settings)
     failed = [p.args for p in procs if p.returncode not in (0, -signal.SIGTERM, None)]
     if failed and not stopping:
         err.print(f"[red]a process exited[/red]: {failed[0]!r}")

@@ -28,6 +28,10 @@ def _ping(url: str) -> bool:
         return False
 
 
+def broker_running(settings: Settings) -> bool:
+    return _ping(settings.resolved_broker_url())
+
+
 def ensure_embedded_broker(settings: Settings, timeout: float = 10.0) -> str:
     """Start the embedded Redis unless one already answers; return its URL."""
     url = settings.resolved_broker_url()
@@ -48,6 +52,8 @@ def ensure_embedded_broker(settings: Settings, timeout: float = 10.0) -> str:
             "yes",
             "--appendfsync",
             "everysec",
+            "--save",
+            "",
             "--daemonize",
             "yes",
             "--pidfile",

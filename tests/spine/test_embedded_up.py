@@ -1,0 +1,99 @@
+"""``conveyor up`` on the embedded default: SQLite store, embedded Redis, real worker
+processes, beat and Flower, with nothing configured but a data directory and ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_conveyor_up_runs_a_job_end_to_end(tmp_path: Path) -> None:
+    api_port, flower_port, redis_port = free_port(), free_port(), free_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("CONVEYOR_DATABASE_URL", "CONVEYOR_BROKER_URL")
+    }
+    env.update(
+        CONVEYOR_DATA_DIR=str(tmp_path / "data"),
+        CONVEYOR_API_PORT=str(api_port),
+        CONVEYOR_FLOWER_PORT=str(flower_port),
+        CONVEYOR_EMBEDDED_REDIS_PORT=str(redis_port),
+        CONVEYOR_LOG_LEVEL="WARNING",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "up"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=open(tmp_path / "up.log", "w"),
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        key = proc.stdout.readline().strip()
+        assert key.startswith("cvy_live_"), key
+        headers = {"Authorization": f"Bearer {key}"}
+        base = f"http://127.0.0.1:{api_port}"
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/v1/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        health = httpx.get(f"{base}/v1/health", timeout=30).json()
+        assert health["store"] == "ok" and health["broker"] == "ok"
+        assert (tmp_path / "data" / "conveyor.db").exists()
+        job = httpx.post(
+            f"{base}/v1/diagnostics/sleep",
+            json={"seconds": 0.5, "steps": 5},
+            headers=headers,
+            timeout=30,
+        ).json()
+        while time.monotonic() < deadline:
+            current = httpx.get(f"{base}/v1/jobs/{job['id']}", headers=headers, timeout=30).json()
+            if current["status"] in ("completed", "failed"):
+                break
+            time.sleep(0.2)
+        assert current["status"] == "completed", current
+        result = httpx.get(f"{base}/v1/jobs/{job['id']}/result", headers=headers, timeout=30)
+        assert result.status_code == 200 and result.json()["steps"] == 5
+        # Flower sees the task that ran (its API is open on loopback in the embedded default).
+        seen = {}
+        while time.monotonic() < deadline:
+            response = httpx.get(f"http://127.0.0.1:{flower_port}/api/tasks", timeout=10)
+            if response.status_code == 200:
+                seen = response.json()
+                if any(t.get("name") == "diagnostics.run" for t in seen.values()):
+                    break
+            time.sleep(1)
+        assert any(t.get("name") == "diagnostics.run" for t in seen.values()), seen
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert len(children) >= 8  # api, 5 worker groups, beat, flower (+ pool processes)
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    time.sleep(1)
+    for child in children:
+        assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, child
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{api_port}/v1/health", timeout=2)
