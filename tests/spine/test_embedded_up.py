@@ -42,7 +42,7 @@ def test_conveyor_up_runs_a_job_end_to_end(tmp_path: Path) -> None:
         [sys.executable, "-m", "cli.main", "up"],
         env=env,
         stdout=subprocess.PIPE,
-        stderr=open(tmp_path / "up.log", "w"),
+        stderr=subprocess.DEVNULL,
         text=True,
         start_new_session=True,
     )

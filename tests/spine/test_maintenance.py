@@ -1,0 +1,118 @@
+"""Beat tasks against the real store and broker: reaper, expiry, purge, canary, one beat."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import redis
+
+from common.timeutil import utcnow
+from store import jobs as job_store
+from store.db import session_scope
+from store.jobs import JobStatus
+from store.models import Job
+from tests.conftest import OrgKey
+
+
+def _job(org: OrgKey, **values: Any) -> str:
+    with session_scope() as session:
+        job = job_store.create_job(session, org_id=org.org_id, kind="diagnostics", input={})
+        for name, value in values.items():
+            setattr(job, name, value)
+        return job.id
+
+
+def test_reaper_fails_jobs_stuck_past_their_limit(org: OrgKey) -> None:
+    from tasks.maintenance import reap_stuck_jobs
+
+    stuck = _job(org, status=JobStatus.RUNNING, started_at=utcnow() - timedelta(hours=1))
+    fresh = _job(org, status=JobStatus.RUNNING, started_at=utcnow())
+    reaped = reap_stuck_jobs()
+    assert stuck in reaped and fresh not in reaped
+    with session_scope() as session:
+        job = session.get(Job, stuck)
+        assert job is not None and job.status == "failed"
+        assert job.error is not None and job.error["code"] == "timed_out"
+        assert job.expires_at is not None
+        assert job_store.status_of(session, fresh) == "running"
+
+
+def test_purge_removes_metadata_after_30_days(org: OrgKey) -> None:
+    from tasks.maintenance import purge_metadata
+
+    old = _job(org, status=JobStatus.COMPLETED, completed_at=utcnow() - timedelta(days=31))
+    recent = _job(org, status=JobStatus.COMPLETED, completed_at=utcnow() - timedelta(days=29))
+    with session_scope() as session:
+        job_store.add_result_item(session, old, seq=0, name="result", data={"x": 1})
+    assert purge_metadata() >= 1
+    with session_scope() as session:
+        assert session.get(Job, old) is None
+        assert session.get(Job, recent) is not None
+
+
+def test_broker_canary_reports_consumed_and_stale_queues(
+    worker: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    from config import get_settings
+    from tasks.maintenance import CANARY_KEY, CANARY_SENT_KEY, broker_canary, queue_health
+
+    client = redis.Redis.from_url(get_settings().resolved_broker_url(), decode_responses=True)
+    for queue in ("maintenance", "crawl"):
+        client.delete(CANARY_KEY.format(queue=queue), CANARY_SENT_KEY.format(queue=queue))
+    broker_canary()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not client.get(CANARY_KEY.format(queue="maintenance")):
+        time.sleep(0.1)
+    assert queue_health()["maintenance"]["canary_age_s"] is not None
+    # A queue whose canary was sent long ago and never consumed is reported.
+    client.delete(CANARY_KEY.format(queue="crawl"))
+    client.set(CANARY_SENT_KEY.format(queue="crawl"), str(time.time() - 3600))
+    with caplog.at_level(logging.ERROR, logger="tasks.maintenance"):
+        broker_canary()
+    assert any("queue crawl: no worker consumed" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.e2e
+def test_only_one_beat_schedules(migrated: dict[str, object]) -> None:
+    """Two beat processes: redbeat's Redis lock lets exactly one of them send tasks."""
+    from config import get_settings
+
+    client = redis.Redis.from_url(get_settings().resolved_broker_url())
+    for key in client.scan_iter("conveyor:redbeat:*"):
+        client.delete(key)
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.app",
+        "beat",
+        "-S",
+        "redbeat.RedBeatScheduler",
+        "-l",
+        "DEBUG",
+        "--max-interval",
+        "1",
+    ]
+    beats = [
+        subprocess.Popen(
+            cmd, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    try:
+        time.sleep(12)
+    finally:
+        for beat in beats:
+            beat.terminate()
+        logs = [beat.communicate(timeout=30)[1] for beat in beats]
+    senders = [log for log in logs if "Sending due task" in log]
+    assert len(senders) == 1, [log[-2000:] for log in logs]
+    assert client.exists("conveyor:redbeat::lock") or "Acquiring lock" in "".join(logs)
