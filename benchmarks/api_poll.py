@@ -1,0 +1,201 @@
+"""API poll: ``GET /v1/jobs/{id}`` (auth, rate limit, tenant-scoped lookup, envelope) vs a bare
+FastAPI endpoint doing one primary-key SELECT of the same row, same database, same uvicorn
+settings, same run, 50 concurrent connections from loopback.
+
+The load generator is ``wrk`` when installed (``apt-get install wrk``), else an asyncio httpx
+client in this process; each server runs alone while it is measured.
+
+    .venv/bin/python benchmarks/api_poll.py [--connections 50] [--duration 10] [--workers 1]
+
+Needs PostgreSQL and Redis on 127.0.0.1 (creates and drops its own database). Last line:
+``ratio=<conveyor rps ÷ bare rps>`` (target ≥ 0.5, and Conveyor's p99 < 50 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import httpx
+
+from benchmarks import harness
+
+
+@dataclass(frozen=True)
+class Load:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: int
+
+
+_UNIT = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    if not match:
+        raise ValueError(f"unparsed wrk latency {text!r}")
+    return float(match.group(1)) * _UNIT[match.group(2)]
+
+
+def wrk_load(url: str, headers: dict[str, str], connections: int, duration: float) -> Load:
+    cmd = ["wrk", "-t", "2", "-c", str(connections), "-d", f"{duration:g}s", "--latency"]
+    for name, value in headers.items():
+        cmd += ["-H", f"{name}: {value}"]
+    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
+    pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.M))
+    if set(pct) != {"50", "99"}:
+        raise RuntimeError(f"unparsed wrk output:\n{out}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    errors = int(non2xx.group(1)) if non2xx else 0
+    if socket_errors:
+        errors += sum(int(n) for n in re.findall(r"\d+", socket_errors.group(1)))
+    return Load(rps, _ms(pct["50"]), _ms(pct["99"]), total, errors)
+
+
+async def _httpx_load(url: str, headers: dict[str, str], connections: int, duration: float) -> Load:
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    async with httpx.AsyncClient(headers=headers, limits=limits, timeout=30.0) as client:
+        start = time.perf_counter()
+        deadline = start + duration
+
+        async def user() -> None:
+            nonlocal errors
+            while time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                try:
+                    response = await client.get(url)
+                    if response.status_code != 200:
+                        errors += 1
+                except httpx.HTTPError:
+                    errors += 1
+                latencies.append((time.perf_counter() - t0) * 1000)
+
+        await asyncio.gather(*(user() for _ in range(connections)))
+        elapsed = time.perf_counter() - start
+    latencies.sort()
+    return Load(
+        len(latencies) / elapsed,
+        harness.percentile(latencies, 50),
+        harness.percentile(latencies, 99),
+        len(latencies),
+        errors,
+    )
+
+
+def httpx_load(url: str, headers: dict[str, str], connections: int, duration: float) -> Load:
+    return asyncio.run(_httpx_load(url, headers, connections, duration))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn workers (both servers)")
+    parser.add_argument("--rounds", type=int, default=1, help="alternating rounds; medians")
+    parser.add_argument("--client", choices=["auto", "wrk", "httpx"], default="auto")
+    args = parser.parse_args()
+    client = args.client
+    if client == "auto":
+        client = "wrk" if shutil.which("wrk") else "httpx"
+    load = wrk_load if client == "wrk" else httpx_load
+
+    with harness.services() as bench:
+        from store import jobs as job_store
+        from store.db import session_scope
+        from store.jobs import JobStatus
+
+        org = harness.make_org()
+        with session_scope() as session:
+            job = job_store.create_job(
+                session, org_id=org.org_id, kind="diagnostics", input={"seconds": 0, "steps": 1}
+            )
+            job_id = job.id
+        with session_scope() as session:
+            job_store.transition(session, job_id, to=JobStatus.RUNNING, from_=["queued"])
+            job_store.set_progress(session, job_id, {"steps_total": 1, "steps_done": 1})
+            job_store.transition(session, job_id, to=JobStatus.COMPLETED, from_=["running"])
+
+        port = harness.free_port()
+        targets = {
+            "bare": (
+                harness.uvicorn_command("benchmarks.bare_app:app", port, args.workers),
+                f"http://127.0.0.1:{port}/bare/health",
+                f"http://127.0.0.1:{port}/bare/jobs/{job_id}",
+                {},
+            ),
+            "conveyor": (
+                harness.uvicorn_command("api.app:create_app", port, args.workers, factory=True),
+                f"http://127.0.0.1:{port}/v1/health",
+                f"http://127.0.0.1:{port}/v1/jobs/{job_id}",
+                org.headers,
+            ),
+        }
+        results: dict[str, list[Load]] = {name: [] for name in targets}
+        for _ in range(args.rounds):
+            for name, (cmd, ready_url, url, headers) in targets.items():
+                server = bench.start(name, cmd)
+                try:
+                    harness.wait_http(ready_url, proc=server)
+                    check = httpx.get(url, headers=headers, timeout=10)
+                    if check.status_code != 200:
+                        raise RuntimeError(f"{name}: {check.status_code} {check.text[:300]}")
+                    load(url, headers, args.connections, args.warmup)
+                    result = load(url, headers, args.connections, args.duration)
+                finally:
+                    bench.stop(server)
+                harness.log(
+                    f"{name}: {result.rps:.0f} req/s p50 {result.p50_ms:.1f} ms "
+                    f"p99 {result.p99_ms:.1f} ms ({result.requests} requests, "
+                    f"{result.errors} errors)"
+                )
+                if result.errors:
+                    harness.log(bench.log_tail(name))
+                    raise RuntimeError(f"{name}: {result.errors} failed requests")
+                results[name].append(result)
+
+    def summary(name: str) -> Load:
+        runs = results[name]
+        return Load(
+            statistics.median(r.rps for r in runs),
+            statistics.median(r.p50_ms for r in runs),
+            statistics.median(r.p99_ms for r in runs),
+            sum(r.requests for r in runs),
+            0,
+        )
+
+    bare, ours = summary("bare"), summary("conveyor")
+    ratio = ours.rps / bare.rps
+    print(
+        f"api_poll connections={args.connections} duration={args.duration:g}s "
+        f"uvicorn_workers={args.workers} client={client} rounds={args.rounds}"
+    )
+    for label, r in (("anchor  bare FastAPI PK SELECT", bare), ("ours    GET /v1/jobs/{id}", ours)):
+        print(f"  {label:30}: {r.rps:8.1f} req/s  p50 {r.p50_ms:6.1f} ms  p99 {r.p99_ms:6.1f} ms")
+    met = ratio >= 0.5 and ours.p99_ms < 50
+    print(f"  target  ratio >= 0.5 and p99 < 50 ms : {'met' if met else 'MISSED'}")
+    print(f"ratio={ratio:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,141 @@
+"""Queue overhead: N ``diagnostics`` no-op jobs through Conveyor's full job path vs N raw Celery
+no-op tasks, same broker, same worker process and settings, same run.
+
+Conveyor's path per job: validate + insert the row + commit, enqueue
+(``tasks.runner.create_and_enqueue``), then in the worker the compare-and-set to running, the
+handler (one cancel check, one progress write), the result item and the transition to
+completed. The raw task only increments a Redis counter so its completion can be observed.
+Both sides are timed from the first submission to the last completion, the submitter running
+while the worker consumes.
+
+    .venv/bin/python benchmarks/queue_overhead.py [--n 5000] [--pool prefork] [--concurrency 2]
+
+Needs PostgreSQL and Redis on 127.0.0.1 (creates and drops its own database). Last line:
+``ratio=<conveyor jobs/s ÷ raw tasks/s>`` (target ≥ 0.5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import harness
+
+NOOP_INPUT = {"seconds": 0, "steps": 1}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=5000, help="jobs and raw tasks (each)")
+    parser.add_argument("--pool", default="prefork", help="worker pool: prefork, threads …")
+    parser.add_argument("--concurrency", type=int, default=2, help="worker concurrency")
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--timeout", type=float, default=600.0, help="per side, seconds")
+    parser.add_argument(
+        "--no-event-subscribers",
+        action="store_true",
+        help="diagnostic: the worker drops common.events subscribers (outgoing webhooks)",
+    )
+    args = parser.parse_args()
+
+    with harness.services() as bench:
+        import redis
+        from sqlalchemy import func, select
+
+        from benchmarks.bench_tasks import DONE_KEY
+        from cli.main import worker_command
+        from store.db import session_scope
+        from store.models import Job
+        from tasks.runner import create_and_enqueue
+        from workers.app import celery_app
+
+        celery_app.loader.import_default_modules()
+        broker = redis.Redis.from_url(bench.broker_url)
+
+        # The worker `conveyor worker --queues maintenance` runs, with this benchmark's app.
+        cmd = worker_command(None, ["maintenance"], args.concurrency)
+        cmd[cmd.index("workers.app")] = "benchmarks.bench_tasks"
+        cmd[cmd.index("-P") + 1] = args.pool
+        cmd[cmd.index("-n") + 1] = f"bench-{bench.redis_db}@%h"
+        cmd[cmd.index("-l") + 1] = "WARNING"
+        env = {"CONVEYOR_BENCH_NO_EVENT_SUBSCRIBERS": "1" if args.no_event_subscribers else "0"}
+        worker = bench.start("worker", cmd, env)
+        deadline = time.monotonic() + 60
+        while not celery_app.control.ping(timeout=0.5):
+            if worker.poll() is not None or time.monotonic() > deadline:
+                harness.log(bench.log_tail("worker"))
+                raise RuntimeError("the worker did not start")
+        harness.log(f"worker up: pool={args.pool} concurrency={args.concurrency}")
+
+        def wait(done: Callable[[], int], n: int, what: str, started: float) -> float:
+            while True:
+                count = done()
+                if count >= n:
+                    return time.perf_counter()
+                if time.perf_counter() - started > args.timeout:
+                    raise TimeoutError(f"{what}: {count}/{n} done after {args.timeout} s")
+                if worker.poll() is not None:
+                    harness.log(bench.log_tail("worker"))
+                    raise RuntimeError("the worker died")
+                time.sleep(0.05)
+
+        def run_raw(n: int) -> float:
+            broker.delete(DONE_KEY)
+            t0 = time.perf_counter()
+            for _ in range(n):
+                celery_app.send_task("bench.noop", queue="maintenance")
+            harness.log(f"  raw: {n} sent in {time.perf_counter() - t0:.2f} s")
+            t1 = wait(lambda: int(broker.get(DONE_KEY) or 0), n, "raw", t0)
+            return n / (t1 - t0)
+
+        def run_conveyor(n: int) -> float:
+            org = harness.make_org()
+
+            def finished() -> int:
+                with session_scope() as session:
+                    rows = session.execute(
+                        select(Job.status, func.count())
+                        .where(Job.org_id == org.org_id)
+                        .group_by(Job.status)
+                    ).all()
+                counts = {status: count for status, count in rows}
+                bad = {s: c for s, c in counts.items() if s in ("failed", "cancelled")}
+                if bad:
+                    raise RuntimeError(f"jobs did not complete: {bad}")
+                return int(counts.get("completed", 0))
+
+            t0 = time.perf_counter()
+            for _ in range(n):
+                create_and_enqueue("diagnostics", org.org_id, dict(NOOP_INPUT))
+            harness.log(f"  conveyor: {n} submitted in {time.perf_counter() - t0:.2f} s")
+            t1 = wait(finished, n, "conveyor", t0)
+            return n / (t1 - t0)
+
+        run_raw(args.warmup)
+        run_conveyor(args.warmup)
+        harness.log(f"warmed up; measuring {args.n} raw tasks, then {args.n} Conveyor jobs")
+        raw = run_raw(args.n)
+        harness.log(f"raw celery: {raw:.0f} tasks/s")
+        ours = run_conveyor(args.n)
+        harness.log(f"conveyor:   {ours:.0f} jobs/s")
+
+    ratio = ours / raw
+    print(
+        f"queue_overhead n={args.n} pool={args.pool} concurrency={args.concurrency}"
+        + (" (DIAGNOSTIC: no event subscribers)" if args.no_event_subscribers else "")
+    )
+    print(f"  anchor  raw Celery no-op tasks : {raw:8.1f} tasks/s")
+    print(f"  ours    Conveyor no-op jobs    : {ours:8.1f} jobs/s")
+    print(f"  target  ratio >= 0.5 : {'met' if ratio >= 0.5 else 'MISSED'}")
+    print(f"ratio={ratio:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
