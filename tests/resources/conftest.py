@@ -6,11 +6,13 @@ random ident, and is removed after the test. A missing server skips locally, fai
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -133,3 +135,37 @@ def _moto_server(iam_auth: bool) -> Iterator[dict[str, str]]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def api_env(worker: Any, moto_s3_open: dict[str, str]) -> Iterator[Any]:
+    """Resource settings for the API/worker of this process: a data dir the postgres OS
+    user can reach, our name prefix, 1 s archive_timeout, moto's S3."""
+    from config import get_settings
+    from resources import service
+    from resources.settings import ResourceSettings
+
+    data_dir = Path(f"/tmp/cvy_res_api_{secrets.token_hex(4)}")
+    data_dir.mkdir(mode=0o755)
+    custom = dataclasses.replace(
+        ResourceSettings.from_platform(get_settings()),
+        data_dir=data_dir,
+        name_prefix="cvy_res_",
+        pg_archive_timeout_s=1,
+        s3_endpoint_url=moto_s3_open["endpoint_url"],
+        s3_access_key_id=moto_s3_open["access_key_id"],
+        s3_secret_access_key=moto_s3_open["secret_access_key"],
+    )
+    mp = pytest.MonkeyPatch()
+    service.reset_caches()
+    mp.setattr(service, "resource_settings", lambda: custom)
+    yield custom
+    from resources.backends.postgres_dedicated import PostgresDedicated
+
+    root = custom.instances_dir.resolve()
+    for inst in root.iterdir() if root.exists() else []:
+        if inst.name.startswith("pg_") or inst.name.startswith("scratch_"):
+            PostgresDedicated(custom)._destroy(inst)
+    mp.undo()
+    service.reset_caches()
+    shutil.rmtree(data_dir, ignore_errors=True)

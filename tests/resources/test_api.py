@@ -5,12 +5,8 @@ backups, archive-failure alerts and tenant isolation."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import secrets
-import shutil
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,102 +17,10 @@ import pytest
 import redis
 
 from tests.helpers import wait_for_job
+from tests.resources.apihelpers import backup, creds, delete, provision, wait_resource
 from tests.resources.conftest import connect_url
 
 pytestmark = pytest.mark.usefixtures("pg_available", "redis_available")
-BOUND_APP = str(Path(__file__).with_name("bound_app.py"))
-
-
-@pytest.fixture(scope="module")
-def api_env(worker: Any, moto_s3_open: dict[str, str]) -> Iterator[Any]:
-    """Resource settings for the API/worker of this process: a data dir the postgres OS
-    user can reach, our name prefix, 1 s archive_timeout, moto's S3."""
-    from config import get_settings
-    from resources import service
-    from resources.settings import ResourceSettings
-
-    data_dir = Path(f"/tmp/cvy_res_api_{secrets.token_hex(4)}")
-    data_dir.mkdir(mode=0o755)
-    custom = dataclasses.replace(
-        ResourceSettings.from_platform(get_settings()),
-        data_dir=data_dir,
-        name_prefix="cvy_res_",
-        pg_archive_timeout_s=1,
-        s3_endpoint_url=moto_s3_open["endpoint_url"],
-        s3_access_key_id=moto_s3_open["access_key_id"],
-        s3_secret_access_key=moto_s3_open["secret_access_key"],
-    )
-    mp = pytest.MonkeyPatch()
-    service.reset_caches()
-    mp.setattr(service, "resource_settings", lambda: custom)
-    yield custom
-    from resources.backends.postgres_dedicated import PostgresDedicated
-
-    root = custom.instances_dir.resolve()
-    for inst in root.iterdir() if root.exists() else []:
-        if inst.name.startswith("pg_") or inst.name.startswith("scratch_"):
-            PostgresDedicated(custom)._destroy(inst)
-    mp.undo()
-    service.reset_caches()
-    shutil.rmtree(data_dir, ignore_errors=True)
-
-
-def wait_resource(
-    client: Any,
-    rid: str,
-    headers: dict[str, str],
-    statuses: tuple[str, ...] = ("ready", "failed"),
-    timeout: float = 90,
-) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    body: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        r = client.get(f"/v1/resources/{rid}", headers=headers)
-        if r.status_code == 404 and "deleted" in statuses:
-            return {"status": "deleted"}
-        assert r.status_code == 200, r.text
-        body = r.json()
-        if body["status"] in statuses:
-            return body
-        time.sleep(0.1)
-    raise AssertionError(f"resource still {body.get('status')}: {body}")
-
-
-def provision(client: Any, org: Any, **payload: Any) -> dict[str, Any]:
-    payload.setdefault("name", f"r-{secrets.token_hex(4)}")
-    r = client.post("/v1/resources", json=payload, headers=org.headers)
-    assert r.status_code == 202, r.text
-    body = r.json()
-    assert body["status"] == "provisioning" and body["links"]["job"]
-    ready = wait_resource(client, body["id"], org.headers)
-    assert ready["status"] == "ready", ready
-    return ready
-
-
-def creds(client: Any, org: Any, rid: str) -> dict[str, Any]:
-    r = client.get(f"/v1/resources/{rid}/credentials", headers=org.headers)
-    assert r.status_code == 200, r.text
-    return dict(r.json())
-
-
-def backup(client: Any, org: Any, rid: str) -> dict[str, Any]:
-    r = client.post(f"/v1/resources/{rid}/backups", headers=org.headers)
-    assert r.status_code == 202, r.text
-    bid = r.json()["id"]
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        b = client.get(f"/v1/resources/{rid}/backups/{bid}", headers=org.headers).json()
-        if b["status"] == "failed" or b["verified_at"]:
-            return dict(b)
-        time.sleep(0.1)
-    raise AssertionError(f"backup not verified: {b}")
-
-
-def delete(client: Any, org: Any, rid: str) -> None:
-    for _ in range(2):  # idempotent
-        r = client.delete(f"/v1/resources/{rid}?purge_backups=true", headers=org.headers)
-        assert r.status_code in (202, 404), r.text
-    wait_resource(client, rid, org.headers, statuses=("deleted",))
 
 
 def test_postgres_shared_end_to_end(client: Any, org: Any, other_org: Any, api_env: Any) -> None:
