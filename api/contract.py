@@ -17,11 +17,13 @@ carries the request id and the one error envelope). Order, outermost first:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote_plus
 
 import anyio
@@ -41,6 +43,9 @@ EXEMPT_PATHS = frozenset(
     {"/v1/health", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}
 )
 JSON_TYPES = ("application/json", "application/merge-patch+json")
+#: Upload routes that take OpenAI's multipart file uploads (``POST /v1/files``), with their own
+#: size limit (``CONVEYOR_MAX_UPLOAD_BYTES``).
+MULTIPART_PATHS = frozenset({"/v1/files"})
 #: POST routes that create nothing: no idempotency bookkeeping (and streaming answers).
 IDEMPOTENCY_EXEMPT_PREFIXES = ("/v1/chat/", "/v1/completions", "/v1/embeddings")
 MAX_STORED_RESPONSE = 256 * 1024
@@ -179,9 +184,10 @@ class RateLimitMiddleware:
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, max_upload_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_upload_bytes = max_upload_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -216,19 +222,22 @@ class BodyLimitMiddleware:
                 scope, receive, send, 400, ErrorCode.VALIDATION_ERROR, "Bad Content-Length."
             )
             return
-        if length is not None and length > self.max_bytes:
+        upload = scope["path"] in MULTIPART_PATHS
+        max_bytes = self.max_upload_bytes if upload else self.max_bytes
+        if length is not None and length > max_bytes:
             await _send_error(
                 scope,
                 receive,
                 send,
                 413,
                 ErrorCode.PAYLOAD_TOO_LARGE,
-                f"The request body is {length} bytes; the limit is {self.max_bytes} bytes.",
+                f"The request body is {length} bytes; the limit is {max_bytes} bytes.",
             )
             return
         has_body = chunked or (length or 0) > 0
         content_type = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
-        if has_body and content_type not in JSON_TYPES:
+        multipart_ok = upload and content_type == "multipart/form-data"
+        if has_body and content_type not in JSON_TYPES and not multipart_ok:
             await _send_error(
                 scope,
                 receive,
@@ -238,6 +247,9 @@ class BodyLimitMiddleware:
                 f"Send the body as application/json, not {content_type or 'no content type'}.",
             )
             return
+        if has_body and not multipart_ok:
+            await self._json_body(scope, receive, send, max_bytes)
+            return
         received = 0
 
         async def counting_receive() -> Message:
@@ -245,15 +257,75 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     # Raised inside the body read: FastAPI re-raises HTTPException as is, and the
                     # error handlers turn it into the 413 envelope. Nothing past the limit is read.
                     raise HTTPException(
-                        413, f"The request body is over the limit of {self.max_bytes} bytes."
+                        413, f"The request body is over the limit of {max_bytes} bytes."
                     )
             return message
 
         await self.app(scope, counting_receive, send)
+
+    async def _json_body(self, scope: Scope, receive: Receive, send: Send, max_bytes: int) -> None:
+        """Read a JSON body (bounded), refuse what no store can hold, then hand it on."""
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            body += message.get("body", b"")
+            if len(body) > max_bytes:
+                await _send_error(
+                    scope,
+                    receive,
+                    send,
+                    413,
+                    ErrorCode.PAYLOAD_TOO_LARGE,
+                    f"The request body is over the limit of {max_bytes} bytes.",
+                )
+                return
+            if not message.get("more_body", False):
+                break
+        problem = _unstorable_text(bytes(body))
+        if problem:
+            await _send_error(
+                scope,
+                receive,
+                send,
+                422,
+                ErrorCode.VALIDATION_ERROR,
+                f"The body contains {problem}, which no field accepts.",
+                details=[{"loc": ["body"], "msg": problem, "type": "string_unstorable"}],
+            )
+            return
+        await self.app(scope, _replay(bytes(body)), send)
+
+
+def _unstorable_text(body: bytes) -> str | None:
+    """NUL characters and lone surrogates parse as JSON but break every store (PostgreSQL
+    refuses NUL in text; UTF-8 cannot encode a lone surrogate): name them, or None."""
+    if b"\\u" not in body and b"\\U" not in body:
+        return None  # both can only arrive as JSON escapes: nothing to check
+    try:
+        stack: list[Any] = [json.loads(body)]
+    except (ValueError, RecursionError):
+        return None  # malformed or absurdly nested: the route's parser answers 400/422
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            if "\x00" in item:
+                return "a NUL character (\\u0000)"
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return "an unpaired UTF-16 surrogate"
+    return None
 
 
 # --- idempotency keys -------------------------------------------------------------------------
@@ -394,7 +466,11 @@ def install_contract(app: FastAPI) -> None:
     app.add_middleware(
         IdempotencyMiddleware, lookup=lookup, ttl_seconds=settings.idempotency_ttl_seconds
     )
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+    )
     if settings.ratelimit_enabled:
         limiter = RateLimiter(
             settings.ratelimit_storage_url or settings.resolved_redis_url(),
@@ -402,6 +478,9 @@ def install_contract(app: FastAPI) -> None:
         )
         app.state.rate_limiter = limiter
         app.add_middleware(RateLimitMiddleware, limiter=limiter, lookup=lookup)
+    from api.openapi_docs import document_contract
+
+    document_contract(app)
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:
         app.add_middleware(

@@ -135,3 +135,29 @@ def test_control_characters_in_query_are_422(client: Any, org: OrgKey) -> None:
         response = client.get("/v1/jobs", params=params, headers=org.headers)
         assert response.status_code == 422, params
         assert response.json()["error"]["code"] == "validation_error"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"url": "https://example.com/\\u0000", "events": ["job.completed"]}',
+        b'{"url": "https://example.com/", "description": "a\\ud800b"}',
+    ],
+)
+def test_nul_and_lone_surrogates_are_422_not_store_errors(
+    client: Any, org: OrgKey, body: bytes
+) -> None:
+    response = client.post(
+        "/v1/webhooks", content=body, headers={**org.headers, "content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "validation_error" and error["details"][0]["loc"] == ["body"]
+
+
+def test_multipart_only_where_uploads_are_taken(client: Any, org: OrgKey) -> None:
+    files = {"file": ("in.jsonl", b'{"a": 1}\n', "application/jsonl")}
+    refused = client.post("/v1/webhooks", files=files, headers=org.headers)
+    assert refused.status_code == 415
+    accepted = client.post("/v1/files", files=files, data={"purpose": "batch"}, headers=org.headers)
+    assert accepted.status_code not in (413, 415), accepted.text
