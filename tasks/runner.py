@@ -184,6 +184,7 @@ def create_and_enqueue(kind: str, org_id: str, payload: dict[str, Any]) -> Job:
     hook_value = payload.pop("webhook", None)  # create bodies may carry a per-job webhook
     hook = webhooks.parse_job_webhook(hook_value) if hook_value is not None else None
     clean = validate_input(kind, payload)
+    clean.pop("webhook", None)  # a model's WithWebhook default: kept apart, never in the input
     with session_scope() as session:
         plans.enforce_quota(session, org_id, kind, clean)  # 402 quota_exceeded
         job = job_store.create_job(session, org_id=org_id, kind=kind, input=clean)
