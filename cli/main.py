@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from cli.crawl import crawl as crawl_command
+from cli.jobs import jobs_app
 from cli.orgs import app as orgs_app
 from config import get_settings
 from config.queues import QUEUES, WORKER_GROUPS
@@ -23,6 +24,7 @@ from config.queues import QUEUES, WORKER_GROUPS
 app = typer.Typer(help="Conveyor: a self-hosted job platform.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.add_typer(jobs_app, name="jobs")
 app.add_typer(orgs_app, name="orgs")
 app.command(name="crawl")(crawl_command)
 err = Console(stderr=True)
