@@ -23,7 +23,11 @@ from crawler.config import CHROMIUM_ARGS, CrawlConfig
 from crawler.fetch import CREDENTIAL_HEADERS, REDIRECT_STATUSES, PageErrorCode, clean_headers
 from crawler.safety import AllowList, UnsafeURLError, check_url_async
 
-HEAVY_RESOURCES = frozenset({"image", "font", "media"})
+# Not needed to read a page's content (all of them are loaded when taking a screenshot).
+HEAVY_RESOURCES = frozenset({"image", "font", "media", "stylesheet"})
+# A page showing less text than this after "load" is given time for its scripts to fill it.
+SETTLE_TEXT_CHARS = 200
+SETTLE_MAX_MS = 2500
 RouteHandler = Callable[[Route], Awaitable[None]]
 
 
@@ -165,7 +169,11 @@ class Renderer:
             if wait_for_ms:
                 await page.wait_for_timeout(wait_for_ms)
             with contextlib.suppress(PlaywrightError):
-                await page.wait_for_load_state("networkidle", timeout=min(timeout_ms, 3000))
+                # Static pages are done at "load"; a JS shell gets until its text shows up.
+                await page.wait_for_function(
+                    f"document.body && document.body.innerText.length >= {SETTLE_TEXT_CHARS}",
+                    timeout=min(timeout_ms, SETTLE_MAX_MS),
+                )
             if result.final_url == result.url:
                 result.final_url = page.url
             result.status_code = response.status if response is not None else None

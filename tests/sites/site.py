@@ -310,7 +310,10 @@ def _article(total: int, traps: bool, i: int) -> bytes:
     if i > 0:
         nav.append(f'<a href="/articles/{i - 1}">Previous</a>')
     if i + 1 < total:
-        nav.append(f'<a href="/articles/{i + 1}?utm_source=next#top">Next</a>')
+        # A tracking parameter and a fragment that normalisation must see through (traps only:
+        # the benchmark site keeps plain links so every crawler fetches the same pages).
+        query = "?utm_source=next#top" if traps else ""
+        nav.append(f'<a href="/articles/{i + 1}{query}">Next</a>')
     body = (
         f"<main><article><header><h1>{title}</h1><p class='byline'>By Robot {i % 5}</p></header>"
         f"{sections[0]}{code}{sections[1]}{table}{''.join(sections[2:])}"

@@ -1,0 +1,241 @@
+"""Crawl a generated 2,000-page site with Scrapy (+ markdownify pipeline) and with Conveyor
+(REST API, production shape: PostgreSQL, Redis, a prefork crawl worker group), same run.
+
+    .venv/bin/python benchmarks/crawl_vs_scrapy.py [--pages 2000] [--rendered 200]
+
+Prints pages/s of each, ``ratio=`` Conveyor ÷ Scrapy, peak RSS of the crawling processes,
+time from submit to the first page available, and rendered pages/s with ``render=always``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import harness
+
+SCRAPY_SPIDER = r"""
+import json, sys, time
+import scrapy
+from scrapy.crawler import CrawlerProcess
+from markdownify import markdownify
+
+BASE = sys.argv[1]
+STATS = {"pages": 0, "first": None}
+START = time.monotonic()
+
+
+class MarkdownPipeline:
+    def process_item(self, item, spider):
+        item["markdown"] = markdownify(item.pop("html"), heading_style="ATX")
+        STATS["pages"] += 1
+        if STATS["first"] is None:
+            STATS["first"] = time.monotonic() - START
+        return item
+
+
+class SiteSpider(scrapy.Spider):
+    name = "site"
+    allowed_domains = ["127.0.0.1"]
+    start_urls = [BASE + "/"]
+
+    def parse(self, response):
+        if not response.headers.get("Content-Type", b"").startswith(b"text/html"):
+            return
+        yield {"url": response.url, "html": response.text}
+        for href in response.css("a::attr(href)").getall():
+            yield response.follow(href, self.parse)
+
+
+process = CrawlerProcess(settings={
+    "CONCURRENT_REQUESTS": 32,
+    "CONCURRENT_REQUESTS_PER_DOMAIN": 32,
+    "ROBOTSTXT_OBEY": True,
+    "LOG_LEVEL": "ERROR",
+    "TELNETCONSOLE_ENABLED": False,
+    "ITEM_PIPELINES": {"__main__.MarkdownPipeline": 300},
+    "USER_AGENT": "ScrapyBench",
+})
+process.crawl(SiteSpider)
+process.start()
+print(json.dumps({"pages": STATS["pages"], "elapsed": time.monotonic() - START,
+                  "first": STATS["first"]}))
+"""
+
+SITE_SERVER = r"""
+import sys, time
+from tests.sites.site import GeneratedSite, _article
+pages = int(sys.argv[1])
+for i in range(pages):
+    _article(pages, False, i)  # warm the page cache: the server then only sends bytes
+site = GeneratedSite(pages=pages, traps=False).start()
+print(site.port, flush=True)
+time.sleep(10**6)
+"""
+
+
+class PeakRSS:
+    """Samples the summed RSS of a process tree every 100 ms."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak, self._stop = pid, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                root = psutil.Process(self.pid)
+                procs = [root, *root.children(recursive=True)]
+                total = 0
+                for proc in procs:
+                    try:
+                        total += proc.memory_info().rss
+                    except psutil.NoSuchProcess:
+                        pass
+                self.peak = max(self.peak, total)
+            except psutil.NoSuchProcess:
+                return
+            time.sleep(0.1)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        return self.peak / 2**20
+
+
+def start_site(pages: int) -> tuple[subprocess.Popen[str], int]:
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SITE_SERVER, str(pages)],
+        cwd=root, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    return proc, int(proc.stdout.readline())
+
+
+def run_scrapy(base: str) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as script:
+        script.write(SCRAPY_SPIDER)
+    proc = subprocess.Popen(
+        [sys.executable, script.name, base], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    rss = PeakRSS(proc.pid)
+    out, err = proc.communicate(timeout=1800)
+    peak = rss.stop()
+    if proc.returncode != 0:
+        raise RuntimeError(f"scrapy failed: {err[-2000:]}")
+    stats = json.loads(out.strip().splitlines()[-1])
+    stats["peak_rss_mb"] = peak
+    stats["pages_per_s"] = stats["pages"] / stats["elapsed"]
+    return stats
+
+
+def run_conveyor(
+    api: str, headers: dict[str, str], body: dict[str, Any], worker_pid: int
+) -> dict[str, Any]:
+    rss = PeakRSS(worker_pid)
+    started = time.monotonic()
+    r = httpx.post(f"{api}/v1/crawls", json=body, headers=headers, timeout=30)
+    r.raise_for_status()
+    job_id = r.json()["id"]
+    first = None
+    with httpx.Client(base_url=api, headers=headers, timeout=30) as client:
+        while True:
+            job = client.get(f"/v1/jobs/{job_id}").json()
+            if first is None and job.get("pages_crawled", 0) >= 1:
+                first = time.monotonic() - started
+            if job["status"] in ("completed", "failed", "cancelled"):
+                break
+            time.sleep(0.05)
+    elapsed = time.monotonic() - started
+    peak = rss.stop()
+    if job["status"] != "completed":
+        raise RuntimeError(f"conveyor crawl ended {job['status']}: {job['error']}")
+    return {
+        "pages": job["pages_crawled"],
+        "failed": job["pages_failed"],
+        "elapsed": elapsed,
+        "first": first,
+        "peak_rss_mb": peak,
+        "pages_per_s": job["pages_crawled"] / elapsed,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pages", type=int, default=2000)
+    parser.add_argument("--rendered", type=int, default=200)
+    args = parser.parse_args()
+
+    site, port = start_site(args.pages)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        harness.log(f"site: {args.pages} pages at {base}")
+        scrapy_stats = run_scrapy(base)
+        harness.log(f"scrapy: {scrapy_stats}")
+        with harness.services() as bench:
+            env = {"CONVEYOR_CRAWL_ALLOWED_HOSTS": f"127.0.0.1:{port}"}
+            api_port = harness.free_port()
+            api_proc = bench.start(
+                "api",
+                harness.uvicorn_command("api.app:create_app", api_port, 1, factory=True),
+                env,
+            )
+            worker = bench.start(
+                "worker", [sys.executable, "-m", "cli.main", "worker", "--group", "crawl"], env
+            )
+            api = f"http://127.0.0.1:{api_port}"
+            harness.wait_http(f"{api}/v1/health", proc=api_proc)
+            org = harness.make_org()
+            time.sleep(3)  # worker processes booted
+            static = run_conveyor(
+                api, org.headers,
+                {"url": f"{base}/", "mode": "full", "max_pages": args.pages * 2},
+                worker.pid,
+            )  # fmt: skip
+            harness.log(f"conveyor: {static}")
+            rendered = run_conveyor(
+                api, org.headers,
+                {"url": f"{base}/list/0", "mode": "full", "max_pages": args.rendered,
+                 "render": "always", "use_sitemap": False},
+                worker.pid,
+            )  # fmt: skip
+            harness.log(f"conveyor render=always: {rendered}")
+    finally:
+        site.terminate()
+        site.wait(timeout=10)
+
+    ratio = static["pages_per_s"] / scrapy_stats["pages_per_s"]
+    print(f"site_pages={args.pages} machine_cores={psutil.cpu_count()}")
+    print(
+        f"scrapy: pages={scrapy_stats['pages']} pages_per_s={scrapy_stats['pages_per_s']:.1f} "
+        f"peak_rss_mb={scrapy_stats['peak_rss_mb']:.0f} first_page_s={scrapy_stats['first']:.2f}"
+    )
+    print(
+        f"conveyor: pages={static['pages']} pages_per_s={static['pages_per_s']:.1f} "
+        f"peak_rss_mb={static['peak_rss_mb']:.0f} (crawl worker group) "
+        f"first_page_s={static['first']:.2f} (submit to first page available)"
+    )
+    print(
+        f"conveyor_rendered: pages={rendered['pages']} "
+        f"pages_per_s={rendered['pages_per_s']:.1f} peak_rss_mb={rendered['peak_rss_mb']:.0f}"
+    )
+    print(f"ratio={ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
