@@ -79,6 +79,7 @@ async def crawl_page(
     robots: RobotsCache | None,
     depth: int = 0,
     executor: Executor | None = None,
+    session_key: str = "",
 ) -> PageOutcome:
     """Fetch (and render when needed) one URL and convert it."""
     if robots is not None and request.respect_robots and not await robots.allowed(url):
@@ -132,6 +133,7 @@ async def crawl_page(
             wait_for_ms=request.wait_for_ms,
             screenshot=screenshot,
             headers=headers,
+            session_key=session_key,
         )
         if not result.ok:
             return _failed(

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import urljoin, urlsplit
 
-from playwright.async_api import Browser, Playwright, Route, async_playwright
+from playwright.async_api import Browser, BrowserContext, Page, Playwright, Route, async_playwright
 from playwright.async_api import Error as PlaywrightError
 
 from crawler.config import CHROMIUM_ARGS, CrawlConfig
@@ -29,6 +29,18 @@ HEAVY_RESOURCES = frozenset({"image", "font", "media", "stylesheet"})
 SETTLE_TEXT_CHARS = 200
 SETTLE_MAX_MS = 2500
 RouteHandler = Callable[[Route], Awaitable[None]]
+
+
+@dataclass
+class _Tab:
+    """A browser context with one page, reused by later renders of the same session."""
+
+    key: str
+    generation: int
+    context: BrowserContext
+    page: Page | None = None
+    result: RenderResult | None = None
+    screenshot: bool = False
 
 
 @dataclass
@@ -59,6 +71,7 @@ class Renderer:
         self._playwright: Playwright | None = None
         self._browser: Browser | None = None
         self.launches = 0
+        self._idle: list[_Tab] = []
 
     async def __aenter__(self) -> Renderer:
         await self.start()
@@ -71,6 +84,7 @@ class Renderer:
         await self._ensure_browser()
 
     async def close(self) -> None:
+        self._idle.clear()
         if self._browser is not None:
             with contextlib.suppress(PlaywrightError):
                 await self._browser.close()
@@ -105,8 +119,13 @@ class Renderer:
         wait_for_ms: int = 0,
         screenshot: bool = False,
         headers: Mapping[str, str] | None = None,
+        session_key: str = "",
     ) -> RenderResult:
-        """Load ``url`` in Chromium and return its rendered HTML (never raises for page errors)."""
+        """Load ``url`` in Chromium and return its rendered HTML (never raises for page errors).
+
+        Renders with the same ``session_key`` (a crawl) reuse idle tabs (cookies included);
+        without one every render gets a fresh browser context.
+        """
         timeout_ms = timeout_ms or self.config.render_timeout_ms
         result = RenderResult(url=url, final_url=url)
         try:
@@ -118,7 +137,9 @@ class Renderer:
             for attempt in range(2):
                 try:
                     await asyncio.wait_for(
-                        self._render(result, timeout_ms, wait_for_ms, screenshot, headers),
+                        self._render(
+                            result, timeout_ms, wait_for_ms, screenshot, headers, session_key
+                        ),
                         timeout=timeout_ms / 1000 + 5,
                     )
                     return result
@@ -135,6 +156,35 @@ class Renderer:
                     return result
         return result
 
+    async def _acquire(self, key: str, headers: Mapping[str, str] | None) -> _Tab:
+        """An idle tab of the same session (a crawl reuses its tabs), else a new context."""
+        browser = await self._ensure_browser()
+        for tab in self._idle:
+            if tab.key == key and tab.generation == self.launches:
+                self._idle.remove(tab)
+                return tab
+        context = await browser.new_context(
+            user_agent=self.config.user_agent,
+            extra_http_headers=clean_headers(headers),
+            service_workers="block",
+            java_script_enabled=True,
+        )
+        tab = _Tab(key=key, generation=self.launches, context=context)
+        await context.route("**/*", self._route_handler(tab))
+        tab.page = await context.new_page()
+        return tab
+
+    async def _release(self, tab: _Tab, reusable: bool) -> None:
+        """Keep a healthy tab for its session (evicting the oldest idle one), else close it."""
+        closing = [tab]
+        if reusable and tab.key and tab.generation == self.launches:
+            self._idle.append(tab)
+            closing = self._idle[: max(0, len(self._idle) - self.config.render_pool_size)]
+            del self._idle[: len(closing)]
+        for old in closing:
+            with contextlib.suppress(PlaywrightError):
+                await old.context.close()
+
     async def _render(
         self,
         result: RenderResult,
@@ -142,17 +192,15 @@ class Renderer:
         wait_for_ms: int,
         screenshot: bool,
         headers: Mapping[str, str] | None,
+        session_key: str,
     ) -> None:
-        browser = await self._ensure_browser()
-        context = await browser.new_context(
-            user_agent=self.config.user_agent,
-            extra_http_headers=clean_headers(headers),
-            service_workers="block",
-            java_script_enabled=True,
-        )
+        key = f"{session_key}|{sorted(clean_headers(headers).items())}" if session_key else ""
+        tab = await self._acquire(key, headers)
+        tab.result, tab.screenshot = result, screenshot
+        reusable = False
         try:
-            await context.route("**/*", self._route_handler(result, screenshot))
-            page = await context.new_page()
+            page = tab.page
+            assert page is not None
             page.set_default_timeout(timeout_ms)
             try:
                 response = await page.goto(result.url, wait_until="load", timeout=timeout_ms)
@@ -183,11 +231,12 @@ class Renderer:
             if result.status_code is not None and result.status_code >= 400:
                 result.error = PageErrorCode.HTTP_ERROR
                 result.message = f"HTTP {result.status_code}"
+            reusable = True
         finally:
-            with contextlib.suppress(PlaywrightError):
-                await context.close()
+            tab.result = None
+            await self._release(tab, reusable)
 
-    def _route_handler(self, result: RenderResult, screenshot: bool) -> RouteHandler:
+    def _route_handler(self, tab: _Tab) -> RouteHandler:
         """Every browser request: refuse heavy resources and unsafe hosts, follow redirects here.
 
         Playwright routes only the first URL of a redirect chain (Chromium follows the rest
@@ -198,7 +247,11 @@ class Renderer:
 
         async def handle(route: Route) -> None:
             request = route.request
-            if not screenshot and request.resource_type in HEAVY_RESOURCES:
+            result = tab.result
+            if result is None:  # an idle tab's leftover request
+                await route.abort("aborted")
+                return
+            if not tab.screenshot and request.resource_type in HEAVY_RESOURCES:
                 await route.abort("blockedbyclient")
                 return
             if request.url.startswith(("data:", "blob:", "about:")):

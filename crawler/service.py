@@ -221,7 +221,7 @@ async def run_worker(
         try:
             return await crawl_page(
                 page.url, request, fetcher=runtime.fetcher, renderer=renderer,
-                robots=robots, depth=page.depth,
+                robots=robots, depth=page.depth, session_key=job_id,
             )  # fmt: skip
         finally:
             sem.release()

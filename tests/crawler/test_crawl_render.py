@@ -76,3 +76,19 @@ def test_browser_is_relaunched_after_a_crash(runtime: CrawlRuntime, site: Genera
         return (await runtime.renderer()).launches
 
     assert runtime.run(count()) == launches + 1
+
+
+def test_tabs_are_reused_within_a_session_only(runtime: CrawlRuntime, site: GeneratedSite) -> None:
+    async def contexts() -> int:
+        renderer = await runtime.renderer()
+        assert renderer.browser is not None
+        return len(renderer.browser.contexts)
+
+    before = runtime.run(contexts())
+    for i in range(3):
+        assert render(runtime, f"{site.base}/articles/{i}", session_key="crawl-a").ok
+    assert runtime.run(contexts()) == before + 1  # one tab served the whole session
+    assert render(runtime, f"{site.base}/articles/4", session_key="crawl-b").ok
+    assert runtime.run(contexts()) == before + 2  # another session never gets crawl-a's tab
+    assert render(runtime, f"{site.base}/articles/5").ok
+    assert runtime.run(contexts()) == before + 2  # no session: a throwaway context
