@@ -101,6 +101,14 @@ def beat_schedule() -> dict[str, dict[str, Any]]:
             "task": "resources.check_archiving",
             "schedule": timedelta(minutes=1),
         },
+        "purge-idempotency-keys": {
+            "task": "maintenance.purge_idempotency_keys",
+            "schedule": timedelta(hours=1),
+        },
+        "purge-webhook-deliveries": {
+            "task": "maintenance.purge_webhook_deliveries",
+            "schedule": timedelta(hours=6),
+        },
         "reconcile-deployments": {
             "task": "deployments.reconcile",
             "schedule": timedelta(seconds=_deploy_reconcile_seconds()),

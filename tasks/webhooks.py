@@ -149,3 +149,24 @@ def subscribe_job_events() -> None:
 
 
 subscribe_job_events()
+
+
+# --- housekeeping (beat) ----------------------------------------------------------------------
+
+
+@celery_app.task(name="maintenance.purge_idempotency_keys", acks_late=True)
+def purge_idempotency_keys() -> int:
+    """Forget idempotency keys older than their TTL (24 h)."""
+    from idempotency.service import purge_expired
+
+    return purge_expired(get_settings().idempotency_ttl_seconds)
+
+
+@celery_app.task(name="maintenance.purge_webhook_deliveries", acks_late=True)
+def purge_webhook_deliveries() -> int:
+    """Delete delivery log entries older than the job metadata TTL (30 days)."""
+    settings = get_settings()
+    with session_scope() as session:
+        return service.purge_deliveries(
+            session, utcnow() - timedelta(days=settings.metadata_ttl_days)
+        )

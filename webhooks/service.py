@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from common.errors import NotFound, ValidationFailed
@@ -257,6 +258,16 @@ def record_attempt(
         delivery.status = "failed"
     else:
         delivery.status = "pending"
+
+
+def purge_deliveries(session: Session, before: datetime) -> int:
+    """Delete finished deliveries created before ``before``; returns how many."""
+    result = session.execute(
+        delete(WebhookDelivery).where(
+            WebhookDelivery.created_at < before, WebhookDelivery.status != "pending"
+        )
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 # --- views ------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from schemathesis.checks import CHECKS
 
 from tests.conftest import make_org
 
-EXAMPLES = int(os.environ.get("CONVEYOR_SCHEMATHESIS_EXAMPLES", "15"))
+EXAMPLES = int(os.environ.get("CONVEYOR_SCHEMATHESIS_EXAMPLES", "10"))
 #: Checks that assume what this API does not promise: that any schema-valid id exists
 #: (positive_data_acceptance: random ids are rightly 404) and stateful resource checks.
 EXCLUDED_CHECKS = ("positive_data_acceptance", "use_after_free", "ensure_resource_availability")
