@@ -148,17 +148,36 @@ def drop_role(admin_dsn: str, role: str) -> None:
 
 
 def fingerprint(conn: psycopg.Connection[Any]) -> Fingerprint:
-    """Row count and an order-free checksum (sum of per-row 64-bit hashes) per table, read
-    in the connection's current transaction/snapshot."""
+    """Row count and an order-free checksum (the sum of 64-bit row hashes) per table, read in
+    the connection's current transaction/snapshot. Rows hash by their columns' own hash
+    functions (``hash_record_extended``); a table with a type that has none (json, point …)
+    hashes its rows' text form instead."""
     result: Fingerprint = {}
     for schema, table in conn.execute(_TABLES).fetchall():
-        count, checksum = conn.execute(
-            sql.SQL(
-                "SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)::numeric), 0)::text "
-                "FROM {}.{} AS t"
-            ).format(sql.Identifier(schema), sql.Identifier(table))
-        ).fetchone() or (0, "0")
-        result[f"{schema}.{table}"] = {"rows": int(count), "checksum": str(checksum)}
+        name = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+        try:
+            with conn.transaction():
+                row = conn.execute(
+                    sql.SQL(
+                        "SELECT count(*), coalesce(sum(hash_record_extended(t, 0)), 0)::text "
+                        "FROM {} AS t"
+                    ).format(name)
+                ).fetchone()
+            method = "record"
+        except psycopg.errors.UndefinedFunction:
+            row = conn.execute(
+                sql.SQL(
+                    "SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text "
+                    "FROM {} AS t"
+                ).format(name)
+            ).fetchone()
+            method = "text"
+        count, checksum = row or (0, "0")
+        result[f"{schema}.{table}"] = {
+            "rows": int(count),
+            "checksum": str(checksum),
+            "hash": method,
+        }
     return result
 
 

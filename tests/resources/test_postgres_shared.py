@@ -132,3 +132,18 @@ def test_branch_with_busy_source_never_kills_sessions(backend: PostgresShared, i
         assert held.execute("SELECT count(*) FROM items").fetchone() == (15,)
     assert br.state["branch_method"] == "dump"
     assert _count(br.env["DATABASE_URL"]) == 15
+
+
+def test_fingerprint_falls_back_to_text_for_unhashable_types(
+    backend: PostgresShared, ident: str
+) -> None:
+    h = backend.provision(ident, {})
+    with connect_url(h.env["DATABASE_URL"]) as conn:
+        conn.execute("CREATE TABLE docs (id int, body json)")
+        conn.execute("INSERT INTO docs VALUES (1, '{\"a\": 1}'), (2, '[]')")
+        conn.execute("CREATE TABLE plain (id int)")
+        conn.execute("INSERT INTO plain VALUES (1)")
+    result = backend.backup(h, "b1")
+    assert result.fingerprint["public.docs"]["hash"] == "text"
+    assert result.fingerprint["public.plain"]["hash"] == "record"
+    assert backend.verify(h, result).ok
