@@ -158,6 +158,7 @@ class LocalBackend(Backend):
     # ---------------------------------------------------------------- public interface ---
     def reconcile(self, spec: DeploymentSpec, state: BackendState | None) -> Observation:
         with self._locked(spec.id):
+            self._reap_finished()
             records = self._load(state)
             events: list[str] = []
             now = time.time()
@@ -442,8 +443,9 @@ class LocalBackend(Backend):
         for record in alive:
             self._signal_group(record.pid, signal.SIGKILL)
         for record in records:
-            if record.pid is not None:
-                self._reap(record.pid, wait=record in alive)
+            # Wait even for processes that look gone: a multi-threaded server's leader shows as
+            # a zombie before its other threads exit, and only then can it be reaped.
+            self._reap(record.pid, wait=True)
             with contextlib.suppress(FileNotFoundError):
                 (Path(record.log_path).parent.parent / "pids" / f"{record.id}.json").unlink()
 
@@ -481,10 +483,18 @@ class LocalBackend(Backend):
         proc = self._children.get(pid)
         if proc is None:
             return None
-        code = proc.wait(timeout=5) if wait else proc.poll()
+        try:
+            code = proc.wait(timeout=5) if wait else proc.poll()
+        except subprocess.TimeoutExpired:
+            return None
         if code is not None:
             self._children.pop(pid, None)
         return code
+
+    def _reap_finished(self) -> None:
+        """Reap every child of ours that has exited since we last looked."""
+        for pid in list(self._children):
+            self._reap(pid)
 
     # ------------------------------------------------------------------------- helpers ---
     def _pending_reason(self, current: list[ReplicaRecord], wanted: int) -> str | None:

@@ -203,11 +203,40 @@ def test_stop_answers_503_then_start_scale_rollback_delete(client: Any, org: Any
     wait_status(client, reuse["id"], org.headers, ("running",))
 
 
+def webhook_events(org_id: str) -> list[str]:
+    from sqlalchemy import select
+
+    from store.db import session_scope
+    from webhooks.models import WebhookDelivery
+
+    with session_scope() as session:
+        rows = session.scalars(
+            select(WebhookDelivery)
+            .where(WebhookDelivery.org_id == org_id)
+            .order_by(WebhookDelivery.created_at)
+        ).all()
+        return [row.event_type for row in rows]
+
+
 def test_reconciler_restarts_a_killed_replica_and_reports_events_in_order(
-    client: Any, org: Any, caplog: pytest.LogCaptureFixture
+    client: Any,
+    org: Any,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    deploy_settings: Any,
 ) -> None:
     from tasks.deploy import reconcile_all
 
+    monkeypatch.setattr(deploy_settings, "crawl_allowed_hosts", "127.0.0.1")
+    hook = client.post(
+        "/v1/webhooks",
+        json={
+            "url": "http://127.0.0.1:9/hook",
+            "events": ["deployment.created", "deployment.running", "deployment.degraded"],
+        },
+        headers=org.headers,
+    )
+    assert hook.status_code == 201, hook.text
     caplog.set_level(logging.INFO, logger="deployments.events")
     dep = create(client, org, name="crashy")
     dep_id = dep["id"]
@@ -232,12 +261,14 @@ def test_reconciler_restarts_a_killed_replica_and_reports_events_in_order(
         for r in caplog.records
         if r.name == "deployments.events" and dep_id in r.getMessage()
     ]
-    assert events == [
+    expected = [
         "deployment.created",
         "deployment.running",
         "deployment.degraded",
         "deployment.running",
     ]
+    assert events == expected
+    assert webhook_events(org.org_id) == expected  # signed deliveries, in order
 
 
 def test_gpu_seconds_accrue_while_running(client: Any, org: Any) -> None:

@@ -128,7 +128,7 @@ def test_stop_sends_sigterm_then_sigkill_after_the_grace(
     stopped = backend.stop(spec(), obs.state)
     assert time.monotonic() - started >= 0.5
     assert stopped.status == "stopped" and stopped.state.data["replicas"] == []
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert not psutil.pid_exists(pid)  # stopped and reaped: not even a zombie
     assert port_is_free(port)
     assert any("ignoring SIGTERM" in line for line in backend.read_logs(spec(), None))
 
