@@ -20,6 +20,8 @@ from api.views import job_to_dict
 from common import events
 from common.timeutil import utcnow
 from config import get_settings
+from crawler.config import CrawlConfig
+from crawler.safety import AllowList
 from store.db import session_scope
 from store.models import Job
 from webhooks import service
@@ -27,6 +29,7 @@ from webhooks.delivery import deliver, encode_payload, retry_delay
 from webhooks.dispatch import DELIVER_TASK, emit_event
 from webhooks.models import WebhookDelivery
 from webhooks.schemas import JOB_EVENTS
+from webhooks.transport import GuardedSyncTransport
 from workers.app import celery_app
 
 log = logging.getLogger(__name__)
@@ -36,13 +39,16 @@ _client_lock = threading.Lock()
 
 
 def http_client() -> httpx.Client:
-    """One HTTP client per worker process (created on first use, closed at shutdown)."""
+    """One HTTP client per worker process (created on first use, closed at shutdown); its
+    transport re-checks every resolved address with the SSRF guard at connect time."""
     global _client
     with _client_lock:
         if _client is None:
             _client = httpx.Client(
+                transport=GuardedSyncTransport(
+                    lambda: AllowList.parse(CrawlConfig.from_settings().allowed_hosts)
+                ),
                 follow_redirects=False,
-                limits=httpx.Limits(max_connections=50, max_keepalive_connections=10),
             )
         return _client
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from common.errors import UnsafeURL
 from webhooks.signing import signature_headers
 
 #: Attempts in all: the first delivery plus five retries.
@@ -125,6 +126,8 @@ def deliver(
         return outcome(False, None, f"connection_error: {type(exc).__name__}", "", True)
     except httpx.InvalidURL as exc:
         return outcome(False, None, f"invalid_url: {exc}", "", False)
+    except UnsafeURL as exc:  # the guarded transport refused the resolved address
+        return outcome(False, None, f"unsafe_url: {exc}", "", False)
     if 200 <= status < 300:
         return outcome(True, status, None, snippet, False)
     return outcome(False, status, f"http_{status}", snippet, _is_retryable_status(status))

@@ -137,3 +137,23 @@ def test_backoff_is_exponential_with_at_least_five_retries_over_about_an_hour() 
         assert 0.9 * nominal <= jittered <= 1.1 * nominal
     with pytest.raises(ValueError):
         retry_delay(0)
+
+
+def test_guarded_transport_refuses_private_addresses_at_connect_time(
+    receiver: Receiver,
+) -> None:
+    # No URL guard here: the transport alone must refuse (as after a DNS rebinding).
+    from crawler.safety import AllowList
+    from webhooks.transport import GuardedSyncTransport
+
+    port = receiver.server.server_address[1]
+    allow = {"value": AllowList.parse("")}
+    with httpx.Client(transport=GuardedSyncTransport(lambda: allow["value"])) as guarded:
+        for url in (receiver.url, f"http://localhost:{port}/hook"):
+            refused = deliver(guarded, url, generate_secret(), "m", BODY)
+            assert not refused.ok and not refused.retryable
+            assert refused.error is not None and refused.error.startswith("unsafe_url"), refused
+        assert receiver.requests == []
+        allow["value"] = AllowList.parse(f"127.0.0.1:{port}")
+        allowed = deliver(guarded, receiver.url, generate_secret(), "m", BODY)
+        assert allowed.ok and len(receiver.requests) == 1
