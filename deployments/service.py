@@ -37,6 +37,7 @@ from deployments.models import Deployment, DeploymentRevision
 from deployments.schemas import DeploymentCreate, DeploymentPatch, Replicas, RuntimeOptions
 from store import jobs as job_store
 from store.jobs import ACTIVE, JobStatus
+from store.models import Job
 from webhooks import secretbox
 
 CONFIG_FIELDS = (
@@ -295,6 +296,16 @@ def schedule(session: Session, dep: Deployment, operation: str) -> str:
     )
     dep.job_id = job.id
     return job.id
+
+
+def rollout_overdue(session: Session, dep: Deployment, deadline_s: float) -> bool:
+    """True when a deployment is still coming up past its operation's deadline."""
+    if dep.status not in ("pending", "deploying") or not dep.job_id:
+        return False
+    job = session.get(Job, dep.job_id)
+    if job is None:
+        return False
+    return (utcnow() - job.created_at).total_seconds() > deadline_s
 
 
 def job_active(session: Session, dep: Deployment) -> bool:

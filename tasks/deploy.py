@@ -130,8 +130,12 @@ def reconcile_one(deployment_id: str) -> int:
             return 0
         if dep.status == "failed":
             return 0
-        obs = backend.reconcile(service.spec_of(dep), service.state_of(dep))
-        events = service.apply_observation(session, dep, obs)
+        if service.rollout_overdue(session, dep, get_settings().deploy_rollout_deadline_seconds):
+            # Its job is gone (cancelled, reaped) and it never came up: fail it, don't loop.
+            events = service.fail(dep, f"rollout_timeout: {dep.status_reason or 'not running'}")
+        else:
+            obs = backend.reconcile(service.spec_of(dep), service.state_of(dep))
+            events = service.apply_observation(session, dep, obs)
     emit_all(events)
     return 1
 

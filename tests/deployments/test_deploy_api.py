@@ -6,7 +6,10 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -283,3 +286,49 @@ def test_gpu_seconds_accrue_while_running(client: Any, org: Any) -> None:
     usage = client.get("/v1/usage", headers=org.headers)
     assert usage.status_code == 200
     assert usage.json()["gpu_seconds"]["used"] >= 1
+
+
+@pytest.fixture
+def unhealthy_backend(stub_backend: Any, tmp_path: Path) -> Iterator[Any]:
+    """Replicas that start but never pass the health check."""
+    from tests.deployments.conftest import STUB, install_backend
+
+    backend = install_backend(
+        tmp_path / "unhealthy",
+        [sys.executable, STUB, "--port", "{port}", "--name", "{name}", "--unhealthy"],
+    )
+    yield backend
+    backend.sweep_orphans(set())
+
+
+def test_a_rollout_past_its_deadline_fails_the_job(
+    client: Any, org: Any, unhealthy_backend: Any, deploy_settings: Any, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(deploy_settings, "deploy_rollout_deadline_seconds", 1.5)
+    dep = create(client, org, name="never-ready")
+    job = wait_for_job(client, dep["links"]["job"].rsplit("/", 1)[1], org.headers)
+    assert job["status"] == "failed" and job["error"]["code"] == "rollout_timeout"
+    failed = wait_status(client, dep["id"], org.headers, ("failed",))
+    assert failed["status_reason"].startswith("rollout_timeout")
+    assert "answered 500" in failed["status_reason"]
+
+
+def test_a_cancelled_rollout_does_not_stay_deploying_forever(
+    client: Any, org: Any, unhealthy_backend: Any, deploy_settings: Any, monkeypatch: Any
+) -> None:
+    from tasks.deploy import reconcile_one
+
+    monkeypatch.setattr(deploy_settings, "deploy_rollout_deadline_seconds", 2.0)
+    dep = create(client, org, name="cancelled")
+    job_id = dep["links"]["job"].rsplit("/", 1)[1]
+    wait_status(client, dep["id"], org.headers, ("deploying",))
+    assert client.post(f"/v1/jobs/{job_id}/cancel", headers=org.headers).status_code == 200
+    assert wait_for_job(client, job_id, org.headers)["status"] == "cancelled"
+    reconcile_one(dep["id"])
+    assert client.get(f"/v1/deployments/{dep['id']}", headers=org.headers).json()["status"] == (
+        "deploying"
+    )
+    time.sleep(2.1)
+    reconcile_one(dep["id"])
+    failed = client.get(f"/v1/deployments/{dep['id']}", headers=org.headers).json()
+    assert failed["status"] == "failed" and failed["status_reason"].startswith("rollout_timeout")
