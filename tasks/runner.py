@@ -55,11 +55,13 @@ class JobContext:
 
     def progress(self, **counters: Any) -> None:
         with session_scope() as session:
+            job_store.relax_commit_durability(session)  # progress only: no disk flush wait
             job_store.set_progress(session, self.job_id, counters)
         events.publish("job.progress", self.job_id, counters)
 
     def increment(self, **deltas: int) -> dict[str, Any]:
         with session_scope() as session:
+            job_store.relax_commit_durability(session)
             merged = job_store.increment_progress(session, self.job_id, deltas)
         events.publish("job.progress", self.job_id, merged)
         return merged
