@@ -235,3 +235,31 @@ def test_scheduled_backup_runs_from_beat(client: Any, org: Any, api_env: Any) ->
         client.get(f"/v1/resources/{res['id']}/backups", headers=org.headers).json()["data"] == []
     )
     delete(client, org, res["id"])
+
+
+def test_a_backup_that_does_not_restore_to_the_same_data_fails_loudly(
+    client: Any, org: Any, api_env: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from resources.models import ResourceBackup
+    from store.db import session_scope
+    from tasks.runner import create_and_enqueue
+
+    res = provision(client, org, type="volume")
+    path = Path(creds(client, org, res["id"])["env"]["VOLUME_PATH"])
+    (path / "a.txt").write_text("a")
+    b = backup(client, org, res["id"])
+    assert b["verified_at"]
+    with session_scope() as session:  # the recorded expectation no longer matches the archive
+        row = session.get(ResourceBackup, b["id"])
+        assert row is not None
+        row.fingerprint = {"files": {"rows": 2, "checksum": "1"}}
+    with caplog.at_level("WARNING", logger="resources.events"):
+        job = create_and_enqueue(
+            "backup", org.org_id, {"backup_id": b["id"], "operation": "verify"}
+        )
+        done = wait_for_job(client, job.id, org.headers, timeout=60)
+    assert done["status"] == "failed" and done["error"]["code"] == "verification_failed"
+    after = client.get(f"/v1/resources/{res['id']}/backups/{b['id']}", headers=org.headers).json()
+    assert after["status"] == "failed" and "files" in after["error"]["message"]
+    assert any("resource.backup_failed" in r.getMessage() for r in caplog.records)
+    delete(client, org, res["id"])
