@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote_plus
+from urllib.parse import parse_qsl, unquote_plus
 
 import anyio
 from fastapi import FastAPI, HTTPException
@@ -299,7 +299,7 @@ class BodyLimitMiddleware:
                 details=[{"loc": ["body"], "msg": problem, "type": "string_unstorable"}],
             )
             return
-        await self.app(scope, _replay(bytes(body)), send)
+        await self.app(scope, _replay(bytes(body), then=receive), send)
 
 
 def _unstorable_text(body: bytes) -> str | None:
@@ -326,6 +326,78 @@ def _unstorable_text(body: bytes) -> str | None:
             except UnicodeEncodeError:
                 return "an unpaired UTF-16 surrogate"
     return None
+
+
+# --- unknown query parameters -----------------------------------------------------------------
+
+
+class UnknownQueryMiddleware:
+    """422 for query parameters an operation does not declare (typos must not be ignored).
+
+    The declared names come from the app's own OpenAPI spec (so ``Annotated[Model, Query()]``
+    parameter models count field by field); requests that match no documented operation pass.
+    """
+
+    def __init__(self, app: ASGIApp, api: FastAPI) -> None:
+        self.app = app
+        self.api = api
+        self._operations: list[tuple[re.Pattern[str], str, frozenset[str]]] | None = None
+
+    def _table(self) -> list[tuple[re.Pattern[str], str, frozenset[str]]]:
+        """(path regex, method, declared query names), most specific paths first."""
+        if self._operations is None:
+            spec = self.api.openapi()
+            rows = []
+            for path, operations in spec.get("paths", {}).items():
+                pattern = re.compile("^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(path)) + "$")
+                for method, operation in operations.items():
+                    names = frozenset(
+                        p["name"] for p in operation.get("parameters", []) if p.get("in") == "query"
+                    )
+                    rows.append((path.count("{"), pattern, method.upper(), names))
+            rows.sort(key=lambda row: row[0])
+            self._operations = [(pattern, method, names) for _, pattern, method, names in rows]
+        return self._operations
+
+    def _declared_for(self, scope: Scope) -> frozenset[str] | None:
+        path, method = scope["path"], scope["method"]
+        for pattern, op_method, names in self._table():
+            if op_method == method and pattern.match(path):
+                return names
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        query = bytes(scope.get("query_string", b"")) if scope["type"] == "http" else b""
+        if not query:
+            await self.app(scope, receive, send)
+            return
+        declared = self._declared_for(scope)
+        names = {name for name, _ in parse_qsl(query.decode("latin-1"), keep_blank_values=True)}
+        unknown = sorted(names - declared) if declared is not None else []
+        if unknown:
+            await _send_error(
+                scope,
+                receive,
+                send,
+                422,
+                ErrorCode.VALIDATION_ERROR,
+                f"Unknown query parameter {unknown[0]!r}"
+                + (
+                    f"; this operation takes {', '.join(sorted(declared or ()))}."
+                    if declared
+                    else "."
+                ),
+                details=[
+                    {
+                        "loc": ["query", name],
+                        "msg": "unknown query parameter",
+                        "type": "extra_forbidden",
+                    }
+                    for name in unknown
+                ],
+            )
+            return
+        await self.app(scope, receive, send)
 
 
 # --- idempotency keys -------------------------------------------------------------------------
@@ -438,7 +510,9 @@ class IdempotencyMiddleware:
                 await anyio.to_thread.run_sync(service.release, org_id, key)
 
 
-def _replay(body: bytes) -> Callable[[], Awaitable[Message]]:
+def _replay(body: bytes, then: Receive | None = None) -> Callable[[], Awaitable[Message]]:
+    """Give the app the body read ahead; afterwards pass on ``then`` (the server's receive), so
+    a streaming response still hears ``http.disconnect`` when its client goes away."""
     sent = False
 
     async def receive() -> Message:
@@ -446,6 +520,8 @@ def _replay(body: bytes) -> Callable[[], Awaitable[Message]]:
         if not sent:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
+        if then is not None:
+            return await then()
         await anyio.sleep_forever()
         raise AssertionError("unreachable")
 
@@ -466,6 +542,7 @@ def install_contract(app: FastAPI) -> None:
     app.add_middleware(
         IdempotencyMiddleware, lookup=lookup, ttl_seconds=settings.idempotency_ttl_seconds
     )
+    app.add_middleware(UnknownQueryMiddleware, api=app)
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
