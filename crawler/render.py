@@ -174,6 +174,14 @@ class Renderer:
         tab.page = await context.new_page()
         return tab
 
+    async def end_session(self, session_key: str) -> None:
+        """Close the idle tabs a finished crawl kept."""
+        mine = [t for t in self._idle if t.key.startswith(f"{session_key}|")]
+        self._idle = [t for t in self._idle if t not in mine]
+        for tab in mine:
+            with contextlib.suppress(PlaywrightError):
+                await tab.context.close()
+
     async def _release(self, tab: _Tab, reusable: bool) -> None:
         """Keep a healthy tab for its session (evicting the oldest idle one), else close it."""
         closing = [tab]

@@ -53,6 +53,11 @@ class CrawlRuntime:
                 self._renderer = renderer
         return self._renderer
 
+    async def end_session(self, session_key: str) -> None:
+        """Free what a finished crawl held in the browser (if the browser was ever started)."""
+        if self._renderer is not None:
+            await self._renderer.end_session(session_key)
+
     async def _aclose(self) -> None:
         if self._renderer is not None:
             await self._renderer.close()

@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy.orm import Session
@@ -64,19 +65,21 @@ def _norm(request: CrawlRequest, url: str) -> str:
 
 
 async def seed(job_id: str, request: CrawlRequest, runtime: CrawlRuntime) -> int:
-    """Put the crawl's first URLs in the frontier (idempotent: safe on redelivery)."""
-    items: list[tuple[str, int]]
-    if request.mode == "select":
-        items = [(_norm(request, u), 0) for u in request.urls]
-    else:
-        items = [(_norm(request, request.start_url), 0)]
-    if request.mode == "full" and request.use_sitemap:
-        scope = make_scope(request)
-        robots = RobotsCache(runtime.fetcher, headers=request.headers or None)
-        limit = min(max(request.max_pages * 2, 100), 50_000)
-        found = await sitemap_urls(runtime.fetcher, request.start_url, robots, limit)
-        items += [(_norm(request, u), 1) for u in found if scope.allows(_norm(request, u), 1)]
-    return await asyncio.to_thread(_seed_rows, job_id, items)
+    """Put the crawl's start URL(s) in the frontier (idempotent: safe on redelivery)."""
+    urls = request.urls if request.mode == "select" else [request.start_url]
+    return await asyncio.to_thread(_seed_rows, job_id, [(_norm(request, u), 0) for u in urls])
+
+
+async def seed_sitemap(job_id: str, request: CrawlRequest, runtime: CrawlRuntime) -> int:
+    """Add the site's sitemap URLs (full crawls), while the start page is already crawling."""
+    if request.mode != "full" or not request.use_sitemap:
+        return 0
+    scope = make_scope(request)
+    robots = RobotsCache(runtime.fetcher, headers=request.headers or None)
+    limit = min(max(request.max_pages * 2, 100), 50_000)
+    found = await sitemap_urls(runtime.fetcher, request.start_url, robots, limit)
+    items = [(_norm(request, u), 1) for u in found]
+    return await asyncio.to_thread(_seed_rows, job_id, [i for i in items if scope.allows(*i)])
 
 
 def _seed_rows(job_id: str, items: list[tuple[str, int]]) -> int:
@@ -192,6 +195,23 @@ def _idle_state(job_id: str, max_pages: int, stale_after_s: float) -> bool:
     return not counts.get(repo.QUEUED, 0) or counts.get(repo.CRAWLED, 0) >= max_pages
 
 
+def empty_result_error(job_id: str) -> tuple[str, str] | None:
+    """When a finished crawl has no page at all: the code and message to fail the job with
+    (an empty result is never reported as a success)."""
+    with session_scope() as session:
+        if repo.counts(session, job_id).get(repo.CRAWLED, 0):
+            return None
+        problems = repo.list_problems(session, job_id, after_id=0, limit=1)
+    if not problems:
+        return "no_pages", "The crawl found no page to crawl."
+    first = problems[0]
+    detail = f" (HTTP {first.status_code})" if first.status_code else ""
+    reason = first.reason or "crawl_failed"
+    return reason, f"No page could be crawled: {first.url} failed with {reason}{detail}: " + (
+        first.message or ""
+    )
+
+
 def _release(job_id: str, worker: str) -> None:
     with session_scope() as session:
         repo.release_worker(session, job_id, worker)
@@ -204,8 +224,12 @@ async def run_worker(
     *,
     cancelled: Cancelled,
     options: WorkerOptions | None = None,
+    background: Coroutine[Any, Any, object] | None = None,
 ) -> None:
-    """Crawl this job's frontier until it is exhausted (or the job is cancelled)."""
+    """Crawl this job's frontier until it is exhausted (or the job is cancelled).
+
+    ``background`` (the sitemap seeding) runs alongside; the crawl is not over before it is.
+    """
     opts = options or WorkerOptions()
     scope = make_scope(request)
     robots = RobotsCache(runtime.fetcher, headers=request.headers or None)
@@ -213,6 +237,7 @@ async def run_worker(
     budget = request.page_budget
     renderer: Callable[[], Awaitable[Renderer]] = runtime.renderer
     in_flight: dict[asyncio.Task[PageOutcome], repo.Claimed] = {}
+    extra = asyncio.create_task(background) if background is not None else None
 
     async def crawl_one(page: repo.Claimed) -> PageOutcome:
         host = urlsplit(page.url).netloc
@@ -237,7 +262,12 @@ async def run_worker(
                 for page in claimed:
                     in_flight[asyncio.create_task(crawl_one(page))] = page
             if not in_flight:
-                if await asyncio.to_thread(_idle_state, job_id, budget, opts.stale_after_s):
+                settled = extra is None or extra.done()
+                if extra is not None and extra.done():
+                    extra.result()  # surface a failure of the background work
+                if settled and await asyncio.to_thread(
+                    _idle_state, job_id, budget, opts.stale_after_s
+                ):
                     break
                 await asyncio.sleep(opts.idle_poll_s)
                 continue
@@ -248,8 +278,11 @@ async def run_worker(
             if batch:
                 await asyncio.to_thread(record, job_id, request, scope, batch)
     finally:
+        if extra is not None and not extra.done():
+            extra.cancel()
         for task in in_flight:
             task.cancel()
         if in_flight:
             await asyncio.gather(*in_flight, return_exceptions=True)
         await asyncio.to_thread(_release, job_id, opts.worker_id)
+        await runtime.end_session(job_id)

@@ -15,11 +15,12 @@ from typing import Any
 
 from celery.signals import worker_process_shutdown
 
+from common.errors import JobFailed
 from config import get_settings
 from config.queues import CRAWL
 from crawler.runtime import get_runtime, shutdown_runtime
 from crawler.schemas import CrawlRequest
-from crawler.service import WorkerOptions, run_worker, seed
+from crawler.service import WorkerOptions, empty_result_error, run_worker, seed, seed_sitemap
 from store import jobs as job_store
 from store.db import session_scope
 from store.jobs import JobStatus
@@ -54,9 +55,13 @@ def crawl(ctx: JobContext) -> None:
         run_worker(
             ctx.job_id, request, runtime,
             cancelled=lambda: ctx.cancelled(min_interval=1.0), options=_options("main"),
+            background=seed_sitemap(ctx.job_id, request, runtime),
         )
     )  # fmt: skip
     ctx.check_cancelled()
+    failure = empty_result_error(ctx.job_id)
+    if failure is not None:
+        raise JobFailed(failure[1], code=failure[0])
 
 
 def _job_running(job_id: str) -> bool:

@@ -130,8 +130,16 @@ def test_max_pages_is_exact_and_depth_and_paths_apply(client, org, site: Generat
     assert job["status"] == "completed" and job["pages_crawled"] == 17
     assert len(records(client, org, job["id"])) == 17
 
-    job = submit(client, org, url=f"{site.base}/articles/10", mode="full", max_depth=1,
-                 use_sitemap=False, include_paths=["^/articles/"], exclude_paths=["/articles/11$"])  # fmt: skip
+    job = submit(
+        client,
+        org,
+        url=f"{site.base}/articles/10",
+        mode="full",
+        max_depth=1,
+        use_sitemap=False,
+        include_paths=["^/articles/"],
+        exclude_paths=["/articles/11$"],
+    )
     job = wait_for_job(client, job["id"], org.headers, timeout=120)
     urls = {r["url"] for r in records(client, org, job["id"])}
     expected = {f"{site.base}/articles/{i}" for i in (10, 9, 71, 84, 97, 110)}
@@ -250,3 +258,12 @@ def test_other_org_and_non_crawl_jobs_are_not_found(client, org, other_org, site
 
 def _unused() -> Iterator[None]:  # keeps typing imports honest
     yield
+
+
+def test_crawl_with_no_page_fails_with_the_page_error(client, org, site: GeneratedSite) -> None:  # type: ignore[no-untyped-def]
+    job = submit(client, org, url=f"{site.base}/status/404")
+    job = wait_for_job(client, job["id"], org.headers, timeout=60)
+    assert job["status"] == "failed" and job["error"]["code"] == "http_error"
+    assert "HTTP 404" in job["error"]["message"] and job["pages_failed"] == 1
+    (problem,) = errors(client, org, job["id"])
+    assert problem["status_code"] == 404
