@@ -144,7 +144,9 @@ class Stack:
             for proc, log in ((self.worker, self.worker_log), (self.api, self.api_log)):
                 if proc.poll() is not None:
                     raise RuntimeError(f"process exited: {log.read_text()[-3000:]}")
-            announced = {bytes(k).decode() for k in broker.hkeys(MODELS_KEY)}
+            announced = {
+                k.decode() if isinstance(k, bytes) else k for k in broker.hkeys(MODELS_KEY)
+            }
             try:
                 api_up = httpx.get(f"{self.url}/v1/health", timeout=2).status_code == 200
             except httpx.HTTPError:

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from functools import lru_cache
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, File, Form, Header, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -148,17 +149,25 @@ class _Waiter:
         self.after = "0"
         self.started = False
         self.deadline = time.monotonic() + get_settings().inference_wait_seconds
-        self.last_disconnect_check = time.monotonic()
+        # The server does not tell a streaming response that its client left: listen for it.
+        self.gone = asyncio.Event()
+        self._listener = asyncio.ensure_future(self._listen())
+
+    async def _listen(self) -> None:
+        while True:
+            message = await self.request.receive()
+            if message["type"] == "http.disconnect":
+                self.gone.set()
+                return
+
+    def close(self) -> None:
+        self._listener.cancel()
 
     async def next_events(self) -> list[relay.RelayEvent]:
         while True:
             events = await relay.read(_redis(), self.job_id, self.after, block_ms=250)
-            # The server does not tell a streaming response that its client left: ask.
-            now = time.monotonic()
-            if now - self.last_disconnect_check > 0.2:
-                self.last_disconnect_check = now
-                if await self.request.is_disconnected():
-                    raise _ClientGone()
+            if self.gone.is_set():
+                raise _ClientGone()
             if events:
                 self.after = events[-1].id
                 self.started = True
@@ -194,13 +203,16 @@ async def _run_sync(request: Request, principal: Principal, payload: InferenceJo
     try:
         first = await waiter.first_answer()
     except _ClientGone:
+        waiter.close()
         await _cancel(job.id)
         return Response(status_code=499)
     except BaseException:
+        waiter.close()
         if not waiter.started:
             await _cancel(job.id)
         raise
     if first.type == "result":
+        waiter.close()
         return Response(first.data, media_type="application/json", headers=headers)
     return StreamingResponse(
         _relay_sse(waiter, first), media_type="text/event-stream", headers=headers
@@ -229,8 +241,11 @@ async def _relay_sse(waiter: _Waiter, first: relay.RelayEvent) -> AsyncIterator[
     except _ClientGone:
         pass
     finally:
+        waiter.close()
         if not finished:
-            await _cancel(waiter.job_id)
+            # The server cancels this generator when the client leaves: shield the cancel.
+            with anyio.CancelScope(shield=True):
+                await _cancel(waiter.job_id)
 
 
 AsyncFlag = Annotated[bool, Query(alias="async", description="Answer 202 with the job.")]

@@ -249,13 +249,17 @@ def test_batches_inline_and_from_an_uploaded_file(
 
 def test_client_disconnect_cancels_the_job(stack: Stack, tenant: OrgKey) -> None:
     body = {"model": "slow", "messages": MESSAGES, "max_tokens": 900, "stream": True}
+    # A client of its own, closed after the first chunk: the connection really goes away.
+    with (
+        httpx.Client(base_url=stack.url, headers=tenant.headers, timeout=30) as leaving,
+        leaving.stream("POST", "/v1/chat/completions", json=body) as response,
+    ):
+        assert response.status_code == 200
+        job_id = response.headers["X-Conveyor-Job-Id"]
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                break
     with httpx.Client(base_url=stack.url, headers=tenant.headers, timeout=30) as http:
-        with http.stream("POST", "/v1/chat/completions", json=body) as response:
-            assert response.status_code == 200
-            job_id = response.headers["X-Conveyor-Job-Id"]
-            for line in response.iter_lines():
-                if line.startswith("data: "):
-                    break
         deadline = time.monotonic() + 20
         status = ""
         while time.monotonic() < deadline:
