@@ -357,9 +357,13 @@ def get_backup(session: Session, res: Resource, backup_id: str) -> ResourceBacku
 
 
 def _remove_backup_files(backup: ResourceBackup) -> None:
+    """Every backend keeps a backup under ``…/<backup id>/``: remove that directory."""
     if backup.location:
         path = Path(backup.location)
-        shutil.rmtree(path.parent if path.is_file() else path, ignore_errors=True)
+        while path.name != backup.id and path.parent != path:
+            path = path.parent
+        if path.name == backup.id:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def delete_backup(session: Session, backup: ResourceBackup) -> None:
@@ -601,6 +605,8 @@ def run_create(session_factory: Any, resource_id: str) -> Outcome:
 
 
 def _finish_provisioning(session_factory: Any, resource_id: str, make: Any) -> Outcome:
+    """Run ``make`` (the backend call); record ready (or failed). A resource deleted while it
+    was being made is torn down here, whichever of the two jobs finished first."""
     try:
         handle: Handle = make()
     except ResourceError as exc:
@@ -612,11 +618,14 @@ def _finish_provisioning(session_factory: Any, resource_id: str, make: Any) -> O
     with session_factory() as session:
         res = repository.get_any(session, resource_id, lock=True)
         assert res is not None
-        _store_handle(res, handle)
-        if res.status != "provisioning":  # deleted meanwhile: its delete job cleans up
-            return Outcome()
-        res.status, res.status_reason = "ready", None
-        return Outcome(events=[("resource.ready", res.org_id, {"id": res.id})])
+        orphan = res.status != "provisioning"
+        if not orphan:
+            _store_handle(res, handle)
+            res.status, res.status_reason = "ready", None
+            return Outcome(events=[("resource.ready", res.org_id, {"id": res.id})])
+        backend = backend_of(res)
+    backend.deprovision(handle)
+    return Outcome()
 
 
 def run_delete(session_factory: Any, resource_id: str, purge_backups: bool) -> Outcome:

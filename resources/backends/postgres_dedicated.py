@@ -13,9 +13,11 @@ the instance's Unix socket as the ``postgres`` superuser.
 
 from __future__ import annotations
 
+import gzip
 import re
 import secrets
 import shutil
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,7 +41,7 @@ from resources.settings import ResourceSettings
 
 DB = "app"
 DEFAULT_CONNECTION_LIMIT = 50
-_SEGMENT = re.compile(r"^[0-9A-F]{24}$")
+_SEGMENT = re.compile(r"^([0-9A-F]{24})\.gz$")
 _COMMIT = re.compile(r"COMMIT (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC")
 
 
@@ -119,7 +121,11 @@ class PostgresDedicated:
             "wal_level": "replica",
             "max_wal_senders": 4,
             "archive_mode": "on",
-            "archive_command": f"test ! -f '{archive}/%f' && cp '%p' '{archive}/%f'",
+            # gzip: archive_timeout pads quiet segments to 16 MB with zeros; they shrink to KBs.
+            "archive_command": (
+                f"test ! -f '{archive}/%f.gz' && gzip -1 -c '%p' > '{archive}/%f.gz.tmp' "
+                f"&& mv '{archive}/%f.gz.tmp' '{archive}/%f.gz'"
+            ),
             "archive_timeout": self.settings.pg_archive_timeout_s,
             "logging_collector": "off",
         }
@@ -343,7 +349,7 @@ class PostgresDedicated:
             (data / "recovery.signal").touch()
             conf = self._server_conf(port, inst / "sock", archive, limit)
             conf |= {
-                "restore_command": f"cp '{archive_from}/%f' '%p'",
+                "restore_command": f"gunzip -c '{archive_from}/%f.gz' > '%p'",
                 "recovery_target_action": "promote",
                 **target,
             }
@@ -426,17 +432,24 @@ class PostgresDedicated:
 
     # -- point in time ---------------------------------------------------------------------
     def last_archived_commit(self, archive_dir: str) -> datetime | None:
-        """The newest commit timestamp in the archive (pg_waldump over the last segments)."""
-        segments = sorted(p.name for p in Path(archive_dir).iterdir() if _SEGMENT.match(p.name))
-        for segment in reversed(segments[-8:]):
-            out = run(
-                [self._bin("pg_waldump"), "-p", archive_dir, "-r", "Transaction", segment, segment],
-                env={"TZ": "UTC"},
-                ok_codes=(0, 1),
-            ).stdout
-            stamps = _COMMIT.findall(out)
-            if stamps:
-                return max(datetime.fromisoformat(s).replace(tzinfo=UTC) for s in stamps)
+        """The newest commit timestamp in the archive (pg_waldump over the last segments,
+        decompressed into a scratch directory one at a time)."""
+        names = sorted(
+            m.group(1) for p in Path(archive_dir).iterdir() if (m := _SEGMENT.match(p.name))
+        )
+        with tempfile.TemporaryDirectory(prefix="cvy_wal_") as scratch:
+            for segment in reversed(names[-8:]):
+                with gzip.open(Path(archive_dir) / f"{segment}.gz") as src:
+                    (Path(scratch) / segment).write_bytes(src.read())
+                out = run(
+                    [self._bin("pg_waldump"), "-p", scratch, "-r", "Transaction", segment, segment],
+                    env={"TZ": "UTC"},
+                    ok_codes=(0, 1),
+                ).stdout
+                (Path(scratch) / segment).unlink()
+                stamps = _COMMIT.findall(out)
+                if stamps:
+                    return max(datetime.fromisoformat(s).replace(tzinfo=UTC) for s in stamps)
         return None
 
     def window(self, handle: Handle, base_backups: list[BackupResult]) -> Window:

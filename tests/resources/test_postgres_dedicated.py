@@ -104,6 +104,9 @@ def test_pitr_restores_exactly_the_rows_at_t1(backend: PostgresDedicated, instan
         time.sleep(0.5)
     window = backend.window(instance, [backup])
     assert window.contains(t1)
+    # Archived segments are gzip'd: a segment padded by archive_timeout is mostly zeros.
+    archived = [p for p in Path(instance.state["archive_dir"]).iterdir() if len(p.name) == 27]
+    assert archived and all(p.suffix == ".gz" and p.stat().st_size < 4 << 20 for p in archived)
     restored = backend.pitr(instance, [backup], t1, instance.state["ident"] + "p")
     assert _ids(restored.env["DATABASE_URL"]) == list(range(1, 11))
     # Past the last archived commit: refused before any work, naming the window.
