@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from api.contract import EXEMPT_PATHS, IDEMPOTENCY_EXEMPT_PREFIXES, MULTIPART_PATHS
+from common.errors import ErrorCode
 from webhooks.schemas import EVENT_TYPES, EventPayload
 
 _ENVELOPE = {"$ref": "#/components/schemas/ErrorEnvelope"}
@@ -107,6 +108,43 @@ def _add_errors(operation: dict[str, Any], errors: dict[str, tuple[str, str]]) -
         entry["description"] = f"`{codes}`: {description}"
 
 
+_DEFAULT_CODE = {
+    "400": "validation_error",
+    "401": "unauthorized",
+    "402": "quota_exceeded",
+    "403": "forbidden",
+    "404": "not_found",
+    "405": "method_not_allowed",
+    "409": "conflict",
+    "410": "gone",
+    "413": "payload_too_large",
+    "415": "unsupported_media_type",
+    "422": "validation_error",
+    "429": "rate_limited",
+    "503": "unavailable",
+}
+_CODES = frozenset(code.value for code in ErrorCode)
+
+
+def _normalise_errors(operation: dict[str, Any]) -> None:
+    """Route-specific errors (e.g. ``409: not_ready``) in the same "`code`: text" form, with the
+    envelope as their body."""
+    for status, response in operation.get("responses", {}).items():
+        if not status.startswith(("4", "5")):
+            continue
+        response.setdefault("content", {"application/json": {"schema": _ENVELOPE}})
+        text = str(response.get("description", "")).strip()
+        if text.startswith("`"):
+            continue
+        head, _, rest = text.partition(" ")
+        codes = [c.strip(",()") for c in head.split(",")]
+        if codes and all(c in _CODES for c in codes):
+            response["description"] = f"`{', '.join(codes)}`: {rest or 'see the message.'}"
+        else:
+            code = _DEFAULT_CODE.get(status, "internal_error")
+            response["description"] = f"`{code}`: {text or 'see the message.'}"
+
+
 def _add_headers(operation: dict[str, Any], limited: bool) -> None:
     for status, response in operation.get("responses", {}).items():
         headers = response.setdefault("headers", {})
@@ -147,9 +185,10 @@ def document_contract(app: FastAPI) -> None:
             limited = path not in EXEMPT_PATHS
             for method, operation in operations.items():
                 errors = dict(COMMON_ERRORS)
-                if not limited:
-                    errors.pop("429")
-                    errors.pop("401")
+                if not limited:  # health and docs: no key, no budget
+                    for status in ("401", "429"):
+                        errors.pop(status)
+                        operation.get("responses", {}).pop(status, None)
                 if "requestBody" in operation:
                     errors.update(BODY_ERRORS)
                     if path in MULTIPART_PATHS:
@@ -163,6 +202,7 @@ def document_contract(app: FastAPI) -> None:
                 if method == "post" and "202" in operation.get("responses", {}):
                     errors.update(JOB_CREATE_ERRORS)
                 _add_errors(operation, errors)
+                _normalise_errors(operation)
                 _add_headers(operation, limited)
         schemes = spec.setdefault("components", {}).setdefault("securitySchemes", {})
         for scheme in schemes.values():
