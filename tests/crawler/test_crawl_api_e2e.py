@@ -267,3 +267,15 @@ def test_crawl_with_no_page_fails_with_the_page_error(client, org, site: Generat
     assert "HTTP 404" in job["error"]["message"] and job["pages_failed"] == 1
     (problem,) = errors(client, org, job["id"])
     assert problem["status_code"] == 404
+
+
+def test_max_pages_above_the_plan_cap_is_refused(client, site: GeneratedSite) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import make_org
+
+    free = make_org(plan="free")
+    body = {"url": f"{site.base}/", "mode": "full", "max_pages": 100_000}
+    r = client.post("/v1/crawls", json=body, headers=free.headers)
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["code"] == "validation_error" and "cap" in error["message"]
+    assert error["details"][0]["loc"] == ["body", "max_pages"]
