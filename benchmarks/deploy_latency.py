@@ -70,8 +70,8 @@ def direct_startup(bench: harness.Bench, model_dir: Path, run: int) -> float:
 
 async def throughput(
     url: str, headers: dict[str, str], model: str, concurrency: int, duration: float
-) -> tuple[float, float]:
-    """Completions per second and p50 latency (ms) with `concurrency` clients for `duration`."""
+) -> tuple[float, list[float]]:
+    """Completions per second and latencies (ms) with `concurrency` clients for `duration`."""
     latencies: list[float] = []
     errors = 0
     stop_at = time.monotonic() + duration
@@ -93,13 +93,24 @@ async def throughput(
         elapsed = time.monotonic() - began
     if errors:
         harness.log(f"  {errors} failed requests to {url}")
-    return len(latencies) / elapsed, statistics.median(latencies) if latencies else float("nan")
+    return len(latencies) / elapsed, latencies
+
+
+def delete(api_url: str, headers: dict[str, str], dep_id: str) -> None:
+    httpx.delete(f"{api_url}/v1/deployments/{dep_id}", headers=headers, timeout=30)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        status = httpx.get(f"{api_url}/v1/deployments/{dep_id}", headers=headers, timeout=30)
+        if status.json()["status"] == "deleted":
+            return
+        time.sleep(0.2)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per slice")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
     with harness.services() as bench:
@@ -140,53 +151,58 @@ def main() -> None:
         if worker.poll() is not None:
             raise RuntimeError(bench.log_tail("worker"))
 
-        harness.log("direct start of the model server (run 1) …")
-        direct = [direct_startup(bench, model_dir, 1)]
-        harness.log(f"  {direct[0]:.2f} s")
+        # Alternate the two ways (this machine is shared: interleaving spreads the noise).
+        direct: list[float] = []
+        conveyor: list[float] = []
+        dep_ids: list[str] = []
+        for run in range(1, args.rounds + 1):
+            harness.log(f"round {run}: direct start of the model server …")
+            direct.append(direct_startup(bench, model_dir, run))
+            harness.log(f"  {direct[-1]:.2f} s; POST /v1/deployments → first completion …")
+            began = time.monotonic()
+            created = httpx.post(
+                f"{api_url}/v1/deployments",
+                json={"name": f"bench-{run}", "model": "tiny"},
+                headers=org.headers,
+                timeout=30,
+            )
+            created.raise_for_status()
+            dep_ids.append(created.json()["id"])
+            done = first_completion(f"{api_url}/v1/completions", org.headers, f"bench-{run}", 300)
+            conveyor.append(done - began)
+            harness.log(f"  {conveyor[-1]:.2f} s")
+            if run < args.rounds:
+                delete(api_url, org.headers, dep_ids[-1])
+        direct_startup_s = statistics.median(direct)
+        conveyor_startup = statistics.median(conveyor)
 
-        harness.log("POST /v1/deployments → first completion through Conveyor …")
-        began = time.monotonic()
-        created = httpx.post(
-            f"{api_url}/v1/deployments",
-            json={"name": "bench-tiny", "model": "tiny"},
-            headers=org.headers,
-            timeout=30,
-        )
-        created.raise_for_status()
-        dep_id = created.json()["id"]
-        done = first_completion(f"{api_url}/v1/completions", org.headers, "bench-tiny", 300)
-        conveyor_startup = done - began
-        harness.log(f"  {conveyor_startup:.2f} s")
-
-        harness.log("direct start of the model server (run 2) …")
-        direct.append(direct_startup(bench, model_dir, 2))
-        harness.log(f"  {direct[1]:.2f} s")
-        direct_startup_s = statistics.mean(direct)
-
+        dep_id, name = dep_ids[-1], f"bench-{args.rounds}"
         dep = httpx.get(f"{api_url}/v1/deployments/{dep_id}", headers=org.headers).json()
         endpoint = dep["endpoint"]
-        harness.log(f"proxy overhead: {args.concurrency} clients x {args.duration:g} s each …")
-        direct_rps, direct_p50 = asyncio.run(
-            throughput(
-                f"{endpoint}/v1/completions", {}, "bench-tiny", args.concurrency, args.duration
-            )
+        harness.log(
+            f"proxy overhead: {args.concurrency} clients, {args.rounds} alternating slices of "
+            f"{args.duration:g} s each way …"
         )
-        proxied_rps, proxied_p50 = asyncio.run(
-            throughput(
-                f"{api_url}/v1/completions",
-                org.headers,
-                "bench-tiny",
-                args.concurrency,
-                args.duration,
+        direct_done = proxied_done = 0.0
+        direct_lat: list[float] = []
+        proxied_lat: list[float] = []
+        for _ in range(args.rounds):
+            rate, lat = asyncio.run(
+                throughput(f"{endpoint}/v1/completions", {}, name, args.concurrency, args.duration)
             )
-        )
-        httpx.delete(f"{api_url}/v1/deployments/{dep_id}", headers=org.headers)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            status = httpx.get(f"{api_url}/v1/deployments/{dep_id}", headers=org.headers)
-            if status.json()["status"] == "deleted":
-                break
-            time.sleep(0.2)
+            direct_done += rate
+            direct_lat += lat
+            rate, lat = asyncio.run(
+                throughput(
+                    f"{api_url}/v1/completions", org.headers, name, args.concurrency, args.duration
+                )
+            )
+            proxied_done += rate
+            proxied_lat += lat
+        direct_rps, proxied_rps = direct_done / args.rounds, proxied_done / args.rounds
+        direct_p50 = statistics.median(direct_lat)
+        proxied_p50 = statistics.median(proxied_lat)
+        delete(api_url, org.headers, dep_id)
 
     startup_ratio = conveyor_startup / direct_startup_s
     proxy_ratio = proxied_rps / direct_rps

@@ -95,7 +95,7 @@ def _store(ctx: JobContext, obs: Observation) -> None:
     emit_all(events)
 
 
-@celery_app.task(name="deployments.reconcile", acks_late=True, ignore_result=True)  # type: ignore[untyped-decorator]
+@celery_app.task(name="deployments.reconcile", acks_late=True, ignore_result=True)
 def reconcile_deployments() -> dict[str, int]:
     """Compare desired and observed state of every live deployment; fix and report drift."""
     return reconcile_all()
@@ -140,6 +140,6 @@ def reconcile_one(deployment_id: str) -> int:
     return 1
 
 
-@worker_process_shutdown.connect  # type: ignore[untyped-decorator]
+@worker_process_shutdown.connect
 def _close_backend(**_: Any) -> None:
     reset_backend()

@@ -243,7 +243,7 @@ async def deployment_metrics(deployment_id: str, principal: CurrentPrincipal) ->
 
 
 # ------------------------------------------------------------ hook for /v1/chat/... ---
-_targets: dict[tuple[str, str], tuple[float, tuple[str, list[str]] | ConveyorError | None]] = {}
+_targets: dict[tuple[str, str], tuple[float, tuple[str, list[str]]]] = {}
 TARGET_TTL_SECONDS = 1.0
 
 
@@ -261,10 +261,15 @@ async def _target(org_id: str, name: str) -> tuple[str, list[str]] | None:
     key = (org_id, name)
     now = time.monotonic()
     cached = _targets.get(key)
-    if cached is None or now - cached[0] > TARGET_TTL_SECONDS:
-        cached = (now, await run_in_threadpool(_lookup, org_id, name))
-        _targets[key] = cached
-    value = cached[1]
+    value: tuple[str, list[str]] | ConveyorError | None
+    if cached is not None and now - cached[0] <= TARGET_TTL_SECONDS:
+        value = cached[1]
+    else:
+        value = await run_in_threadpool(_lookup, org_id, name)
+        if isinstance(value, tuple):  # only serving targets are cached: a start shows at once
+            _targets[key] = (now, value)
+        else:
+            _targets.pop(key, None)
     if isinstance(value, ConveyorError):
         raise value
     return value
