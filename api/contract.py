@@ -119,7 +119,11 @@ class KeyLookup:
         hit = self._cache.get(digest)
         if hit is not None and now - hit[0] < self.ttl:
             return hit[1]
-        info = await anyio.to_thread.run_sync(self._load, token)
+        try:
+            info = await anyio.to_thread.run_sync(self._load, token)
+        except Exception:  # store down: the route itself answers 503 unavailable
+            log.warning("API key lookup failed; treating the key as unknown", exc_info=True)
+            return None
         if len(self._cache) >= self.max_entries:
             self._cache.clear()
         self._cache[digest] = (now, info)

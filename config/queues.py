@@ -105,6 +105,10 @@ def beat_schedule() -> dict[str, dict[str, Any]]:
             "task": "maintenance.purge_idempotency_keys",
             "schedule": timedelta(hours=1),
         },
+        "requeue-stale-webhook-deliveries": {
+            "task": "maintenance.requeue_stale_webhook_deliveries",
+            "schedule": timedelta(minutes=10),
+        },
         "purge-webhook-deliveries": {
             "task": "maintenance.purge_webhook_deliveries",
             "schedule": timedelta(hours=6),

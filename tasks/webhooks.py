@@ -26,7 +26,7 @@ from store.db import session_scope
 from store.models import Job
 from webhooks import service
 from webhooks.delivery import deliver, encode_payload, retry_delay
-from webhooks.dispatch import DELIVER_TASK, emit_event
+from webhooks.dispatch import DELIVER_TASK, emit_event, enqueue_deliveries
 from webhooks.models import WebhookDelivery
 from webhooks.schemas import JOB_EVENTS
 from webhooks.transport import GuardedSyncTransport
@@ -176,3 +176,21 @@ def purge_webhook_deliveries() -> int:
         return service.purge_deliveries(
             session, utcnow() - timedelta(days=settings.metadata_ttl_days)
         )
+
+
+@celery_app.task(name="maintenance.requeue_stale_webhook_deliveries", acks_late=True)
+def requeue_stale_webhook_deliveries() -> int:
+    """Re-send pending deliveries whose message was lost. "Stale" is well past the longest
+    backoff delay, so a retry still waiting in the broker is not doubled."""
+    settings = get_settings()
+    longest = retry_delay(
+        max(1, settings.webhook_max_attempts - 1),
+        base=settings.webhook_backoff_base_seconds,
+        factor=settings.webhook_backoff_factor,
+        jitter=0.0,
+    )
+    cutoff = utcnow() - timedelta(seconds=longest * 1.2 + 900)
+    with session_scope() as session:
+        ids = service.stale_pending_deliveries(session, cutoff)
+    enqueue_deliveries(ids)
+    return len(ids)

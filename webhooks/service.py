@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from common.errors import NotFound, ValidationFailed
@@ -258,6 +258,21 @@ def record_attempt(
         delivery.status = "failed"
     else:
         delivery.status = "pending"
+
+
+def stale_pending_deliveries(session: Session, before: datetime, limit: int = 500) -> list[str]:
+    """Pending deliveries untouched since ``before`` (their message was lost: a broker outage
+    at enqueue time, a worker killed mid-attempt); marks them touched and returns their ids."""
+    rows = session.scalars(
+        select(WebhookDelivery)
+        .where(WebhookDelivery.status == "pending", WebhookDelivery.updated_at < before)
+        .order_by(WebhookDelivery.updated_at)
+        .limit(limit)
+    ).all()
+    now = utcnow()
+    for row in rows:
+        row.updated_at = now
+    return [row.id for row in rows]
 
 
 def purge_deliveries(session: Session, before: datetime) -> int:

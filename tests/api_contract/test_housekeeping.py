@@ -82,3 +82,42 @@ def test_idempotency_rows_count_one_per_key(client: Any, org: OrgKey) -> None:
             .where(IdempotencyKey.org_id == org.org_id, IdempotencyKey.key == "count-me")
         )
     assert n == 1
+
+
+def test_lost_pending_deliveries_are_requeued_and_delivered(
+    client: Any, org: OrgKey, worker: Any, receiver: Any, monkeypatch: Any
+) -> None:
+    import time
+
+    import standardwebhooks
+
+    from config import get_settings
+    from tasks.webhooks import requeue_stale_webhook_deliveries
+    from webhooks import service
+    from webhooks.schemas import WebhookCreate
+
+    port = receiver.server.server_address[1]
+    monkeypatch.setattr(get_settings(), "crawl_allowed_hosts", f"127.0.0.1:{port}", raising=False)
+    with session_scope() as session:
+        endpoint, secret = service.create_endpoint(
+            session, org.org_id, WebhookCreate(url=receiver.url, events=["job.completed"])
+        )
+        # A delivery recorded but never enqueued (the broker was down at that moment).
+        (lost,) = service.record_event(
+            session, org_id=org.org_id, event_type="job.completed", data={"id": "job_lost"}
+        )
+        fresh = service.record_event(
+            session, org_id=org.org_id, event_type="job.completed", data={"id": "job_fresh"}
+        )[0]
+        session.get(WebhookDelivery, lost).updated_at = utcnow() - timedelta(hours=3)
+    assert requeue_stale_webhook_deliveries() >= 1
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not receiver.requests:
+        time.sleep(0.05)
+    (got,) = receiver.requests
+    assert (
+        standardwebhooks.Webhook(secret).verify(got.body, got.headers)["data"]["id"] == "job_lost"
+    )
+    with session_scope() as session:
+        assert session.get(WebhookDelivery, fresh).status == "pending"  # not stale: left alone
+        assert endpoint.id
