@@ -36,6 +36,9 @@ def local_config(settings: Settings) -> LocalBackendConfig:
         backoff_max_s=settings.deploy_backoff_max_seconds,
         orphan_grace_s=settings.deploy_orphan_grace_seconds,
         base_env=replica_base_env(),
+        command=json.loads(settings.deploy_local_command)
+        if settings.deploy_local_command
+        else None,
     )
 
 
