@@ -846,16 +846,11 @@ def check_archiving(session_factory: Any) -> Outcome:
 
 def provide_bound_env(dep: Any) -> dict[str, str]:
     """``deployments.service.ENV_PROVIDERS`` hook: the bound resources' variables, read in the
-    deployment's own session at rollout time."""
+    deployment's own session at rollout time (a deployment outside any session has none)."""
     from sqlalchemy.orm import object_session
 
-    from store.db import session_scope
-
     session = object_session(dep)
-    if session is not None:
-        return bound_env(session, dep.id)
-    with session_scope() as own:
-        return bound_env(own, dep.id)
+    return bound_env(session, dep.id) if session is not None else {}
 
 
 def register_binding_hook() -> None:
