@@ -147,3 +147,86 @@ def test_observed_status_mapping() -> None:
     assert k8s.backup_status({"status": {"phase": "finalizing"}}) == ("running", None)
     assert k8s.backup_status({"status": {"phase": "completed"}}) == ("completed", None)
     assert k8s.backup_status({}) == ("pending", None)
+
+
+@pytest.fixture
+def fake_api(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The deployments' fake Kubernetes API, taught the CNPG kinds (validated against the CNPG
+    schema kept here) and StatefulSets (validated by kubernetes-validate like the rest)."""
+    from kubernetes import client
+
+    from tests.deployments import fake_kube
+
+    for plural, kind in {
+        "clusters": "Cluster",
+        "backups": "Backup",
+        "scheduledbackups": "ScheduledBackup",
+        "statefulsets": "StatefulSet",
+    }.items():
+        monkeypatch.setitem(fake_kube.PLURALS, plural, kind)
+    original = fake_kube.FakeKube.apply
+
+    def apply(self: Any, plural: str, ns: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        if body.get("apiVersion") == k8s.CNPG:
+            cnpg_validate(body)
+            with self.lock:
+                self.applied.append(body)
+                previous = self.objects.get((plural, ns, name))
+                obj = json.loads(json.dumps(body))
+                if previous is not None and "status" in previous:
+                    obj["status"] = previous["status"]
+                self.objects[(plural, ns, name)] = obj
+                return dict(obj)
+        return dict(original(self, plural, ns, name, body))
+
+    monkeypatch.setattr(fake_kube.FakeKube, "apply", apply)
+    with fake_kube.running_fake_kube() as (fake, url):
+        api = client.ApiClient(client.Configuration(host=url))
+        yield fake, api
+        api.close()
+
+
+def test_kubernetes_resources_against_the_fake_api(fake_api: Any) -> None:
+    from resources.backends.kube import KubernetesResources
+
+    fake, api = fake_api
+    kr = KubernetesResources(
+        api, "tenant-a", lambda rid: k8s.ObjectStore(f"s3://b/{rid}", "http://minio:9000", "s3")
+    )
+    kr.provision_postgres("res_abc", storage="1Gi", password="pw", backup_schedule="0 3 * * *")
+    assert fake.kinds("clusters") == ["pg-abc"]
+    assert fake.kinds("scheduledbackups") == ["pg-abc-scheduled"]
+    assert fake.kinds("secrets") == ["pg-abc-app"]
+    assert kr.observe_postgres("res_abc")[0] == "provisioning"
+    key = ("clusters", "tenant-a", "pg-abc")
+    fake.objects[key]["status"] = {"conditions": [{"type": "Ready", "status": "True"}]}
+    assert kr.observe_postgres("res_abc") == ("ready", None)
+    fake.objects[key]["status"]["conditions"].append(
+        {"type": "ContinuousArchiving", "status": "False", "message": "disk full"}
+    )
+    assert kr.observe_postgres("res_abc") == ("degraded", "WAL archiving is failing: disk full")
+    name = kr.backup_postgres("res_abc", "bkp_01")
+    assert kr.observe_backup(name) == ("pending", None)
+    fake.objects[("backups", "tenant-a", name)]["status"] = {"phase": "completed"}
+    assert kr.observe_backup(name) == ("completed", None)
+    kr.restore_postgres(
+        "res_abc", "res_def", storage="1Gi", target_time=datetime(2026, 1, 1, tzinfo=UTC)
+    )
+    restored = fake.objects[("clusters", "tenant-a", "pg-def")]
+    assert restored["spec"]["bootstrap"]["recovery"]["source"] == "pg-abc"
+    assert (
+        restored["spec"]["externalClusters"][0]["barmanObjectStore"]["destinationPath"]
+        == "s3://b/res_abc"
+    )
+    assert (
+        "bootstrap" in fake.objects[key]["spec"]
+        and "initdb" in fake.objects[key]["spec"]["bootstrap"]
+    )
+    kr.deprovision_postgres("res_abc")
+    assert fake.kinds("clusters") == ["pg-def"] and fake.kinds("secrets") == []
+    kr.provision_redis("res_r1", storage="1Gi", acl="user default off\n", maxmemory="64mb")
+    kr.provision_volume("res_v1", storage="2Gi")
+    assert fake.kinds("statefulsets") == ["redis-r1"]
+    assert fake.kinds("persistentvolumeclaims") == ["vol-v1"]
+    assert kr.observe_backup("missing") == ("failed", "the Backup object is gone")
+    assert fake.bad_requests == []
