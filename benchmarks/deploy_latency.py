@@ -27,6 +27,7 @@ import httpx
 from benchmarks import harness
 
 PROMPT = {"prompt": "Hello", "max_tokens": 8}
+POLL_S = 0.2  # both ways poll for their first completion at this interval
 
 
 def first_completion(url: str, headers: dict[str, str], model: str, timeout: float) -> float:
@@ -42,7 +43,7 @@ def first_completion(url: str, headers: dict[str, str], model: str, timeout: flo
                     return time.monotonic()
             except httpx.HTTPError:
                 pass
-            time.sleep(0.05)
+            time.sleep(POLL_S)
     raise TimeoutError(f"no completion from {url} within {timeout} s")
 
 

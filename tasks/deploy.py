@@ -7,6 +7,7 @@ Both are thin: load the deployment, call the backend, store the observation thro
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -74,7 +75,7 @@ def deploy(ctx: JobContext) -> dict[str, Any] | None:
             deadline_s=settings.deploy_rollout_deadline_seconds,
             poll_s=settings.deploy_poll_seconds,
             cancelled=lambda: ctx.cancelled(min_interval=1.0),
-            on_observation=lambda o: _store(ctx, o),
+            on_observation=ChangedObservations(ctx).store,
         )
     except Superseded:
         return {"superseded": True}
@@ -84,6 +85,24 @@ def deploy(ctx: JobContext) -> dict[str, Any] | None:
         reason = obs.reason or "rollout failed"
         raise JobFailed(reason, code=reason.split(":", 1)[0])
     return {"status": obs.status, "ready_replicas": obs.ready_replicas, "endpoint": obs.endpoint}
+
+
+class ChangedObservations:
+    """Stores a rollout's observations when they change (or every few seconds), not each poll."""
+
+    def __init__(self, ctx: JobContext, heartbeat_s: float = 5.0) -> None:
+        self.ctx = ctx
+        self.heartbeat_s = heartbeat_s
+        self.last: str | None = None
+        self.stored_at = 0.0
+
+    def store(self, obs: Observation) -> None:
+        fingerprint = obs.model_dump_json(exclude={"events"})
+        now = time.monotonic()
+        if fingerprint == self.last and now - self.stored_at < self.heartbeat_s:
+            return
+        _store(self.ctx, obs)
+        self.last, self.stored_at = fingerprint, now
 
 
 def _store(ctx: JobContext, obs: Observation) -> None:
