@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Callable
+import html as html_lib
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import partial
 from typing import Literal
 
 from common.timeutil import isoformat_z
 from crawler.convert import Document, convert
-from crawler.fetch import SKIP_CODES, Fetcher, FetchResult, PageErrorCode
+from crawler.fetch import SKIP_CODES, Fetcher, PageErrorCode
 from crawler.render import Renderer
 from crawler.robots import RobotsCache
 from crawler.schemas import CrawlRequest, PageRecord
 
 Status = Literal["crawled", "failed", "skipped"]
+RendererFactory = Callable[[], Awaitable[Renderer]]
 
 
 @dataclass
@@ -38,27 +41,34 @@ class PageOutcome:
     content_hash: str = ""
 
 
-@dataclass
-class PageResources:
-    """What a worker process lends a crawl: the HTTP client, the browser, robots, an executor."""
-
-    fetcher: Fetcher
-    renderer_factory: Callable[[], asyncio.Future[Renderer]] | None = None
-    executor: Executor | None = None
-
-
-def _failed(url: str, code: PageErrorCode | str, message: str, **kw: object) -> PageOutcome:
+def _problem(
+    url: str,
+    code: PageErrorCode | str,
+    message: str,
+    final_url: str = "",
+    status_code: int | None = None,
+) -> PageOutcome:
     status: Status = "skipped" if code in SKIP_CODES else "failed"
-    return PageOutcome(url=url, status=status, reason=str(code), message=message, **kw)  # type: ignore[arg-type]
+    return PageOutcome(
+        url=url,
+        status=status,
+        reason=str(code),
+        message=message,
+        final_url=final_url,
+        status_code=status_code,
+    )
 
 
 async def _convert(
-    request: CrawlRequest, html: str | bytes, base_url: str, charset: str | None,
+    request: CrawlRequest,
+    markup: str | bytes,
+    base_url: str,
+    charset: str | None,
     executor: Executor | None,
-) -> Document:  # fmt: skip
+) -> Document:
     job = partial(
         convert,
-        html,
+        markup,
         base_url,
         charset=charset,
         only_main_content=request.only_main_content,
@@ -67,7 +77,20 @@ async def _convert(
         want_html=request.wants("html"),
         want_text=request.wants("text"),
     )
+    # Off the event loop, so fetches keep flowing while a page converts.
     return await asyncio.get_running_loop().run_in_executor(executor, job)
+
+
+@dataclass
+class _Page:
+    """What the fetch or the browser produced, before conversion."""
+
+    doc: Document
+    final_url: str
+    status_code: int | None
+    fetched_at: datetime
+    rendered: bool = False
+    screenshot: bytes | None = None
 
 
 async def crawl_page(
@@ -75,7 +98,7 @@ async def crawl_page(
     request: CrawlRequest,
     *,
     fetcher: Fetcher,
-    renderer: Callable[[], asyncio.Future[Renderer]] | Callable[[], object] | None,
+    renderer: RendererFactory | None,
     robots: RobotsCache | None,
     depth: int = 0,
     executor: Executor | None = None,
@@ -83,50 +106,32 @@ async def crawl_page(
 ) -> PageOutcome:
     """Fetch (and render when needed) one URL and convert it."""
     if robots is not None and request.respect_robots and not await robots.allowed(url):
-        return _failed(url, PageErrorCode.ROBOTS_BLOCKED, "Disallowed by robots.txt.")
+        return _problem(url, PageErrorCode.ROBOTS_BLOCKED, "Disallowed by robots.txt.")
     headers = request.headers or None
-    timeout_s = request.timeout_ms / 1000
     screenshot = request.wants("screenshot")
-    fetched: FetchResult | None = None
-    doc: Document | None = None
+    page: _Page | None = None
     if request.render != "always" and not screenshot:
-        fetched = await fetcher.fetch(url, headers=headers, timeout_s=timeout_s)
-        if fetched.error is not None and fetched.error != PageErrorCode.HTTP_ERROR:
-            return _failed(
-                url, fetched.error, fetched.message,
-                final_url=fetched.final_url, status_code=fetched.status_code,
-            )  # fmt: skip
-        if fetched.error == PageErrorCode.HTTP_ERROR:
-            return _failed(
-                url, fetched.error, fetched.message,
-                final_url=fetched.final_url, status_code=fetched.status_code,
-            )  # fmt: skip
-        if fetched.is_html or fetched.content_type == "text/plain":
-            body: bytes | str = fetched.body
-            if not fetched.is_html:
-                body = (
-                    "<pre>" + fetched.text().replace("&", "&amp;").replace("<", "&lt;") + "</pre>"
-                )
-            doc = await _convert(request, body, fetched.final_url, fetched.charset, executor)
-        else:
-            return _failed(
-                url, PageErrorCode.UNSUPPORTED_CONTENT_TYPE,
+        fetched = await fetcher.fetch(url, headers=headers, timeout_s=request.timeout_ms / 1000)
+        if fetched.error is not None:
+            return _problem(
+                url, fetched.error, fetched.message, fetched.final_url, fetched.status_code
+            )
+        if not fetched.is_html and fetched.content_type != "text/plain":
+            return _problem(
+                url,
+                PageErrorCode.UNSUPPORTED_CONTENT_TYPE,
                 f"Content type {fetched.content_type} is not converted.",
-                final_url=fetched.final_url, status_code=fetched.status_code,
-            )  # fmt: skip
-    must_render = (
-        request.render == "always"
-        or screenshot
-        or (request.render == "auto" and doc is not None and doc.needs_render)
-    )
-    rendered = False
-    shot: bytes | None = None
-    final_url = fetched.final_url if fetched else url
-    status_code = fetched.status_code if fetched else None
-    fetched_at = fetched.fetched_at if fetched else None
-    if must_render and renderer is not None:
-        browser = await renderer()  # type: ignore[misc]
-        assert isinstance(browser, Renderer)
+                fetched.final_url,
+                fetched.status_code,
+            )
+        body: str | bytes = fetched.body
+        if not fetched.is_html:
+            body = f"<pre>{html_lib.escape(fetched.text())}</pre>"
+        doc = await _convert(request, body, fetched.final_url, fetched.charset, executor)
+        page = _Page(doc, fetched.final_url, fetched.status_code, fetched.fetched_at)
+    needs_browser = page is None or (request.render == "auto" and page.doc.needs_render)
+    if needs_browser and request.render != "never" and renderer is not None:
+        browser = await renderer()
         result = await browser.render(
             url,
             timeout_ms=request.timeout_ms,
@@ -136,37 +141,41 @@ async def crawl_page(
             session_key=session_key,
         )
         if not result.ok:
-            return _failed(
-                url, result.error or PageErrorCode.RENDER_FAILED, result.message,
-                final_url=result.final_url, status_code=result.status_code,
-            )  # fmt: skip
+            return _problem(
+                url,
+                result.error or PageErrorCode.RENDER_FAILED,
+                result.message,
+                result.final_url,
+                result.status_code,
+            )
         doc = await _convert(request, result.html, result.final_url, None, executor)
-        rendered, shot = True, result.screenshot
-        final_url, status_code, fetched_at = result.final_url, result.status_code, result.fetched_at
-    if doc is None:
-        return _failed(url, PageErrorCode.RENDER_FAILED, "The page needs a browser to render.")
+        page = _Page(
+            doc, result.final_url, result.status_code, result.fetched_at, True, result.screenshot
+        )
+    if page is None:
+        return _problem(url, PageErrorCode.RENDER_FAILED, "The page needs a browser to render.")
     record = PageRecord(
         url=url,
-        final_url=final_url,
-        status_code=status_code,
-        title=doc.title,
-        description=doc.description,
-        language=doc.language,
-        markdown=doc.markdown,
-        html=doc.html if request.wants("html") else None,
-        text=doc.text if request.wants("text") else None,
-        links=doc.links,
-        screenshot=base64.b64encode(shot).decode() if shot else None,
-        fetched_at=isoformat_z(fetched_at) or "",
-        rendered=rendered,
+        final_url=page.final_url,
+        status_code=page.status_code,
+        title=page.doc.title,
+        description=page.doc.description,
+        language=page.doc.language,
+        markdown=page.doc.markdown,
+        html=page.doc.html if request.wants("html") else None,
+        text=page.doc.text if request.wants("text") else None,
+        links=page.doc.links,
+        screenshot=base64.b64encode(page.screenshot).decode() if page.screenshot else None,
+        fetched_at=isoformat_z(page.fetched_at) or "",
+        rendered=page.rendered,
         depth=depth,
     )
     return PageOutcome(
         url=url,
         status="crawled",
-        final_url=final_url,
-        status_code=status_code,
+        final_url=page.final_url,
+        status_code=page.status_code,
         record=record,
-        links=doc.links,
-        content_hash=doc.content_hash,
+        links=page.doc.links,
+        content_hash=page.doc.content_hash,
     )

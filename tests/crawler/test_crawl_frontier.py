@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 
 import pytest
 from protego import Protego
 
-from crawler.frontier import Frontier, Scope, normalize_url
+from crawler.frontier import Scope, normalize_url
 from crawler.robots import parse_sitemap
 
 
@@ -53,30 +52,6 @@ def test_scope_hosts_paths_depth() -> None:
     assert subs.allows("https://example.com/x", 5)
     assert not subs.allows("https://example.org/x", 1)
     assert not subs.allows("https://badexample.com/x", 1)
-
-
-def test_frontier_dedupes_and_counts_budget_exactly() -> None:
-    async def scenario() -> None:
-        frontier = Frontier(Scope.for_url("http://s.test/"), max_pages=3)
-        frontier.seed(["http://s.test/"])
-        first = await frontier.claim(10)
-        assert [i.url for i in first] == ["http://s.test/"]
-        links = [f"http://s.test/p{i}" for i in range(6)] + ["http://s.test/p1#x", "http://o.test/"]
-        await frontier.complete(first[0], crawled=True, discovered=links)
-        assert frontier.discovered == 7  # the fragment duplicate and the other host are dropped
-        batch = await frontier.claim(10)
-        assert len(batch) == 2  # 1 crawled + 2 in flight = max_pages
-        await frontier.complete(batch[0], crawled=False, discovered=[])  # a failure frees a slot
-        again = await frontier.claim(10)
-        assert len(again) == 1
-        await frontier.complete(batch[1], crawled=True, discovered=[])
-        await frontier.complete(again[0], crawled=True, discovered=[])
-        assert frontier.crawled == 3 and frontier.finished()
-        assert await frontier.claim(10) == []
-        assert not await frontier.is_duplicate("h1")
-        assert await frontier.is_duplicate("h1")
-
-    asyncio.run(scenario())
 
 
 def test_robots_rules_via_protego() -> None:
