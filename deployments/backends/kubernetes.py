@@ -34,6 +34,7 @@ from deployments.backends.base import (
     Backend,
     BackendState,
     DeploymentSpec,
+    LogFollower,
     Observation,
     ObservedStatus,
     ReasonCode,
@@ -387,24 +388,30 @@ class KubernetesBackend(Backend):
         self, spec: DeploymentSpec, state: BackendState | None, tail: int = 200
     ) -> list[str]:
         lines: list[str] = []
-        ns = self.config.namespace
         for pod in self._pods(spec):
             pod_name = pod["metadata"]["name"]
             try:
-                text = self.api.call_api(
-                    f"/api/v1/namespaces/{ns}/pods/{pod_name}/log",
-                    "GET",
-                    query_params=[("tailLines", tail), ("container", "model")],
-                    header_params={"Accept": "text/plain"},
-                    response_type="str",
-                    auth_settings=["BearerToken"],
-                    _return_http_data_only=True,
-                )
+                text = self.pod_log(pod_name, [("tailLines", tail)])
             except ApiException:
                 continue
-            lines += [f"[{pod_name}] {line}" for line in str(text or "").splitlines()]
+            lines += [f"[{pod_name}] {line}" for line in text.splitlines()]
         secrets = spec.secret_values()
         return [mask_secrets(line, secrets) for line in lines[-tail:]] if tail else []
+
+    def pod_log(self, pod_name: str, query: list[tuple[str, Any]]) -> str:
+        text = self.api.call_api(
+            f"/api/v1/namespaces/{self.config.namespace}/pods/{pod_name}/log",
+            "GET",
+            query_params=[("container", "model"), *query],
+            header_params={"Accept": "text/plain"},
+            response_type="str",
+            auth_settings=["BearerToken"],
+            _return_http_data_only=True,
+        )
+        return str(text or "")
+
+    def follow_logs(self, spec: DeploymentSpec, state: BackendState | None) -> LogFollower:
+        return KubeLogFollower(self, spec)
 
     def endpoint(self, spec: DeploymentSpec) -> str:
         return (
@@ -566,3 +573,53 @@ def _deadline_exceeded(deployment: dict[str, Any]) -> bool:
         ):
             return True
     return False
+
+
+_TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?Z$")
+
+
+def _ts_key(stamp: str) -> tuple[str, str] | None:
+    """Sortable form of a kubelet RFC3339Nano timestamp (fraction padded to nanoseconds)."""
+    match = _TIMESTAMP.match(stamp)
+    if match is None:
+        return None
+    return match.group(1), (match.group(2) or "").ljust(9, "0")
+
+
+class KubeLogFollower(LogFollower):
+    """Follows pod logs by polling with `timestamps=true&sinceTime=…`, dropping lines seen."""
+
+    def __init__(self, backend: KubernetesBackend, spec: DeploymentSpec) -> None:
+        from datetime import UTC, datetime
+
+        self.backend = backend
+        self.spec = spec
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        self.start: tuple[str, str] = (now, "0" * 9)
+        self.seen: dict[str, tuple[str, str]] = {}
+
+    def poll(self) -> list[str]:
+        lines: list[str] = []
+        try:
+            pods = self.backend._pods(self.spec)
+        except ApiException:
+            return []
+        for pod in pods:
+            name = pod["metadata"]["name"]
+            last = self.seen.get(name, self.start)
+            try:
+                text = self.backend.pod_log(
+                    name, [("timestamps", "true"), ("sinceTime", f"{last[0]}Z")]
+                )
+            except ApiException:
+                continue
+            for raw in text.splitlines():
+                stamp, _, line = raw.partition(" ")
+                key = _ts_key(stamp)
+                if key is None or key <= last:
+                    continue
+                last = key
+                lines.append(f"[{name}] {line}")
+            self.seen[name] = last
+        secrets = self.spec.secret_values()
+        return [mask_secrets(line, secrets) for line in lines]

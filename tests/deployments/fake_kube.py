@@ -41,7 +41,9 @@ class FakePod:
     labels: dict[str, str]
     script: list[str]
     step: int = 0
-    logs: list[str] = field(default_factory=lambda: ["INFO starting vLLM API server"])
+    logs: list[tuple[str, str]] = field(
+        default_factory=lambda: [("2020-01-01T00:00:00.5Z", "INFO starting vLLM API server")]
+    )
 
     @property
     def phase(self) -> str:
@@ -216,6 +218,16 @@ class FakeKube:
                 }
             )
 
+    def log(self, deployment_name: str, text: str) -> None:
+        """Append a line (timestamped now) to every pod of a deployment."""
+        from datetime import UTC, datetime
+
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        with self.lock:
+            for pod in self.pods.values():
+                if pod.deployment == deployment_name:
+                    pod.logs.append((stamp, text))
+
     def delete_pod_behind_our_back(self, deployment_name: str) -> None:
         with self.lock:
             for pod in [p for p in self.pods.values() if p.deployment == deployment_name]:
@@ -326,7 +338,14 @@ def _handler(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
                 if pod is None:
                     self._status(404, "NotFound", "pod not found")
                 else:
-                    self._send(200, "\n".join(pod.logs) + "\n", "text/plain")
+                    stamps = query.get("timestamps") == ["true"]
+                    since = query.get("sinceTime", [""])[0]
+                    shown = [
+                        f"{ts} {text}" if stamps else text
+                        for ts, text in pod.logs
+                        if ts[:19] >= since[:19]
+                    ]
+                    self._send(200, "".join(line + "\n" for line in shown), "text/plain")
             elif plural == "events":
                 with fake.lock:
                     items = list(fake.events)

@@ -332,3 +332,13 @@ def test_a_cancelled_rollout_does_not_stay_deploying_forever(
     reconcile_one(dep["id"])
     failed = client.get(f"/v1/deployments/{dep['id']}", headers=org.headers).json()
     assert failed["status"] == "failed" and failed["status_reason"].startswith("rollout_timeout")
+
+
+def test_templates_list_the_configured_catalogue(client: Any, org: Any) -> None:
+    response = client.get("/v1/models/templates", headers=org.headers)
+    assert response.status_code == 200
+    templates = {t["name"]: t for t in response.json()}
+    assert set(templates) == {"tiny", "tiny-b"}
+    assert templates["tiny"]["runtime"] == "transformers"
+    assert templates["tiny"]["default_gpu_count"] == 0
+    assert client.get("/v1/models/templates").status_code == 401

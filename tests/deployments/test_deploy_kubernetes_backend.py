@@ -233,6 +233,16 @@ def test_scale_stop_and_delete(cluster: tuple[FakeKube, KubernetesBackend]) -> N
 
     logs = backend.read_logs(spec(), restarted.state)
     assert logs and all(line.startswith(f"[{name}-") for line in logs)
+    follower = backend.follow_logs(spec(), restarted.state)
+    assert follower.poll() == []  # only lines written after it started
+    fake.log(name, f"INFO request served token={SECRET}")
+    fake.log(name, "INFO second line")
+    fresh = follower.poll()
+    assert [line.split("] ", 1)[1] for line in fresh] == [
+        "INFO request served token=****",
+        "INFO second line",
+    ]
+    assert follower.poll() == []  # nothing seen twice
 
     backend.delete(spec(), restarted.state)
     backend.delete(spec(), restarted.state)  # idempotent
