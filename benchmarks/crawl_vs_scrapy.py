@@ -175,18 +175,25 @@ def run_conveyor(
     }
 
 
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return sorted(runs, key=lambda r: r["pages_per_s"])[len(runs) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pages", type=int, default=2000)
     parser.add_argument("--rendered", type=int, default=200)
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="Alternate Scrapy/Conveyor runs; medians reported."
+    )
     args = parser.parse_args()
 
     site, port = start_site(args.pages)
     base = f"http://127.0.0.1:{port}"
+    scrapy_runs: list[dict[str, Any]] = []
+    conveyor_runs: list[dict[str, Any]] = []
     try:
         harness.log(f"site: {args.pages} pages at {base}")
-        scrapy_stats = run_scrapy(base)
-        harness.log(f"scrapy: {scrapy_stats}")
         with harness.services() as bench:
             env = {"CONVEYOR_CRAWL_ALLOWED_HOSTS": f"127.0.0.1:{port}"}
             api_port = harness.free_port()
@@ -203,12 +210,19 @@ def main() -> None:
             org = harness.make_org()
             # Warm-up: a single-page crawl proves the workers are consuming (not timed).
             run_conveyor(api, org.headers, {"url": f"{base}/articles/0"}, worker.pid)
-            static = run_conveyor(
-                api, org.headers,
-                {"url": f"{base}/", "mode": "full", "max_pages": args.pages * 2},
-                worker.pid,
-            )  # fmt: skip
-            harness.log(f"conveyor: {static}")
+            for round_ in range(args.rounds):
+                # Alternate the two in one run so that load on the machine hits both alike.
+                scrapy_runs.append(run_scrapy(base))
+                harness.log(f"round {round_ + 1} scrapy: {scrapy_runs[-1]}")
+                conveyor_runs.append(
+                    run_conveyor(
+                        api,
+                        org.headers,
+                        {"url": f"{base}/", "mode": "full", "max_pages": args.pages * 2},
+                        worker.pid,
+                    )  # fmt: skip
+                )
+                harness.log(f"round {round_ + 1} conveyor: {conveyor_runs[-1]}")
             rendered = run_conveyor(
                 api, org.headers,
                 {"url": f"{base}/list/0", "mode": "full", "max_pages": args.rendered,
@@ -220,8 +234,12 @@ def main() -> None:
         site.terminate()
         site.wait(timeout=10)
 
+    scrapy_stats, static = _median_run(scrapy_runs), _median_run(conveyor_runs)
     ratio = static["pages_per_s"] / scrapy_stats["pages_per_s"]
-    print(f"site_pages={args.pages} machine_cores={psutil.cpu_count()}")
+    rounds = " ".join(
+        f"{c['pages_per_s'] / s['pages_per_s']:.2f}" for s, c in zip(scrapy_runs, conveyor_runs)
+    )
+    print(f"site_pages={args.pages} machine_cores={psutil.cpu_count()} rounds={args.rounds}")
     print(
         f"scrapy: pages={scrapy_stats['pages']} pages_per_s={scrapy_stats['pages_per_s']:.1f} "
         f"peak_mem_mb={scrapy_stats['peak_mem_mb']:.0f} first_page_s={scrapy_stats['first']:.2f}"
@@ -235,6 +253,7 @@ def main() -> None:
         f"conveyor_rendered: pages={rendered['pages']} "
         f"pages_per_s={rendered['pages_per_s']:.1f} peak_mem_mb={rendered['peak_mem_mb']:.0f}"
     )
+    print(f"ratio_per_round={rounds}")
     print(f"ratio={ratio:.2f}")
 
 
