@@ -214,14 +214,8 @@ def main() -> None:
                 # Alternate the two in one run so that load on the machine hits both alike.
                 scrapy_runs.append(run_scrapy(base))
                 harness.log(f"round {round_ + 1} scrapy: {scrapy_runs[-1]}")
-                conveyor_runs.append(
-                    run_conveyor(
-                        api,
-                        org.headers,
-                        {"url": f"{base}/", "mode": "full", "max_pages": args.pages * 2},
-                        worker.pid,
-                    )  # fmt: skip
-                )
+                full_crawl = {"url": f"{base}/", "mode": "full", "max_pages": args.pages * 2}
+                conveyor_runs.append(run_conveyor(api, org.headers, full_crawl, worker.pid))
                 harness.log(f"round {round_ + 1} conveyor: {conveyor_runs[-1]}")
             rendered = run_conveyor(
                 api, org.headers,
@@ -237,7 +231,8 @@ def main() -> None:
     scrapy_stats, static = _median_run(scrapy_runs), _median_run(conveyor_runs)
     ratio = static["pages_per_s"] / scrapy_stats["pages_per_s"]
     rounds = " ".join(
-        f"{c['pages_per_s'] / s['pages_per_s']:.2f}" for s, c in zip(scrapy_runs, conveyor_runs)
+        f"{c['pages_per_s'] / s['pages_per_s']:.2f}"
+        for s, c in zip(scrapy_runs, conveyor_runs, strict=True)
     )
     print(f"site_pages={args.pages} machine_cores={psutil.cpu_count()} rounds={args.rounds}")
     print(
