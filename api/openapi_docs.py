@@ -199,7 +199,10 @@ def document_contract(app: FastAPI) -> None:
                 if method == "post" and not path.startswith(IDEMPOTENCY_EXEMPT_PREFIXES):
                     errors.update(IDEMPOTENCY_ERRORS)
                     operation.setdefault("parameters", []).append(IDEMPOTENCY_PARAMETER)
-                if method == "post" and "202" in operation.get("responses", {}):
+                creates_job = "202" in operation.get("responses", {}) or path.startswith(
+                    IDEMPOTENCY_EXEMPT_PREFIXES  # inference calls run as (quota-checked) jobs
+                )
+                if method == "post" and creates_job:
                     errors.update(JOB_CREATE_ERRORS)
                 _add_errors(operation, errors)
                 _normalise_errors(operation)
