@@ -208,12 +208,12 @@ def main() -> None:
     startup_ratio = conveyor_startup / direct_startup_s
     proxy_ratio = proxied_rps / direct_rps
     print(
-        f"startup  direct (anchor): {direct_startup_s:7.2f} s  (runs: "
+        f"startup  direct (anchor): {direct_startup_s:7.2f} s median (runs: "
         f"{', '.join(f'{d:.2f}' for d in direct)})"
     )
     print(
-        f"startup  conveyor       : {conveyor_startup:7.2f} s  ratio {startup_ratio:.2f}"
-        f" (target ≤ 1.2)"
+        f"startup  conveyor       : {conveyor_startup:7.2f} s median (runs: "
+        f"{', '.join(f'{d:.2f}' for d in conveyor)})  ratio {startup_ratio:.2f} (target ≤ 1.2)"
     )
     print(f"proxy    direct (anchor): {direct_rps:7.1f} completions/s  p50 {direct_p50:.1f} ms")
     print(
