@@ -187,7 +187,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--full", action="store_true", help="1 GB backup; PITR 100 MB and 1 GB")
     parser.add_argument("--runs", type=int, default=5, help="provision latency runs")
-    parser.add_argument("--rounds", type=int, default=3, help="backup rounds (median)")
+    parser.add_argument("--rounds", type=int, default=5, help="backup rounds (median)")
     args = parser.parse_args()
     backup_mb = 1024 if args.full else 100
     pitr_sizes = (100, 1024) if args.full else (20, 100)
