@@ -62,7 +62,7 @@ class ResourceSettings:
         return cls(
             pg_admin_dsn=settings.resources_pg_admin_dsn,
             pg_public_host=settings.resources_pg_public_host,
-            pg_bin_dir=settings.resources_pg_bin_dir,
+            pg_bin_dir=_pg_bin_dir(settings.resources_pg_bin_dir),
             pg_os_user=settings.resources_pg_os_user,
             pg_archive_timeout_s=settings.resources_pg_archive_timeout_s,
             redis_admin_url=settings.resources_redis_admin_url,
@@ -77,3 +77,11 @@ class ResourceSettings:
             name_prefix=settings.resources_name_prefix,
             credentials_keys=tuple(k.strip() for k in keys.split(",") if k.strip()),
         )
+
+
+def _pg_bin_dir(configured: Path) -> Path:
+    """The configured PostgreSQL bin dir, or else the newest Debian one installed."""
+    if (configured / "initdb").exists():
+        return configured
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    return found[-1].parent if found else configured
