@@ -162,3 +162,42 @@ def test_bad_per_job_webhook_is_a_field_level_422(org: OrgKey, migrated: Any) ->
             "diagnostics", org.org_id, {"webhook": {"url": "https://x.test/h", "events": ["nope"]}}
         )
     assert info.value.details[0]["loc"][:3] == ["body", "webhook", "events"]
+
+
+def test_progress_is_throttled_and_cancel_is_delivered(
+    client: Any, org: OrgKey, worker: Any, receiver: Receiver, monkeypatch: Any
+) -> None:
+    _allow_receiver(monkeypatch, receiver)
+    hook = client.post(
+        "/v1/webhooks",
+        json={"url": receiver.url, "events": ["job.progress", "job.completed", "job.cancelled"]},
+        headers=org.headers,
+    ).json()
+    verifier = standardwebhooks.Webhook(hook["secret"])
+
+    def events_of(job_id: str) -> list[str]:
+        out = []
+        for got in list(receiver.requests):
+            event = verifier.verify(got.body, got.headers)
+            if event["data"]["id"] == job_id:
+                out.append(event["type"])
+        return out
+
+    # 20 progress steps in about a second: the 5 s throttle lets one job.progress through.
+    done = client.post(
+        "/v1/diagnostics/sleep", json={"seconds": 1, "steps": 20}, headers=org.headers
+    ).json()
+    wait_for_job(client, done["id"], org.headers)
+    _wait(lambda: "job.completed" in events_of(done["id"]))
+    time.sleep(0.3)
+    assert events_of(done["id"]).count("job.progress") == 1
+    assert events_of(done["id"]).count("job.completed") == 1
+
+    running = client.post(
+        "/v1/diagnostics/sleep", json={"seconds": 30, "steps": 300}, headers=org.headers
+    ).json()
+    wait_for_job(client, running["id"], org.headers, statuses=("running",))
+    cancelled = client.post(f"/v1/jobs/{running['id']}/cancel", headers=org.headers)
+    assert cancelled.json()["status"] == "cancelled"
+    _wait(lambda: "job.cancelled" in events_of(running["id"]))
+    assert "job.completed" not in events_of(running["id"])
