@@ -15,7 +15,12 @@ import psutil
 import pytest
 
 from deployments.backends.base import BackendState, DeploymentSpec, Observation, derive_status
-from deployments.backends.local import LocalBackend, LocalBackendConfig, replica_ids
+from deployments.backends.local import (
+    LocalBackend,
+    LocalBackendConfig,
+    process_matches,
+    replica_ids,
+)
 from deployments.masking import mask_secrets
 
 STUB = str(Path(__file__).with_name("stub_server.py"))
@@ -248,3 +253,52 @@ def test_mask_secrets_hides_known_values_and_token_shapes() -> None:
     assert "pw@" not in masked
     assert "ABCDEFGHIJKLMNOP" not in masked
     assert "postgresql://u:****@db/x" in masked
+
+
+WORKER_SCRIPT = """
+import json, os, sys, time
+from pathlib import Path
+from deployments.backends.base import DeploymentSpec
+from deployments.backends.local import LocalBackend, LocalBackendConfig
+config = LocalBackendConfig(runtime_dir=Path(sys.argv[1]), command=json.loads(sys.argv[2]))
+backend = LocalBackend(config)
+spec = DeploymentSpec(id="dep_worker", name="tiny", model="tiny", model_path="/nonexistent")
+state = None
+while True:
+    obs = backend.reconcile(spec, state)
+    state = obs.state
+    if obs.status == "running":
+        break
+    time.sleep(0.1)
+print(state.model_dump_json(), flush=True)
+os._exit(0)  # the worker dies without cleaning up
+"""
+
+
+def test_replicas_outlive_the_worker_that_started_them_and_are_adopted(
+    tmp_path: Path, backends: list[LocalBackend]
+) -> None:
+    import json
+    import subprocess
+
+    command = [sys.executable, STUB, "--port", "{port}", "--name", "{name}"]
+    worker = subprocess.run(
+        [sys.executable, "-c", WORKER_SCRIPT, str(tmp_path / "rt"), json.dumps(command)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+        check=True,
+    )
+    stored = BackendState.model_validate_json(worker.stdout.strip().splitlines()[-1])
+    replica = stored.data["replicas"][0]
+    assert process_matches(replica["pid"], replica["start_time"])  # survived its worker
+
+    successor = make_backend(tmp_path)  # the restarted worker, reading the store
+    backends.append(successor)
+    s = spec(id="dep_worker", env={})
+    adopted = successor.reconcile(s, stored)
+    assert adopted.status == "running" and pids(adopted) == [replica["pid"]]
+    successor.stop(s, adopted.state)
+    assert not process_matches(replica["pid"], replica["start_time"])
+    assert successor.sweep_orphans(set()) == []  # nothing left behind
