@@ -99,7 +99,9 @@ class Stack:
     models); the caller's store must already be migrated.
     """
 
-    def __init__(self, env: dict[str, str], *, concurrency: int = 32) -> None:
+    def __init__(
+        self, env: dict[str, str], *, concurrency: int = 32, log_dir: Path | None = None
+    ) -> None:
         import subprocess
         import sys
         import tempfile
@@ -107,9 +109,11 @@ class Stack:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = env
-        self._logs = tempfile.TemporaryDirectory(prefix="conveyor-stack-")
-        self.worker_log = Path(self._logs.name) / "worker.log"
-        self.api_log = Path(self._logs.name) / "api.log"
+        self._logs = None if log_dir else tempfile.TemporaryDirectory(prefix="conveyor-stack-")
+        logs = log_dir or Path(self._logs.name)  # type: ignore[union-attr]
+        logs.mkdir(parents=True, exist_ok=True)
+        self.worker_log = logs / "worker.log"
+        self.api_log = logs / "api.log"
         worker_cmd = [
             sys.executable, "-m", "celery", "-A", "workers.app", "worker",
             "-Q", "inference", "-P", "threads", "-c", str(concurrency),
@@ -171,4 +175,5 @@ class Stack:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        self._logs.cleanup()
+        if self._logs is not None:
+            self._logs.cleanup()

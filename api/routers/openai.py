@@ -18,17 +18,18 @@ from functools import lru_cache
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, File, Form, Header, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
 
-from api.deps import CurrentPrincipal
+from api.deps import bearer
 from api.routers.deployments import deployment_models, proxy_to_deployment
 from api.schemas import ERROR_RESPONSES
 from api.submit import accepted, submit_job
-from common.errors import NotFound, Unavailable
+from common.errors import NotFound, Unauthorized, Unavailable
 from config import get_settings
 from inference import relay
 from inference.errors import InferenceError, InvalidRequestError, ModelNotFoundError
@@ -44,10 +45,34 @@ from inference.schemas import (
     ModelCard,
     ModelList,
 )
+from store import orgs
+from store.db import session_scope
 from store.jobs import ACTIVE
 from store.orgs import Principal
 
 router = APIRouter(prefix="/v1", tags=["inference"], responses=ERROR_RESPONSES)
+
+
+def short_lived_principal(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Principal:
+    """Authenticate with a session closed at once: a request that waits minutes for its tokens
+    must not hold a database connection (``api.deps.get_principal`` keeps it to the end)."""
+    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
+        raise Unauthorized(
+            "Missing API key: send `Authorization: Bearer <key>`.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    with session_scope() as session:
+        principal = orgs.authenticate(session, credentials.credentials)
+    if principal is None:
+        raise Unauthorized("Invalid or revoked API key.", headers={"WWW-Authenticate": "Bearer"})
+    request.state.principal = principal
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(short_lived_principal)]
 
 FILE_TTL_SECONDS = 24 * 3600
 
@@ -122,7 +147,6 @@ async def _cancel(job_id: str) -> None:
     """The client went away: flag the worker (fast path) and cancel the job in the store."""
     from common import events
     from store import jobs as job_store
-    from store.db import session_scope
     from store.jobs import JobStatus
 
     try:

@@ -2,9 +2,11 @@
 
 Requests from any number of concurrent callers go into one queue. A single generation thread
 collects them for a few milliseconds, left-pads their prompts into one batch and decodes it
-token by token under ``torch.inference_mode``, streaming every choice's new text back to its
-caller's event loop as it is produced. Each row samples with its own temperature, top-p and
-seeded generator, and stops on EOS, its own ``max_tokens`` or one of its stop strings.
+token by token under ``torch.inference_mode``; requests arriving meanwhile join the running
+batch between steps (continuous batching by recomputing the joined rows' prefill). Every
+choice's new text streams back to its caller's event loop as it is produced. Each row samples
+with its own temperature, top-p and seeded generator, and stops on EOS, its own ``max_tokens``
+or one of its stop strings.
 """
 
 from __future__ import annotations
@@ -78,6 +80,19 @@ class _Row:
     token_ids: list[int] = field(default_factory=list)
     sent_chars: int = 0
     finished: bool = False
+
+
+@dataclass
+class _BatchState:
+    """The running batch's KV cache, last logits and per-row sampling settings."""
+
+    past: Any
+    logits: torch.Tensor
+    attention: torch.Tensor
+    last_pos: torch.Tensor
+    temperatures: torch.Tensor
+    top_ps: torch.Tensor
+    greedy: list[bool]
 
 
 class TransformersEngine(ChatEngine):
@@ -237,29 +252,57 @@ class TransformersEngine(ChatEngine):
 
     # -- generation thread --------------------------------------------------------------
     def _generation_loop(self) -> None:
+        """Continuous batching: requests join the running batch between decoding steps.
+
+        When new requests arrive (or most rows have finished), the batch is rebuilt: every live
+        row's prompt plus the tokens it generated so far is prefilled again together with the
+        newcomers (recompute instead of merging KV caches), then decoding goes on step by step.
+        """
         import torch
 
         with torch.inference_mode():
+            rows: list[_Row] = []
+            state: _BatchState | None = None
+            stopping = False
             while True:
-                first = self._queue.get()
-                if first is None:
-                    return
-                batch = self._collect(first)
-                stop_after = batch[-1] is None
-                jobs = [p for p in batch if p is not None and not p.cancelled.is_set()]
-                if jobs:
+                live = [r for r in rows if not r.finished]
+                if not live:
+                    if stopping:
+                        return
+                    first = self._queue.get()
+                    if first is None:
+                        return
+                    jobs, stopping = self._collect(first)
+                else:
+                    jobs, stop_now = self._drain(self.max_batch_size - len(live))
+                    stopping = stopping or stop_now
+                if jobs or state is None or len(live) * 2 <= len(rows):
+                    rows = live + self._new_rows(jobs)
+                    if not rows:
+                        state = None
+                        continue
                     try:
-                        self._run_batch(jobs)
-                    except Exception as exc:  # a bad batch fails its callers, not the engine
-                        logger.exception("generation batch failed")
-                        for job in jobs:
-                            job.emit(EngineUnavailableError(f"Generation failed: {exc}"))
-                if stop_after:
-                    return
+                        state = self._prefill(rows)
+                    except Exception as exc:
+                        self._fail(rows, exc)
+                        rows, state = [], None
+                        continue
+                try:
+                    self._step(rows, state)
+                except Exception as exc:  # a bad batch fails its callers, not the engine
+                    self._fail(rows, exc)
+                    rows, state = [], None
 
-    def _collect(self, first: _Pending) -> list[_Pending | None]:
+    def _fail(self, rows: list[_Row], exc: Exception) -> None:
+        logger.exception("generation batch failed", exc_info=exc)
+        for job in {id(r.pending): r.pending for r in rows if not r.finished}.values():
+            job.emit(EngineUnavailableError(f"Generation failed: {exc}"))
+        for row in rows:
+            row.finished = True
+
+    def _collect(self, first: _Pending) -> tuple[list[_Pending], bool]:
         """Gather requests arriving within the batching window (up to the batch size)."""
-        batch: list[_Pending | None] = [first]
+        jobs = [first]
         rows = first.request.params.n
         deadline = time.monotonic() + self.batch_wait_s
         while rows < self.max_batch_size:
@@ -268,17 +311,33 @@ class TransformersEngine(ChatEngine):
                 item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
             except queue.Empty:
                 break
-            batch.append(item)
             if item is None:
-                break
+                return jobs, True
+            jobs.append(item)
             rows += item.request.params.n
-        return batch
+        return jobs, False
 
-    def _run_batch(self, jobs: list[_Pending]) -> None:
+    def _drain(self, capacity: int) -> tuple[list[_Pending], bool]:
+        """Requests already waiting, up to ``capacity`` rows (never blocks)."""
+        jobs: list[_Pending] = []
+        while capacity > 0:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                return jobs, True
+            jobs.append(item)
+            capacity -= item.request.params.n
+        return jobs, False
+
+    def _new_rows(self, jobs: list[_Pending]) -> list[_Row]:
         import torch
 
         rows: list[_Row] = []
         for job in jobs:
+            if job.cancelled.is_set():
+                continue
             params = job.request.params
             job.rows_left = params.n
             for index in range(params.n):
@@ -290,53 +349,64 @@ class TransformersEngine(ChatEngine):
                     else:
                         generator.seed()
                 rows.append(_Row(pending=job, index=index, generator=generator))
+        return rows
+
+    def _prefill(self, rows: list[_Row]) -> _BatchState:
+        """Left-pad every row's prompt + generated tokens and run them through the model."""
+        import torch
+
         self.batches_run += 1
         self.max_rows_seen = max(self.max_rows_seen, len(rows))
-
+        sequences = [r.pending.prompt_ids + r.token_ids for r in rows]
         pad_id = int(self._tokenizer.pad_token_id)
-        width = max(len(r.pending.prompt_ids) for r in rows)
+        width = max(len(s) for s in sequences)
         input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
         attention = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids = row.pending.prompt_ids
+        for i, ids in enumerate(sequences):
             input_ids[i, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
             attention[i, width - len(ids) :] = 1
         input_ids = input_ids.to(self.device)
         attention = attention.to(self.device)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
-
-        temperatures = torch.tensor(
-            [max(r.pending.request.params.temperature, _GREEDY_BELOW) for r in rows],
-            device=self.device,
-        )
-        top_ps = torch.tensor([r.pending.request.params.top_p for r in rows], device=self.device)
-        greedy = [r.generator is None for r in rows]
-        steps = max(r.pending.max_tokens for r in rows)
-
         out = self._model(
             input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True
         )
-        past = out.past_key_values
-        logits = out.logits[:, -1, :]
-        last_pos = positions[:, -1:]
-        for _ in range(steps):
-            next_ids = self._sample(logits, temperatures, top_ps, greedy, rows)
-            for row, token in zip(rows, next_ids.tolist(), strict=True):
-                if not row.finished:
-                    self._advance(row, int(token))
-            if all(r.finished for r in rows):
-                return
-            attention = torch.cat([attention, attention.new_ones((len(rows), 1))], dim=1)
-            last_pos = last_pos + 1
-            out = self._model(
-                input_ids=next_ids[:, None],
-                attention_mask=attention,
-                position_ids=last_pos,
-                past_key_values=past,
-                use_cache=True,
-            )
-            past = out.past_key_values
-            logits = out.logits[:, -1, :]
+        params = [r.pending.request.params for r in rows]
+        return _BatchState(
+            past=out.past_key_values,
+            logits=out.logits[:, -1, :],
+            attention=attention,
+            last_pos=positions[:, -1:],
+            temperatures=torch.tensor(
+                [max(p.temperature, _GREEDY_BELOW) for p in params], device=self.device
+            ),
+            top_ps=torch.tensor([p.top_p for p in params], device=self.device),
+            greedy=[r.generator is None for r in rows],
+        )
+
+    def _step(self, rows: list[_Row], state: _BatchState) -> None:
+        """Sample one token for every row, stream it, and feed it back to the model."""
+        import torch
+
+        next_ids = self._sample(state.logits, state.temperatures, state.top_ps, state.greedy, rows)
+        for row, token in zip(rows, next_ids.tolist(), strict=True):
+            if not row.finished:
+                self._advance(row, int(token))
+        if all(r.finished for r in rows):
+            return
+        state.attention = torch.cat(
+            [state.attention, state.attention.new_ones((len(rows), 1))], dim=1
+        )
+        state.last_pos = state.last_pos + 1
+        out = self._model(
+            input_ids=next_ids[:, None],
+            attention_mask=state.attention,
+            position_ids=state.last_pos,
+            past_key_values=state.past,
+            use_cache=True,
+        )
+        state.past = out.past_key_values
+        state.logits = out.logits[:, -1, :]
 
     def _sample(
         self,

@@ -117,3 +117,25 @@ def test_closing_a_stream_cancels_the_request(tiny_engine: TransformersEngine) -
     result = asyncio.run(tiny_engine.generate(_req(max_tokens=3, seed=1)))
     assert tiny_engine.rows_cancelled == before + 1
     assert result.usage.completion_tokens == 3
+
+
+def test_a_request_joins_a_running_batch(tiny_engine: TransformersEngine) -> None:
+    async def run() -> tuple[bool, int]:
+        long_done = asyncio.Event()
+
+        async def long() -> None:
+            async for _ in tiny_engine.stream(_req(max_tokens=220, seed=1)):
+                pass
+            long_done.set()
+
+        long_task = asyncio.create_task(long())
+        await asyncio.sleep(0.2)  # the long request is decoding now
+        assert not long_done.is_set()
+        short = await tiny_engine.generate(_req("Hello", max_tokens=3, seed=2))
+        finished_first = not long_done.is_set()
+        await long_task
+        return finished_first, short.usage.completion_tokens
+
+    finished_first, tokens = asyncio.run(run())
+    assert finished_first  # it did not wait for the 220-token request to end
+    assert tokens == 3
