@@ -25,7 +25,9 @@ def wait_for_rollout(
     cancelled: Callable[[], bool] | None = None,
     on_observation: Callable[[Observation], None] | None = None,
 ) -> Observation:
-    """Reconcile every `poll_s` until the deployment runs or fails; fail it at the deadline.
+    """Reconcile until the deployment runs or fails; fail it at the deadline.
+
+    Between reconciles it waits for the backend to report a change (a watch), at most `poll_s`.
 
     `on_observation` sees every observation (the caller stores state and status as it goes, so
     a worker that dies mid-rollout leaves the store truthful); `cancelled` is checked between
@@ -56,4 +58,4 @@ def wait_for_rollout(
             on_observation(obs)
         if cancelled is not None and cancelled():
             return obs
-        time.sleep(poll_s)
+        backend.wait_for_change(spec, min(poll_s, max(0.0, deadline - time.monotonic())))

@@ -10,6 +10,7 @@ waits for a rollout to finish: waiting (with a deadline) is the deploy task's jo
 from __future__ import annotations
 
 import abc
+import time
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -125,6 +126,13 @@ class Backend(abc.ABC):
         self, spec: DeploymentSpec, state: BackendState | None, tail: int = 200
     ) -> list[str]:
         """The last `tail` log lines of the deployment's replicas, secrets masked."""
+
+    def wait_for_change(self, spec: DeploymentSpec, timeout_s: float) -> None:
+        """Block until the deployment's replicas may have changed, at most `timeout_s`.
+
+        The default just sleeps; a backend with a watch (Kubernetes) returns on the first event.
+        """
+        time.sleep(timeout_s)
 
     def follow_logs(self, spec: DeploymentSpec, state: BackendState | None) -> LogFollower:
         """A follower of new log lines (secrets masked); the default follows nothing."""

@@ -28,6 +28,7 @@ from typing import Any, cast
 
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
+from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
 
 from deployments.backends.base import (
@@ -280,6 +281,7 @@ class KubernetesBackend(Backend):
         self.config = config
         self.renderer = ManifestRenderer(config)
         self.api = api_client or load_api_client(config)
+        self._pods_version: dict[str, str] = {}  # deployment id → resourceVersion of its pods
 
     # ---------------------------------------------------------------- API plumbing ---
     def _call(
@@ -441,7 +443,35 @@ class KubernetesBackend(Backend):
             f"/api/v1/namespaces/{self.config.namespace}/pods",
             query=[("labelSelector", selector)],
         )
+        version = (listed.get("metadata") or {}).get("resourceVersion")
+        if version:
+            self._pods_version[spec.id] = str(version)
         return cast(list[dict[str, Any]], listed.get("items") or [])
+
+    def wait_for_change(self, spec: DeploymentSpec, timeout_s: float) -> None:
+        """Watch the deployment's pods from the last list; return on the first event."""
+        version = self._pods_version.get(spec.id)
+        if version is None or timeout_s <= 0:
+            super().wait_for_change(spec, timeout_s)
+            return
+        watcher = k8s_watch.Watch()
+        try:
+            for _event in watcher.stream(
+                k8s.CoreV1Api(self.api).list_namespaced_pod,
+                self.config.namespace,
+                label_selector=f"{ID_LABEL}={labels(spec)[ID_LABEL]}",
+                resource_version=version,
+                timeout_seconds=max(1, math.ceil(timeout_s)),
+                _request_timeout=timeout_s + 10,
+                deserialize=False,
+            ):
+                watcher.stop()
+                break
+        except ApiException:  # e.g. 410 Gone: the next list gets a fresh resourceVersion
+            self._pods_version.pop(spec.id, None)
+        except Exception as exc:  # a dropped watch only costs a poll interval
+            if "timed out" not in str(exc).lower():
+                raise BackendError(f"watching pods failed: {exc}") from exc
 
     def _pod_events(self, pod_names: set[str]) -> list[dict[str, Any]]:
         listed = self._call(

@@ -160,6 +160,8 @@ class FakeKube:
         self.deadline_exceeded = False
         self.applied: list[dict[str, Any]] = []
         self.bad_requests: list[str] = []
+        self.versions = 0
+        self.watches = 0
 
     # ------------------------------------------------------------------ controllers ---
     def tick(self) -> None:
@@ -327,12 +329,23 @@ def _handler(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
                 selector = query.get("labelSelector", [""])[0]
                 key, _, value = selector.partition("=")
                 with fake.lock:
+                    fake.versions += 1
                     items = [
                         fake.pod_json(p, ns)
                         for p in fake.pods.values()
                         if not key or p.labels.get(key) == value
                     ]
-                self._send(200, {"apiVersion": "v1", "kind": "PodList", "items": items})
+                if query.get("watch", [""])[0].lower() == "true":
+                    fake.watches += 1
+                    if not query.get("resourceVersion"):
+                        self._status(400, "BadRequest", "watch without resourceVersion")
+                        return
+                    lines = [json.dumps({"type": "MODIFIED", "object": item}) for item in items]
+                    self._send(200, "".join(line + "\n" for line in lines))
+                    return
+                meta = {"resourceVersion": str(fake.versions)}
+                body = {"apiVersion": "v1", "kind": "PodList", "metadata": meta, "items": items}
+                self._send(200, body)
             elif plural == "pods" and sub == "log":
                 pod = fake.pods.get(name or "")
                 if pod is None:
