@@ -21,7 +21,7 @@ import pytest
 from tests.deployments.conftest import install_backend
 from tests.deployments.test_deploy_api import pids_of, wait_status
 
-pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("worker")]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900), pytest.mark.usefixtures("worker")]
 
 
 @pytest.fixture(scope="module")
