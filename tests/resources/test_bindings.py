@@ -16,7 +16,7 @@ import pytest
 
 from tests.deployments.conftest import install_backend
 from tests.helpers import wait_for_job
-from tests.resources.apihelpers import BOUND_APP, creds, provision
+from tests.resources.apihelpers import BOUND_APP, creds, delete, provision
 from tests.resources.conftest import connect_url
 
 pytestmark = pytest.mark.usefixtures("pg_available", "worker")
@@ -129,4 +129,4 @@ def test_bind_conflict_prefix_rotation_unbind(
     _wait_revision(client, dep_id, org.headers, 6)
     assert _db_check(dep_id) == "DB_CHECK missing DATABASE_URL"
     client.delete(f"/v1/deployments/{dep_id}", headers=org.headers)
-    client.delete(f"/v1/resources/{res['id']}", headers=org.headers)
+    delete(client, org, res["id"])
