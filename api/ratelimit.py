@@ -126,6 +126,7 @@ class RateLimiter:
             raise ValueError(f"{storage_uri!r} has no asyncio storage in limits")
         self.storage: Storage = storage
         self.strategy: LimitsStrategy = _STRATEGIES[strategy](self.storage)
+        self._window_ends: dict[str, float] = {}
 
     async def hit(
         self, identity: str, method: str, policy: RateLimitPolicy | None = None
@@ -133,17 +134,31 @@ class RateLimiter:
         """Count one request and say whether it is within its budget."""
         klass = method_class(method)
         item = (policy or RateLimitPolicy()).item(klass)
-        allowed = await self.strategy.hit(item, identity)
-        stats = await self.strategy.get_window_stats(item, identity)
         now = time.time()
-        reset_at = math.ceil(stats.reset_time)
-        retry_after = 0 if allowed else max(1, math.ceil(stats.reset_time - now))
+        if isinstance(self.strategy, FixedWindowRateLimiter):
+            # The fixed window's own two steps (what FixedWindowRateLimiter.hit and
+            # get_window_stats do) in one round trip per request: the counter from the storage's
+            # incr, and the window's end from get_expiry only when it is not yet known here.
+            key = item.key_for(identity)
+            count = await self.storage.incr(key, item.get_expiry())
+            reset_time = self._window_ends.get(key, 0.0)
+            if reset_time <= now:
+                reset_time = await self.storage.get_expiry(key)
+                if len(self._window_ends) > 50_000:
+                    self._window_ends.clear()
+                self._window_ends[key] = reset_time
+            allowed = count <= item.amount
+            remaining = item.amount - count
+        else:
+            allowed = await self.strategy.hit(item, identity)
+            stats = await self.strategy.get_window_stats(item, identity)
+            reset_time, remaining = stats.reset_time, stats.remaining
         return RateLimitDecision(
             allowed=allowed,
             limit=item.amount,
-            remaining=max(0, stats.remaining),
-            reset_at=reset_at,
-            retry_after=retry_after,
+            remaining=max(0, remaining),
+            reset_at=math.ceil(reset_time),
+            retry_after=0 if allowed else max(1, math.ceil(reset_time - now)),
         )
 
     async def check_storage(self) -> bool:
