@@ -87,6 +87,12 @@ def copy_database(source: str, target: str) -> None:
 
     reset_engine()  # CREATE DATABASE … TEMPLATE needs the source without connections
     with psycopg.connect(harness.PG_ADMIN_URL, autocommit=True) as conn:
+        # This run's own idle connections (the engine's pool, Alembic's) still hold it.
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            (source,),
+        )
         conn.execute(f'CREATE DATABASE "{target}" TEMPLATE "{source}"')
 
 
