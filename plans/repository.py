@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -92,7 +92,3 @@ def add_to_counter(session: Session, org_id: str, period: str, metric: str, amou
         )
     else:  # pragma: no cover - only the two supported stores exist
         raise RuntimeError(f"unsupported dialect {dialect}")
-
-
-def set_org_plan(session: Session, org_id: str, plan: str) -> None:
-    session.execute(update(Organization).where(Organization.id == org_id).values(plan=plan))
