@@ -22,3 +22,10 @@ def receiver() -> Iterator[Receiver]:
     yield rec
     rec.server.shutdown()
     rec.server.server_close()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    from tests.api_contract.test_schemathesis import SUMMARY
+
+    for line in SUMMARY:
+        terminalreporter.write_line(line)

@@ -20,6 +20,8 @@ from tests.conftest import make_org
 EXAMPLES = int(os.environ.get("CONVEYOR_SCHEMATHESIS_EXAMPLES", "10"))
 #: Checks that assume what this API does not promise: that any schema-valid id exists
 #: (positive_data_acceptance: random ids are rightly 404) and stateful resource checks.
+#: Shown in pytest's terminal summary (tests/api_contract/conftest.py) so CI's log has the figures.
+SUMMARY: list[str] = []
 EXCLUDED_CHECKS = ("positive_data_acceptance", "use_after_free", "ensure_resource_availability")
 
 
@@ -86,9 +88,9 @@ def test_every_operation_honours_its_documented_contract(migrated: Any, monkeypa
             _fuzz(operation, fuzz_org.headers, excluded, calls)
         except (Exception, BaseExceptionGroup) as exc:  # collect every operation's failures
             failures.append(f"{operation.label}: {str(exc)[:1500]}")
-    print(
-        f"\nschemathesis: {len(calls)} operations, {sum(calls.values())} requests, "
-        f"{len(failures)} failures"
+    SUMMARY.append(
+        f"schemathesis: {len(calls)} operations x up to {EXAMPLES} examples = "
+        f"{sum(calls.values())} requests, {len(failures)} failing operations"
     )
     assert len(calls) >= 20
     assert not failures, "\n\n".join(failures)
