@@ -63,9 +63,12 @@ def inference(ctx: JobContext) -> dict[str, Any] | None:
 
 @worker_ready.connect
 def _load_models_at_start(sender: Any = None, **_: Any) -> None:
-    """Load the models when the worker starts, if it consumes the inference queue."""
+    """Load the models when an inference worker starts (threads/solo pool: the process that
+    runs the tasks). A prefork parent never loads them: CUDA must start in the child only, so
+    prefork children load lazily on their first task."""
     queues = {q.name for q in getattr(getattr(sender, "task_consumer", None), "queues", [])}
-    if "inference" in queues and len(queues) == 1:
+    pool_module = type(getattr(sender, "pool", None)).__module__
+    if queues == {"inference"} and pool_module.endswith((".thread", ".solo")):
         get_runtime(build_runtime)
 
 
