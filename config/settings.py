@@ -85,6 +85,7 @@ class Settings(BaseSettings):
     )
     kube_cache_size: str = "50Gi"
     kube_cache_storage_class: str = ""
+    kube_cache_access_mode: str = "ReadWriteOnce"  # ReadWriteMany when replicas span nodes
     kube_startup_budget_seconds: int = 600
 
     # --- API contract: rate limits, body limits, CORS, idempotency, webhooks ------------------

@@ -56,6 +56,7 @@ def build_backend(settings: Settings) -> Backend:
                 gpu_node_selectors=selectors,
                 cache_size=settings.kube_cache_size,
                 cache_storage_class=settings.kube_cache_storage_class or None,
+                cache_access_mode=settings.kube_cache_access_mode,
                 startup_budget_s=settings.kube_startup_budget_seconds,
                 rollout_deadline_s=int(settings.deploy_rollout_deadline_seconds),
                 kubeconfig=settings.kube_config or None,
