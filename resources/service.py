@@ -383,7 +383,7 @@ def restorable_until(session: Session, res: Resource) -> datetime | None:
         if b.method == PITR_BACKUP_METHOD
     ]
     try:
-        return backend_of(res).window(handle_of(res), bases).restorable_until  # type: ignore[attr-defined,no-any-return]
+        return backend_of(res).window(handle_of(res), bases).restorable_until
     except (OutsideWindow, ResourceError):
         return None
 
@@ -410,7 +410,7 @@ def _check_window(session: Session, source: Resource, target: datetime) -> None:
         if b.method == PITR_BACKUP_METHOD
     ]
     try:
-        window = backend_of(source).window(handle_of(source), bases)  # type: ignore[attr-defined]
+        window = backend_of(source).window(handle_of(source), bases)
     except OutsideWindow as exc:
         raise ValidationFailed(f"No restorable window yet: {exc.message}", details=[]) from exc
     if not window.contains(target):
@@ -790,7 +790,7 @@ def run_restore(session_factory: Any, job: dict[str, Any]) -> Outcome:
         make = lambda: backend.restore(result, source_handle, ident)  # noqa: E731
     elif job.get("target_time"):
         target = datetime.fromisoformat(job["target_time"])
-        make = lambda: backend.pitr(source_handle, bases, target, ident)  # type: ignore[attr-defined]  # noqa: E731
+        make = lambda: backend.pitr(source_handle, bases, target, ident)  # noqa: E731
     else:
         make = lambda: backend.branch(source_handle, ident)  # noqa: E731
     return _finish_provisioning(session_factory, job["resource_id"], make)
@@ -824,8 +824,8 @@ def check_archiving(session_factory: Any) -> Outcome:
     backend = get_backend("postgres", "dedicated", resource_settings())
     for resource_id, handle in targets:
         try:
-            backend.heartbeat(handle)  # type: ignore[attr-defined]
-            health = backend.health(handle)  # type: ignore[attr-defined]
+            backend.heartbeat(handle)
+            health = backend.health(handle)
         except Exception as exc:
             health = {"status": "failing", "last_failed_wal": None, "error": str(exc)[:300]}
         with session_factory() as session:

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from api.deps import CurrentPrincipal, Db
 from api.schemas import ERROR_RESPONSES
-from common.errors import ValidationFailed
+from common.errors import NotFound, ValidationFailed
 from resources import repository, service
 from resources.events import emit
 from resources.models import Resource
@@ -110,9 +110,8 @@ def delete_resource(
     resource_id: str, principal: CurrentPrincipal, db: Db, purge_backups: bool = False
 ) -> JSONResponse:
     res = repository.get(db, principal.org_id, resource_id, lock=True)
-    if res is None:
-        service.get(db, principal.org_id, resource_id)  # 404 in the one error shape
-        raise AssertionError
+    if res is None:  # a deleted resource answers 202 again (idempotent); a missing one 404
+        raise NotFound(f"Resource {resource_id!r} not found.")
     return _accepted(db, res, service.delete(db, res, purge_backups))
 
 

@@ -100,6 +100,17 @@ class Backend(Protocol):
 
     def metrics(self, handle: Handle) -> dict[str, Any]: ...
 
+    # Point in time and archive health: dedicated postgres; NoPitr elsewhere.
+    def window(self, handle: Handle, base_backups: list[BackupResult]) -> Window: ...
+
+    def pitr(
+        self, source: Handle, base_backups: list[BackupResult], target: datetime, ident: str
+    ) -> Handle: ...
+
+    def health(self, handle: Handle) -> dict[str, Any]: ...
+
+    def heartbeat(self, handle: Handle) -> None: ...
+
 
 class NoPitr:
     """Mixin for backends without point-in-time restore (everything but dedicated postgres)."""
@@ -114,3 +125,6 @@ class NoPitr:
 
     def health(self, handle: Handle) -> dict[str, Any]:
         return {"status": "ok"}
+
+    def heartbeat(self, handle: Handle) -> None:
+        return None

@@ -22,7 +22,7 @@ from resources.errors import BackendError
 
 # Every ordinary, permanent table outside the system schemas (unlogged tables do not survive
 # a physical restore, so they are left out of the comparison on every tier alike).
-_TABLES = """
+TABLES_QUERY = """
 SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind = 'r' AND c.relpersistence = 'p'
   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
@@ -153,7 +153,7 @@ def fingerprint(conn: psycopg.Connection[Any]) -> Fingerprint:
     functions (``hash_record_extended``); a table with a type that has none (json, point …)
     hashes its rows' text form instead."""
     result: Fingerprint = {}
-    for schema, table in conn.execute(_TABLES).fetchall():
+    for schema, table in conn.execute(TABLES_QUERY).fetchall():
         name = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
         try:
             with conn.transaction():

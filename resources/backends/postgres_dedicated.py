@@ -305,7 +305,7 @@ class PostgresDedicated:
         dsn = pg.dsn_for(self.admin_dsn(st), DB)
         with psycopg.connect(dsn) as locker, psycopg.connect(dsn) as reader:
             locker.execute("SET lock_timeout = '60s'")
-            tables = [f"{s}.{t}" for s, t in locker.execute(pg._TABLES).fetchall()]
+            tables = [f"{s}.{t}" for s, t in locker.execute(pg.TABLES_QUERY).fetchall()]
             if tables:
                 locker.execute(
                     sql.SQL("LOCK TABLE {} IN SHARE MODE").format(
