@@ -143,18 +143,21 @@ class RateLimitMiddleware:
         self.lookup = lookup
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        exempt = scope["path"] in EXEMPT_PATHS
         token = bearer_token(scope)
         info = await self.lookup.get(token) if token else None
         client = scope.get("client")
         # Unknown keys count against the caller's address, so random keys buy no extra budget.
         identity = identity_for(token if info else None, client[0] if client else None)
         try:
-            decision = await self.limiter.hit(
-                identity, scope["method"], info.policy if info else None
-            )
+            policy = info.policy if info else None
+            if exempt:  # health checks and docs report the budget without spending it
+                decision = await self.limiter.peek(identity, scope["method"], policy)
+            else:
+                decision = await self.limiter.hit(identity, scope["method"], policy)
         except Exception:  # the counter store is down: fail open, loudly
             log.warning("rate-limit storage unavailable; request not counted", exc_info=True)
             await self.app(scope, receive, send)

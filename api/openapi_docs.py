@@ -206,7 +206,7 @@ def document_contract(app: FastAPI) -> None:
                     errors.update(JOB_CREATE_ERRORS)
                 _add_errors(operation, errors)
                 _normalise_errors(operation)
-                _add_headers(operation, limited)
+                _add_headers(operation, limited=True)  # exempt paths report the budget too
         schemes = spec.setdefault("components", {}).setdefault("securitySchemes", {})
         for scheme in schemes.values():
             scheme["description"] = (

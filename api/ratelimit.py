@@ -161,6 +161,20 @@ class RateLimiter:
             retry_after=0 if allowed else max(1, math.ceil(reset_time - now)),
         )
 
+    async def peek(
+        self, identity: str, method: str, policy: RateLimitPolicy | None = None
+    ) -> RateLimitDecision:
+        """The budget as it stands, without counting a request (health checks, docs)."""
+        item = (policy or RateLimitPolicy()).item(method_class(method))
+        stats = await self.strategy.get_window_stats(item, identity)
+        return RateLimitDecision(
+            allowed=True,
+            limit=item.amount,
+            remaining=max(0, stats.remaining),
+            reset_at=math.ceil(stats.reset_time),
+            retry_after=0,
+        )
+
     async def check_storage(self) -> bool:
         """True when the counter storage answers (used by health checks)."""
         return bool(await self.storage.check())

@@ -16,6 +16,11 @@ def test_every_response_carries_rate_limit_headers(client: Any, free_org: OrgKey
         assert int(response.headers["X-RateLimit-Remaining"]) < 120
         assert int(response.headers["X-RateLimit-Reset"]) > time.time()
         assert response.headers["X-Request-ID"].startswith("req_")
+    # Health checks report the read budget without spending it.
+    before = client.get("/v1/health", headers=free_org.headers)
+    after = client.get("/v1/health", headers=free_org.headers)
+    assert before.headers["X-RateLimit-Limit"] == "120"
+    assert before.headers["X-RateLimit-Remaining"] == after.headers["X-RateLimit-Remaining"]
     write = client.delete("/v1/keys/none", headers=free_org.headers)
     assert write.status_code == 404
     assert write.headers["X-RateLimit-Limit"] == "60"
