@@ -126,6 +126,7 @@ class Settings(BaseSettings):
     crawl_split_threshold: int = 50  # crawls of this many pages or more get helper tasks
     crawl_split_workers: int = 2  # tasks crawling one site at once (main + helpers)
     crawl_stale_claim_seconds: float = 300.0  # a claim older than this was lost with its worker
+    crawl_per_host_delay_s: float = 0.0  # least gap between requests to a host (or crawl-delay)
 
     # --- resources (resources/settings.py maps these onto the backends) ----------------------
     resources_pg_admin_dsn: str = "postgresql://postgres@127.0.0.1:5432/postgres"

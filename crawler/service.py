@@ -241,7 +241,9 @@ async def run_worker(
 
     async def crawl_one(page: repo.Claimed) -> PageOutcome:
         host = urlsplit(page.url).netloc
-        delay = await robots.crawl_delay(page.url) if request.respect_robots else 0.0
+        delay = runtime.config.per_host_delay_s
+        if request.respect_robots:
+            delay = max(delay, await robots.crawl_delay(page.url))
         sem = await polite.wait(host, delay)
         try:
             return await crawl_page(
