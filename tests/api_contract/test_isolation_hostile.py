@@ -236,3 +236,42 @@ def test_multipart_only_where_uploads_are_taken(client: Any, org: OrgKey) -> Non
     assert refused.status_code == 415
     accepted = client.post("/v1/files", files=files, data={"purpose": "batch"}, headers=org.headers)
     assert accepted.status_code not in (413, 415), accepted.text
+
+
+ANY_ROUTE_HOSTILE_BODIES = [
+    b"{not json",
+    b'{"name": "\xff\xfe"}',
+    b"[" * 5000 + b"]" * 5000,
+    b'{"a":' * 3000 + b"1" + b"}" * 3000,
+    b"1e999999",
+    b'{"name": "a\\u0000b"}',
+    b'{"name": "\\udc00"}',
+    b'"' + b"a" * 70_000 + b'"',
+]
+
+
+def test_every_body_taking_route_answers_hostile_bodies_with_4xx(
+    client: Any, org: OrgKey, monkeypatch: Any
+) -> None:
+    from workers.app import celery_app
+
+    monkeypatch.setattr(celery_app, "send_task", lambda *args, **kwargs: None)
+    spec = client.get("/openapi.json").json()
+    checked = 0
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            if "requestBody" not in operation:
+                continue
+            concrete = re.sub(r"\{[^}]+\}", "missing", path)
+            for body in ANY_ROUTE_HOSTILE_BODIES:
+                response = client.request(
+                    method.upper(),
+                    concrete,
+                    content=body,
+                    headers={**org.headers, "content-type": "application/json"},
+                )
+                label = (method, path, body[:20], response.status_code)
+                assert 400 <= response.status_code < 500, label
+                assert response.json()["error"]["request_id"].startswith("req_"), label
+                checked += 1
+    assert checked >= 10 * len(ANY_ROUTE_HOSTILE_BODIES)
