@@ -806,10 +806,21 @@ def schedule_due_backups(session: Session, now: datetime) -> Outcome:
 
 
 def expire_backups(session: Session, now: datetime) -> int:
+    """Delete backups past their retention, then the WAL no kept base backup needs."""
     expired = list(repository.expired_backups(session, now))
     for backup in expired:
         _remove_backup_files(backup)
         backup.deleted_at = now
+    session.flush()
+    for resource_id in sorted({b.resource_id for b in expired}):
+        res = repository.get_any(session, resource_id)
+        if res is not None and res.state and res.secret_encrypted:
+            kept = [
+                backup_result(b)
+                for b in repository.completed_backups(session, res.id)
+                if b.method == PITR_BACKUP_METHOD
+            ]
+            backend_of(res).prune_archive(handle_of(res), kept)
     return len(expired)
 
 

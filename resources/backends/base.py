@@ -111,6 +111,8 @@ class Backend(Protocol):
 
     def heartbeat(self, handle: Handle) -> None: ...
 
+    def prune_archive(self, handle: Handle, base_backups: list[BackupResult]) -> None: ...
+
 
 class NoPitr:
     """Mixin for backends without point-in-time restore (everything but dedicated postgres)."""
@@ -127,4 +129,7 @@ class NoPitr:
         return {"status": "ok"}
 
     def heartbeat(self, handle: Handle) -> None:
+        return None
+
+    def prune_archive(self, handle: Handle, base_backups: list[BackupResult]) -> None:
         return None

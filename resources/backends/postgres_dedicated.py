@@ -42,6 +42,7 @@ from resources.settings import ResourceSettings
 DB = "app"
 DEFAULT_CONNECTION_LIMIT = 50
 _SEGMENT = re.compile(r"^([0-9A-F]{24})\.gz$")
+_START_WAL = re.compile(r"START WAL LOCATION: \S+ \(file ([0-9A-F]{24})\)")
 _COMMIT = re.compile(r"COMMIT (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC")
 
 
@@ -451,6 +452,26 @@ class PostgresDedicated:
                 if stamps:
                     return max(datetime.fromisoformat(s).replace(tzinfo=UTC) for s in stamps)
         return None
+
+    def prune_archive(self, handle: Handle, base_backups: list[BackupResult]) -> None:
+        """Drop archived WAL older than the oldest kept base backup (nothing can replay it),
+        so the archive does not grow forever; keep everything when there is no base backup."""
+        starts = []
+        for b in base_backups:
+            label = Path(b.location) / "backup_label"
+            if label.exists() and (m := _START_WAL.search(label.read_text())):
+                starts.append(m.group(1))
+        if starts:
+            run(
+                [
+                    self._bin("pg_archivecleanup"),
+                    "-x",
+                    ".gz",
+                    handle.state["archive_dir"],
+                    min(starts),
+                ],
+                user=self.user,
+            )
 
     def window(self, handle: Handle, base_backups: list[BackupResult]) -> Window:
         if not base_backups:

@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from resources.backends.base import Handle
+from resources.backends.base import BackupResult, Handle
 from resources.backends.postgres_dedicated import PostgresDedicated
 from resources.errors import OutsideWindow
 from resources.settings import ResourceSettings
@@ -139,3 +139,34 @@ def test_archive_failure_is_detected(backend: PostgresDedicated, instance: Handl
     while backend.health(instance)["status"] != "ok" and time.monotonic() < deadline:
         time.sleep(0.5)
     assert backend.health(instance)["status"] == "ok"
+
+
+def test_archive_pruned_to_the_oldest_kept_base_backup(
+    backend: PostgresDedicated, instance: Handle
+) -> None:
+    url = instance.env["DATABASE_URL"]
+    archive = Path(instance.state["archive_dir"])
+    _exec(url, "CREATE TABLE t (id int)")
+    first = backend.backup(instance, "b1")
+    for i in range(3):
+        _exec(url, f"INSERT INTO t VALUES ({i})")
+        with psycopg.connect(backend.admin_dsn(instance.state), autocommit=True) as conn:
+            conn.execute("SELECT pg_switch_wal()")
+    second = backend.backup(instance, "b2")
+
+    def segments() -> set[str]:
+        return {p.name[:24] for p in archive.iterdir() if len(p.name) == 27}
+
+    def start(b: BackupResult) -> str:
+        label = (Path(b.location) / "backup_label").read_text()
+        return label.split("(file ", 1)[1][:24]
+
+    before = segments()
+    backend.prune_archive(instance, [first, second])
+    kept = segments()
+    assert {s for s in before if s >= start(first)} <= kept  # b1 still needs them
+    assert all(s >= start(first) for s in kept)
+    backend.prune_archive(instance, [second])
+    assert all(s >= start(second) for s in segments())
+    assert len(segments()) < len(kept)
+    assert backend.verify(instance, second).ok  # what b2 needs is still there
