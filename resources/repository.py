@@ -125,6 +125,15 @@ def completed_backups(session: Session, resource_id: str) -> Sequence[ResourceBa
     ).all()
 
 
+def backups_of(session: Session, resource_id: str) -> Sequence[ResourceBackup]:
+    """Every not-deleted backup of a resource, whatever its status."""
+    return session.scalars(
+        select(ResourceBackup).where(
+            ResourceBackup.resource_id == resource_id, ResourceBackup.deleted_at.is_(None)
+        )
+    ).all()
+
+
 def latest_backup(session: Session, resource_id: str) -> ResourceBackup | None:
     return session.scalars(
         select(ResourceBackup)

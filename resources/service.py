@@ -635,7 +635,7 @@ def run_delete(session_factory: Any, resource_id: str, purge_backups: bool) -> O
             return Outcome()
         backend = backend_of(res)
         handle = handle_of(res) if res.state and res.secret_encrypted else None
-        backups = [b.id for b in repository.completed_backups(session, res.id)]
+        backups = [b.id for b in repository.backups_of(session, res.id)]
     if handle is not None:
         backend.deprovision(handle)
         if purge_backups and hasattr(backend, "purge_backups"):
@@ -653,7 +653,8 @@ def run_delete(session_factory: Any, resource_id: str, purge_backups: bool) -> O
             for backup_id in backups:
                 backup = repository.get_backup_any(session, backup_id)
                 if backup is not None:
-                    delete_backup(session, backup)
+                    _remove_backup_files(backup)
+                    backup.deleted_at = utcnow()
         res.status, res.deleted_at = "deleted", utcnow()
         res.secret_encrypted = None
         out.events.append(("resource.deleted", res.org_id, {"id": res.id}))
