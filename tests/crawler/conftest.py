@@ -43,14 +43,14 @@ def runtime(crawl_config: CrawlConfig) -> Iterator[CrawlRuntime]:
     rt.close()
 
 
-@pytest.fixture(scope="session")
-def crawl_settings(site: GeneratedSite, runtime: CrawlRuntime) -> Iterator[None]:
-    """Point the platform's allow-list setting at the test site (never turning the guard off)."""
+@pytest.fixture
+def crawl_settings(
+    site: GeneratedSite, runtime: CrawlRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Point the platform's allow-list setting at the test site for one test (never turning
+    the guard off, and never leaking into other areas' tests)."""
     from config import get_settings
 
     settings = get_settings()
-    saved = (settings.crawl_allowed_hosts, settings.crawl_split_threshold)
-    settings.crawl_allowed_hosts = site.host
-    settings.crawl_split_threshold = 10**9  # in-process worker: no helper tasks
-    yield
-    settings.crawl_allowed_hosts, settings.crawl_split_threshold = saved
+    monkeypatch.setattr(settings, "crawl_allowed_hosts", site.host)
+    monkeypatch.setattr(settings, "crawl_split_threshold", 10**9)  # in-process: no helpers
