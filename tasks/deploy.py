@@ -82,9 +82,20 @@ def deploy(ctx: JobContext) -> dict[str, Any] | None:
     if ctx.cancelled():
         raise JobCancelled(ctx.job_id)
     if obs.status == "failed":
+        if isinstance(backend, LocalBackend):
+            _release(ctx, backend.stop(spec, obs.state))  # a failed rollout keeps no process
         reason = obs.reason or "rollout failed"
         raise JobFailed(reason, code=reason.split(":", 1)[0])
     return {"status": obs.status, "ready_replicas": obs.ready_replicas, "endpoint": obs.endpoint}
+
+
+def _release(ctx: JobContext, stopped: Observation) -> None:
+    """Record that a failed deployment's replicas were stopped (its status stays failed)."""
+    with session_scope() as session:
+        dep = repository.get_any(session, ctx.input["deployment_id"], lock=True)
+        if dep is not None and dep.job_id in (None, ctx.job_id):
+            dep.backend_state = stopped.state.model_dump(mode="json")
+            dep.ready_replicas, dep.endpoint, dep.endpoints = 0, None, []
 
 
 class ChangedObservations:

@@ -311,6 +311,8 @@ def test_a_rollout_past_its_deadline_fails_the_job(
     failed = wait_status(client, dep["id"], org.headers, ("failed",))
     assert failed["status_reason"].startswith("rollout_timeout")
     assert "answered 500" in failed["status_reason"]
+    assert pids_of(dep["id"]) == []  # the never-ready replica was stopped, not left running
+    assert unhealthy_backend.sweep_orphans(set()) == []
 
 
 def test_a_cancelled_rollout_does_not_stay_deploying_forever(

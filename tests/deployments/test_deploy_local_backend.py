@@ -194,6 +194,8 @@ def test_state_survives_a_restart_and_pids_are_verified(
     replaced = restarted.reconcile(spec(), forged)
     assert psutil.pid_exists(stranger.pid)
     assert replaced.state.data["replicas"][0]["status"] in ("starting", "crashed")
+    restarted.stop(spec(), stored)  # the real replica, which the forged record no longer names
+    assert not process_matches(pids(obs)[0], stored.data["replicas"][0]["start_time"])
 
 
 def test_scale_and_roll_a_new_revision(tmp_path: Path, backends: list[LocalBackend]) -> None:
