@@ -39,8 +39,17 @@ class CrawlRuntime:
         return Fetcher(self.config)
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run a coroutine on the process loop and wait for its result (from any thread)."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+        """Run a coroutine on the process loop and wait for its result (from any thread).
+
+        If the waiting thread is interrupted (Celery's soft time limit, shutdown), the
+        coroutine is cancelled too, so its cleanup (giving back claimed URLs) runs.
+        """
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
 
     async def renderer(self) -> Renderer:
         """The process's browser, launched on first use (most crawls never need it)."""

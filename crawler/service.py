@@ -6,6 +6,11 @@ and then crawls like every helper task: claim a batch of URLs, crawl them concur
 new links, exact counters), repeat until nothing is queued or claimed anywhere. Helpers
 (``crawl.batch``) let several worker processes crawl one site at once. Cancellation is checked
 between pages; a cancelled worker gives its unfinished claims back and keeps finished pages.
+
+Unlike request-scoped services, this one owns its transactions — one per claimed batch and
+one per recorded batch — because a crawl runs for minutes and its pages and counters must be
+visible (and shared with other workers) while it runs. The queries themselves live in
+``crawler.repository`` and never commit.
 """
 
 from __future__ import annotations

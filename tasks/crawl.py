@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from typing import Any
 
@@ -17,7 +18,7 @@ from celery.signals import worker_process_shutdown
 
 from common.errors import JobFailed
 from config import get_settings
-from config.queues import CRAWL
+from config.queues import CRAWL, KINDS
 from crawler.runtime import get_runtime, shutdown_runtime
 from crawler.schemas import CrawlRequest
 from crawler.service import WorkerOptions, empty_result_error, run_worker, seed, seed_sitemap
@@ -69,7 +70,13 @@ def _job_running(job_id: str) -> bool:
         return job_store.status_of(session, job_id) == JobStatus.RUNNING
 
 
-@celery_app.task(name="crawl.batch", acks_late=True, ignore_result=True)
+@celery_app.task(
+    name="crawl.batch",
+    acks_late=True,
+    ignore_result=True,
+    soft_time_limit=KINDS["crawl_batch"].soft_time_limit,
+    time_limit=KINDS["crawl_batch"].time_limit,
+)
 def crawl_batch(job_id: str) -> None:
     """Help crawl a running job's frontier; returns when it is exhausted or the job stopped."""
     with session_scope() as session:
@@ -82,8 +89,6 @@ def crawl_batch(job_id: str) -> None:
     state = {"checked": 0.0}
 
     def cancelled() -> bool:
-        import time
-
         now = time.monotonic()
         if now - state["checked"] < 1.0:
             return False
