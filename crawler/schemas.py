@@ -8,6 +8,8 @@ from typing import Any, Literal
 from cssselect import GenericTranslator, SelectorError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from webhooks.schemas import WithWebhook
+
 Mode = Literal["single", "full", "select"]
 RenderMode = Literal["auto", "always", "never"]
 ExportFormat = Literal["markdown", "html", "text", "links", "json", "screenshot"]
@@ -25,7 +27,7 @@ def _http_url(value: str) -> str:
     return value
 
 
-class CrawlRequest(BaseModel):
+class CrawlRequest(WithWebhook):
     """``POST /v1/crawls`` body and the ``crawl`` job's input."""
 
     model_config = ConfigDict(extra="forbid")

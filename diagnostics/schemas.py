@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from webhooks.schemas import WithWebhook
 
 
-class SleepInput(BaseModel):
+class SleepInput(WithWebhook):
     model_config = ConfigDict(extra="forbid")
 
     seconds: float = Field(default=1.0, ge=0, le=300, description="How long to sleep.")

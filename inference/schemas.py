@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from webhooks.schemas import WithWebhook
+
 # -- requests ------------------------------------------------------------------------------
 
 StopField = Annotated[str | list[str] | None, Field(default=None)]
@@ -204,7 +206,7 @@ class BatchRequestLine(BaseModel):
     body: dict[str, Any]
 
 
-class BatchCreate(_Request):
+class BatchCreate(_Request, WithWebhook):
     """``POST /v1/batches``: inline ``requests`` or an uploaded ``input_file_id``."""
 
     requests: list[BatchRequestLine] | None = None

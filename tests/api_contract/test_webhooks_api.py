@@ -123,19 +123,22 @@ def test_failed_delivery_is_retried_then_succeeds(
 def test_per_job_webhook_secret_is_returned_once_and_stored_apart(
     client: Any, org: OrgKey, worker: Any, receiver: Receiver, monkeypatch: Any
 ) -> None:
-    from api.submit import accepted
-    from tasks.runner import create_and_enqueue
+    import json
+    from types import SimpleNamespace
 
     _allow_receiver(monkeypatch, receiver)
-    job = create_and_enqueue(
-        "diagnostics",
-        org.org_id,
-        {"seconds": 0, "steps": 1, "webhook": {"url": receiver.url, "events": ["job.completed"]}},
+    response = client.post(
+        "/v1/diagnostics/sleep",
+        json={
+            "seconds": 0,
+            "steps": 1,
+            "webhook": {"url": receiver.url, "events": ["job.completed"]},
+        },
+        headers=org.headers,
     )
-    response = accepted(job)
-    import json
-
-    body = json.loads(response.body)
+    assert response.status_code == 202, response.text
+    body = response.json()
+    job = SimpleNamespace(id=body["id"])
     secret = body["webhook"]["secret"]
     assert secret.startswith("whsec_")
     assert body["webhook"]["url"] == receiver.url
