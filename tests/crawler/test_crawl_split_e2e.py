@@ -4,6 +4,7 @@ subprocesses): counters stay exact, no page is crawled twice, the budget is neve
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -78,3 +79,47 @@ def test_site_crawled_by_several_workers_with_exact_counters(
         assert by_status.get("queued", 0) == 0
     claimers = {c.rsplit("-", 1)[0] for _, c in rows if c}  # role-pid
     assert len(claimers) >= 2, claimers  # several processes crawled this one site
+
+
+def test_crawl_survives_its_worker_being_killed(client: Any, org: Any, site: GeneratedSite) -> None:
+    """SIGKILL the whole worker mid-crawl: the job is redelivered to a new worker, the dead
+    worker's claimed URLs go back to the queue, and the crawl completes with exact counters."""
+    base_env = {
+        "CONVEYOR_CRAWL_ALLOWED_HOSTS": site.host,
+        "CONVEYOR_VISIBILITY_TIMEOUT": "5",
+        "CONVEYOR_CRAWL_STALE_CLAIM_SECONDS": "2",
+        "CONVEYOR_CRAWL_SPLIT_THRESHOLD": "100000",
+    }
+    with GeneratedSite(pages=60, traps=False) as small:
+        slow = WorkerProcess(
+            ["crawl"], concurrency=1, env={**base_env, "CONVEYOR_CRAWL_PER_HOST_DELAY_S": "0.2"}
+        )
+        try:
+            r = client.post(
+                "/v1/crawls",
+                json={"url": f"{small.base}/list/0", "mode": "full", "use_sitemap": False},
+                headers=org.headers,
+            )
+            job_id = r.json()["id"]
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                job = client.get(f"/v1/jobs/{job_id}", headers=org.headers).json()
+                if job["pages_crawled"] >= 3:
+                    break
+                time.sleep(0.05)
+            slow.kill_all()
+        finally:
+            slow.stop()
+        assert job["status"] == "running" and job["pages_crawled"] < 60
+        fresh = WorkerProcess(["crawl"], concurrency=1, env=base_env)
+        try:
+            done = wait_for_job(client, job_id, org.headers, timeout=120)
+        finally:
+            fresh.stop()
+    assert done["status"] == "completed", done
+    assert done["attempts"] >= 2
+    pages = client.get(f"/v1/jobs/{job_id}/result?format=json", headers=org.headers).text
+    urls = [json.loads(line)["url"] for line in pages.splitlines()]
+    assert len(urls) == len(set(urls)) == done["pages_crawled"]
+    articles = {u for u in urls if "/articles/" in u}
+    assert len(articles) == 60
