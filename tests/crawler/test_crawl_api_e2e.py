@@ -279,3 +279,19 @@ def test_max_pages_above_the_plan_cap_is_refused(client, site: GeneratedSite) ->
     error = r.json()["error"]
     assert error["code"] == "validation_error" and "cap" in error["message"]
     assert error["details"][0]["loc"] == ["body", "max_pages"]
+
+
+@pytest.mark.parametrize("render", ["never", "always"])
+def test_custom_headers_reach_the_site(client, org, site: GeneratedSite, render: str) -> None:  # type: ignore[no-untyped-def]
+    job = submit(
+        client,
+        org,
+        url=f"{site.base}/echo-headers",
+        render=render,
+        headers={"Cookie": "session=abc123", "X-Crawl-Test": "yes"},
+    )
+    job = wait_for_job(client, job["id"], org.headers, timeout=60)
+    assert job["status"] == "completed", job
+    md = client.get(f"/v1/jobs/{job['id']}/result?format=markdown", headers=org.headers).text
+    assert "| cookie | session=abc123 |" in md and "| x-crawl-test | yes |" in md
+    assert "| user-agent | ConveyorBot/" in md

@@ -459,6 +459,13 @@ class _Handler(BaseHTTPRequestHandler):
                     3,
                 ),
             )
+        if path == "/echo-headers":
+            rows = "".join(
+                f"<tr><td>{k.lower()}</td><td>{v}</td></tr>"
+                for k, v in sorted(self.headers.items())
+            )
+            body = f"<main><h1>Request headers</h1><table>{rows}</table></main>"
+            return self._send(200, _wrap("Headers", "x", body, 5))
         if path == "/js-probe":
             return self._send(200, site.js_probe())
         if path == "/no-type":
