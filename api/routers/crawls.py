@@ -111,8 +111,6 @@ def _ndjson(job_id: str, fields: tuple[str, ...] | None = None) -> Iterator[byte
     for record in _records(job_id):
         if fields is not None:
             record = {k: record.get(k) for k in fields}
-        else:
-            record = {k: v for k, v in record.items() if k != "screenshot"}
         yield json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
 
 
@@ -197,7 +195,7 @@ def list_pages(
     job = _crawl_job(db, principal, job_id)
     ensure_result_available(job, partial_ok=True)
     rows = repo.list_results(db, job.id, after_seq=_decode(params.cursor), limit=params.limit)
-    data = [{k: v for k, v in (row.data or {}).items() if k != "screenshot"} for row in rows]
+    data = [row.data or {} for row in rows]
     more = len(rows) == params.limit
     return {"data": data, "next_cursor": _encode(rows[-1].seq) if rows and more else None}
 

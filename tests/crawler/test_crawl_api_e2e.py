@@ -3,6 +3,7 @@ generated site (counters, Markdown, errors, robots blocks, formats, cancellation
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import time
@@ -171,7 +172,8 @@ def test_screenshot_zip_and_render_always(client, org, site: GeneratedSite) -> N
     (name,) = archive.namelist()
     assert name.endswith(".png") and archive.read(name).startswith(b"\x89PNG")
     (record,) = records(client, org, job["id"])
-    assert record["rendered"] is True and "screenshot" not in record
+    assert record["rendered"] is True  # requested formats are in the JSON record too
+    assert base64.b64decode(record["screenshot"]) == archive.read(name)
     assert "<h1>" in record["html"]
 
 
