@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 
 from store import jobs as job_store
 from store.db import session_scope
@@ -22,19 +23,55 @@ from tests.helpers import WorkerProcess, wait_for_job
 pytestmark = pytest.mark.e2e
 
 
+@pytest.fixture(scope="module")
+def private_broker(migrated: dict[str, object]) -> Iterator[str]:
+    """A Redis database of these tests' own, so the session's in-thread worker (which consumes
+    every queue of the main broker) can never take the jobs meant for the worker we kill."""
+    from tests.conftest import REDIS_BASE, _claim_redis_db
+
+    db = _claim_redis_db()
+    url = f"{REDIS_BASE}/{db}"
+    redis.Redis.from_url(url).flushdb()
+    yield url
+    redis.Redis.from_url(url).flushdb()
+    redis.Redis.from_url(f"{REDIS_BASE}/0").delete(f"conveyor:test-db-lock:{db}")
+
+
+def submit_on(broker_url: str, org: OrgKey, **input: Any) -> dict[str, Any]:
+    """Create the job row, then enqueue it on ``broker_url`` (what tasks.runner.enqueue does)."""
+    from config import Settings
+    from diagnostics.schemas import SleepInput
+    from workers.app import create_celery
+
+    with session_scope() as session:
+        job = job_store.create_job(
+            session,
+            org_id=org.org_id,
+            kind="diagnostics",
+            input=SleepInput.model_validate(input).model_dump(mode="json", exclude={"webhook"}),
+        )
+    app = create_celery(Settings(broker_url=broker_url))
+    app.send_task("diagnostics.run", args=[job.id], queue="maintenance")
+    app.close()
+    return {"id": job.id}
+
+
 @pytest.fixture
-def prefork_worker(migrated: dict[str, object]) -> Iterator[WorkerProcess]:
-    worker = WorkerProcess(["maintenance"], pool="prefork", concurrency=1)
+def prefork_worker(private_broker: str) -> Iterator[WorkerProcess]:
+    worker = WorkerProcess(
+        ["maintenance"],
+        pool="prefork",
+        concurrency=1,
+        env={"CONVEYOR_BROKER_URL": private_broker},
+    )
     yield worker
     worker.stop()
 
 
 def test_killed_pool_process_redelivers_and_completes(
-    client: Any, org: OrgKey, prefork_worker: WorkerProcess
+    client: Any, org: OrgKey, prefork_worker: WorkerProcess, private_broker: str
 ) -> None:
-    job = client.post(
-        "/v1/diagnostics/sleep", json={"seconds": 3, "steps": 30}, headers=org.headers
-    ).json()
+    job = submit_on(private_broker, org, seconds=3, steps=30)
     wait_for_job(client, job["id"], org.headers, statuses=("running",), timeout=60)
     time.sleep(0.3)
     children = prefork_worker.children()
@@ -47,31 +84,25 @@ def test_killed_pool_process_redelivers_and_completes(
 
 
 def test_poison_job_fails_with_worker_lost_after_cap(
-    client: Any, org: OrgKey, prefork_worker: WorkerProcess
+    client: Any, org: OrgKey, prefork_worker: WorkerProcess, private_broker: str
 ) -> None:
-    job = client.post(
-        "/v1/diagnostics/sleep",
-        json={"seconds": 0.4, "steps": 4, "crash_attempts": 100},
-        headers=org.headers,
-    ).json()
+    job = submit_on(private_broker, org, seconds=0.4, steps=4, crash_attempts=100)
     done = wait_for_job(client, job["id"], org.headers, timeout=90)
     assert done["status"] == "failed", done
     assert done["error"]["code"] == "worker_lost"
     assert done["attempts"] == 3
     # The worker survived its poison job and still takes work.
-    ok = client.post("/v1/diagnostics/sleep", json={"seconds": 0}, headers=org.headers).json()
+    ok = submit_on(private_broker, org, seconds=0)
     assert wait_for_job(client, ok["id"], org.headers, timeout=60)["status"] == "completed"
 
 
 def test_whole_worker_sigkilled_job_redelivered_to_a_new_worker(
-    client: Any, org: OrgKey, migrated: dict[str, object]
+    client: Any, org: OrgKey, private_broker: str
 ) -> None:
-    env = {"CONVEYOR_VISIBILITY_TIMEOUT": "3"}
+    env = {"CONVEYOR_VISIBILITY_TIMEOUT": "3", "CONVEYOR_BROKER_URL": private_broker}
     first = WorkerProcess(["maintenance"], concurrency=1, env=env)
     try:
-        job = client.post(
-            "/v1/diagnostics/sleep", json={"seconds": 3, "steps": 30}, headers=org.headers
-        ).json()
+        job = submit_on(private_broker, org, seconds=3, steps=30)
         wait_for_job(client, job["id"], org.headers, statuses=("running",), timeout=60)
         first.kill_all()
     finally:
