@@ -346,8 +346,6 @@ def apply_observation(
     _accrue(session, dep, now)
     previous = dep.status
     status = derive_status(previous, obs)
-    if status == "deploying" and previous == "pending":
-        status = "deploying"
     dep.status = status
     dep.status_reason = None if status in ("running", "stopped") else obs.reason
     dep.ready_replicas = obs.ready_replicas

@@ -54,6 +54,7 @@ def deploy(ctx: JobContext) -> dict[str, Any] | None:
         spec, state = service.spec_of(dep), service.state_of(dep)
         if job.operation == "apply":
             dep.status, dep.status_reason = "deploying", None
+            state = backend.reset_failures(state)  # an explicit operation tries afresh
 
     if job.operation == "stop":
         obs = backend.stop(spec, state)

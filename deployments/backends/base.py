@@ -127,6 +127,10 @@ class Backend(abc.ABC):
     ) -> list[str]:
         """The last `tail` log lines of the deployment's replicas, secrets masked."""
 
+    def reset_failures(self, state: BackendState | None) -> BackendState | None:
+        """Forget crash counts: an explicit operation (create, start, update) tries afresh."""
+        return state
+
     def wait_for_change(self, spec: DeploymentSpec, timeout_s: float) -> None:
         """Block until the deployment's replicas may have changed, at most `timeout_s`.
 

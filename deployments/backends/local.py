@@ -246,6 +246,15 @@ class LocalBackend(Backend):
         secrets = spec.secret_values()
         return [mask_secrets(text, secrets) for _, _, text in lines[-tail:]] if tail else []
 
+    def reset_failures(self, state: BackendState | None) -> BackendState | None:
+        records = self._load(state)
+        if not records:
+            return state
+        for record in records:
+            record.crashes = 0
+            record.next_restart_at = None
+        return self._dump(records)
+
     def follow_logs(self, spec: DeploymentSpec, state: BackendState | None) -> LogFollower:
         return FileLogFollower(self._dir(spec.id) / "logs", spec.secret_values())
 

@@ -171,6 +171,9 @@ def test_repeated_crashes_fail_with_the_last_log_lines(
     # A failed deployment stays failed and starts nothing new.
     again = backend.reconcile(spec(), obs.state)
     assert again.status == "failed" and pids(again) == pids(obs)
+    # An explicit retry (start, update) forgets the crash count and starts the replica again.
+    retried = backend.reconcile(spec(), backend.reset_failures(again.state))
+    assert retried.status == "deploying" and pids(retried) != pids(obs)
 
 
 def test_state_survives_a_restart_and_pids_are_verified(
