@@ -1,6 +1,7 @@
 """The token relay between an inference worker and the API: one Redis stream per job.
 
-The worker appends events (``started``, ``chunk``, ``result``, ``error``, ``end``) to
+The worker appends events (``started``, ``chunk`` — one or more chunk JSON documents, one a
+line —, ``result``, ``error``, ``end``) to
 ``conveyor:inference:<job>:events``; the API reads them from the start (a stream keeps what was
 written before the reader arrived, unlike pub/sub) and relays them to the client. The API sets
 ``conveyor:inference:<job>:cancel`` when its client goes away; the worker watches it. Workers

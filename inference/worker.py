@@ -213,11 +213,39 @@ async def _dispatch(
 async def _relay_chunks(
     runtime: InferenceRuntime, job_id: str, chunks: Any, meter: service.Meter
 ) -> dict[str, Any]:
+    """Publish chunks as they come; chunks produced while a write is in flight go together in
+    the next stream entry (one JSON document a line), so Redis writes never fall behind."""
     assert runtime.redis is not None
+    pending: asyncio.Queue[str | None] = asyncio.Queue()
+
+    async def produce() -> None:
+        try:
+            async for chunk in chunks:
+                pending.put_nowait(chunk.model_dump_json())
+        finally:
+            pending.put_nowait(None)
+
+    producer = asyncio.ensure_future(produce())
     count = 0
-    async for chunk in chunks:
-        await relay.publish(runtime.redis, job_id, "chunk", chunk.model_dump_json())
-        count += 1
+    try:
+        finished = False
+        while not finished:
+            lines = [await pending.get()]
+            while not pending.empty():
+                lines.append(pending.get_nowait())
+            if lines[-1] is None:
+                finished = True
+                lines.pop()
+            if lines:
+                data = "\n".join(line for line in lines if line is not None)
+                await relay.publish(runtime.redis, job_id, "chunk", data)
+                count += len(lines)
+        await producer  # re-raises an engine error that ended the stream
+    finally:
+        if not producer.done():
+            producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await producer
     await relay.publish(runtime.redis, job_id, "end")
     return {
         "object": "stream.summary",

@@ -249,8 +249,10 @@ async def _relay_sse(waiter: _Waiter, first: relay.RelayEvent) -> AsyncIterator[
         pending = [first]
         while True:
             for event in pending:
-                if event.type == "chunk":
-                    yield b"data: " + event.data.encode() + b"\n\n"
+                if event.type == "chunk":  # one chunk a line
+                    yield b"".join(
+                        b"data: %s\n\n" % line for line in event.data.encode().split(b"\n")
+                    )
                 elif event.type == "error":
                     yield (
                         b"data: " + json.dumps({"error": event.json()["error"]}).encode() + b"\n\n"

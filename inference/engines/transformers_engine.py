@@ -64,10 +64,37 @@ class _Pending:
     rows_left: int = 0
     completion_tokens: int = 0
 
+    outbox: _Outbox | None = None
+
     def emit(self, item: object) -> None:
-        # The caller's loop may be gone (closed after a cancel); nothing is waiting then.
-        with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+        if self.outbox is not None:
+            self.outbox.put(self.loop, self.events, item)
+
+
+class _Outbox:
+    """Events produced during one decoding step, handed to each caller loop in one callback
+    (one wake-up per loop and step instead of one per token and row)."""
+
+    def __init__(self) -> None:
+        self._items: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[object], object]]]
+        self._items = {}
+
+    def put(
+        self, loop: asyncio.AbstractEventLoop, events: asyncio.Queue[object], item: object
+    ) -> None:
+        self._items.setdefault(loop, []).append((events, item))
+
+    def flush(self) -> None:
+        items, self._items = self._items, {}
+        for loop, batch in items.items():
+            # The caller's loop may be gone (closed after a cancel); nothing is waiting then.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_deliver, batch)
+
+
+def _deliver(batch: list[tuple[asyncio.Queue[object], object]]) -> None:
+    for events, item in batch:
+        events.put_nowait(item)
 
 
 @dataclass
@@ -115,6 +142,7 @@ class TransformersEngine(ChatEngine):
         self.batch_wait_s = batch_wait_ms / 1000.0
         self.default_max_tokens = default_max_tokens
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
+        self._outbox = _Outbox()  # written and flushed by the generation thread only
         self._thread: threading.Thread | None = None
         self._tokenizer_lock = threading.Lock()
         self._model: Any = None
@@ -236,6 +264,7 @@ class TransformersEngine(ChatEngine):
             max_tokens=max_tokens,
             loop=asyncio.get_running_loop(),
             events=asyncio.Queue(),
+            outbox=self._outbox,
         )
         self._queue.put(pending)
         try:
@@ -285,6 +314,7 @@ class TransformersEngine(ChatEngine):
                         state = self._prefill(rows)
                     except Exception as exc:
                         self._fail(rows, exc)
+                        self._outbox.flush()
                         rows, state = [], None
                         continue
                 try:
@@ -292,6 +322,7 @@ class TransformersEngine(ChatEngine):
                 except Exception as exc:  # a bad batch fails its callers, not the engine
                     self._fail(rows, exc)
                     rows, state = [], None
+                self._outbox.flush()
 
     def _fail(self, rows: list[_Row], exc: Exception) -> None:
         logger.exception("generation batch failed", exc_info=exc)
