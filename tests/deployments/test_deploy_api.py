@@ -143,6 +143,17 @@ def test_list_filters_and_paginates(client: Any, org: Any) -> None:
     assert none["data"] == []
     bad = client.get("/v1/deployments?status=sleeping", headers=org.headers)
     assert bad.status_code == 422
+    first = client.get(f"/v1/deployments/{ids[0]}", headers=org.headers).json()["created_at"]
+    after = client.get(
+        "/v1/deployments",
+        params={"created_after": first, "sort": "created_at"},
+        headers=org.headers,
+    ).json()
+    assert [d["id"] for d in after["data"]] == ids[1:]  # exclusive bound
+    before = client.get(
+        "/v1/deployments", params={"created_before": first}, headers=org.headers
+    ).json()
+    assert before["data"] == []
 
 
 def test_stop_answers_503_then_start_scale_rollback_delete(client: Any, org: Any) -> None:
