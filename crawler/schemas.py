@@ -149,3 +149,19 @@ class PageRecord(BaseModel):
     def public(self) -> dict[str, Any]:
         """The NDJSON record: requested formats only (None fields dropped)."""
         return self.model_dump(exclude_none=True)
+
+
+class CrawlProblem(BaseModel):
+    """A URL that failed or was skipped (``GET /v1/jobs/{id}/errors``)."""
+
+    url: str
+    status: Literal["failed", "skipped"]
+    reason: str | None = Field(
+        description="http_error, too_large, unsafe_url, redirect_loop, too_many_redirects, "
+        "timeout, connection_error, render_failed, robots_blocked, duplicate_content, "
+        "unsupported_content_type"
+    )
+    message: str | None
+    status_code: int | None
+    final_url: str | None
+    robots_blocked: bool

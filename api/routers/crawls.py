@@ -19,14 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import CurrentPrincipal, Db
 from api.routers.jobs import load_job
-from api.schemas import ERROR_RESPONSES, JobOut
+from api.schemas import ERROR_RESPONSES, JobOut, Page
 from api.submit import accepted, submit_job
 from api.views import ensure_result_available, job_extras, result_renderers
 from common.errors import NotFound, ValidationFailed
 from config import get_settings
 from crawler import repository as repo
 from crawler.safety import AllowList, check_url
-from crawler.schemas import EXPORT_FORMATS, CrawlRequest
+from crawler.schemas import EXPORT_FORMATS, CrawlProblem, CrawlRequest, PageRecord
 from store import jobs as job_store
 from store.models import Job
 
@@ -188,7 +188,11 @@ def _crawl_job(db: Db, principal: CurrentPrincipal, job_id: str) -> Job:
     return job
 
 
-@router.get("/v1/jobs/{job_id}/pages", summary="Crawled pages, one record each (cursor pages)")
+@router.get(
+    "/v1/jobs/{job_id}/pages",
+    response_model=Page[PageRecord],
+    summary="Crawled pages, one record each (cursor pages)",
+)
 def list_pages(
     job_id: str, principal: CurrentPrincipal, db: Db, params: Annotated[ListParams, Query()]
 ) -> dict[str, Any]:
@@ -201,7 +205,9 @@ def list_pages(
 
 
 @router.get(
-    "/v1/jobs/{job_id}/errors", summary="Failed URLs with their reason, and robots.txt blocks"
+    "/v1/jobs/{job_id}/errors",
+    response_model=Page[CrawlProblem],
+    summary="Failed URLs with their reason, and robots.txt blocks",
 )
 def list_errors(
     job_id: str, principal: CurrentPrincipal, db: Db, params: Annotated[ListParams, Query()]
