@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
 
+from config.environment import child_environment
 from config.settings import Settings, get_settings
 from deployments.backends.base import Backend
 from deployments.backends.local import LocalBackend, LocalBackendConfig
@@ -13,17 +13,10 @@ from deployments.backends.local import LocalBackend, LocalBackendConfig
 _lock = threading.Lock()
 _backend: Backend | None = None
 
-# Settings of the control plane that a replica process must not inherit.
-_PRIVATE_ENV = ("DATABASE_URL", "BROKER_URL", "REDIS_URL", "API_KEY", "SECRET", "PASSWORD", "KEYS")
-
 
 def replica_base_env() -> dict[str, str]:
     """The environment a local replica inherits: this process's, minus control-plane secrets."""
-    return {
-        key: value
-        for key, value in os.environ.items()
-        if not (key.startswith("CONVEYOR_") and any(p in key for p in _PRIVATE_ENV))
-    }
+    return child_environment()
 
 
 def local_config(settings: Settings) -> LocalBackendConfig:

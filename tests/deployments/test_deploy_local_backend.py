@@ -307,3 +307,14 @@ def test_replicas_outlive_the_worker_that_started_them_and_are_adopted(
     successor.stop(s, adopted.state)
     assert not process_matches(replica["pid"], replica["start_time"])
     assert successor.sweep_orphans(set()) == []  # nothing left behind
+
+
+def test_replicas_do_not_inherit_control_plane_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    from deployments.runtime import replica_base_env
+
+    monkeypatch.setenv("CONVEYOR_DATABASE_URL", "postgresql://admin:pw@db/conveyor")
+    monkeypatch.setenv("CONVEYOR_WEBHOOK_SECRETS_KEYS", "k1")
+    monkeypatch.setenv("CONVEYOR_INFERENCE_DEVICE", "cpu")
+    env = replica_base_env()
+    assert "CONVEYOR_DATABASE_URL" not in env and "CONVEYOR_WEBHOOK_SECRETS_KEYS" not in env
+    assert env["CONVEYOR_INFERENCE_DEVICE"] == "cpu" and "PATH" in env
