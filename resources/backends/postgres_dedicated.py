@@ -442,11 +442,9 @@ class PostgresDedicated:
             for segment in reversed(names[-8:]):
                 with gzip.open(Path(archive_dir) / f"{segment}.gz") as src:
                     (Path(scratch) / segment).write_bytes(src.read())
-                out = run(
-                    [self._bin("pg_waldump"), "-p", scratch, "-r", "Transaction", segment, segment],
-                    env={"TZ": "UTC"},
-                    ok_codes=(0, 1),
-                ).stdout
+                # `env TZ=UTC`: pg_waldump prints commit times in its own time zone.
+                waldump = [self._bin("pg_waldump"), "-p", scratch, "-r", "Transaction"]
+                out = run(["env", "TZ=UTC", *waldump, segment, segment], ok_codes=(0, 1)).stdout
                 (Path(scratch) / segment).unlink()
                 stamps = _COMMIT.findall(out)
                 if stamps:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from resources.errors import BackendError
@@ -24,17 +24,14 @@ def run(
     args: Sequence[str],
     *,
     user: str | None = None,
-    env: Mapping[str, str] | None = None,
     timeout: float | None = 600,
     ok_codes: tuple[int, ...] = (0,),
 ) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, **env} if env else None
     try:
         proc = subprocess.run(
             as_user(args, user),
             capture_output=True,
             text=True,
-            env=full_env,
             timeout=timeout,
             check=False,
         )
