@@ -23,7 +23,7 @@ def run_sleep(ctx: SleepContext, params: SleepInput, *, allow_crash: bool) -> di
     step = params.seconds / params.steps
     started = time.monotonic()
     for done in range(1, params.steps + 1):
-        ctx.check_cancelled()
+        ctx.check_cancelled(min_interval=0.2)
         if step:
             time.sleep(step)
         if allow_crash and ctx.attempt <= params.crash_attempts and done == params.steps // 2 + 1:

@@ -36,11 +36,18 @@ def get_org_by_name_or_id(session: Session, ref: str) -> Organization | None:
     )
 
 
-def count_active_jobs(session: Session, org_id: str, statuses: Sequence[str]) -> int:
-    query = (
-        select(func.count()).select_from(Job).where(Job.org_id == org_id, Job.status.in_(statuses))
+def count_active_jobs(
+    session: Session, org_id: str, statuses: Sequence[str], *, at_most: int
+) -> int:
+    """Count the org's active jobs, stopping at ``at_most`` (the plan's limit): the cost is
+    bounded by the limit, not by how many jobs are queued."""
+    active = (
+        select(Job.id)
+        .where(Job.org_id == org_id, Job.status.in_(statuses))
+        .limit(at_most)
+        .subquery()
     )
-    return int(session.scalar(query) or 0)
+    return int(session.scalar(select(func.count()).select_from(active)) or 0)
 
 
 def pages_crawled_since(

@@ -140,7 +140,9 @@ def usage_report(session: Session, org_id: str) -> UsageReport:
         raise NotFound("Organisation not found.")
     plan = plan_limits(session, org.plan)
     start, end = current_period()
-    active = repository.count_active_jobs(session, org_id, ACTIVE_STATUSES)
+    active = repository.count_active_jobs(
+        session, org_id, ACTIVE_STATUSES, at_most=min(plan.concurrent_jobs, UNLIMITED)
+    )
     return UsageReport(
         plan=org.plan,
         period_start=start,
@@ -155,17 +157,28 @@ def usage_report(session: Session, org_id: str) -> UsageReport:
     )
 
 
+#: A plan limit this high means "no limit": nothing is counted or locked for it.
+UNLIMITED = 10**6
+
+
 def enforce_quota(session: Session, org_id: str, kind: str, input: Mapping[str, Any]) -> None:
     """Raise 402 ``quota_exceeded`` when creating a ``kind`` job would go over the plan.
 
     On PostgreSQL the organisation row is locked for the rest of the caller's transaction, so
     concurrent creations for one organisation are counted one after the other.
     """
-    org = repository.get_org(session, org_id, lock=True)
+    org = repository.get_org(session, org_id)
     if org is None:
         raise NotFound("Organisation not found.")
     plan = plan_limits(session, org.plan)
-    active = repository.count_active_jobs(session, org_id, ACTIVE_STATUSES)
+    if plan.concurrent_jobs < UNLIMITED:
+        # Lock the org row so concurrent creations are counted one after the other.
+        repository.get_org(session, org_id, lock=True)
+        active = repository.count_active_jobs(
+            session, org_id, ACTIVE_STATUSES, at_most=plan.concurrent_jobs
+        )
+    else:
+        active = 0
     if active >= plan.concurrent_jobs:
         raise QuotaExceeded(
             f"You have {active} / {plan.concurrent_jobs} concurrent jobs queued or running "

@@ -24,7 +24,7 @@ from crawler.config import CrawlConfig
 from crawler.safety import AllowList
 from store.db import session_scope
 from store.models import Job
-from webhooks import service
+from webhooks import repository, service
 from webhooks.delivery import deliver, encode_payload, retry_delay
 from webhooks.dispatch import DELIVER_TASK, emit_event, enqueue_deliveries
 from webhooks.models import WebhookDelivery
@@ -139,7 +139,7 @@ def on_job_event(event_type: str, job_id: str, data: dict[str, Any]) -> None:
         return
     with session_scope() as session:
         job = session.get(Job, job_id)
-        if job is None:
+        if job is None or not repository.has_targets(session, job.org_id, job_id):
             return
         org_id = job.org_id
         view = job_to_dict(job)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import exists, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from webhooks.models import JobWebhook, WebhookDelivery, WebhookEndpoint
@@ -32,6 +32,16 @@ def list_endpoints(
 
 def endpoints_for_org(session: Session, org_id: str) -> Sequence[WebhookEndpoint]:
     return session.scalars(select(WebhookEndpoint).where(WebhookEndpoint.org_id == org_id)).all()
+
+
+def has_targets(session: Session, org_id: str, job_id: str | None) -> bool:
+    """Whether anything listens to this org's (or this job's) events: one indexed query, so
+    the common case of no webhooks costs a job's events almost nothing."""
+    endpoint = exists(select(WebhookEndpoint.id).where(WebhookEndpoint.org_id == org_id))
+    if job_id is None:
+        return bool(session.scalar(select(endpoint)))
+    hook = exists(select(JobWebhook.job_id).where(JobWebhook.job_id == job_id))
+    return bool(session.scalar(select(or_(endpoint, hook))))
 
 
 def get_job_webhook(session: Session, job_id: str) -> JobWebhook | None:
