@@ -24,6 +24,7 @@ class ResourceSettings:
     pg_os_user: str = "postgres"
     pg_archive_timeout_s: int = 60
     pg_shared_buffers: str = "32MB"
+    pg_dump_compression: int = 1  # pg_dump -Z level of shared-tier backups
     # Shared Redis tier: the platform's Redis (an admin URL) and the redis-server binary.
     redis_admin_url: str = "redis://127.0.0.1:6379/0"
     redis_public_host: str = "127.0.0.1"

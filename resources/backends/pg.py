@@ -187,9 +187,13 @@ def database_fingerprint(admin_dsn: str, dbname: str) -> Fingerprint:
         return fingerprint(conn)
 
 
-def dump_with_fingerprint(bin_dir: Path, admin_dsn: str, dbname: str, dest: Path) -> Fingerprint:
-    """``pg_dump -Fc`` of ``dbname`` into ``dest`` and the fingerprint of exactly the data it
-    dumped: both read one exported snapshot, computed side by side."""
+def dump_with_fingerprint(
+    bin_dir: Path, admin_dsn: str, dbname: str, dest: Path, compress: int = 1
+) -> Fingerprint:
+    """``pg_dump -Fc -Z<compress>`` of ``dbname`` into ``dest`` and the fingerprint of exactly
+    the data it dumped: both read one exported snapshot, computed side by side. Level 1 (not
+    pg_dump's default 6) because compression, not reading, bounds a dump's speed: ~2-3x faster
+    for ~10% larger files."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     with psycopg.connect(dsn_for(admin_dsn, dbname)) as conn:
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -199,6 +203,7 @@ def dump_with_fingerprint(bin_dir: Path, admin_dsn: str, dbname: str, dest: Path
             [
                 str(bin_dir / "pg_dump"),
                 "-Fc",
+                f"-Z{compress}",
                 f"--snapshot={row[0]}",
                 "-f",
                 str(dest),
