@@ -2,10 +2,11 @@
 a worker; target < 2 s), backup throughput against raw ``pg_dump -Fc`` on the same database in
 the same run (target ratio ≥ 0.9), and PITR restore time against database size (the growth).
 
-Conveyor dumps with ``-Fc -Z1`` (fast compression); the benchmark also times raw ``pg_dump -Fc -Z1``,
-so the fingerprint's own cost shows (``overhead_ratio``). Default sizes are small so it runs in a
-few minutes on 2 cores: 100 MB for the backup and 20 MB / 100 MB for PITR. ``--full`` uses the issue's sizes (1 GB backup; PITR 100 MB and 1 GB),
-which takes much longer. The final line is ``ratio=<backup throughput ours / pg_dump>``.
+Conveyor dumps with ``-Fc -Z1`` (fast compression); the benchmark also times raw
+``pg_dump -Fc -Z1``, so the fingerprint's own cost shows (``overhead_ratio``). Default sizes are
+small so it runs in a few minutes on 2 cores: 100 MB for the backup and 20 MB / 100 MB for PITR.
+``--full`` uses the issue's sizes (1 GB backup; PITR 100 MB and 1 GB), which takes much longer.
+The final line is ``ratio=<backup throughput ours / raw pg_dump -Fc>``.
 """
 
 from __future__ import annotations
