@@ -123,9 +123,17 @@ def close_runtime() -> None:
 
 
 async def execute(
-    runtime: InferenceRuntime, job_id: str, payload: InferenceJobInput, hooks: JobHooks
+    runtime: InferenceRuntime,
+    job_id: str,
+    payload: InferenceJobInput,
+    hooks: JobHooks,
+    record_usage: Callable[[service.Meter, float], None],
 ) -> Outcome:
-    """Run one inference job on the engine loop; raise ``JobWasCancelled`` when cancelled."""
+    """Run one inference job on the engine loop; raise ``JobWasCancelled`` when cancelled.
+
+    Usage is recorded (``record_usage``, blocking, run off the loop) before the final relay
+    event, so a client holding its answer can already see the usage it caused.
+    """
     assert runtime.redis is not None
     redis = runtime.redis
     meter = service.Meter()
@@ -142,6 +150,13 @@ async def execute(
                 await work
             raise JobWasCancelled(job_id)
         result = work.result()
+        seconds = time.monotonic() - started
+        await asyncio.to_thread(record_usage, meter, seconds)
+        if payload.relay and payload.operation != "batch":
+            if bool(payload.body.get("stream")):
+                await relay.publish(redis, job_id, "end")
+            else:
+                await relay.publish(redis, job_id, "result", json.dumps(result))
     except InferenceError as exc:
         if payload.relay:
             error = {"status": exc.status_code, "error": exc.to_error_object()}
@@ -151,7 +166,7 @@ async def execute(
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
-    return Outcome(result=result, meter=meter, engine_seconds=time.monotonic() - started)
+    return Outcome(result=result, meter=meter, engine_seconds=seconds)
 
 
 async def _watch_cancel(redis: Redis, job_id: str, hooks: JobHooks) -> None:
@@ -204,9 +219,6 @@ async def _dispatch(
                 runtime, job_id, await service.completion_stream(pool, text, meter=meter), meter
             )
         body = (await service.completion(pool, text, meter=meter)).model_dump()
-    if payload.relay:
-        assert runtime.redis is not None
-        await relay.publish(runtime.redis, job_id, "result", json.dumps(body))
     return body
 
 
@@ -246,7 +258,6 @@ async def _relay_chunks(
             producer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await producer
-    await relay.publish(runtime.redis, job_id, "end")
     return {
         "object": "stream.summary",
         "chunks": count,

@@ -8,6 +8,7 @@ should run the threads pool (``-P threads -c 32``) so many requests batch in one
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from celery.signals import worker_ready, worker_shutdown
@@ -16,6 +17,7 @@ from config import get_settings
 from inference.engines import EngineOptions
 from inference.registry import configured_models
 from inference.schemas import InferenceJobInput
+from inference.service import Meter
 from inference.worker import InferenceRuntime, JobWasCancelled, close_runtime, execute, get_runtime
 from store.db import session_scope
 from tasks.runner import JobCancelled, JobContext, job_task
@@ -37,14 +39,18 @@ def build_runtime() -> InferenceRuntime:
     return InferenceRuntime(specs, options, settings.resolved_redis_url())
 
 
-def record_usage(org_id: str, prompt_tokens: int, completion_tokens: int, seconds: float) -> None:
+def usage_recorder(org_id: str) -> Callable[[Meter, float], None]:
     """Per-organisation usage counters for quotas (engine seconds count as GPU seconds)."""
-    from plans.service import record_usage as add
 
-    with session_scope() as session:
-        add(session, org_id, "gpu_seconds", math.ceil(seconds))
-        add(session, org_id, "inference_prompt_tokens", prompt_tokens)
-        add(session, org_id, "inference_completion_tokens", completion_tokens)
+    def record(meter: Meter, seconds: float) -> None:
+        from plans.service import record_usage as add
+
+        with session_scope() as session:
+            add(session, org_id, "gpu_seconds", math.ceil(seconds))
+            add(session, org_id, "inference_prompt_tokens", meter.prompt_tokens)
+            add(session, org_id, "inference_completion_tokens", meter.completion_tokens)
+
+    return record
 
 
 @job_task("inference", input_model=InferenceJobInput)
@@ -53,11 +59,11 @@ def inference(ctx: JobContext) -> dict[str, Any] | None:
     runtime = get_runtime(build_runtime)
     payload = InferenceJobInput.model_validate(ctx.input)
     try:
-        outcome = runtime.run(execute(runtime, ctx.job_id, payload, ctx))
+        outcome = runtime.run(
+            execute(runtime, ctx.job_id, payload, ctx, usage_recorder(ctx.org_id))
+        )
     except JobWasCancelled as exc:
         raise JobCancelled(ctx.job_id) from exc
-    meter = outcome.meter
-    record_usage(ctx.org_id, meter.prompt_tokens, meter.completion_tokens, outcome.engine_seconds)
     return outcome.result
 
 

@@ -76,10 +76,7 @@ def test_chat_completion_with_usage_recorded_per_org(ai: openai.OpenAI, tenant: 
                 )
             )
 
-    # Usage is recorded right after the worker relays the body: allow it a moment.
-    deadline = time.monotonic() + 10
-    while counters()[1] < 18 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    # Usage is recorded before the worker relays the body: it is there with the answer.
     prompt, completion, gpu = counters()
     assert prompt >= 2 * first.usage.prompt_tokens
     assert completion >= 18
