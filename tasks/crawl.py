@@ -14,6 +14,7 @@ import time
 import uuid
 from typing import Any
 
+from celery import current_task
 from celery.signals import worker_process_shutdown
 
 from common.errors import JobFailed
@@ -50,8 +51,11 @@ def crawl(ctx: JobContext) -> None:
     runtime.run(seed(ctx.job_id, request, runtime))
     settings = get_settings()
     if request.mode != "single" and request.page_budget >= settings.crawl_split_threshold:
+        # Helpers go to the queue this job came from (``crawl`` unless routed elsewhere).
+        delivery = current_task.request.delivery_info if current_task else None
+        queue = (delivery or {}).get("routing_key") or CRAWL
         for _ in range(max(0, settings.crawl_split_workers - 1)):
-            crawl_batch.apply_async(args=[ctx.job_id], queue=CRAWL)
+            crawl_batch.apply_async(args=[ctx.job_id], queue=queue)
     runtime.run(
         run_worker(
             ctx.job_id, request, runtime,

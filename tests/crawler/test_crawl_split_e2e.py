@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,49 +13,50 @@ import pytest
 from sqlalchemy import select
 
 from crawler.models import CrawlPage
+from store import jobs as job_store
 from store.db import session_scope
+from tasks.runner import validate_input
 from tests.helpers import WorkerProcess, wait_for_job
 from tests.sites.site import GeneratedSite
+from workers.app import celery_app
 
-pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("crawl_settings")]
+pytestmark = [pytest.mark.e2e]
+
+
+def submit_to(queue: str, org_id: str, payload: dict[str, Any]) -> str:
+    """Create a crawl job and send it to a private queue: only this test's worker processes
+    take it (the session's in-process worker, when running, consumes the shared queues)."""
+    with session_scope() as session:
+        job = job_store.create_job(
+            session, org_id=org_id, kind="crawl", input=validate_input("crawl", payload)
+        )
+        job_id = job.id
+    celery_app.send_task("crawl.run", args=[job_id], queue=queue)
+    return job_id
 
 
 @pytest.fixture
-def crawl_workers(migrated: dict[str, object], site: GeneratedSite) -> Iterator[WorkerProcess]:
+def crawl_workers(migrated: dict[str, object], site: GeneratedSite) -> Iterator[str]:
+    """Two prefork worker processes on a private queue; yields the queue's name."""
     env = {
         "CONVEYOR_CRAWL_ALLOWED_HOSTS": site.host,
         "CONVEYOR_CRAWL_SPLIT_THRESHOLD": "20",
         "CONVEYOR_CRAWL_SPLIT_WORKERS": "3",
     }
-    worker = WorkerProcess(["crawl"], pool="prefork", concurrency=2, env=env)
-    yield worker
+    queue = f"crawl-split-{uuid.uuid4().hex[:8]}"
+    worker = WorkerProcess([queue], pool="prefork", concurrency=2, env=env)
+    yield queue
     worker.stop()
-
-
-@pytest.fixture
-def split_here() -> Iterator[None]:
-    """The same split settings for a main task that an in-process worker might run."""
-    from config import get_settings
-
-    settings = get_settings()
-    saved = (settings.crawl_split_threshold, settings.crawl_split_workers)
-    settings.crawl_split_threshold, settings.crawl_split_workers = 20, 3
-    yield
-    settings.crawl_split_threshold, settings.crawl_split_workers = saved
 
 
 @pytest.mark.parametrize("max_pages", [1000, 150])
 def test_site_crawled_by_several_workers_with_exact_counters(
-    client: Any, org: Any, crawl_workers: WorkerProcess, split_here: None, max_pages: int
+    client: Any, org: Any, crawl_workers: str, max_pages: int
 ) -> None:
     with GeneratedSite(pages=400, traps=False) as big:
-        r = client.post(
-            "/v1/crawls",
-            json={"url": f"{big.base}/", "mode": "full", "max_pages": max_pages},
-            headers=org.headers,
-        )
-        assert r.status_code == 202, r.text
-        job = wait_for_job(client, r.json()["id"], org.headers, timeout=300)
+        payload = {"url": f"{big.base}/", "mode": "full", "max_pages": max_pages}
+        job_id = submit_to(crawl_workers, org.org_id, payload)
+        job = wait_for_job(client, job_id, org.headers, timeout=300)
     assert job["status"] == "completed", job
     result = client.get(f"/v1/jobs/{job['id']}/result?format=json", headers=org.headers)
     pages = [json.loads(line) for line in result.text.splitlines()]
@@ -77,8 +79,8 @@ def test_site_crawled_by_several_workers_with_exact_counters(
         titles = {p["title"] for p in pages if p["title"].startswith("Article ")}
         assert len(titles) == 400
         assert by_status.get("queued", 0) == 0
-    claimers = {c.rsplit("-", 1)[0] for _, c in rows if c}  # role-pid
-    assert len(claimers) >= 2, claimers  # several processes crawled this one site
+    pids = {c.split("-")[1] for _, c in rows if c}  # claimed_by is role-pid-nonce
+    assert len(pids) >= 2, pids  # several worker processes crawled this one site
 
 
 def test_crawl_survives_its_worker_being_killed(client: Any, org: Any, site: GeneratedSite) -> None:
@@ -91,16 +93,13 @@ def test_crawl_survives_its_worker_being_killed(client: Any, org: Any, site: Gen
         "CONVEYOR_CRAWL_SPLIT_THRESHOLD": "100000",
     }
     with GeneratedSite(pages=60, traps=False) as small:
+        queue = f"crawl-kill-{uuid.uuid4().hex[:8]}"
         slow = WorkerProcess(
-            ["crawl"], concurrency=1, env={**base_env, "CONVEYOR_CRAWL_PER_HOST_DELAY_S": "0.2"}
+            [queue], concurrency=1, env={**base_env, "CONVEYOR_CRAWL_PER_HOST_DELAY_S": "0.2"}
         )
         try:
-            r = client.post(
-                "/v1/crawls",
-                json={"url": f"{small.base}/list/0", "mode": "full", "use_sitemap": False},
-                headers=org.headers,
-            )
-            job_id = r.json()["id"]
+            payload = {"url": f"{small.base}/list/0", "mode": "full", "use_sitemap": False}
+            job_id = submit_to(queue, org.org_id, payload)
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 job = client.get(f"/v1/jobs/{job_id}", headers=org.headers).json()
@@ -111,7 +110,7 @@ def test_crawl_survives_its_worker_being_killed(client: Any, org: Any, site: Gen
         finally:
             slow.stop()
         assert job["status"] == "running" and job["pages_crawled"] < 60
-        fresh = WorkerProcess(["crawl"], concurrency=1, env=base_env)
+        fresh = WorkerProcess([queue], concurrency=1, env=base_env)
         try:
             done = wait_for_job(client, job_id, org.headers, timeout=120)
         finally:
