@@ -10,6 +10,7 @@ and records the outcome. ``submit()`` creates the job row, commits, and only the
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,9 +32,13 @@ from store.db import session_scope
 from store.jobs import JobStatus, StartOutcome
 from store.models import Job
 from webhooks import service as webhooks
+from webhooks.repository import has_targets
 from workers.app import celery_app
 
 log = logging.getLogger(__name__)
+
+
+PROGRESS_FLUSH_SECONDS = 0.5
 
 
 class JobCancelled(Exception):
@@ -53,18 +58,40 @@ class JobContext:
     # The job was running when the context was made: no need to ask the store again at once.
     _last_cancel_check: float = field(default_factory=time.monotonic)
     _cancelled: bool = False
+    # Whether any webhook listens to this job's events (checked at start and at the end).
+    listening: bool = False
+    # ``progress`` counters not written yet: written at most every PROGRESS_FLUSH_SECONDS, and
+    # with the job's final transition, so a short job costs no progress transaction at all.
+    _pending: dict[str, Any] = field(default_factory=dict)
+    _last_flush: float = field(default_factory=time.monotonic)
 
     def progress(self, **counters: Any) -> None:
-        with session_scope() as session:
-            job_store.relax_commit_durability(session)  # progress only: no disk flush wait
+        """Set counters (merged into ``progress``); visible to pollers within half a second."""
+        self._pending.update(counters)
+        if time.monotonic() - self._last_flush >= PROGRESS_FLUSH_SECONDS:
+            self.flush_progress()
+
+    def flush_progress(self, session: Session | None = None) -> None:
+        if not self._pending:
+            return
+        counters, self._pending = self._pending, {}
+        self._last_flush = time.monotonic()
+        if session is not None:
             job_store.set_progress(session, self.job_id, counters)
-        events.publish("job.progress", self.job_id, counters)
+            return
+        with session_scope() as own:
+            job_store.relax_commit_durability(own)  # progress only: no disk flush wait
+            job_store.set_progress(own, self.job_id, counters)
+        if self.listening:
+            events.publish("job.progress", self.job_id, counters)
 
     def increment(self, **deltas: int) -> dict[str, Any]:
+        """Add to counters at once and exactly (many workers may share one job)."""
         with session_scope() as session:
             job_store.relax_commit_durability(session)
             merged = job_store.increment_progress(session, self.job_id, deltas)
-        events.publish("job.progress", self.job_id, merged)
+        if self.listening:
+            events.publish("job.progress", self.job_id, merged)
         return merged
 
     def cancelled(self, min_interval: float = 0.0) -> bool:
@@ -225,18 +252,30 @@ def run_job(task: Task, job_id: str, handler: Handler) -> None:
         snapshot = (
             (job.org_id, job.kind, dict(job.input), job.attempts) if job is not None else None
         )
+        listening = job is not None and has_targets(session, job.org_id, job_id)
     if outcome == StartOutcome.EXHAUSTED:
         events.publish("job.failed", job_id, {"code": "worker_lost"})
         return
     if snapshot is None:
         log.info("job %s: delivery %s skipped (%s)", job_id, delivery_id, outcome)
         return
-    if outcome == StartOutcome.STARTED:
+    if outcome == StartOutcome.STARTED and listening:
         events.publish("job.started", job_id)
     org_id, kind, payload, attempt = snapshot
-    ctx = JobContext(job_id=job_id, org_id=org_id, kind=kind, input=payload, attempt=attempt)
+    ctx = JobContext(
+        job_id=job_id,
+        org_id=org_id,
+        kind=kind,
+        input=payload,
+        attempt=attempt,
+        listening=listening,
+    )
     try:
-        result = handler(ctx)
+        try:
+            result = handler(ctx)
+        finally:
+            if sys.exc_info()[0] is not None:
+                ctx.flush_progress()  # what the job did before it stopped stays visible
     except JobCancelled:
         log.info("job %s: cancelled while running", job_id)
         return
@@ -251,6 +290,7 @@ def run_job(task: Task, job_id: str, handler: Handler) -> None:
         _record_failure(job_id, "internal_error", f"Internal error: {type(exc).__name__}.")
         return
     with session_scope() as session:
+        ctx.flush_progress(session)
         if result is not None:
             ctx.add_result(data=result, name="result", session=session)
         won = job_store.transition(
@@ -258,7 +298,8 @@ def run_job(task: Task, job_id: str, handler: Handler) -> None:
         )
         if not won:
             session.rollback()
-    if won:
+        listening = won and has_targets(session, org_id, job_id)
+    if listening:
         events.publish("job.completed", job_id)
 
 
