@@ -74,6 +74,7 @@ def transition(
     from_: Sequence[str],
     error: dict[str, Any] | None = None,
     values: dict[str, Any] | None = None,
+    merge_progress: dict[str, Any] | None = None,
 ) -> bool:
     """Move a job to ``to`` if and only if it is in one of ``from_`` (compare-and-set).
 
@@ -82,6 +83,8 @@ def transition(
     """
     now = utcnow()
     changes: dict[str, Any] = {"status": to.value, **(values or {})}
+    if merge_progress:
+        changes["progress"] = _merged_progress(session, job_id, merge_progress)
     if to == JobStatus.RUNNING:
         changes.setdefault("started_at", func.coalesce(Job.started_at, now))
     if to.value in TERMINAL:
@@ -100,16 +103,52 @@ class StartOutcome(StrEnum):
     SKIP = "skip"  # finished, cancelled, or a duplicate message: do nothing
 
 
-def start(session: Session, job_id: str, delivery_id: str, max_deliveries: int) -> StartOutcome:
-    """Mark a job running for one delivery of its message, counting deliveries."""
-    if transition(
-        session,
-        job_id,
-        to=JobStatus.RUNNING,
-        from_=[JobStatus.QUEUED],
-        values={"attempts": Job.attempts + 1, "delivery_id": delivery_id},
-    ):
-        return StartOutcome.STARTED
+@dataclass(frozen=True)
+class StartedJob:
+    """What a worker needs of a job it starts."""
+
+    org_id: str
+    kind: str
+    input: dict[str, Any]
+    attempts: int
+
+
+def start(
+    session: Session, job_id: str, delivery_id: str, max_deliveries: int
+) -> tuple[StartOutcome, StartedJob | None]:
+    """Mark a job running for one delivery of its message, counting deliveries.
+
+    The first delivery is one ``UPDATE … RETURNING`` (compare-and-set from ``queued``).
+    """
+    first = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+        .values(
+            status=JobStatus.RUNNING.value,
+            started_at=func.coalesce(Job.started_at, utcnow()),
+            attempts=Job.attempts + 1,
+            delivery_id=delivery_id,
+        )
+        .returning(Job.org_id, Job.kind, Job.input, Job.attempts)
+        .execution_options(synchronize_session=False)
+    ).first()
+    if first is not None:
+        return StartOutcome.STARTED, StartedJob(
+            first.org_id, first.kind, dict(first.input), first.attempts
+        )
+    outcome = _redeliver(session, job_id, delivery_id, max_deliveries)
+    if outcome != StartOutcome.REDELIVERED:
+        return outcome, None
+    again = session.execute(
+        select(Job.org_id, Job.kind, Job.input, Job.attempts).where(Job.id == job_id)
+    ).one()
+    return outcome, StartedJob(again.org_id, again.kind, dict(again.input), again.attempts)
+
+
+def _redeliver(
+    session: Session, job_id: str, delivery_id: str, max_deliveries: int
+) -> StartOutcome:
+    """A delivery of a job that is not queued: a redelivery to run, a duplicate, or the last."""
     row = session.execute(
         select(Job.status, Job.attempts, Job.delivery_id).where(Job.id == job_id)
     ).first()
@@ -166,6 +205,14 @@ def relax_commit_durability(session: Session) -> None:
     """
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SET LOCAL synchronous_commit = off"))
+
+
+def _merged_progress(session: Session, job_id: str, counters: dict[str, Any]) -> Any:
+    """The value of ``progress`` with ``counters`` merged in: an SQL expression on PostgreSQL
+    (``progress || :counters``, atomic under the row lock), else read under the write lock."""
+    if session.get_bind().dialect.name == "postgresql":
+        return Job.progress.op("||")(literal(counters, type_=postgresql.JSONB))
+    return {**_lock_progress(session, job_id), **counters}
 
 
 def set_progress(session: Session, job_id: str, counters: dict[str, Any]) -> None:

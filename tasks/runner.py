@@ -64,6 +64,11 @@ class JobContext:
     # with the job's final transition, so a short job costs no progress transaction at all.
     _pending: dict[str, Any] = field(default_factory=dict)
     _last_flush: float = field(default_factory=time.monotonic)
+    started_monotonic: float = field(default_factory=time.monotonic)
+
+    def take_pending_progress(self) -> dict[str, Any]:
+        pending, self._pending = self._pending, {}
+        return pending
 
     def progress(self, **counters: Any) -> None:
         """Set counters (merged into ``progress``); visible to pollers within half a second."""
@@ -71,14 +76,11 @@ class JobContext:
         if time.monotonic() - self._last_flush >= PROGRESS_FLUSH_SECONDS:
             self.flush_progress()
 
-    def flush_progress(self, session: Session | None = None) -> None:
+    def flush_progress(self) -> None:
         if not self._pending:
             return
-        counters, self._pending = self._pending, {}
+        counters = self.take_pending_progress()
         self._last_flush = time.monotonic()
-        if session is not None:
-            job_store.set_progress(session, self.job_id, counters)
-            return
         with session_scope() as own:
             job_store.relax_commit_durability(own)  # progress only: no disk flush wait
             job_store.set_progress(own, self.job_id, counters)
@@ -243,31 +245,23 @@ def run_job(task: Task, job_id: str, handler: Handler) -> None:
         # Losing this commit in a database crash is harmless: the message is not acked yet, so
         # it is redelivered and the job started again. No disk flush wait.
         job_store.relax_commit_durability(session)
-        outcome = job_store.start(session, job_id, delivery_id, get_settings().max_deliveries)
-        job = (
-            session.get(Job, job_id)
-            if outcome in (StartOutcome.STARTED, StartOutcome.REDELIVERED)
-            else None
-        )
-        snapshot = (
-            (job.org_id, job.kind, dict(job.input), job.attempts) if job is not None else None
-        )
+        outcome, job = job_store.start(session, job_id, delivery_id, get_settings().max_deliveries)
         listening = job is not None and has_targets(session, job.org_id, job_id)
     if outcome == StartOutcome.EXHAUSTED:
         events.publish("job.failed", job_id, {"code": "worker_lost"})
         return
-    if snapshot is None:
+    if job is None:
         log.info("job %s: delivery %s skipped (%s)", job_id, delivery_id, outcome)
         return
     if outcome == StartOutcome.STARTED and listening:
         events.publish("job.started", job_id)
-    org_id, kind, payload, attempt = snapshot
+    org_id, kind = job.org_id, job.kind
     ctx = JobContext(
         job_id=job_id,
         org_id=org_id,
         kind=kind,
-        input=payload,
-        attempt=attempt,
+        input=job.input,
+        attempt=job.attempts,
         listening=listening,
     )
     try:
@@ -289,16 +283,23 @@ def run_job(task: Task, job_id: str, handler: Handler) -> None:
         log.exception("job %s: unhandled error", job_id)
         _record_failure(job_id, "internal_error", f"Internal error: {type(exc).__name__}.")
         return
+    ran_for = time.monotonic() - ctx.started_monotonic
     with session_scope() as session:
-        ctx.flush_progress(session)
         if result is not None:
             ctx.add_result(data=result, name="result", session=session)
         won = job_store.transition(
-            session, job_id, to=JobStatus.COMPLETED, from_=[JobStatus.RUNNING]
+            session,
+            job_id,
+            to=JobStatus.COMPLETED,
+            from_=[JobStatus.RUNNING],
+            merge_progress=ctx.take_pending_progress(),
         )
         if not won:
             session.rollback()
-        listening = won and has_targets(session, org_id, job_id)
+        # A webhook registered while a longer job ran still hears of its completion.
+        listening = won and (
+            ctx.listening or (ran_for > 1.0 and has_targets(session, org_id, job_id))
+        )
     if listening:
         events.publish("job.completed", job_id)
 

@@ -67,7 +67,7 @@ def test_broker_canary_reports_consumed_and_stale_queues(
     for queue in ("maintenance", "crawl"):
         client.delete(CANARY_KEY.format(queue=queue), CANARY_SENT_KEY.format(queue=queue))
     broker_canary()
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline and not client.get(CANARY_KEY.format(queue="maintenance")):
         time.sleep(0.1)
     assert queue_health()["maintenance"]["canary_age_s"] is not None
