@@ -587,6 +587,16 @@ def _roll(session: Session, deployment_ids: list[str], reason: str) -> Outcome:
 
 
 # ------------------------------------------------------------------------ worker side ---
+def _error_of(exc: Exception) -> tuple[str, str]:
+    """(code, message) of a backend failure; unexpected ones keep their type and first line
+    (server errors name objects, never passwords)."""
+    if isinstance(exc, ResourceError):
+        return str(exc.code), exc.message
+    log.exception("resource backend failure")
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return "internal_error", f"{type(exc).__name__}: {first}"[:500]
+
+
 def _fail(session: Session, res: Resource, reason: str) -> Outcome:
     res.status, res.status_reason = "failed", reason
     return Outcome(events=[("resource.failed", res.org_id, {"id": res.id, "reason": reason})])
@@ -609,12 +619,13 @@ def _finish_provisioning(session_factory: Any, resource_id: str, make: Any) -> O
     was being made is torn down here, whichever of the two jobs finished first."""
     try:
         handle: Handle = make()
-    except ResourceError as exc:
+    except Exception as exc:  # any failure must end in `failed`, never a stuck `provisioning`
+        code, message = _error_of(exc)
         with session_factory() as session:
             res = repository.get_any(session, resource_id, lock=True)
             assert res is not None
-            out = _fail(session, res, exc.message)
-        raise FailedWithOutcome(exc.message, exc.code, out) from exc
+            out = _fail(session, res, message)
+        raise FailedWithOutcome(message, code, out) from exc
     with session_factory() as session:
         res = repository.get_any(session, resource_id, lock=True)
         assert res is not None
@@ -688,14 +699,15 @@ def run_backup(session_factory: Any, backup_id: str) -> Outcome:
         retention = res.backup_retention_days
     try:
         result = backend.backup(handle, backup_id)
-    except ResourceError as exc:
+    except Exception as exc:  # any failure must end in `failed`, never a stuck `running`
+        code, message = _error_of(exc)
         with session_factory() as session:
             backup = repository.get_backup_any(session, backup_id)
             assert backup is not None
-            backup.status, backup.error = "failed", {"code": exc.code, "message": exc.message}
-            event = {"id": backup.resource_id, "backup_id": backup_id, "reason": exc.message}
+            backup.status, backup.error = "failed", {"code": code, "message": message}
+            event = {"id": backup.resource_id, "backup_id": backup_id, "reason": message}
         out = Outcome(events=[("resource.backup_failed", backup.org_id, event)])
-        raise FailedWithOutcome(exc.message, exc.code, out) from exc
+        raise FailedWithOutcome(message, code, out) from exc
     with session_factory() as session:
         backup = repository.get_backup_any(session, backup_id)
         assert backup is not None
@@ -732,8 +744,8 @@ def run_verify(session_factory: Any, backup_id: str) -> tuple[Outcome, dict[str,
     try:
         verdict = backend.verify(handle, result)
         mismatches = verdict.mismatches
-    except ResourceError as exc:
-        mismatches = [f"restore failed: {exc.message}"]
+    except Exception as exc:  # a backup that cannot be restored failed verification
+        mismatches = [f"restore failed: {_error_of(exc)[1]}"]
     with session_factory() as session:
         backup = repository.get_backup_any(session, backup_id)
         assert backup is not None

@@ -263,3 +263,23 @@ def test_a_backup_that_does_not_restore_to_the_same_data_fails_loudly(
     assert after["status"] == "failed" and "files" in after["error"]["message"]
     assert any("resource.backup_failed" in r.getMessage() for r in caplog.records)
     delete(client, org, res["id"])
+
+
+def test_an_unexpected_backend_error_fails_the_resource_never_stuck(
+    client: Any, org: Any, api_env: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from resources.backends.volume import Volume
+
+    def boom(self: Any, ident: str, limits: dict[str, Any]) -> Any:
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(Volume, "provision", boom)
+    r = client.post(
+        "/v1/resources", json={"type": "volume", "name": "full-disk"}, headers=org.headers
+    )
+    assert r.status_code == 202
+    failed = wait_resource(client, r.json()["id"], org.headers)
+    assert failed["status"] == "failed"
+    assert failed["status_reason"] == "OSError: No space left on device"
+    job = wait_for_job(client, r.json()["links"]["job"].rsplit("/", 1)[1], org.headers)
+    assert job["status"] == "failed" and job["error"]["code"] == "internal_error"
