@@ -26,7 +26,7 @@ def start_stack(model_root: Path) -> Stack:
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
-    stack = Stack(env, concurrency=16)
+    stack = Stack(env, concurrency=16, log_dir=model_root / "logs")
     try:
         stack.wait_ready(["tiny", "slow", "all-MiniLM-L6-v2"])
     except BaseException:
