@@ -143,6 +143,18 @@ def latest_backup(session: Session, resource_id: str) -> ResourceBackup | None:
     ).first()
 
 
+def in_progress(session: Session, limit: int = 200) -> Sequence[Resource]:
+    return session.scalars(
+        select(Resource).where(Resource.status == "provisioning").limit(limit)
+    ).all()
+
+
+def backups_in_progress(session: Session, limit: int = 200) -> Sequence[ResourceBackup]:
+    return session.scalars(
+        select(ResourceBackup).where(ResourceBackup.status.in_(("pending", "running"))).limit(limit)
+    ).all()
+
+
 def due_for_backup(session: Session, now: datetime, limit: int = 100) -> Sequence[Resource]:
     return session.scalars(
         select(Resource)

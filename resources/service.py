@@ -818,6 +818,34 @@ def schedule_due_backups(session: Session, now: datetime) -> Outcome:
     return out
 
 
+def fail_abandoned(session: Session) -> Outcome:
+    """Resources still ``provisioning`` and backups still ``pending``/``running`` whose job
+    ended without finishing them (reaped after a worker died, cancelled) become ``failed``."""
+    out = Outcome()
+    for res in repository.in_progress(session):
+        status = job_store.status_of(session, res.job_id) if res.job_id else None
+        if status in ("failed", "cancelled", None):
+            out.events += _fail(
+                session, res, f"the provisioning job ended {status or 'missing'}"
+            ).events
+    for backup in repository.backups_in_progress(session):
+        status = job_store.status_of(session, backup.job_id) if backup.job_id else None
+        if status in ("failed", "cancelled", None):
+            backup.status = "failed"
+            backup.error = {
+                "code": "job_" + (status or "missing"),
+                "message": "the backup job ended",
+            }
+            out.events.append(
+                (
+                    "resource.backup_failed",
+                    backup.org_id,
+                    {"id": backup.resource_id, "backup_id": backup.id},
+                )
+            )
+    return out
+
+
 def expire_backups(session: Session, now: datetime) -> int:
     """Delete backups past their retention, then the WAL no kept base backup needs."""
     expired = list(repository.expired_backups(session, now))

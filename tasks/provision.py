@@ -84,12 +84,15 @@ def restore(ctx: JobContext) -> dict[str, Any] | None:
 
 @celery_app.task(name="resources.scheduled_backups", acks_late=True, ignore_result=True)
 def scheduled_backups() -> int:
-    """Queue the backups whose ``backup_schedule`` is due; drop backups past retention."""
+    """Queue the backups whose ``backup_schedule`` is due; fail what a dead job abandoned;
+    drop backups past retention."""
     now = utcnow()
     with session_scope() as session:
         outcome = service.schedule_due_backups(session, now)
+        abandoned = service.fail_abandoned(session)
         expired = service.expire_backups(session, now)
     dispatch(outcome)
+    dispatch(abandoned)
     if expired:
         log.info("%d backups past their retention deleted", expired)
     return len(outcome.jobs)

@@ -283,3 +283,35 @@ def test_an_unexpected_backend_error_fails_the_resource_never_stuck(
     assert failed["status_reason"] == "OSError: No space left on device"
     job = wait_for_job(client, r.json()["links"]["job"].rsplit("/", 1)[1], org.headers)
     assert job["status"] == "failed" and job["error"]["code"] == "internal_error"
+
+
+def test_work_abandoned_by_a_dead_job_ends_failed(client: Any, org: Any, api_env: Any) -> None:
+    from resources.models import Resource
+    from store import jobs as job_store
+    from store.db import session_scope
+    from tasks.provision import scheduled_backups
+
+    with session_scope() as session:  # as the reaper leaves it: job failed, resource not
+        job = job_store.create_job(session, org_id=org.org_id, kind="provision", input={})
+        job_store.transition(
+            session,
+            job.id,
+            to="failed",
+            from_=["queued"],
+            error={"code": "worker_lost", "message": "worker died"},
+        )
+        res = Resource(
+            org_id=org.org_id,
+            name="orphan",
+            type="volume",
+            tier="shared",
+            status="provisioning",
+            limits={},
+            job_id=job.id,
+        )
+        session.add(res)
+        session.flush()
+        rid = res.id
+    scheduled_backups()
+    body = client.get(f"/v1/resources/{rid}", headers=org.headers).json()
+    assert body["status"] == "failed" and "ended failed" in body["status_reason"]
