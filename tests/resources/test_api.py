@@ -296,7 +296,7 @@ def test_work_abandoned_by_a_dead_job_ends_failed(client: Any, org: Any, api_env
         job_store.transition(
             session,
             job.id,
-            to="failed",
+            to=job_store.JobStatus.FAILED,
             from_=["queued"],
             error={"code": "worker_lost", "message": "worker died"},
         )
