@@ -33,11 +33,11 @@ def get_db() -> Iterator[Session]:
 Db = Annotated[Session, Depends(get_db)]
 
 
-def get_principal(
-    request: Request,
-    db: Db,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> Principal:
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+def authenticate(db: Session, credentials: HTTPAuthorizationCredentials | None) -> Principal:
+    """The caller's principal, or 401 (uncached: a revoked key fails on its next request)."""
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise Unauthorized(
             "Missing API key: send `Authorization: Bearer <key>`.",
@@ -46,6 +46,11 @@ def get_principal(
     principal = orgs.authenticate(db, credentials.credentials)
     if principal is None:
         raise Unauthorized("Invalid or revoked API key.", headers={"WWW-Authenticate": "Bearer"})
+    return principal
+
+
+def get_principal(request: Request, db: Db, credentials: Credentials) -> Principal:
+    principal = authenticate(db, credentials)
     request.state.principal = principal
     return principal
 

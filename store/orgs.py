@@ -6,11 +6,11 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 
 from common.timeutil import utcnow
-from store.models import ApiKey, Organization
+from store.models import ApiKey, Job, Organization
 
 KEY_PREFIX = "cvy_live_"
 
@@ -74,6 +74,19 @@ def authenticate(session: Session, raw_key: str) -> Principal | None:
     if row is None:
         return None
     return Principal(key_id=row.id, org_id=row.org_id, plan=row.plan)
+
+
+def job_for_key(session: Session, raw_key: str, job_id: str) -> tuple[bool, Job | None]:
+    """(key valid?, the job if it belongs to the key's organisation) in one round trip: the
+    polling hot path authenticates and reads the job with a single indexed query."""
+    row = session.execute(
+        select(ApiKey.id, Job)
+        .outerjoin(Job, and_(Job.org_id == ApiKey.org_id, Job.id == job_id))
+        .where(ApiKey.key_hash == hash_key(raw_key), ApiKey.revoked_at.is_(None))
+    ).first()
+    if row is None:
+        return False, None
+    return True, row[1]
 
 
 def revoke_key(session: Session, org_id: str, key_id: str) -> bool:
