@@ -71,7 +71,8 @@ async def run_direct(engine: object, prompts: list[str], max_tokens: int) -> Run
 
     start = time.perf_counter()
     results = await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
-    return RunStats(sum(t for t, _ in results), time.perf_counter() - start, [f for _, f in results])
+    elapsed = time.perf_counter() - start
+    return RunStats(sum(t for t, _ in results), elapsed, [f for _, f in results])
 
 
 async def run_conveyor(url: str, key: str, prompts: list[str], max_tokens: int) -> RunStats:
