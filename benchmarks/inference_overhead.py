@@ -76,16 +76,14 @@ async def run_direct(engine: object, prompts: list[str], max_tokens: int) -> Run
 
 
 async def run_conveyor(url: str, key: str, prompts: list[str], max_tokens: int) -> RunStats:
-    import httpx
     import openai
 
-    limits = httpx.Limits(max_connections=len(prompts) + 4)
     async with openai.AsyncOpenAI(
         base_url=f"{url}/v1",
         api_key=key,
         max_retries=0,
         timeout=600,
-        http_client=httpx.AsyncClient(limits=limits, timeout=600),
+        http_client=openai.DefaultAsyncHttpxClient(timeout=600),
     ) as client:
 
         async def one(i: int, prompt: str) -> tuple[int, float]:
