@@ -93,17 +93,17 @@ class RelayedError(InferenceError):
 
 # -- shared helpers ------------------------------------------------------------------------
 
-_redis_by_loop: dict[int, Redis] = {}
+_redis_by_loop: dict[int, tuple[asyncio.AbstractEventLoop, Redis]] = {}
 
 
 def _redis() -> Redis:
     """One async Redis client per event loop (the relay and the file store)."""
     loop = asyncio.get_running_loop()
-    client = _redis_by_loop.get(id(loop))
-    if client is None:
-        client = Redis.from_url(get_settings().resolved_redis_url())
-        _redis_by_loop[id(loop)] = client
-    return client
+    entry = _redis_by_loop.get(id(loop))
+    if entry is None or entry[0] is not loop:  # a new loop may reuse a dead loop's id
+        entry = (loop, Redis.from_url(get_settings().resolved_redis_url()))
+        _redis_by_loop[id(loop)] = entry
+    return entry[1]
 
 
 @lru_cache(maxsize=4)
