@@ -1,7 +1,7 @@
 """The one function that emits ``resource.*`` events and alerts (logs and webhooks).
 
 Alerts (``resource.degraded``, ``resource.backup_failed``) are always logged at WARNING, so
-an archive or verification failure is never silent even before webhooks know the type.
+an archive or verification failure is never silent.
 """
 
 from __future__ import annotations
@@ -10,16 +10,11 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from webhooks.schemas import RESOURCE_EVENTS
+
 log = logging.getLogger(__name__)
 
-EVENTS = (
-    "resource.ready",
-    "resource.failed",
-    "resource.degraded",
-    "resource.deleted",
-    "resource.backup_completed",
-    "resource.backup_failed",
-)
+EVENTS = RESOURCE_EVENTS
 ALERTS = ("resource.degraded", "resource.failed", "resource.backup_failed")
 
 
@@ -28,11 +23,7 @@ def emit(event_type: str, *, org_id: str, data: Mapping[str, Any]) -> None:
     level = logging.WARNING if event_type in ALERTS else logging.INFO
     log.log(level, "resource event %s for %s: %s", event_type, data.get("id"), data.get("reason"))
     from webhooks.dispatch import emit_event
-    from webhooks.schemas import EVENT_TYPES
 
-    if event_type not in EVENT_TYPES:
-        log.warning("webhook event type %s is not registered; not delivered", event_type)
-        return
     try:
         emit_event(event_type, org_id=org_id, data=dict(data))
     except Exception:

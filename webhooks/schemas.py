@@ -25,7 +25,15 @@ DEPLOYMENT_EVENTS: tuple[str, ...] = (
     "deployment.stopped",
     "deployment.deleted",
 )
-EVENT_TYPES: tuple[str, ...] = JOB_EVENTS + DEPLOYMENT_EVENTS
+RESOURCE_EVENTS: tuple[str, ...] = (
+    "resource.ready",
+    "resource.failed",
+    "resource.degraded",
+    "resource.deleted",
+    "resource.backup_completed",
+    "resource.backup_failed",
+)
+EVENT_TYPES: tuple[str, ...] = JOB_EVENTS + DEPLOYMENT_EVENTS + RESOURCE_EVENTS
 
 EventType = Literal[
     "job.started",
@@ -40,6 +48,12 @@ EventType = Literal[
     "deployment.scaled",
     "deployment.stopped",
     "deployment.deleted",
+    "resource.ready",
+    "resource.failed",
+    "resource.degraded",
+    "resource.deleted",
+    "resource.backup_completed",
+    "resource.backup_failed",
 ]
 DeliveryStatus = Literal["pending", "succeeded", "failed"]
 
