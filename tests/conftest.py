@@ -164,7 +164,9 @@ def other_org(migrated: dict[str, object]) -> OrgKey:
 
 @pytest.fixture(scope="session")
 def worker(migrated: dict[str, object]) -> Iterator[object]:
-    """A real Celery worker (threads pool) consuming every queue, in this process."""
+    """A real Celery worker (threads pool) consuming every queue but ``inference``, in this
+    process. Inference jobs need a worker that loaded models: the inference tests start one as a
+    subprocess, and this worker must not take their jobs (nor block its threads on them)."""
     from celery.contrib.testing.worker import start_worker
 
     from config.queues import QUEUES
@@ -176,7 +178,7 @@ def worker(migrated: dict[str, object]) -> Iterator[object]:
         pool="threads",
         concurrency=8,
         perform_ping_check=False,
-        queues=list(QUEUES),
+        queues=[queue for queue in QUEUES if queue != "inference"],
         shutdown_timeout=30,
     ) as w:
         yield w
