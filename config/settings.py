@@ -72,8 +72,9 @@ class Settings(BaseSettings):
     deploy_default_gpu_type: str = ""
     deploy_proxy_timeout_seconds: float = 300.0
     deploy_local_command: str = Field(
-        default="", description='JSON list replacing the replica command: ["srv", "--port", '
-        '"{port}"]; placeholders {port} {host} {name} {model_path}. Empty: vllm/inference.server.'
+        default="",
+        description='JSON list replacing the replica command: ["srv", "--port", '
+        '"{port}"]; placeholders {port} {host} {name} {model_path}. Empty: vllm/inference.server.',
     )
     kube_namespace: str = "conveyor"
     kube_image: str = "vllm/vllm-openai:v0.11.0"
