@@ -38,6 +38,7 @@ from deployments.schemas import (
     RevisionOut,
     RollbackRequest,
 )
+from plans.service import enforce_quota
 from store.db import session_scope
 from store.orgs import Principal
 from tasks.runner import enqueue
@@ -64,6 +65,8 @@ def _accepted(dep: Deployment) -> JSONResponse:
 
 def _operate(db: Db, dep: Deployment, operation: str) -> JSONResponse:
     """Create the deploy job with the state change, commit, then enqueue (never before)."""
+    if operation == "apply":  # stopping and deleting free what the quota counts: always allowed
+        enforce_quota(db, dep.org_id, "deploy", {})
     job_id = service.schedule(db, dep, operation)
     db.commit()
     enqueue(job_id, "deploy")

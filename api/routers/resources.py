@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from api.deps import CurrentPrincipal, Db
 from api.schemas import ERROR_RESPONSES
 from common.errors import NotFound, ValidationFailed
+from plans.service import enforce_quota
 from resources import repository, service
 from resources.events import emit
 from resources.models import Resource
@@ -70,6 +71,7 @@ def _csv(raw: str | None, allowed: tuple[str, ...], name: str) -> tuple[str, ...
 
 @router.post("/resources", status_code=202, summary="Provision a resource (202, then poll)")
 def create_resource(body: ResourceCreate, principal: CurrentPrincipal, db: Db) -> JSONResponse:
+    enforce_quota(db, principal.org_id, "provision", {})
     res, outcome = service.create(db, principal.org_id, body)
     return _accepted(db, res, outcome)
 
@@ -127,6 +129,7 @@ def get_credentials(resource_id: str, principal: CurrentPrincipal, db: Db) -> di
 )
 def rotate_credentials(resource_id: str, principal: CurrentPrincipal, db: Db) -> JSONResponse:
     res = service.get(db, principal.org_id, resource_id, lock=True)
+    enforce_quota(db, principal.org_id, "provision", {})
     return _accepted(db, res, service.rotate(db, res))
 
 
@@ -147,6 +150,7 @@ def get_metrics(resource_id: str, principal: CurrentPrincipal, db: Db) -> dict[s
 @router.post("/resources/{resource_id}/backups", status_code=202, summary="Back up now")
 def create_backup(resource_id: str, principal: CurrentPrincipal, db: Db) -> JSONResponse:
     res = service.get(db, principal.org_id, resource_id)
+    enforce_quota(db, principal.org_id, "backup", {})
     backup, outcome = service.request_backup(db, res)
     _commit_and_dispatch(db, outcome)
     db.refresh(backup)
@@ -200,6 +204,7 @@ def restore(
     resource_id: str, body: RestoreRequest, principal: CurrentPrincipal, db: Db
 ) -> JSONResponse:
     source = service.get(db, principal.org_id, resource_id)
+    enforce_quota(db, principal.org_id, "restore", {})
     res, outcome = service.restore(db, source, body)
     return _accepted(db, res, outcome)
 
@@ -213,6 +218,7 @@ def create_branch(
     resource_id: str, body: BranchRequest, principal: CurrentPrincipal, db: Db
 ) -> JSONResponse:
     source = service.get(db, principal.org_id, resource_id)
+    enforce_quota(db, principal.org_id, "restore", {})
     res, outcome = service.branch(db, source, body)
     return _accepted(db, res, outcome)
 

@@ -92,6 +92,14 @@ def test_over_quota_is_402_saying_what_was_used(client: Any, migrated: Any) -> N
     assert error["details"] == {"quota": "concurrent_jobs", "used": 2, "limit": 2}
     usage = client.get("/v1/usage", headers=tiny.headers).json()
     assert usage["concurrent_jobs"] == {"used": 2, "limit": 2, "remaining": 0}
+    # Provisioning counts against the same quota, and nothing is created when it is refused.
+    provision = client.post(
+        "/v1/resources",
+        json={"type": "volume", "tier": "shared", "name": "over-quota"},
+        headers=tiny.headers,
+    )
+    assert provision.status_code == 402, provision.text
+    assert client.get("/v1/resources", headers=tiny.headers).json()["data"] == []
 
     with session_scope() as session:
         plans.record_usage(session, tiny.org_id, "gpu_seconds", 7)
