@@ -7,7 +7,6 @@ import logging
 import time
 
 import redis
-from celery import shared_task
 
 from common import events
 from common.timeutil import utcnow
@@ -64,7 +63,7 @@ def _redis() -> redis.Redis:
     return redis.Redis.from_url(get_settings().resolved_redis_url(), decode_responses=True)
 
 
-@shared_task(name="maintenance.canary_ping", ignore_result=True)
+@celery_app.task(name="maintenance.canary_ping", ignore_result=True)
 def canary_ping(queue: str, sent_at: float) -> None:
     """Runs on each queue: proves a worker consumed from it."""
     _redis().set(CANARY_KEY.format(queue=queue), f"{time.time()}:{sent_at}")

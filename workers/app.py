@@ -51,8 +51,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def create_celery(settings: Settings | None = None) -> Celery:
-    app = Celery("conveyor", include=list(TASK_MODULES))
+def create_celery(settings: Settings | None = None, *, set_as_current: bool = True) -> Celery:
+    """The Conveyor Celery app. ``set_as_current=False`` for a second app (e.g. a client for
+    another broker) that must not become the process's default app."""
+    app = Celery("conveyor", include=list(TASK_MODULES), set_as_current=set_as_current)
     app.conf.update(celery_config(settings or get_settings()))
     return app
 

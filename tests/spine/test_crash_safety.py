@@ -50,7 +50,7 @@ def submit_on(broker_url: str, org: OrgKey, **input: Any) -> dict[str, Any]:
             kind="diagnostics",
             input=SleepInput.model_validate(input).model_dump(mode="json", exclude={"webhook"}),
         )
-    app = create_celery(Settings(broker_url=broker_url))
+    app = create_celery(Settings(broker_url=broker_url), set_as_current=False)
     app.send_task("diagnostics.run", args=[job.id], queue="maintenance")
     app.close()
     return {"id": job.id}

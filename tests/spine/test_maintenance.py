@@ -19,7 +19,6 @@ from store.db import session_scope
 from store.jobs import JobStatus
 from store.models import Job
 from tests.conftest import OrgKey
-from tests.helpers import WorkerProcess
 
 
 def _job(org: OrgKey, **values: Any) -> str:
@@ -59,18 +58,8 @@ def test_purge_removes_metadata_after_30_days(org: OrgKey) -> None:
 
 
 def test_broker_canary_reports_consumed_and_stale_queues(
-    migrated: object, caplog: pytest.LogCaptureFixture
+    worker: object, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # A worker of its own on the maintenance queue: the session's in-thread worker may be busy
-    # with other tests' long jobs, and a canary is about *some* worker consuming the queue.
-    own = WorkerProcess(["maintenance"], pool="solo")
-    try:
-        _canary_round_trip(caplog)
-    finally:
-        own.stop()
-
-
-def _canary_round_trip(caplog: pytest.LogCaptureFixture) -> None:
     from config import get_settings
     from tasks.maintenance import CANARY_KEY, CANARY_SENT_KEY, broker_canary, queue_health
 
