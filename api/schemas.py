@@ -7,6 +7,8 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from common.errors import ValidationFailed
+
 T = TypeVar("T")
 
 
@@ -63,6 +65,20 @@ class ListQuery(BaseModel):
     created_after: datetime | None = Field(default=None, description="Exclusive bound.")
     created_before: datetime | None = Field(default=None, description="Exclusive bound.")
     sort: Literal["-created_at", "created_at"] = "-created_at"
+
+
+def parse_statuses(raw: str | None, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    """``status=running,queued`` → the distinct statuses, in order; 422 naming an unknown one."""
+    if not raw:
+        return ()
+    statuses = tuple(dict.fromkeys(s.strip() for s in raw.split(",") if s.strip()))
+    bad = [s for s in statuses if s not in allowed]
+    if bad:
+        raise ValidationFailed(
+            f"Unknown status {bad[0]!r}; use one of {', '.join(allowed)}.",
+            details=[{"loc": ["query", "status"], "msg": "unknown status", "type": "enum"}],
+        )
+    return statuses
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {

@@ -6,7 +6,6 @@ pages crawled out of pages discovered; Ctrl-C cancels the job (its finished page
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -14,38 +13,13 @@ from typing import Annotated, Any
 
 import httpx
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from config import get_settings
+from cli.client import api_client as _client
+from cli.client import err
+from cli.client import fail as _fail
 
-err = Console(stderr=True)
 TERMINAL = ("completed", "failed", "cancelled")
-
-
-def _client() -> httpx.Client:
-    settings = get_settings()
-    key = settings.api_key.get_secret_value() if settings.api_key else ""
-    if not key:
-        err.print("[red]Set CONVEYOR_API_KEY (create one with `conveyor keys create`).[/red]")
-        raise typer.Exit(2)
-    return httpx.Client(
-        base_url=settings.api_url.rstrip("/"),
-        headers={"Authorization": f"Bearer {key}"},
-        timeout=httpx.Timeout(30.0, connect=5.0),
-    )
-
-
-def _fail(response: httpx.Response) -> None:
-    try:
-        error = response.json()["error"]
-        message = f"{error['code']}: {error['message']}"
-        if error.get("details"):
-            message += f" {json.dumps(error['details'])}"
-    except (ValueError, KeyError, TypeError):
-        message = f"HTTP {response.status_code}: {response.text[:200]}"
-    err.print(f"[red]{message}[/red]")
-    raise typer.Exit(1)
 
 
 def _follow(client: httpx.Client, job: dict[str, Any], quiet: bool) -> dict[str, Any]:

@@ -18,8 +18,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from redis.asyncio import Redis
 
 from api.deps import CurrentPrincipal, Db
-from api.schemas import ERROR_RESPONSES, Page
-from common.errors import ConveyorError, Unavailable, ValidationFailed
+from api.schemas import ERROR_RESPONSES, Page, parse_statuses
+from common.errors import ConveyorError, Unavailable
 from config import get_settings
 from deployments import catalog, metrics, proxy, repository, service
 from deployments.events import emit
@@ -75,16 +75,7 @@ def _operate(db: Db, dep: Deployment, operation: str) -> JSONResponse:
 
 
 def _statuses(raw: str | None) -> tuple[str, ...]:
-    if not raw:
-        return ()
-    statuses = tuple(dict.fromkeys(s.strip() for s in raw.split(",") if s.strip()))
-    bad = [s for s in statuses if s not in ALL_STATUSES]
-    if bad:
-        raise ValidationFailed(
-            f"Unknown status {bad[0]!r}; use one of {', '.join(ALL_STATUSES)}.",
-            details=[{"loc": ["query", "status"], "msg": "unknown status", "type": "enum"}],
-        )
-    return statuses
+    return parse_statuses(raw, ALL_STATUSES)
 
 
 # ------------------------------------------------------------------------- catalogue ---

@@ -11,10 +11,10 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import Credentials, CurrentPrincipal, Db, authenticate
-from api.schemas import ERROR_RESPONSES, JobOut, ListQuery, Page
+from api.schemas import ERROR_RESPONSES, JobOut, ListQuery, Page, parse_statuses
 from api.views import job_to_dict, render_result
 from common import events
-from common.errors import NotFound, ValidationFailed
+from common.errors import NotFound
 from store import jobs as job_store
 from store import orgs
 from store.db import session_scope
@@ -33,16 +33,7 @@ class JobListQuery(ListQuery):
 
 
 def _statuses(raw: str | None) -> tuple[str, ...]:
-    if not raw:
-        return ()
-    statuses = tuple(dict.fromkeys(s.strip() for s in raw.split(",") if s.strip()))
-    bad = [s for s in statuses if s not in ALL_STATUSES]
-    if bad:
-        raise ValidationFailed(
-            f"Unknown status {bad[0]!r}; use one of {', '.join(ALL_STATUSES)}.",
-            details=[{"loc": ["query", "status"], "msg": "unknown status", "type": "enum"}],
-        )
-    return statuses
+    return parse_statuses(raw, ALL_STATUSES)
 
 
 @router.get("", response_model=Page[JobOut], summary="List jobs (cursor pagination)")
