@@ -31,6 +31,7 @@ from kubernetes import config as k8s_config
 from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
 
+from common.kube import call_api
 from deployments.backends.base import (
     Backend,
     BackendState,
@@ -293,18 +294,7 @@ class KubernetesBackend(Backend):
         body: Any = None,
         content_type: str = "application/json",
     ) -> dict[str, Any]:
-        data = self.api.call_api(
-            path,
-            method,
-            query_params=query or [],
-            header_params={"Content-Type": content_type, "Accept": "application/json"},
-            body=body,
-            response_type="object",
-            auth_settings=["BearerToken"],
-            _return_http_data_only=True,
-            _request_timeout=30,
-        )
-        return cast(dict[str, Any], data or {})
+        return call_api(self.api, method, path, query=query, body=body, content_type=content_type)
 
     def _path(self, kind: str, name: str | None = None) -> str:
         base = _PATHS[kind].format(ns=self.config.namespace)

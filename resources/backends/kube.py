@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
+from common.kube import call_api
 from resources import kubernetes as manifests
 from resources.kubernetes import Manifest, ObjectStore
 
@@ -54,18 +55,7 @@ class KubernetesResources:
         body: Any = None,
         content_type: str = "application/json",
     ) -> dict[str, Any]:
-        data = self.api.call_api(
-            path,
-            method,
-            query_params=query or [],
-            header_params={"Content-Type": content_type, "Accept": "application/json"},
-            body=body,
-            response_type="object",
-            auth_settings=["BearerToken"],
-            _return_http_data_only=True,
-            _request_timeout=30,
-        )
-        return cast(dict[str, Any], data or {})
+        return call_api(self.api, method, path, query=query, body=body, content_type=content_type)
 
     def apply(self, manifest: Manifest) -> dict[str, Any]:
         """Server-side apply (create or update; conflicts forced to us)."""
