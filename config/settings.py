@@ -88,6 +88,7 @@ class Settings(BaseSettings):
     kube_cache_storage_class: str = ""
     kube_cache_access_mode: str = "ReadWriteOnce"  # ReadWriteMany when replicas span nodes
     kube_startup_budget_seconds: int = 600
+    kube_watch_timeout_seconds: int = 300  # `conveyor kube-watch`: each stream's server timeout
 
     # --- API contract: rate limits, body limits, CORS, idempotency, webhooks ------------------
     ratelimit_enabled: bool = True
@@ -148,6 +149,17 @@ class Settings(BaseSettings):
         default=SecretStr(""), description="Fernet keys, comma-separated; empty: a key file."
     )
     resources_backup_retention_days: int = 7
+    # Kubernetes (CONVEYOR_RESOURCES_BACKEND=kubernetes): dedicated postgres as CloudNativePG
+    # Clusters, dedicated redis as StatefulSets, volumes as PVCs; shared tiers and blobs stay on
+    # the servers configured above. Reuses CONVEYOR_KUBE_CONFIG/_CONTEXT/_IN_CLUSTER.
+    resources_backend: str = "local"  # local | kubernetes
+    resources_kube_namespace: str = "conveyor-resources"
+    resources_kube_storage_class: str = ""
+    resources_kube_backup_destination: str = "s3://conveyor-backups"  # + /<resource id>
+    resources_kube_backup_endpoint_url: str = ""
+    resources_kube_backup_secret: str = "conveyor-backup-s3"  # ACCESS_KEY_ID, ACCESS_SECRET_KEY
+    resources_kube_ready_timeout_seconds: float = 900.0
+    resources_kube_poll_seconds: float = 2.0
 
     def resolved_database_url(self) -> str:
         if self.database_url:
