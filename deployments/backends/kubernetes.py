@@ -11,7 +11,10 @@ Objects are written with server-side apply (field manager `conveyor`) through th
 client's `ApiClient`; the typed `*Api.patch_*` methods cannot send `application/apply-patch+yaml`.
 Observed state comes from the Deployment, its pods and their events: `Unschedulable`,
 `ErrImagePull`/`ImagePullBackOff`, `OOMKilled` and `CrashLoopBackOff` become `status_reason`
-codes, and `ProgressDeadlineExceeded` fails the rollout.
+codes, and `ProgressDeadlineExceeded` fails the rollout. In the `conveyor kube-watch` process
+they are read from the watch cache (`kubernetes_watch.ObservedCluster`) and every change is
+reconciled at once; elsewhere (deploy jobs, the beat resync) they are listed, and a rollout
+waits on a short watch of its pods between reconciles.
 
 Connect with a kubeconfig (`CONVEYOR_KUBE_CONFIG`, `CONVEYOR_KUBE_CONTEXT`) or, inside a pod,
 the in-cluster service account (`CONVEYOR_KUBE_IN_CLUSTER=true`).
@@ -24,12 +27,13 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import MaxRetryError, ProtocolError, ReadTimeoutError
 
 from common.kube import call_api
 from deployments.backends.base import (
@@ -44,6 +48,9 @@ from deployments.backends.base import (
 )
 from deployments.errors import BackendError
 from deployments.masking import mask_secrets
+
+if TYPE_CHECKING:
+    from deployments.backends.kubernetes_watch import ObservedCluster
 
 Manifest = dict[str, Any]
 
@@ -81,10 +88,15 @@ class KubernetesBackendConfig:
     in_cluster: bool = False
 
 
+def id_slug(deployment_id: str) -> str:
+    """The deployment id as its objects' `ID_LABEL` value (what watches map changes back by)."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", deployment_id.lower()).strip("-")
+    return f"cv-{slug}"[:63].rstrip("-")[3:]
+
+
 def object_name(spec: DeploymentSpec) -> str:
     """A DNS-1123 name for the deployment's objects, stable for its lifetime."""
-    slug = re.sub(r"[^a-z0-9-]+", "-", spec.id.lower()).strip("-")
-    return f"cv-{slug}"[:63].rstrip("-")
+    return f"cv-{id_slug(spec.id)}"
 
 
 def labels(spec: DeploymentSpec) -> dict[str, str]:
@@ -94,7 +106,7 @@ def labels(spec: DeploymentSpec) -> dict[str, str]:
         "app.kubernetes.io/instance": instance,
         "app.kubernetes.io/component": "inference",
         MANAGED_BY: "conveyor",
-        ID_LABEL: object_name(spec)[3:],
+        ID_LABEL: id_slug(spec.id),
     }
 
 
@@ -283,6 +295,14 @@ class KubernetesBackend(Backend):
         self.renderer = ManifestRenderer(config)
         self.api = api_client or load_api_client(config)
         self._pods_version: dict[str, str] = {}  # deployment id → resourceVersion of its pods
+        self.cache: ObservedCluster | None = None  # set by the watch process (`attach`)
+
+    def attach(self, cache: ObservedCluster) -> None:
+        """Observe from a watch cache (kept by `KubeWatcher`) instead of listing."""
+        self.cache = cache
+
+    def _cached(self) -> ObservedCluster | None:
+        return self.cache if self.cache is not None and self.cache.synced else None
 
     # ---------------------------------------------------------------- API plumbing ---
     def _call(
@@ -340,7 +360,10 @@ class KubernetesBackend(Backend):
         name = object_name(spec)
         events: list[str] = []
         digest = self._digest(spec)
-        current = self._get("Deployment", name)
+        cache = self._cached()
+        current = cache.deployment(name) if cache is not None else None
+        if current is None:  # not cached (or not seen by the watch yet): ask the API server
+            current = self._get("Deployment", name)
         if current is None or data.get("applied") != digest:
             if current is None and data.get("applied"):
                 events.append("Deployment missing from the cluster; re-applied")
@@ -427,6 +450,9 @@ class KubernetesBackend(Backend):
         return deployment
 
     def _pods(self, spec: DeploymentSpec) -> list[dict[str, Any]]:
+        cache = self._cached()
+        if cache is not None:
+            return cache.pods_of(id_slug(spec.id))
         selector = f"{ID_LABEL}={labels(spec)[ID_LABEL]}"
         listed = self._call(
             "GET",
@@ -439,31 +465,48 @@ class KubernetesBackend(Backend):
         return cast(list[dict[str, Any]], listed.get("items") or [])
 
     def wait_for_change(self, spec: DeploymentSpec, timeout_s: float) -> None:
-        """Watch the deployment's pods from the last list; return on the first event."""
+        """Return on the first change to the deployment's pods, at most `timeout_s`.
+
+        With a synced watch cache (the `conveyor kube-watch` process) it waits on the cache;
+        otherwise it watches the pods from the last list's resourceVersion. A 410 Gone forgets
+        that version (the next reconcile lists afresh); a stream that ends or times out costs
+        one poll interval.
+        """
+        cache = self._cached()
+        if cache is not None:
+            cache.wait_for(id_slug(spec.id), timeout_s)
+            return
         version = self._pods_version.get(spec.id)
         if version is None or timeout_s <= 0:
             super().wait_for_change(spec, timeout_s)
             return
-        watcher = k8s_watch.Watch()
+        watcher = k8s_watch.Watch(return_type="object")
         try:
             for _event in watcher.stream(
                 k8s.CoreV1Api(self.api).list_namespaced_pod,
                 self.config.namespace,
-                label_selector=f"{ID_LABEL}={labels(spec)[ID_LABEL]}",
+                label_selector=f"{ID_LABEL}={id_slug(spec.id)}",
                 resource_version=version,
                 timeout_seconds=max(1, math.ceil(timeout_s)),
-                _request_timeout=timeout_s + 10,
-                deserialize=False,
+                # The server's timeout is whole seconds; the client's read timeout is exact
+                # (the client takes only an int or a (connect, read) pair here).
+                _request_timeout=(10, max(timeout_s, 0.01)),
             ):
                 watcher.stop()
                 break
-        except ApiException:  # e.g. 410 Gone: the next list gets a fresh resourceVersion
+        except ApiException as exc:
+            if exc.status != 410:
+                raise BackendError(f"watching pods failed: {exc.status} {exc.reason}") from exc
             self._pods_version.pop(spec.id, None)
-        except Exception as exc:  # a dropped watch only costs a poll interval
-            if "timed out" not in str(exc).lower():
-                raise BackendError(f"watching pods failed: {exc}") from exc
+        except (ReadTimeoutError, ProtocolError):
+            return
+        except MaxRetryError as exc:
+            raise BackendError(f"watching pods failed: {exc.reason}") from exc
 
     def _pod_events(self, pod_names: set[str]) -> list[dict[str, Any]]:
+        cache = self._cached()
+        if cache is not None:
+            return cache.events_for(pod_names)
         listed = self._call(
             "GET",
             f"/api/v1/namespaces/{self.config.namespace}/events",

@@ -150,36 +150,13 @@ def test_observed_status_mapping() -> None:
 
 
 @pytest.fixture
-def fake_api(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """The deployments' fake Kubernetes API, taught the CNPG kinds (validated against the CNPG
-    schema kept here) and StatefulSets (validated by kubernetes-validate like the rest)."""
+def fake_api() -> Any:
+    """The deployments' fake Kubernetes API: it validates CNPG kinds against the CNPG schema
+    kept here and plays the operator (Cluster phases, Backup phases) on each read."""
     from kubernetes import client
 
     from tests.deployments import fake_kube
 
-    for plural, kind in {
-        "clusters": "Cluster",
-        "backups": "Backup",
-        "scheduledbackups": "ScheduledBackup",
-        "statefulsets": "StatefulSet",
-    }.items():
-        monkeypatch.setitem(fake_kube.PLURALS, plural, kind)
-    original = fake_kube.FakeKube.apply
-
-    def apply(self: Any, plural: str, ns: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        if body.get("apiVersion") == k8s.CNPG:
-            cnpg_validate(body)
-            with self.lock:
-                self.applied.append(body)
-                previous = self.objects.get((plural, ns, name))
-                obj = json.loads(json.dumps(body))
-                if previous is not None and "status" in previous:
-                    obj["status"] = previous["status"]
-                self.objects[(plural, ns, name)] = obj
-                return dict(obj)
-        return dict(original(self, plural, ns, name, body))
-
-    monkeypatch.setattr(fake_kube.FakeKube, "apply", apply)
     with fake_kube.running_fake_kube() as (fake, url):
         api = client.ApiClient(client.Configuration(host=url))
         yield fake, api
@@ -197,17 +174,16 @@ def test_kubernetes_resources_against_the_fake_api(fake_api: Any) -> None:
     assert fake.kinds("clusters") == ["pg-abc"]
     assert fake.kinds("scheduledbackups") == ["pg-abc-scheduled"]
     assert fake.kinds("secrets") == ["pg-abc-app"]
+    assert kr.observe_postgres("res_abc") == ("provisioning", "Setting up primary")
     assert kr.observe_postgres("res_abc")[0] == "provisioning"
+    assert kr.observe_postgres("res_abc") == ("ready", None)  # "Cluster in healthy state"
+    fake.set_archiving("tenant-a", "pg-abc", ok=False)
+    status, reason = kr.observe_postgres("res_abc")
+    assert status == "degraded" and "WAL archiving is failing" in (reason or "")
     key = ("clusters", "tenant-a", "pg-abc")
-    fake.objects[key]["status"] = {"conditions": [{"type": "Ready", "status": "True"}]}
-    assert kr.observe_postgres("res_abc") == ("ready", None)
-    fake.objects[key]["status"]["conditions"].append(
-        {"type": "ContinuousArchiving", "status": "False", "message": "disk full"}
-    )
-    assert kr.observe_postgres("res_abc") == ("degraded", "WAL archiving is failing: disk full")
     name = kr.backup_postgres("res_abc", "bkp_01")
-    assert kr.observe_backup(name) == ("pending", None)
-    fake.objects[("backups", "tenant-a", name)]["status"] = {"phase": "completed"}
+    assert kr.observe_backup(name) == ("running", None)  # started
+    assert kr.observe_backup(name) == ("running", None)
     assert kr.observe_backup(name) == ("completed", None)
     kr.restore_postgres(
         "res_abc", "res_def", storage="1Gi", target_time=datetime(2026, 1, 1, tzinfo=UTC)
