@@ -143,6 +143,21 @@ def beat() -> None:
     _exec(beat_command())
 
 
+@app.command(name="kube-watch")
+def kube_watch() -> None:
+    """Watch Deployments, pods and events (Kubernetes backend); reconcile each change at once.
+
+    Run one per cluster (a single-replica Deployment); the beat reconciler stays the resync.
+    """
+    import logging
+
+    from deployments.backends.kubernetes_watch import serve_watch
+    from tasks.deploy import reconcile_one
+
+    logging.basicConfig(level=get_settings().log_level.upper())
+    serve_watch(reconcile_one)
+
+
 @app.command()
 def flower() -> None:
     """Run the Flower monitoring UI."""
