@@ -23,6 +23,9 @@ class Plan(Base):
     max_pages_per_crawl: Mapped[int] = mapped_column(Integer)
     read_per_minute: Mapped[int] = mapped_column(Integer)
     write_per_minute: Mapped[int] = mapped_column(Integer)
+    # Backup retention a resource may ask for (days a backup is kept, backups kept).
+    max_backup_retention_days: Mapped[int] = mapped_column(Integer, default=7)
+    max_backup_retention_count: Mapped[int] = mapped_column(Integer, default=10)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -19,6 +19,8 @@ class PlanLimits(BaseModel):
     max_pages_per_crawl: int = Field(ge=1)
     read_per_minute: int = Field(ge=1)
     write_per_minute: int = Field(ge=1)
+    max_backup_retention_days: int = Field(default=7, ge=1)
+    max_backup_retention_count: int = Field(default=10, ge=1)
 
 
 class UsageMeter(BaseModel):

@@ -44,6 +44,8 @@ DEFAULT_PLANS: dict[str, PlanLimits] = {
             max_pages_per_crawl=500,
             read_per_minute=120,
             write_per_minute=60,
+            max_backup_retention_days=7,
+            max_backup_retention_count=10,
         ),
         PlanLimits(
             name="starter",
@@ -53,6 +55,8 @@ DEFAULT_PLANS: dict[str, PlanLimits] = {
             max_pages_per_crawl=5_000,
             read_per_minute=600,
             write_per_minute=300,
+            max_backup_retention_days=30,
+            max_backup_retention_count=50,
         ),
         PlanLimits(
             name="pro",
@@ -62,6 +66,8 @@ DEFAULT_PLANS: dict[str, PlanLimits] = {
             max_pages_per_crawl=50_000,
             read_per_minute=3_000,
             write_per_minute=1_500,
+            max_backup_retention_days=90,
+            max_backup_retention_count=200,
         ),
         PlanLimits(
             name="unlimited",
@@ -71,6 +77,8 @@ DEFAULT_PLANS: dict[str, PlanLimits] = {
             max_pages_per_crawl=10**6,
             read_per_minute=10**6,
             write_per_minute=10**6,
+            max_backup_retention_days=3650,
+            max_backup_retention_count=10**6,
         ),
     )
 }
