@@ -61,6 +61,17 @@ def create_role(conn: psycopg.Connection[Any], role: str, password: str, conn_li
     )
 
 
+def set_connection_limit(admin_dsn: str, role: str, conn_limit: int) -> None:
+    """The role's CONNECTION LIMIT, effective for the next login (sessions beyond it are not
+    killed; a new login past the limit is refused with ``too many connections for role``)."""
+    with connect(admin_dsn) as conn:
+        conn.execute(
+            sql.SQL("ALTER ROLE {} CONNECTION LIMIT {}").format(
+                sql.Identifier(role), sql.Literal(conn_limit)
+            )
+        )
+
+
 def create_database(admin_dsn: str, dbname: str, owner: str, template: str | None = None) -> None:
     """Create ``dbname`` owned by ``owner``; only its owner may connect (CONNECT revoked
     from PUBLIC, which a template copy does not carry over)."""

@@ -222,6 +222,30 @@ class PostgresDedicated:
             st["ident"], st["port"], role, generation, password, st["connection_limit"]
         )
 
+    def apply_limits(self, handle: Handle, limits: dict[str, Any]) -> dict[str, Any]:
+        """``connection_limit``: the app role's CONNECTION LIMIT at once, and the server's
+        ``max_connections`` (limit + 10 for the platform) by ALTER SYSTEM; that setting needs
+        a restart, done here (clients reconnect) only when the server must allow more
+        connections than it runs with — a lower limit is enforced by the role alone."""
+        st = handle.state
+        limit = int(limits.get("connection_limit", st["connection_limit"]))
+        dsn = self.admin_dsn(st)
+        pg.set_connection_limit(dsn, st["role"], limit)
+        with pg.connect(dsn) as conn:
+            conn.execute(
+                sql.SQL("ALTER SYSTEM SET max_connections = {}").format(sql.Literal(limit + 10))
+            )
+            row = conn.execute("SHOW max_connections").fetchone()
+        running = int(row[0]) if row else 0
+        if running < limit + 10:
+            data = Path(st["data_dir"])
+            self._stop(data)
+            self._start(data, data.parent / "server.log")
+        return {"connection_limit": limit}
+
+    def usage_bytes(self, handle: Handle) -> int:
+        return int(pg.database_metrics(self.admin_dsn(handle.state), DB)["size_bytes"])
+
     def metrics(self, handle: Handle) -> dict[str, Any]:
         metrics = pg.database_metrics(self.admin_dsn(handle.state), DB)
         return {

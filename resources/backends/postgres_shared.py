@@ -169,6 +169,16 @@ class PostgresShared(NoPitr):
         new.state["branch_method"] = "template"
         return new
 
+    def apply_limits(self, handle: Handle, limits: dict[str, Any]) -> dict[str, Any]:
+        """The role's CONNECTION LIMIT, at once. ``size_bytes`` has no PostgreSQL quota behind
+        it: the usage check (beat) reports a database past it (``degraded``, an alert)."""
+        limit = int(limits.get("connection_limit", handle.state["connection_limit"]))
+        pg.set_connection_limit(self.admin_dsn, handle.state["role"], limit)
+        return {"connection_limit": limit}
+
+    def usage_bytes(self, handle: Handle) -> int:
+        return int(pg.database_metrics(self.admin_dsn, handle.state["database"])["size_bytes"])
+
     def metrics(self, handle: Handle) -> dict[str, Any]:
         metrics = pg.database_metrics(self.admin_dsn, handle.state["database"])
         return {**metrics, "connection_limit": handle.state["connection_limit"]}

@@ -59,6 +59,7 @@ class RedisShared(NoPitr):
 
     def __init__(self, settings: ResourceSettings) -> None:
         self.settings = settings
+        self._canonical: tuple[set[str], list[str]] | None = None
 
     def _admin(self) -> redis.Redis:
         return redis.Redis.from_url(self.settings.redis_admin_url)
@@ -107,9 +108,54 @@ class RedisShared(NoPitr):
             *SHARED_RULES,
         )
 
+    def _canonical_rules(self) -> tuple[set[str], list[str]]:
+        """How this server spells back (``ACL LIST`` canonicalises) a user made of SHARED_RULES:
+        (its default flags, its command rules), read once from a disabled probe user, so a
+        drifted user is told from a current one."""
+        if self._canonical is None:
+            probe = f"{self.settings.name_prefix}acl_probe_{secrets.token_hex(4)}"
+            admin = self._admin()
+            _cmd(admin, "ACL", "SETUSER", probe, "reset", "off", *SHARED_RULES)
+            try:
+                flags, commands = self._acl_rules(admin, probe)
+            finally:
+                admin.acl_deluser(probe)
+            self._canonical = (flags - {"off"}, commands)
+        return self._canonical
+
+    @staticmethod
+    def _acl_rules(admin: redis.Redis, user: str) -> tuple[set[str], list[str]]:
+        """(every other rule, the command rules in order) of ``user``'s ``ACL LIST`` line."""
+        for raw in _cmd(admin, "ACL", "LIST"):
+            line = raw.decode() if isinstance(raw, bytes) else str(raw)
+            words = line.split()
+            if len(words) > 1 and words[1] == user:
+                rules = words[2:]
+                commands = [w for w in rules if w[:1] in "+-"]
+                return {w for w in rules if w[:1] not in "+-"}, commands
+        return set(), []
+
+    def reconcile(self, handle: Handle) -> bool:
+        """Make the server's ACL user exactly the stored one (it lives only in the server's
+        memory: a Redis restart without an aclfile forgets it). Idempotent; a user that
+        already matches is left alone, so its clients stay connected. Older generations left
+        behind by an interrupted rotation are removed. True when the user was (re)written."""
+        st = handle.state
+        admin = self._admin()
+        flags, commands = self._canonical_rules()
+        password_hash = hashlib.sha256(handle.secret["password"].encode()).hexdigest()
+        want = flags | {"on", f"#{password_hash}", f"~{st['key_prefix']}*", f"&{st['key_prefix']}*"}
+        changed = self._acl_rules(admin, st["user"]) != (want, commands)
+        if changed:
+            self._set_user(handle)
+        for stale in self._users(st["ident"]):
+            if stale != st["user"]:
+                admin.acl_deluser(stale)
+        return changed
+
     def provision(self, ident: str, limits: dict[str, Any]) -> Handle:
         handle = self._handle(ident, 1, secrets.token_urlsafe(24))
-        self._set_user(handle)
+        self.reconcile(handle)
         return handle
 
     def _users(self, ident: str) -> list[str]:
@@ -435,6 +481,19 @@ class RedisDedicated(NoPitr):
             return self.restore(tmp, handle, ident)
         finally:
             shutil.rmtree(Path(tmp.location).parent, ignore_errors=True)
+
+    def apply_limits(self, handle: Handle, limits: dict[str, Any]) -> dict[str, Any]:
+        """``maxmemory`` and ``maxmemory_policy`` by CONFIG SET, at once, then CONFIG REWRITE
+        so the instance's redis.conf keeps them over a restart."""
+        admin = self._admin(handle.state, handle.secret)
+        maxmemory = str(limits.get("maxmemory", handle.state["maxmemory"]))
+        policy = str(
+            limits.get("maxmemory_policy", handle.state.get("maxmemory_policy", "noeviction"))
+        )
+        admin.config_set("maxmemory", maxmemory)
+        admin.config_set("maxmemory-policy", policy)
+        _cmd(admin, "CONFIG", "REWRITE")
+        return {"maxmemory": maxmemory, "maxmemory_policy": policy}
 
     def metrics(self, handle: Handle) -> dict[str, Any]:
         admin = self._admin(handle.state, handle.secret)
