@@ -45,6 +45,7 @@ class Resource(Base):
     limits: Mapped[dict[str, Any]] = mapped_column(default=dict)
     backup_schedule: Mapped[str | None] = mapped_column(String(100), default=None)
     backup_retention_days: Mapped[int] = mapped_column(Integer, default=7)
+    backup_retention_count: Mapped[int] = mapped_column(Integer, default=10)
     next_backup_at: Mapped[datetime | None] = mapped_column(default=None)
     state: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     secret_encrypted: Mapped[str | None] = mapped_column(Text, default=None)

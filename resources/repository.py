@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from resources.models import Resource, ResourceBackup, ResourceBinding
@@ -170,6 +170,27 @@ def expired_backups(session: Session, now: datetime, limit: int = 100) -> Sequen
         .where(ResourceBackup.expires_at <= now, ResourceBackup.deleted_at.is_(None))
         .limit(limit)
     ).all()
+
+
+def over_backup_count(session: Session, limit: int = 100) -> list[tuple[str, int]]:
+    """(resource id, backups to keep) of resources holding more completed backups than their
+    ``backup_retention_count``."""
+    rows = session.execute(
+        select(ResourceBackup.resource_id, Resource.backup_retention_count)
+        .join(Resource, Resource.id == ResourceBackup.resource_id)
+        .where(ResourceBackup.status == "completed", ResourceBackup.deleted_at.is_(None))
+        .group_by(ResourceBackup.resource_id, Resource.backup_retention_count)
+        .having(func.count() > Resource.backup_retention_count)
+        .limit(limit)
+    ).all()
+    return [(str(r[0]), int(r[1])) for r in rows]
+
+
+def set_backup_expiry(session: Session, resource_id: str, retention: timedelta) -> None:
+    """Completed backups of a resource expire ``retention`` after they completed."""
+    for backup in completed_backups(session, resource_id):
+        if backup.completed_at is not None:
+            backup.expires_at = backup.completed_at + retention
 
 
 def live_of(session: Session, type_: str, tier: str) -> Sequence[Resource]:

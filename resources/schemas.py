@@ -45,12 +45,28 @@ def _check_name(value: str | None) -> str | None:
     return value
 
 
+MaxmemoryPolicy = Literal[
+    "noeviction",
+    "allkeys-lru",
+    "allkeys-lfu",
+    "allkeys-random",
+    "volatile-lru",
+    "volatile-lfu",
+    "volatile-random",
+    "volatile-ttl",
+]
+
+
 class Limits(BaseModel):
+    """Which limit applies to which type/tier is ``resources.service.LIMITS``; PATCH applies
+    them to the running server (a ``provision`` job)."""
+
     model_config = ConfigDict(extra="forbid")
 
     connection_limit: int | None = Field(default=None, ge=1, le=1000)
     size_bytes: int | None = Field(default=None, ge=1)
     maxmemory: str | None = Field(default=None, pattern=r"^[0-9]+(kb|mb|gb)?$")
+    maxmemory_policy: MaxmemoryPolicy | None = None
 
 
 class ResourceCreate(BaseModel):
@@ -61,7 +77,14 @@ class ResourceCreate(BaseModel):
     name: str
     limits: Limits = Field(default_factory=Limits)
     backup_schedule: str | None = Field(default=None, description="5-field cron, UTC.")
-    backup_retention_days: int | None = Field(default=None, ge=1, le=365)
+    backup_retention_days: int | None = Field(
+        default=None, ge=1, description="Days a backup is kept (at most the plan's maximum)."
+    )
+    backup_retention_count: int | None = Field(
+        default=None,
+        ge=1,
+        description="Completed backups kept, newest first (default and cap: the plan's maximum).",
+    )
 
     _name = field_validator("name")(_check_name)
     _schedule = field_validator("backup_schedule")(_check_schedule)
@@ -72,7 +95,8 @@ class ResourcePatch(BaseModel):
 
     limits: Limits | None = None
     backup_schedule: str | None = None
-    backup_retention_days: int | None = Field(default=None, ge=1, le=365)
+    backup_retention_days: int | None = Field(default=None, ge=1)
+    backup_retention_count: int | None = Field(default=None, ge=1)
 
     _schedule = field_validator("backup_schedule")(_check_schedule)
 
@@ -161,11 +185,14 @@ class BackupListQuery(BaseModel):
 # ----------------------------------------------------------------------------- job inputs ---
 class ProvisionJobInput(BaseModel):
     """``provision`` jobs: create (fresh, or from a backup / a point in time / a branch),
-    delete, rotate credentials."""
+    delete, rotate credentials, apply changed ``limits`` to the running server (``previous``:
+    what to go back to when they cannot be applied)."""
 
     resource_id: str
-    operation: Literal["create", "delete", "rotate"]
+    operation: Literal["create", "delete", "rotate", "limits"]
     purge_backups: bool = False
+    limits: dict[str, Any] | None = None
+    previous: dict[str, Any] | None = None
 
 
 class BackupJobInput(BaseModel):

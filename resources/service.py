@@ -3,8 +3,10 @@ never commit; they return the ids of the jobs they created, which the caller enq
 its commit. Worker-side functions (``run_*``) do the slow work with the backends outside any
 transaction and record the outcome in short transactions of their own.
 
-Resource status: provisioning → ready | failed; ready ⇄ degraded (WAL archiving failing);
-deleting → deleted. Backups: pending → running → completed (→ verified_at) | failed.
+Resource status: provisioning → ready | failed; ready ⇄ degraded (WAL archiving failing, or
+``size_limit_exceeded``); deleting → deleted. Backups: pending → running → completed
+(→ verified_at) | failed; kept ``backup_retention_days`` and at most ``backup_retention_count``
+of them (both bounded by the plan).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from resources import repository
 from resources.backends import get_backend, supported
 from resources.backends.base import Backend, BackupResult, Handle
 from resources.credentials import CredentialBox, mask_env
-from resources.errors import OutsideWindow, ResourceError
+from resources.errors import NotSupported, OutsideWindow, ResourceError
 from resources.models import Resource, ResourceBackup, ResourceBinding
 from resources.schemas import (
     BindingCreate,
@@ -42,6 +44,20 @@ from store import jobs as job_store
 
 log = logging.getLogger(__name__)
 PITR_BACKUP_METHOD = "pg_basebackup"
+SIZE_LIMIT_EXCEEDED = "size_limit_exceeded"
+
+#: The limits each local type/tier applies to its running server (PATCH → a ``limits`` job).
+#: Shared Redis has none: an ACL user can limit commands and keys, not memory or clients.
+#: ``size_bytes`` of postgres is reported (``degraded`` + alert by the usage check), a
+#: volume's is enforced (read-only past it).
+LIMITS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("postgres", "shared"): ("connection_limit", "size_bytes"),
+    ("postgres", "dedicated"): ("connection_limit", "size_bytes"),
+    ("redis", "shared"): (),
+    ("redis", "dedicated"): ("maxmemory", "maxmemory_policy"),
+    ("blob", "shared"): (),
+    ("volume", "shared"): ("size_bytes",),
+}
 
 
 @dataclass
@@ -141,6 +157,7 @@ def view(res: Resource) -> dict[str, Any]:
         "limits": res.limits or {},
         "backup_schedule": res.backup_schedule,
         "backup_retention_days": res.backup_retention_days,
+        "backup_retention_count": res.backup_retention_count,
         "next_backup_at": isoformat_z(res.next_backup_at) if res.next_backup_at else None,
         "env": env,
         "source": res.source,
@@ -210,7 +227,7 @@ def _new_resource(
     name: str,
     limits: dict[str, Any],
     schedule: str | None,
-    retention: int | None,
+    retention: tuple[int | None, int | None],
     source: dict[str, Any] | None = None,
 ) -> Resource:
     if not supported(type_, tier):
@@ -218,6 +235,8 @@ def _new_resource(
             f"There is no {tier} tier for {type_} resources.",
             details=[{"loc": ["body", "tier"], "msg": "unsupported tier", "type": "value_error"}],
         )
+    _check_limits(type_, tier, limits)
+    days, count = _retention(session, org_id, *retention)
     if repository.get_by_name(session, org_id, name) is not None:
         raise Conflict(f"A resource named {name!r} already exists.")
     now = utcnow()
@@ -229,7 +248,8 @@ def _new_resource(
         status="provisioning",
         limits=limits,
         backup_schedule=schedule,
-        backup_retention_days=retention or get_settings().resources_backup_retention_days,
+        backup_retention_days=days,
+        backup_retention_count=count,
         next_backup_at=next_run(schedule, now),
         source=source,
         created_at=now,
@@ -249,29 +269,109 @@ def create(session: Session, org_id: str, body: ResourceCreate) -> tuple[Resourc
         name=body.name,
         limits=body.limits.model_dump(exclude_none=True),
         schedule=body.backup_schedule,
-        retention=body.backup_retention_days,
+        retention=(body.backup_retention_days, body.backup_retention_count),
     )
     res.job_id = _job(session, res, "provision", {"resource_id": res.id, "operation": "create"})
     return res, Outcome(jobs=[(res.job_id, "provision")])
 
 
-def patch(session: Session, res: Resource, body: ResourcePatch) -> Resource:
-    """Limits, backup schedule and retention. New limits apply from the next provisioning
-    step that reads them (rotation, restore, branch)."""
+def _check_limits(type_: str, tier: str, limits: dict[str, Any]) -> None:
+    """422 for a limit this type/tier cannot apply (tiers outside LIMITS check their own)."""
+    allowed = LIMITS.get((type_, tier))
+    bad = sorted(set(limits) - set(allowed)) if allowed is not None else []
+    if bad:
+        can = ", ".join(allowed or ()) or "no limits"
+        raise ValidationFailed(
+            f"A {tier} {type_} resource cannot apply {', '.join(bad)} (it takes {can}).",
+            details=[
+                {"loc": ["body", "limits", name], "msg": "not applicable", "type": "value_error"}
+                for name in bad
+            ],
+        )
+
+
+def _retention(
+    session: Session, org_id: str, days: int | None, count: int | None
+) -> tuple[int, int]:
+    """The retention asked for, bounded by the plan (422 naming the cap past it); unset:
+    the platform's default days and the plan's maximum count."""
+    from plans.service import plan_for_org
+
+    plan = plan_for_org(session, org_id)
+    for field_name, value, cap in (
+        ("backup_retention_days", days, plan.max_backup_retention_days),
+        ("backup_retention_count", count, plan.max_backup_retention_count),
+    ):
+        if value is not None and value > cap:
+            raise ValidationFailed(
+                f"{field_name} {value} is above your plan's maximum of {cap}.",
+                details=[
+                    {
+                        "loc": ["body", field_name],
+                        "msg": f"must be at most {cap}",
+                        "type": "less_than_equal",
+                    }
+                ],
+            )
+    default_days = min(
+        get_settings().resources_backup_retention_days, plan.max_backup_retention_days
+    )
+    return days or default_days, count or plan.max_backup_retention_count
+
+
+def _require_idle(session: Session, res: Resource) -> None:
+    """One provisioning operation at a time: a rotation and a limits change racing would each
+    write back the handle the other did not see."""
+    status = job_store.status_of(session, res.job_id) if res.job_id else None
+    if status in ("queued", "running"):
+        raise Conflict(
+            f"Resource {res.id} has an operation in progress (job {res.job_id}); retry once it "
+            "has finished."
+        )
+
+
+def patch(session: Session, res: Resource, body: ResourcePatch) -> tuple[Resource, Outcome]:
+    """Limits, backup schedule and retention. Changed limits are applied to the running
+    server by a ``provision`` job (the caller answers 202 with it); the rest is immediate.
+    A shorter ``backup_retention_days`` moves the expiry of the backups already taken."""
     changes = body.model_dump(exclude_unset=True)
     if not changes:
         raise ValidationFailed("Nothing to change.", details=[])
     if res.status in ("deleting", "deleted"):
         raise Conflict(f"Resource {res.id} is {res.status}.")
+    out = Outcome()
     if body.limits is not None:
-        res.limits = {**(res.limits or {}), **body.limits.model_dump(exclude_none=True)}
+        asked = body.limits.model_dump(exclude_none=True)
+        _check_limits(res.type, res.tier, asked)
+        previous = dict(res.limits or {})
+        new = {**previous, **asked}
+        if new != previous:
+            if res.status not in ("ready", "degraded"):
+                raise Conflict(f"Resource {res.id} is {res.status}; change its limits once ready.")
+            _require_idle(session, res)
+            res.limits = new
+            res.job_id = _job(
+                session,
+                res,
+                "provision",
+                {"resource_id": res.id, "operation": "limits", "limits": new, "previous": previous},
+            )
+            out.jobs.append((res.job_id, "provision"))
     if "backup_schedule" in changes:
         res.backup_schedule = body.backup_schedule
         res.next_backup_at = next_run(body.backup_schedule, utcnow())
-    if body.backup_retention_days is not None:
-        res.backup_retention_days = body.backup_retention_days
+    if body.backup_retention_days is not None or body.backup_retention_count is not None:
+        days, count = _retention(
+            session,
+            res.org_id,
+            body.backup_retention_days or res.backup_retention_days,
+            body.backup_retention_count or res.backup_retention_count,
+        )
+        if days != res.backup_retention_days:
+            repository.set_backup_expiry(session, res.id, timedelta(days=days))
+        res.backup_retention_days, res.backup_retention_count = days, count
     res.updated_at = utcnow()
-    return res
+    return res, out
 
 
 def delete(session: Session, res: Resource, purge_backups: bool) -> Outcome:
@@ -315,6 +415,7 @@ def credentials(res: Resource) -> dict[str, Any]:
 
 def rotate(session: Session, res: Resource) -> Outcome:
     _require_ready(res)
+    _require_idle(session, res)
     if res.type == "volume":
         raise ValidationFailed("A volume has no credentials to rotate.", details=[])
     res.job_id = _job(session, res, "provision", {"resource_id": res.id, "operation": "rotate"})
@@ -435,7 +536,7 @@ def _derived(
         name=name,
         limits=dict(source.limits or {}),
         schedule=source.backup_schedule,
-        retention=source.backup_retention_days,
+        retention=(source.backup_retention_days, source.backup_retention_count),
         source=origin,
     )
     res.job_id = _job(
@@ -687,6 +788,37 @@ def run_rotate(session_factory: Any, resource_id: str) -> Outcome:
         return _roll(session, bound, f"rotation of {res.id}")
 
 
+def run_apply_limits(
+    session_factory: Any, resource_id: str, limits: dict[str, Any], previous: dict[str, Any]
+) -> Outcome:
+    """Apply the resource's limits to its running server (the newest ones asked for: a later
+    PATCH supersedes ``limits``), record what the backend changed in its state, then run the
+    usage check at once (a volume goes read-only or writable again now). When they cannot be
+    applied, the resource's limits go back to ``previous`` and the job fails."""
+    with session_factory() as session:
+        res = repository.get_any(session, resource_id)
+        if res is None or res.status not in ("ready", "degraded"):
+            return Outcome()
+        backend, handle, desired = backend_of(res), handle_of(res), dict(res.limits or {})
+    apply = getattr(backend, "apply_limits", None)
+    try:
+        if apply is None:
+            raise NotSupported(f"a {res.tier} {res.type} resource cannot change limits")
+        changed: dict[str, Any] = apply(handle, desired)
+    except Exception as exc:  # the limits row must not claim what the server does not do
+        code, message = _error_of(exc)
+        with session_factory() as session:
+            res = repository.get_any(session, resource_id, lock=True)
+            if res is not None and res.limits == limits:
+                res.limits = previous
+        raise FailedWithOutcome(f"The limits were not applied: {message}", code, Outcome()) from exc
+    with session_factory() as session:
+        res = repository.get_any(session, resource_id, lock=True)
+        assert res is not None
+        res.state = {**(res.state or {}), **changed}
+    return check_usage_of(session_factory, resource_id)
+
+
 def run_backup(session_factory: Any, backup_id: str) -> Outcome:
     with session_factory() as session:
         backup = repository.get_backup_any(session, backup_id)
@@ -847,8 +979,12 @@ def fail_abandoned(session: Session) -> Outcome:
 
 
 def expire_backups(session: Session, now: datetime) -> int:
-    """Delete backups past their retention, then the WAL no kept base backup needs."""
+    """Delete backups past their retention — older than ``backup_retention_days`` (their
+    ``expires_at``) or beyond the newest ``backup_retention_count`` completed ones — then the
+    WAL no kept base backup needs."""
     expired = list(repository.expired_backups(session, now))
+    for resource_id, keep in repository.over_backup_count(session):
+        expired += list(repository.completed_backups(session, resource_id))[:-keep]
     for backup in expired:
         _remove_backup_files(backup)
         backup.deleted_at = now
@@ -890,10 +1026,85 @@ def check_archiving(session_factory: Any) -> Outcome:
                 out.events.append(
                     ("resource.degraded", res.org_id, {"id": res.id, "reason": reason})
                 )
-            elif health["status"] == "ok" and res.status == "degraded":
+            elif (
+                health["status"] == "ok"
+                and res.status == "degraded"
+                and (res.status_reason or "").startswith("WAL archiving")
+            ):
                 res.status, res.status_reason = "ready", None
                 out.events.append(("resource.ready", res.org_id, {"id": res.id}))
     return out
+
+
+#: (type, tier) whose size the usage check measures against ``size_bytes``.
+USAGE_CHECKED = (("volume", "shared"), ("postgres", "shared"), ("postgres", "dedicated"))
+
+
+def check_usage(session_factory: Any) -> Outcome:
+    """Every volume and size-limited postgres: usage against the size limit. Past it →
+    ``degraded`` (``size_limit_exceeded``) + an alert, and a volume becomes read-only; back
+    under it (data removed, limit raised) → ``ready`` and writable again."""
+    out = Outcome()
+    with session_factory() as session:
+        ids = [r.id for t in USAGE_CHECKED for r in repository.live_of(session, *t)]
+    for resource_id in ids:
+        try:
+            found = check_usage_of(session_factory, resource_id)
+        except Exception:  # one broken resource must not stop the others' checks
+            log.exception("usage check of %s failed", resource_id)
+            continue
+        out.events += found.events
+    return out
+
+
+def check_usage_of(session_factory: Any, resource_id: str) -> Outcome:
+    """One resource's usage check, under its row lock (so a limits job and the beat check
+    do not interleave their read-only switches)."""
+    with session_factory() as session:
+        res = repository.get_any(session, resource_id, lock=True)
+        if res is None or res.status not in ("ready", "degraded") or not res.state:
+            return Outcome()
+        backend, handle = backend_of(res), handle_of(res)
+        limit = (res.limits or {}).get("size_bytes") or res.state.get("limit_bytes")
+        usage = getattr(backend, "usage_bytes", None)
+        if limit is None or usage is None:
+            return Outcome()
+        used = int(usage(handle))
+        over = used > int(limit)
+        if hasattr(backend, "set_read_only"):
+            backend.set_read_only(handle, over)
+        data = {
+            "id": res.id,
+            "reason": SIZE_LIMIT_EXCEEDED,
+            "used_bytes": used,
+            "limit_bytes": limit,
+        }
+        if over and res.status == "ready":
+            res.status, res.status_reason = "degraded", SIZE_LIMIT_EXCEEDED
+            return Outcome(events=[("resource.degraded", res.org_id, data)])
+        if not over and res.status == "degraded" and res.status_reason == SIZE_LIMIT_EXCEEDED:
+            res.status, res.status_reason = "ready", None
+            return Outcome(events=[("resource.ready", res.org_id, {"id": res.id})])
+    return Outcome()
+
+
+def reconcile_access(session_factory: Any) -> int:
+    """Re-apply every shared Redis resource's ACL user from the store (a Redis restart
+    forgets users made with ACL SETUSER). Returns how many had to be rewritten."""
+    with session_factory() as session:
+        targets = [(r.id, handle_of(r)) for r in repository.live_of(session, "redis", "shared")]
+    reconcile = getattr(get_backend("redis", "shared", resource_settings()), "reconcile", None)
+    if reconcile is None:  # another backend (Kubernetes) keeps its own users
+        return 0
+    fixed = 0
+    for resource_id, handle in targets:
+        try:
+            if reconcile(handle):
+                log.warning("ACL user of %s was missing or had drifted: re-applied", resource_id)
+                fixed += 1
+        except Exception:
+            log.exception("ACL reconcile of %s failed", resource_id)
+    return fixed
 
 
 def provide_bound_env(dep: Any) -> dict[str, str]:

@@ -1,7 +1,7 @@
-"""Provision queue tasks: ``provision.run`` (create / delete / rotate a resource), ``backup.run``
-(take a backup, then verify it by a scratch restore), ``restore.run`` (fill a new resource from
-a backup, a point in time or a branch), and the beat tasks (scheduled backups, retention,
-WAL-archive health).
+"""Provision queue tasks: ``provision.run`` (create / delete / rotate a resource, apply changed
+limits), ``backup.run`` (take a backup, then verify it by a scratch restore), ``restore.run``
+(fill a new resource from a backup, a point in time or a branch), and the beat tasks (scheduled
+backups, retention, WAL-archive health, size limits, shared Redis ACL reconcile).
 
 Thin: call ``resources.service``, which records outcomes in its own short transactions, then
 enqueue the jobs and emit the events it returned.
@@ -45,12 +45,15 @@ def _run(fn: Any, *args: Any) -> Outcome:
 
 @job_task("provision", input_model=ProvisionJobInput)
 def provision(ctx: JobContext) -> dict[str, Any] | None:
-    """Create, delete or rotate the credentials of one resource."""
+    """Create, delete, rotate the credentials of, or apply new limits to one resource."""
     job = ProvisionJobInput.model_validate(ctx.input)
     if job.operation == "create":
         _run(service.run_create, job.resource_id)
     elif job.operation == "delete":
         _run(service.run_delete, job.resource_id, job.purge_backups)
+    elif job.operation == "limits":
+        _run(service.run_apply_limits, job.resource_id, job.limits or {}, job.previous or {})
+        return {"resource_id": job.resource_id, "operation": job.operation, "limits": job.limits}
     else:
         _run(service.run_rotate, job.resource_id)
     return {"resource_id": job.resource_id, "operation": job.operation}
@@ -104,3 +107,17 @@ def check_archiving() -> int:
     outcome = service.check_archiving(session_scope)
     dispatch(outcome)
     return len(outcome.events)
+
+
+@celery_app.task(name="resources.check_usage", acks_late=True, ignore_result=True)
+def check_usage() -> int:
+    """Size limits: past it → degraded (size_limit_exceeded) + alert, a volume read-only."""
+    outcome = service.check_usage(session_scope)
+    dispatch(outcome)
+    return len(outcome.events)
+
+
+@celery_app.task(name="resources.reconcile_access", acks_late=True, ignore_result=True)
+def reconcile_access() -> int:
+    """Re-apply shared Redis ACL users from the store (a Redis restart forgets them)."""
+    return service.reconcile_access(session_scope)

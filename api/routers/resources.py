@@ -98,13 +98,21 @@ def get_resource(resource_id: str, principal: CurrentPrincipal, db: Db) -> dict[
     return service.view(service.get(db, principal.org_id, resource_id))
 
 
-@router.patch("/resources/{resource_id}", summary="Change limits, backup schedule, retention")
+@router.patch(
+    "/resources/{resource_id}",
+    summary="Change limits (202: a job applies them to the server), backup schedule, retention",
+)
 def patch_resource(
     resource_id: str, body: ResourcePatch, principal: CurrentPrincipal, db: Db
-) -> dict[str, Any]:
-    res = service.patch(db, service.get(db, principal.org_id, resource_id, lock=True), body)
+) -> JSONResponse:
+    res = service.get(db, principal.org_id, resource_id, lock=True)
+    if body.limits is not None:
+        enforce_quota(db, principal.org_id, "provision", {})
+    res, outcome = service.patch(db, res, body)
+    if outcome.jobs:
+        return _accepted(db, res, outcome)
     db.commit()
-    return service.view(res)
+    return JSONResponse(service.view(res))
 
 
 @router.delete("/resources/{resource_id}", status_code=202, summary="Delete (idempotent)")
