@@ -101,6 +101,14 @@ def beat_schedule() -> dict[str, dict[str, Any]]:
             "task": "resources.check_archiving",
             "schedule": timedelta(minutes=1),
         },
+        "resources-check-usage": {
+            "task": "resources.check_usage",
+            "schedule": timedelta(minutes=1),
+        },
+        "resources-reconcile-access": {
+            "task": "resources.reconcile_access",
+            "schedule": timedelta(minutes=1),
+        },
         "purge-idempotency-keys": {
             "task": "maintenance.purge_idempotency_keys",
             "schedule": timedelta(hours=1),
