@@ -115,7 +115,12 @@ def test_volume_backup_verify_restore_branch(res_settings: ResourceSettings, ide
     (root / "sub").mkdir()
     (root / "sub" / "a.txt").write_text("a" * 600)
     (root / "b.txt").write_text("b" * 600)
-    assert vol.metrics(h) == {"used_bytes": 1200, "limit_bytes": 1000, "over_limit": True}
+    assert vol.metrics(h) == {
+        "used_bytes": 1200,
+        "limit_bytes": 1000,
+        "over_limit": True,
+        "read_only": False,
+    }
     backup = vol.backup(h, "b1")
     assert backup.fingerprint["files"]["rows"] == 2
     assert vol.verify(h, backup).ok
