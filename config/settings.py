@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     deploy_orphan_grace_seconds: float = 120.0
     deploy_default_gpu_type: str = ""
     deploy_proxy_timeout_seconds: float = 300.0
+    deploy_route_cache_seconds: float = 1.0  # the proxy's name → replicas cache (per process)
+    # A deployment with replicas.min = 0 stops its last replica after this long without requests.
+    deploy_scale_to_zero_idle_seconds: float = 300.0
     deploy_local_command: str = Field(
         default="",
         description='JSON list replacing the replica command: ["srv", "--port", '
