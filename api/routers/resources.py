@@ -101,6 +101,7 @@ def get_resource(resource_id: str, principal: CurrentPrincipal, db: Db) -> dict[
 @router.patch(
     "/resources/{resource_id}",
     summary="Change limits (202: a job applies them to the server), backup schedule, retention",
+    responses={202: {"description": "Changed limits: the resource, its `links.job` applies them"}},
 )
 def patch_resource(
     resource_id: str, body: ResourcePatch, principal: CurrentPrincipal, db: Db
