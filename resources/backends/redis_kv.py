@@ -392,7 +392,10 @@ class RedisDedicated(NoPitr):
         return handle
 
     def provision(self, ident: str, limits: dict[str, Any]) -> Handle:
-        return self._create(ident, str(limits.get("maxmemory", "256mb")))
+        handle = self._create(ident, str(limits.get("maxmemory", "256mb")))
+        if "maxmemory_policy" in limits:
+            handle.state.update(self.apply_limits(handle, limits))
+        return handle
 
     def deprovision(self, handle: Handle) -> None:
         # Already stopped is fine (SHUTDOWN also closes our own connection).

@@ -98,9 +98,12 @@ def dedicated_redis(res_settings: ResourceSettings) -> Iterator[RedisDedicated]:
 def test_dedicated_redis_maxmemory_and_policy_on_the_running_server(
     dedicated_redis: RedisDedicated, ident: str
 ) -> None:
-    h = dedicated_redis.provision(ident, {"maxmemory": "64mb"})
+    h = dedicated_redis.provision(ident, {"maxmemory": "64mb", "maxmemory_policy": "allkeys-lfu"})
+    assert h.state["maxmemory_policy"] == "allkeys-lfu"
     c = redis.Redis.from_url(h.env["REDIS_URL"])
-    changed = dedicated_redis.apply_limits(h, {"maxmemory": "3mb"})
+    changed = dedicated_redis.apply_limits(
+        h, {"maxmemory": "3mb", "maxmemory_policy": "noeviction"}
+    )
     assert changed == {"maxmemory": "3mb", "maxmemory_policy": "noeviction"}
     with pytest.raises(redis.exceptions.OutOfMemoryError, match="maxmemory"):
         for i in range(100):
