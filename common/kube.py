@@ -28,3 +28,17 @@ def call_api(
         _request_timeout=30,
     )
     return cast(dict[str, Any], data or {})
+
+
+def new_api_client(
+    kubeconfig: str | None = None, context: str | None = None, in_cluster: bool = False
+) -> Any:
+    """A ``kubernetes.client.ApiClient`` from the pod's service account (``in_cluster``) or a
+    kubeconfig file (default ``~/.kube/config``) and context."""
+    from kubernetes import client, config
+
+    if in_cluster:
+        configuration = client.Configuration()
+        config.load_incluster_config(client_configuration=configuration)
+        return client.ApiClient(configuration)
+    return config.new_client_from_config(config_file=kubeconfig, context=context)

@@ -11,7 +11,7 @@ offline against the Kubernetes schemas and the CNPG CRD schema (tests).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from resources.schemas import parse_cron
@@ -111,12 +111,15 @@ def recovery_cluster(
     store: ObjectStore,
     target_time: datetime | None = None,
     backup_name: str | None = None,
+    credentials_secret: str | None = None,
     retention_days: int = 7,
     connection_limit: int = 50,
     archive_timeout_s: int = 60,
 ) -> Manifest:
     """A NEW cluster recovered from ``source_cluster``'s object store: to ``target_time``
-    (PITR) or from the CNPG ``Backup`` ``backup_name``. Never in place."""
+    (PITR) or from the CNPG ``Backup`` ``backup_name``. Never in place. With
+    ``credentials_secret`` the app owner gets the password in it (fresh credentials for the
+    new resource) instead of keeping the source's."""
     if (target_time is None) == (backup_name is None):
         raise ValueError("give exactly one of target_time or backup_name")
     spec = _cluster_spec(storage, store, retention_days, connection_limit, archive_timeout_s)
@@ -127,6 +130,8 @@ def recovery_cluster(
         assert target_time is not None
         stamp = target_time.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")
         recovery = {"source": source_cluster, "recoveryTarget": {"targetTime": stamp}}
+    if credentials_secret is not None:
+        recovery.update(database="app", owner="app", secret={"name": credentials_secret})
     spec["bootstrap"] = {"recovery": recovery}
     spec["externalClusters"] = [
         {"name": source_cluster, "barmanObjectStore": _barman(source_store)}
@@ -168,21 +173,50 @@ def scheduled_backup(
 
 
 def credentials_secret(
-    name: str, namespace: str, resource_id: str, data: dict[str, str]
+    name: str,
+    namespace: str,
+    resource_id: str,
+    data: dict[str, str],
+    *,
+    secret_type: str = "Opaque",
 ) -> Manifest:
+    """CNPG wants ``kubernetes.io/basic-auth`` (username/password) for the app owner."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": _meta(name, namespace, resource_id),
-        "type": "Opaque",
+        "type": secret_type,
         "stringData": data,
     }
 
 
+def owned_by(manifest: Manifest, owner: dict[str, Any]) -> Manifest:
+    """Give ``manifest`` an owner reference to the live object ``owner`` (the garbage
+    collector deletes it with its owner)."""
+    manifest["metadata"]["ownerReferences"] = [
+        {
+            "apiVersion": owner["apiVersion"],
+            "kind": owner["kind"],
+            "name": owner["metadata"]["name"],
+            "uid": owner["metadata"]["uid"],
+            "blockOwnerDeletion": True,
+        }
+    ]
+    return manifest
+
+
 def redis_statefulset(
-    name: str, namespace: str, resource_id: str, *, storage: str, acl_secret: str, maxmemory: str
+    name: str,
+    namespace: str,
+    resource_id: str,
+    *,
+    storage: str,
+    acl_secret: str,
+    maxmemory: str,
+    acl_checksum: str = "",
 ) -> list[Manifest]:
-    """Headless Service + StatefulSet (one replica, RDB on a PVC, ACL users from a Secret)."""
+    """Headless Service + StatefulSet (one replica, RDB on a PVC deleted with the set, ACL
+    users from a Secret; a changed ``acl_checksum`` restarts the pod to load new users)."""
     meta = _meta(name, namespace, resource_id)
     selector = {"conveyor.dev/resource": resource_id}
     service = {
@@ -204,8 +238,15 @@ def redis_statefulset(
             "serviceName": name,
             "replicas": 1,
             "selector": {"matchLabels": selector},
+            "persistentVolumeClaimRetentionPolicy": {
+                "whenDeleted": "Delete",
+                "whenScaled": "Delete",
+            },
             "template": {
-                "metadata": {"labels": {**meta["labels"]}},
+                "metadata": {
+                    "labels": {**meta["labels"]},
+                    "annotations": {"conveyor.dev/acl-checksum": acl_checksum},
+                },
                 "spec": {
                     "containers": [
                         {
@@ -272,22 +313,50 @@ def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
     return None
 
 
+# CNPG phases that need a person (the operator will not get out of them by itself).
+FAILED_PHASES = (
+    "Unable to create required cluster objects",
+    "Cluster is in an unrecoverable state, needs manual intervention",
+    "Cluster cannot proceed to reconciliation",
+    "Waiting for user action",
+)
+
+
 def cluster_status(obj: dict[str, Any]) -> tuple[str, str | None]:
     """A CNPG Cluster's status as ours: ready, degraded (WAL archiving failing — never
-    silent), failed, or provisioning."""
+    silent), failed (a phase that needs manual intervention), or provisioning. Transient
+    phases ("Failing over", "Switchover in progress") are not failures."""
     archiving = _condition(obj, "ContinuousArchiving")
     ready = _condition(obj, "Ready")
-    phase = obj.get("status", {}).get("phase", "")
+    status = obj.get("status", {})
+    phase = status.get("phase", "")
+    if any(phase.startswith(failed) for failed in FAILED_PHASES):
+        why = status.get("phaseReason")
+        return "failed", f"{phase}: {why}" if why else phase
     if archiving is not None and archiving.get("status") == "False":
         return (
             "degraded",
-            f"WAL archiving is failing: {archiving.get('message', archiving.get('reason'))}",
+            f"WAL archiving is failing: {archiving.get('message') or archiving.get('reason')}",
         )
     if ready is not None and ready.get("status") == "True":
         return "ready", None
-    if "fail" in phase.lower() or "error" in phase.lower():
-        return "failed", phase
     return "provisioning", phase or None
+
+
+def recoverability_window(
+    obj: dict[str, Any], archive_timeout_s: int, now: datetime
+) -> tuple[datetime, datetime] | None:
+    """The PITR window of a Cluster: from ``status.firstRecoverabilityPoint`` (the end of the
+    oldest base backup) to now minus ``archive_timeout`` (a healthy archiver is at most that
+    far behind; the CR does not publish the last archived WAL's time). None when there is no
+    base backup yet or archiving is failing."""
+    first = obj.get("status", {}).get("firstRecoverabilityPoint")
+    archiving = _condition(obj, "ContinuousArchiving")
+    if not first or archiving is None or archiving.get("status") != "True":
+        return None
+    start = datetime.fromisoformat(first.replace("Z", "+00:00"))
+    until = now.astimezone(UTC) - timedelta(seconds=archive_timeout_s)
+    return (start, until) if until >= start else None
 
 
 def backup_status(obj: dict[str, Any]) -> tuple[str, str | None]:

@@ -30,12 +30,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 from kubernetes import client as k8s
-from kubernetes import config as k8s_config
 from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import MaxRetryError, ProtocolError, ReadTimeoutError
 
-from common.kube import call_api
+from common.kube import call_api, new_api_client
 from deployments.backends.base import (
     Backend,
     BackendState,
@@ -274,13 +273,7 @@ _PATHS = {
 
 def load_api_client(config: KubernetesBackendConfig) -> k8s.ApiClient:
     """An API client from the in-cluster service account or a kubeconfig."""
-    if config.in_cluster:
-        k8s_config.load_incluster_config()
-        return k8s.ApiClient()
-    return cast(
-        k8s.ApiClient,
-        k8s_config.new_client_from_config(config_file=config.kubeconfig, context=config.context),
-    )
+    return cast(k8s.ApiClient, new_api_client(config.kubeconfig, config.context, config.in_cluster))
 
 
 class KubernetesBackend(Backend):

@@ -1,0 +1,330 @@
+"""The Kubernetes resources backend (CONVEYOR_RESOURCES_BACKEND=kubernetes) against the stateful
+fake API, which validates every object (CNPG kinds against the CRD schema kept here) and plays the
+CloudNativePG operator: Cluster phases up to "Cluster in healthy state" or a failing phase, Backup
+phases, StatefulSet readiness and PVC binding. Last, the same through the REST API and the
+provision/backup/restore jobs."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client as k8s
+
+from resources.backends import get_backend
+from resources.backends.base import Handle
+from resources.backends.kube import KubePostgres, KubeRedis, KubeVolume
+from resources.backends.postgres_dedicated import PostgresDedicated
+from resources.backends.postgres_shared import PostgresShared
+from resources.errors import BackendError, NotSupported, OutsideWindow
+from resources.settings import ResourceSettings
+from tests.deployments.fake_kube import FakeKube, running_fake_kube
+
+NS = "tenant-a"
+
+
+@dataclasses.dataclass
+class Kube:
+    fake: FakeKube
+    url: str
+    settings: ResourceSettings
+    api: k8s.ApiClient
+
+    def postgres(self, **changes: Any) -> KubePostgres:
+        return KubePostgres(dataclasses.replace(self.settings, **changes), api=self.api)
+
+    def status(self, plural: str, name: str) -> dict[str, Any]:
+        return dict(self.fake.objects[(plural, NS, name)].get("status") or {})
+
+
+@pytest.fixture
+def kube() -> Iterator[Kube]:
+    with running_fake_kube() as (fake, url):
+        api = k8s.ApiClient(k8s.Configuration(host=url))
+        settings = ResourceSettings(
+            backend="kubernetes",
+            kube_namespace=NS,
+            kube_poll_s=0.01,
+            kube_ready_timeout_s=5,
+            kube_backup_destination="s3://backups",
+            kube_backup_endpoint_url="http://minio:9000",
+        )
+        yield Kube(fake, url, settings, api)
+        api.close()
+        assert fake.bad_requests == []
+
+
+def test_the_setting_picks_kubernetes_for_dedicated_tiers_and_volumes() -> None:
+    kube = ResourceSettings(backend="kubernetes")
+    assert isinstance(get_backend("postgres", "dedicated", kube), KubePostgres)
+    assert isinstance(get_backend("redis", "dedicated", kube), KubeRedis)
+    assert isinstance(get_backend("volume", "shared", kube), KubeVolume)
+    assert isinstance(get_backend("postgres", "shared", kube), PostgresShared)  # platform server
+    assert isinstance(get_backend("postgres", "dedicated", ResourceSettings()), PostgresDedicated)
+
+
+def test_postgres_provision_backup_verify_restore_pitr_delete(kube: Kube) -> None:
+    fake, pg = kube.fake, kube.postgres()
+    handle = pg.provision("abc1", {"connection_limit": 20, "size_bytes": 3 * 2**30})
+    cluster = fake.objects[("clusters", NS, "pg-abc1")]
+    assert kube.status("clusters", "pg-abc1")["phase"] == "Cluster in healthy state"
+    assert cluster["spec"]["storage"]["size"] == "3072Mi"
+    assert cluster["spec"]["postgresql"]["parameters"]["max_connections"] == "30"
+    assert cluster["metadata"]["labels"]["conveyor.dev/resource"] == "res_abc1"
+    secret = fake.objects[("secrets", NS, "pg-abc1-app")]
+    assert secret["type"] == "kubernetes.io/basic-auth"
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == cluster["metadata"]["uid"]
+    password = handle.secret["password"]
+    assert secret["stringData"] == {"username": "app", "password": password}
+    assert handle.env["DATABASE_URL"] == (
+        f"postgresql://app:{password}@pg-abc1-rw.{NS}.svc:5432/app"
+    )
+    assert fake.kinds("scheduledbackups") == []  # Conveyor's beat schedules (and verifies)
+
+    with pytest.raises(OutsideWindow, match="no recoverability point"):
+        pg.window(handle, [])  # no base backup yet
+    backup = pg.backup(handle, "bkp_01")
+    assert backup.meta["backup"] == "pg-abc1-01" and backup.meta["end_lsn"] == "0/3000100"
+    assert backup.location.startswith("s3://backups/res_abc1#")
+    verdict = pg.verify(handle, backup)
+    assert verdict.ok, verdict.mismatches
+    assert fake.kinds("clusters") == ["pg-abc1"]  # the scratch cluster is gone
+
+    restored = pg.restore(backup, handle, "abc2")
+    recovery = fake.objects[("clusters", NS, "pg-abc2")]["spec"]["bootstrap"]["recovery"]
+    assert recovery["backup"] == {"name": "pg-abc1-01"}
+    assert recovery["secret"] == {"name": "pg-abc2-app"}  # fresh credentials, not the source's
+    assert restored.secret["password"] != password
+
+    # PITR: the window runs from the first recoverability point to now - archive_timeout.
+    fake.objects[("clusters", NS, "pg-abc1")]["status"]["firstRecoverabilityPoint"] = (
+        "2026-01-01T00:00:00Z"
+    )
+    window = pg.window(handle, [])
+    assert window.restorable_from == datetime(2026, 1, 1, tzinfo=UTC)
+    late = datetime.now(UTC) + timedelta(hours=1)
+    with pytest.raises(OutsideWindow, match="outside the restorable window 2026-01-01"):
+        pg.pitr(handle, [], late, "abc3")
+    assert "pg-abc3" not in fake.kinds("clusters")  # refused before anything was created
+    target = datetime(2026, 1, 1, 0, 30, tzinfo=UTC)
+    pg.pitr(handle, [], target, "abc3")
+    pitr = fake.objects[("clusters", NS, "pg-abc3")]["spec"]
+    assert pitr["bootstrap"]["recovery"]["source"] == "pg-abc1"
+    assert pitr["bootstrap"]["recovery"]["recoveryTarget"] == {
+        "targetTime": "2026-01-01 00:30:00.000000+00"
+    }
+    assert pitr["externalClusters"][0]["barmanObjectStore"]["destinationPath"] == (
+        "s3://backups/res_abc1"
+    )
+    assert pitr["backup"]["barmanObjectStore"]["destinationPath"] == "s3://backups/res_abc3"
+
+    branch = pg.branch(handle, "abc4")
+    assert branch.state["cluster"] == "pg-abc4"
+    assert len(fake.kinds("backups")) == 2  # the branch took a fresh backup first
+
+    rotated = pg.rotate(handle)
+    assert (
+        fake.objects[("secrets", NS, "pg-abc1-app")]["stringData"]["password"]
+        == (rotated.secret["password"])
+    )
+    assert rotated.secret["password"] != password
+
+    assert pg.health(handle) == {"status": "ok"}
+    fake.set_archiving(NS, "pg-abc1", ok=False)
+    health = pg.health(handle)
+    assert health["status"] == "failing" and "WAL archiving is failing" in health["error"]
+    with pytest.raises(OutsideWindow):
+        pg.window(handle, [])  # no PITR promise while archiving fails
+
+    pg.deprovision(handle)
+    assert "pg-abc1" not in fake.kinds("clusters")
+    assert "pg-abc1-app" not in fake.kinds("secrets")
+    assert "pg-abc1-01" in fake.kinds("backups")  # kept for their retention
+    pg.purge_backups(handle)
+    assert not [b for b in fake.kinds("backups") if b.startswith("pg-abc1-")]
+
+
+def test_a_failing_cluster_fails_with_the_operator_reason_and_leaves_nothing(kube: Kube) -> None:
+    kube.fake.cluster_scenario = "failing"
+    with pytest.raises(BackendError) as caught:
+        kube.postgres().provision("bad1", {})
+    assert "Unable to create required cluster objects" in caught.value.message
+    assert "exceeded quota" in caught.value.message
+    assert kube.fake.kinds("clusters") == [] and kube.fake.kinds("secrets") == []
+
+
+def test_a_cluster_that_never_gets_healthy_times_out_with_its_phase(kube: Kube) -> None:
+    kube.fake.cluster_scenario = "stuck"
+    with pytest.raises(BackendError) as caught:
+        kube.postgres(kube_ready_timeout_s=0.3).provision("slow1", {})
+    assert "not ready within 0.3s (last: Setting up primary)" in caught.value.message
+    assert kube.fake.kinds("clusters") == []
+
+
+def test_a_failed_backup_reports_the_operator_error(kube: Kube) -> None:
+    pg = kube.postgres()
+    handle = pg.provision("bk1", {})
+    kube.fake.backup_scenario = "failed"
+    with pytest.raises(BackendError, match="can't upload: S3 bucket not found"):
+        pg.backup(handle, "bkp_x")
+
+
+def test_a_backup_that_does_not_recover_fails_verification(kube: Kube) -> None:
+    pg = kube.postgres()
+    handle = pg.provision("vf1", {})
+    backup = pg.backup(handle, "bkp_v")
+    kube.fake.cluster_scenario = "failing"  # the scratch recovery cannot come up
+    verdict = pg.verify(handle, backup)
+    assert not verdict.ok
+    assert "did not recover" in verdict.mismatches[0]
+    assert kube.fake.kinds("clusters") == ["pg-vf1"]
+
+
+def test_redis_statefulset_rotation_and_delete(kube: Kube) -> None:
+    fake = kube.fake
+    redis = KubeRedis(kube.settings, api=kube.api)
+    handle = redis.provision("r1", {"maxmemory": "64mb"})
+    sts = fake.objects[("statefulsets", NS, "redis-r1")]
+    assert kube.status("statefulsets", "redis-r1")["readyReplicas"] == 1
+    args = sts["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--maxmemory") + 1] == "64mb"
+    acl = fake.objects[("secrets", NS, "redis-r1-acl")]["stringData"]["users.acl"]
+    assert "user default off" in acl and handle.secret["password"] not in acl  # hashed
+    assert handle.env["REDIS_URL"].endswith(f"@redis-r1.{NS}.svc:6379/0")
+    checksum = sts["spec"]["template"]["metadata"]["annotations"]["conveyor.dev/acl-checksum"]
+    rotated = redis.rotate(handle)
+    sts = fake.objects[("statefulsets", NS, "redis-r1")]
+    assert sts["spec"]["template"]["metadata"]["annotations"]["conveyor.dev/acl-checksum"] != (
+        checksum
+    )  # the pod restarts onto the new users
+    assert rotated.secret["password"] != handle.secret["password"]
+    with pytest.raises(NotSupported, match="backups of Redis on Kubernetes"):
+        redis.backup(rotated, "bkp_r")
+    redis.deprovision(rotated)
+    for plural in ("statefulsets", "services", "secrets"):
+        assert fake.kinds(plural) == []
+
+
+def test_volume_claim(kube: Kube) -> None:
+    volume = KubeVolume(dataclasses.replace(kube.settings, kube_storage_class="fast"), kube.api)
+    handle = volume.provision("v1", {"size_bytes": 5 * 2**30})
+    claim = kube.fake.objects[("persistentvolumeclaims", NS, "vol-v1")]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "5120Mi"
+    assert claim["spec"]["storageClassName"] == "fast"
+    assert handle.env["VOLUME_CLAIM"] == "vol-v1"
+    assert volume.metrics(handle)["phase"] in ("Pending", "Bound")
+    volume.deprovision(handle)
+    assert kube.fake.kinds("persistentvolumeclaims") == []
+    with pytest.raises(NotSupported, match="VolumeSnapshots"):
+        volume.backup(Handle({}, {}), "bkp_1")
+
+
+# ---------------------------------------------------------------- through the jobs ---
+@pytest.fixture
+def kube_api_env(kube: Kube, tmp_path: Path) -> Iterator[Kube]:
+    """The API and the in-thread worker use the Kubernetes backend, connected through a
+    kubeconfig file that points at the fake API server."""
+    from resources import service
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: fake\n"
+        f"clusters: [{{name: fake, cluster: {{server: '{kube.url}'}}}}]\n"
+        "users: [{name: u, user: {token: not-checked}}]\n"
+        "contexts: [{name: fake, context: {cluster: fake, user: u}}]\n"
+    )
+    custom = dataclasses.replace(
+        kube.settings, kube_config=str(kubeconfig), kube_context="fake", data_dir=tmp_path
+    )
+    mp = pytest.MonkeyPatch()
+    service.reset_caches()
+    mp.setattr(service, "resource_settings", lambda: custom)
+    yield kube
+    mp.undo()
+    service.reset_caches()
+
+
+def _wait(client: Any, path: str, headers: dict[str, str], done: Any) -> dict[str, Any]:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        body = client.get(path, headers=headers).json()
+        if done(body):
+            return dict(body)
+        time.sleep(0.05)
+    raise AssertionError(f"{path} never finished: {body}")
+
+
+def test_provision_backup_restore_and_delete_through_the_jobs(
+    client: Any, org: Any, worker: Any, kube_api_env: Kube
+) -> None:
+    fake = kube_api_env.fake
+    r = client.post(
+        "/v1/resources",
+        json={"type": "postgres", "tier": "dedicated", "name": "kpg"},
+        headers=org.headers,
+    )
+    assert r.status_code == 202, r.text
+    rid = r.json()["id"]
+    res = _wait(
+        client, f"/v1/resources/{rid}", org.headers, lambda b: b["status"] != "provisioning"
+    )
+    assert res["status"] == "ready", res
+    cluster = f"pg-{rid.removeprefix('res_')}"
+    assert fake.kinds("clusters") == [cluster]
+    creds = client.get(f"/v1/resources/{rid}/credentials", headers=org.headers).json()
+    assert f"@{cluster}-rw.{NS}.svc:5432/app" in str(creds)
+
+    r = client.post(f"/v1/resources/{rid}/backups", headers=org.headers)
+    assert r.status_code == 202, r.text
+    bid = r.json()["id"]
+    backup = _wait(
+        client,
+        f"/v1/resources/{rid}/backups/{bid}",
+        org.headers,
+        lambda b: b["status"] == "failed" or b["verified_at"],
+    )
+    assert backup["status"] == "completed" and backup["verified_at"], backup
+
+    r = client.post(
+        f"/v1/resources/{rid}/restore",
+        json={"backup_id": bid, "name": "kpg-restored"},
+        headers=org.headers,
+    )
+    assert r.status_code == 202, r.text
+    new = r.json()["id"]
+    restored = _wait(
+        client, f"/v1/resources/{new}", org.headers, lambda b: b["status"] != "provisioning"
+    )
+    assert restored["status"] == "ready", restored
+    recovery = fake.objects[("clusters", NS, f"pg-{new.removeprefix('res_')}")]["spec"]
+    assert recovery["bootstrap"]["recovery"]["backup"]["name"].startswith(cluster)
+
+    fake.cluster_scenario = "failing"
+    r = client.post(
+        "/v1/resources",
+        json={"type": "postgres", "tier": "dedicated", "name": "kpg-bad"},
+        headers=org.headers,
+    )
+    bad = _wait(
+        client,
+        f"/v1/resources/{r.json()['id']}",
+        org.headers,
+        lambda b: b["status"] != "provisioning",
+    )
+    assert bad["status"] == "failed"
+    assert "Unable to create required cluster objects" in (bad["status_reason"] or "")
+
+    for resource_id in (rid, new):
+        assert client.delete(f"/v1/resources/{resource_id}", headers=org.headers).status_code == 202
+        _wait(
+            client,
+            f"/v1/resources/{resource_id}",
+            org.headers,
+            lambda b: b.get("status") in ("deleted", None) or "error" in b,
+        )
+    assert fake.kinds("clusters") == []
