@@ -44,6 +44,18 @@ class ResourceSettings:
     credentials_keys: tuple[str, ...] = field(default_factory=tuple)
     # Seconds a backend waits for a server to start / a recovery to finish.
     start_timeout_s: float = 120.0
+    # "kubernetes": dedicated postgres/redis and volumes on a cluster (resources.backends.kube).
+    backend: str = "local"
+    kube_namespace: str = "conveyor-resources"
+    kube_storage_class: str | None = None
+    kube_backup_destination: str = "s3://conveyor-backups"  # CNPG WAL + base backups, per id
+    kube_backup_endpoint_url: str = ""
+    kube_backup_secret: str = "conveyor-backup-s3"
+    kube_ready_timeout_s: float = 900.0
+    kube_poll_s: float = 2.0
+    kube_config: str | None = None
+    kube_context: str | None = None
+    kube_in_cluster: bool = False
 
     @property
     def backups_dir(self) -> Path:
@@ -77,6 +89,17 @@ class ResourceSettings:
             data_dir=settings.data_dir / "resources",
             name_prefix=settings.resources_name_prefix,
             credentials_keys=tuple(k.strip() for k in keys.split(",") if k.strip()),
+            backend=settings.resources_backend,
+            kube_namespace=settings.resources_kube_namespace,
+            kube_storage_class=settings.resources_kube_storage_class or None,
+            kube_backup_destination=settings.resources_kube_backup_destination,
+            kube_backup_endpoint_url=settings.resources_kube_backup_endpoint_url,
+            kube_backup_secret=settings.resources_kube_backup_secret,
+            kube_ready_timeout_s=settings.resources_kube_ready_timeout_seconds,
+            kube_poll_s=settings.resources_kube_poll_seconds,
+            kube_config=settings.kube_config or None,
+            kube_context=settings.kube_context or None,
+            kube_in_cluster=settings.kube_in_cluster,
         )
 
 

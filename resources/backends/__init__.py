@@ -31,6 +31,11 @@ def supported(type_: str, tier: str) -> bool:
 
 @lru_cache(maxsize=32)
 def get_backend(type_: str, tier: str, settings: ResourceSettings) -> Backend:
+    if settings.backend == "kubernetes":
+        from resources.backends.kube import KUBE_CLASSES  # the kubernetes client is optional
+
+        if (type_, tier) in KUBE_CLASSES:
+            return KUBE_CLASSES[(type_, tier)](settings)
     cls = _CLASSES.get((type_, tier))
     if cls is None:
         raise NotSupported(f"no {tier} tier for {type_} resources")
