@@ -318,8 +318,9 @@ def reconcile_changed(
     return on_change
 
 
-def serve_watch(reconcile: Callable[[str], int]) -> None:
-    """`conveyor kube-watch`: keep observed status true from watch events until interrupted.
+def serve_watch(reconcile: Callable[[str], int], stop: threading.Event | None = None) -> None:
+    """`conveyor kube-watch`: keep observed status true from watch events until interrupted
+    (or until `stop` is set).
 
     `reconcile` is the reconciler's per-deployment step (`tasks.deploy.reconcile_one`); it uses
     this process's backend, which reads the watch cache once the watcher has synced.
@@ -347,8 +348,10 @@ def serve_watch(reconcile: Callable[[str], int]) -> None:
     backend.attach(watcher.cache)
     watcher.start()
     log.info("watching deployments, pods and events in namespace %s", backend.config.namespace)
+    stop = stop or threading.Event()
     try:
-        while all(thread.is_alive() for thread in watcher.threads):
-            watcher.stopping.wait(1.0)
+        while not stop.is_set() and all(thread.is_alive() for thread in watcher.threads):
+            stop.wait(0.5)
     finally:
         watcher.stop()
+        backend.cache = None

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from kubernetes import client as k8s
@@ -205,3 +206,66 @@ def test_changes_of_unknown_deployments_are_ignored() -> None:
     on_change = reconcile_changed(lambda i: seen.append(i) or 1, lambda: ["dep_A1", "dep_b2"])
     on_change({id_slug("dep_A1"), id_slug("dep_gone")})
     assert seen == ["dep_A1"]
+
+
+# ------------------------------------------------- the watch process, store included ---
+@pytest.fixture
+def kube_runtime(deploy_settings: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKube]:
+    """This process's deployments backend is the Kubernetes one, talking to the fake API."""
+    from deployments import runtime
+
+    with running_fake_kube() as (fake, url):
+        configuration = k8s.Configuration()
+        configuration.host = url
+        backend = KubernetesBackend(
+            KubernetesBackendConfig(namespace="models"), api_client=k8s.ApiClient(configuration)
+        )
+        runtime.reset_backend()
+        runtime._backend = backend
+        monkeypatch.setattr(deploy_settings, "kube_namespace", "models")
+        monkeypatch.setattr(deploy_settings, "kube_watch_timeout_seconds", 1)
+        yield fake
+        fake.close()
+        runtime.reset_backend()
+
+
+def test_kube_watch_process_keeps_the_stored_status_true(
+    client: Any, org: Any, worker: Any, kube_runtime: FakeKube
+) -> None:
+    """A deploy job brings the deployment up; then `conveyor kube-watch` (serve_watch with the
+    reconciler's step) sees its pod vanish and its replacement get OOM-killed, and the stored
+    status follows: degraded, then failed with oom_killed."""
+    from deployments.backends.kubernetes_watch import serve_watch
+    from tasks.deploy import reconcile_one
+    from tests.deployments.test_deploy_api import create, wait_status
+
+    fake = kube_runtime
+    created = create(client, org, name="kchat")
+    running = wait_status(client, created["id"], org.headers, ("running", "failed"))
+    assert running["status"] == "running", running
+    assert running["endpoint"].endswith(".models.svc.cluster.local:8000")
+
+    fake.tick_on_read = False
+    lists = fake.lists.get("pods", 0)
+    stop = threading.Event()
+    thread = threading.Thread(target=serve_watch, args=(reconcile_one, stop), daemon=True)
+    thread.start()
+    try:
+        fake.replacement_scenario = "oom"
+        name = f"cv-{id_slug(created['id'])}"
+        fake.delete_pod_behind_our_back(name)
+        degraded = wait_status(client, created["id"], org.headers, ("degraded", "failed"), 10)
+        assert degraded["status"] == "degraded", degraded
+        deadline = time.monotonic() + 20
+        body = degraded
+        while body["status"] != "failed" and time.monotonic() < deadline:
+            fake.tick()  # the replacement pod: pending, starting, OOM-killed
+            time.sleep(0.2)
+            body = client.get(f"/v1/deployments/{created['id']}", headers=org.headers).json()
+        assert body["status"] == "failed", body
+        assert body["status_reason"].startswith("oom_killed:"), body
+        assert fake.lists["pods"] == lists + 1  # the watcher's first list; then only its watch
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
