@@ -47,6 +47,8 @@ class Deployment(Base):
     backend: Mapped[str] = mapped_column(String(20))
     backend_state: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     job_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    # Set while a deployment with replicas_min = 0 runs no replica for want of requests.
+    scaled_to_zero_at: Mapped[datetime | None] = mapped_column(default=None)
     gpu_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     gpu_seconds_billed: Mapped[int] = mapped_column(Integer, default=0)
     accounted_at: Mapped[datetime | None] = mapped_column(default=None)

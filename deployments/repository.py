@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from deployments.models import Deployment, DeploymentRevision
@@ -112,6 +112,18 @@ def to_reconcile(session: Session, limit: int = 200) -> Sequence[str]:
         .order_by(Deployment.updated_at)
         .limit(limit)
     ).all()
+
+
+def claim_wake(session: Session, deployment_id: str) -> bool:
+    """Clear `scaled_to_zero_at` if it is set (compare-and-set): True for the one caller that
+    did, so concurrent requests to a sleeping deployment start one scale-up, not one each."""
+    result = session.execute(
+        update(Deployment)
+        .where(Deployment.id == deployment_id, Deployment.scaled_to_zero_at.is_not(None))
+        .values(scaled_to_zero_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(result, "rowcount", 0) == 1)
 
 
 def live_backend_states(session: Session, backend: str) -> Sequence[dict[str, object] | None]:

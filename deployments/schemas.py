@@ -120,6 +120,11 @@ class DeploymentOut(BaseModel):
     gpu_count: int
     replicas: Replicas
     ready_replicas: int
+    scaled_to_zero: bool = Field(
+        False,
+        description="True while an idle deployment with replicas.min 0 runs no replica (status "
+        "stays `running`); the next request answers 503 with Retry-After and starts one.",
+    )
     env: dict[str, str] = Field(description="Values masked.")
     runtime_options: dict[str, Any]
     status: DeploymentStatus
@@ -188,5 +193,5 @@ class DeployJobInput(BaseModel):
     """Input of a `deploy` job: one lifecycle operation on one deployment."""
 
     deployment_id: str = Field(max_length=40)
-    operation: Literal["apply", "stop", "delete"]
+    operation: Literal["apply", "scale_up", "stop", "delete"]
     revision: int | None = None

@@ -9,6 +9,13 @@ decided; events are returned for the caller to emit after its commit.
 
 Status machine: pending → deploying → running | failed; running ⇄ degraded;
 stopping → stopped; deleting → deleted.
+
+Scale to zero: a deployment with `replicas_min == 0` that served no request for
+`deploy_scale_to_zero_idle_seconds` is scaled to zero by the reconciler (`scale_to_zero`): it
+stays `running` with `ready_replicas == 0`, `scaled_to_zero_at` set and a `scaled_to_zero:`
+status_reason. The next request wakes it (`wake`: a `scale_up` deploy job; status `deploying`,
+reason `scaling_from_zero: …`) and, like every request until a replica is ready, answers 503
+`unavailable` with Retry-After.
 """
 
 from __future__ import annotations
@@ -30,7 +37,9 @@ from deployments.backends.base import (
     BackendState,
     DeploymentSpec,
     Observation,
+    ReasonCode,
     derive_status,
+    reason,
 )
 from deployments.catalog import find_template
 from deployments.models import Deployment, DeploymentRevision
@@ -85,6 +94,7 @@ def view(dep: Deployment) -> dict[str, Any]:
         "gpu_count": dep.gpu_count,
         "replicas": {"min": dep.replicas_min, "max": dep.replicas_max},
         "ready_replicas": dep.ready_replicas,
+        "scaled_to_zero": dep.scaled_to_zero_at is not None,
         "env": {key: MASK for key in dep.env_keys or []},
         "runtime_options": dep.runtime_options or {},
         "status": dep.status,
@@ -109,8 +119,9 @@ def _encrypt_env(env: dict[str, str]) -> str | None:
 
 
 def desired_replicas(dep: Deployment) -> int:
-    """Replicas to run now: the minimum, but at least one while it is wanted running."""
-    if dep.desired != "running":
+    """Replicas to run now: the minimum, but at least one while it is wanted running (none
+    while it is scaled to zero)."""
+    if dep.desired != "running" or dep.scaled_to_zero_at is not None:
         return 0
     return max(dep.replicas_min, 1)
 
@@ -233,6 +244,7 @@ def patch(session: Session, dep: Deployment, body: DeploymentPatch) -> Deploymen
         dep.runtime_options = body.runtime_options.model_dump(exclude_defaults=True)
         dep.context_length = dep.runtime_options.get("max_model_len") or dep.context_length
     dep.revision += 1
+    dep.scaled_to_zero_at = None  # an explicit operation starts replicas again
     _snapshot(session, dep, "updated: " + ", ".join(sorted(changes)))
     if dep.desired == "running":
         dep.status = "deploying"
@@ -250,6 +262,7 @@ def rollback(session: Session, dep: Deployment, revision: int) -> Deployment:
     dep.env_encrypted = old.env_encrypted
     dep.env_keys = list(old.config.get("env_keys", []))
     dep.revision += 1
+    dep.scaled_to_zero_at = None
     _snapshot(session, dep, f"rollback to revision {revision}")
     if dep.desired == "running":
         dep.status = "deploying"
@@ -259,6 +272,7 @@ def rollback(session: Session, dep: Deployment, revision: int) -> Deployment:
 def stop(session: Session, dep: Deployment) -> Deployment:
     _ensure_live(dep)
     dep.desired = "stopped"
+    dep.scaled_to_zero_at = None
     if dep.status != "stopped":
         dep.status = "stopping"
     return dep
@@ -269,6 +283,7 @@ def start(session: Session, dep: Deployment) -> Deployment:
     dep.desired = "running"
     dep.status = "pending"
     dep.status_reason = None
+    dep.scaled_to_zero_at = None
     return dep
 
 
@@ -347,13 +362,23 @@ def apply_observation(
     previous = dep.status
     status = derive_status(previous, obs)
     dep.status = status
-    dep.status_reason = None if status in ("running", "stopped") else obs.reason
+    dep.status_reason = _status_reason(dep, status, obs)
     dep.ready_replicas = obs.ready_replicas
     dep.endpoints = list(obs.endpoints)
     dep.endpoint = obs.endpoint
     dep.backend_state = obs.state.model_dump(mode="json")
     dep.updated_at = now
     return status_events(dep, previous)
+
+
+def _status_reason(dep: Deployment, status: str, obs: Observation) -> str | None:
+    if status == "running" and dep.scaled_to_zero_at is not None:
+        return dep.status_reason  # the scaled_to_zero reason stays while it runs no replica
+    if status in ("running", "stopped"):
+        return None
+    if status == "deploying" and (dep.status_reason or "").startswith(ReasonCode.SCALING_FROM_ZERO):
+        return reason(ReasonCode.SCALING_FROM_ZERO, obs.reason or "starting a replica")
+    return obs.reason
 
 
 def status_events(dep: Deployment, previous: str) -> list[Event]:
@@ -386,26 +411,72 @@ def fail(dep: Deployment, reason: str) -> list[Event]:
 
 
 # ---------------------------------------------------------------------------- serving ---
-def serving_endpoints(
-    session: Session, org_id: str, name: str
-) -> tuple[Deployment, list[str]] | None:
-    """The live deployment called `name` and the endpoints that may take a request now.
-
-    None when no deployment has that name. A deployment that exists but cannot serve right now
-    (stopped, starting, scaling from zero, all replicas down) raises 503 `unavailable` with
-    Retry-After, never 404.
-    """
-    dep = repository.get_by_name(session, org_id, name)
-    if dep is None:
-        return None
+def serving(dep: Deployment) -> list[str] | None:
+    """The endpoints that may take a request now; None when the deployment cannot serve."""
     endpoints = list(dep.endpoints or [])
-    if dep.status in ("running", "degraded") and endpoints:
-        return dep, endpoints
+    if dep.status in ("running", "degraded") and endpoints and dep.scaled_to_zero_at is None:
+        return endpoints
+    return None
+
+
+def unavailable(dep: Deployment) -> Unavailable:
+    """The 503 of a deployment that exists but cannot serve now (never a 404)."""
+    scaling = dep.scaled_to_zero_at is not None or (dep.status_reason or "").startswith(
+        ReasonCode.SCALING_FROM_ZERO
+    )
     retry_after = 30 if dep.status in ("stopped", "stopping", "failed") else 5
-    raise Unavailable(
-        f"Deployment {name!r} is {dep.status} and cannot serve requests now.",
-        details={"deployment_id": dep.id, "status": dep.status},
+    what = "scaling from zero (a replica is starting)" if scaling else dep.status
+    return Unavailable(
+        f"Deployment {dep.name!r} is {what} and cannot serve requests now; "
+        f"retry in {retry_after} s.",
+        details={"deployment_id": dep.id, "status": dep.status, "scaling_from_zero": scaling},
         headers={"Retry-After": str(retry_after)},
+    )
+
+
+def wake(session: Session, dep: Deployment) -> str | None:
+    """A request for a deployment scaled to zero: schedule its `scale_up` job and return the
+    job's id (the caller commits, then enqueues). None when another request already woke it."""
+    if dep.scaled_to_zero_at is None or not repository.claim_wake(session, dep.id):
+        return None
+    dep.scaled_to_zero_at = None
+    dep.status = "deploying"
+    dep.status_reason = reason(ReasonCode.SCALING_FROM_ZERO, "a request arrived")
+    return schedule(session, dep, "scale_up")
+
+
+def may_scale_to_zero(session: Session, dep: Deployment) -> bool:
+    """True for a deployment allowed to run no replica that runs some and has no operation
+    going on."""
+    return (
+        dep.desired == "running"
+        and dep.replicas_min == 0
+        and dep.scaled_to_zero_at is None
+        and dep.status in ("running", "degraded")
+        and not job_active(session, dep)
+    )
+
+
+def idle_seconds(
+    session: Session, dep: Deployment, last_request: datetime | None, now: datetime
+) -> float:
+    """Seconds since the deployment's last request or last operation (create, start, update,
+    wake: its latest deploy job), whichever is later."""
+    since = dep.created_at
+    job = session.get(Job, dep.job_id) if dep.job_id else None
+    if job is not None:
+        since = max(since, job.completed_at or job.created_at)
+    if last_request is not None:
+        since = max(since, last_request)
+    return (now - since).total_seconds()
+
+
+def scale_to_zero(dep: Deployment, idle_s: float, now: datetime) -> None:
+    """Mark an idle deployment scaled to zero; the caller reconciles it (its replicas stop)."""
+    dep.scaled_to_zero_at = now
+    dep.status_reason = reason(
+        ReasonCode.SCALED_TO_ZERO,
+        f"no requests for {idle_s:.0f} s; the next request starts a replica",
     )
 
 

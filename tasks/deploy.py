@@ -1,7 +1,9 @@
 """Deploy queue tasks: `deploy.run` (one lifecycle operation as a job) and the reconciler beat.
 
 Both are thin: load the deployment, call the backend, store the observation through
-`deployments.service.apply_observation`, commit, then emit the events it returned.
+`deployments.service.apply_observation`, commit, then emit the events it returned. The reconciler
+also scales idle deployments with replicas.min 0 to zero (`deployments.service.scale_to_zero`);
+a request wakes them with a `scale_up` job.
 """
 
 from __future__ import annotations
@@ -9,16 +11,21 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
+import redis
 from celery.signals import worker_process_shutdown
+from sqlalchemy.orm import Session
 
 from common.errors import JobFailed
+from common.timeutil import utcnow
 from config import get_settings
-from deployments import repository, service
+from deployments import metrics, repository, service
 from deployments.backends.base import BackendState, Observation
 from deployments.backends.local import LocalBackend, replica_ids
 from deployments.events import emit
+from deployments.models import Deployment
 from deployments.rollout import wait_for_rollout
 from deployments.runtime import get_backend, reset_backend
 from deployments.schemas import DeployJobInput
@@ -55,6 +62,8 @@ def deploy(ctx: JobContext) -> dict[str, Any] | None:
         if job.operation == "apply":
             dep.status, dep.status_reason = "deploying", None
             state = backend.reset_failures(state)  # an explicit operation tries afresh
+        elif job.operation == "scale_up":
+            dep.status = "deploying"  # its reason (scaling_from_zero) was set by the wake
 
     if job.operation == "stop":
         obs = backend.stop(spec, state)
@@ -161,14 +170,35 @@ def reconcile_one(deployment_id: str) -> int:
             return 0
         if dep.status == "failed":
             return 0
-        if service.rollout_overdue(session, dep, get_settings().deploy_rollout_deadline_seconds):
+        settings = get_settings()
+        if service.rollout_overdue(session, dep, settings.deploy_rollout_deadline_seconds):
             # Its job is gone (cancelled, reaped) and it never came up: fail it, don't loop.
             events = service.fail(dep, f"rollout_timeout: {dep.status_reason or 'not running'}")
         else:
+            if service.may_scale_to_zero(session, dep):
+                _scale_down_if_idle(session, dep, settings.deploy_scale_to_zero_idle_seconds)
             obs = backend.reconcile(service.spec_of(dep), service.state_of(dep))
             events = service.apply_observation(session, dep, obs)
     emit_all(events)
     return 1
+
+
+def _scale_down_if_idle(session: Session, dep: Deployment, idle_limit_s: float) -> None:
+    try:
+        last = metrics.last_request_at(_redis(), dep.id)
+    except redis.RedisError:  # no idle clock: never scale down a deployment that may be busy
+        log.warning("cannot read the idle clock of deployment %s", dep.id, exc_info=True)
+        return
+    now = utcnow()
+    last_request = datetime.fromtimestamp(last, UTC) if last is not None else None
+    idle = service.idle_seconds(session, dep, last_request, now)
+    if idle >= idle_limit_s:
+        service.scale_to_zero(dep, idle, now)
+        log.info("deployment %s idle for %.0f s: scaled to zero", dep.id, idle)
+
+
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(get_settings().resolved_redis_url())
 
 
 @worker_process_shutdown.connect

@@ -8,10 +8,11 @@ import asyncio
 import contextlib
 import json
 import time
+import weakref
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-import httpx
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -43,17 +44,31 @@ from store.db import session_scope
 from store.orgs import Principal
 from tasks.runner import enqueue
 
-router = APIRouter(prefix="/v1", tags=["deployments"], responses=ERROR_RESPONSES)
 
-_redis_by_loop: dict[int, Redis] = {}
+@contextlib.asynccontextmanager
+async def _lifespan(app: Any) -> AsyncIterator[None]:
+    """On shutdown: write this process's buffered metrics, close the replicas' connections."""
+    yield
+    with contextlib.suppress(Exception):
+        await metrics.buffer(_redis).flush()
+    await proxy.close_sessions()
+
+
+router = APIRouter(
+    prefix="/v1", tags=["deployments"], responses=ERROR_RESPONSES, lifespan=_lifespan
+)
+
+_redis_by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Redis] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _redis() -> Redis:
-    loop_id = id(asyncio.get_running_loop())
-    client = _redis_by_loop.get(loop_id)
+    """One async Redis client per event loop (metrics)."""
+    loop = asyncio.get_running_loop()
+    client = _redis_by_loop.get(loop)
     if client is None:
-        client = Redis.from_url(get_settings().resolved_redis_url())
-        _redis_by_loop[loop_id] = client
+        client = _redis_by_loop[loop] = Redis.from_url(get_settings().resolved_redis_url())
     return client
 
 
@@ -69,6 +84,7 @@ def _operate(db: Db, dep: Deployment, operation: str) -> JSONResponse:
         enforce_quota(db, dep.org_id, "deploy", {})
     job_id = service.schedule(db, dep, operation)
     db.commit()
+    forget_routes(dep.id)
     enqueue(job_id, "deploy")
     db.refresh(dep)
     return _accepted(dep)
@@ -224,6 +240,7 @@ async def deployment_metrics(deployment_id: str, principal: CurrentPrincipal) ->
 
     gpu_seconds, ready, desired = await run_in_threadpool(load)
     try:
+        await metrics.buffer(_redis).flush()  # this process's latest requests count too
         counters = await metrics.read(_redis(), deployment_id)
     except Exception as exc:
         raise Unavailable("The metrics store is unavailable.") from exc
@@ -237,87 +254,117 @@ async def deployment_metrics(deployment_id: str, principal: CurrentPrincipal) ->
 
 
 # ------------------------------------------------------------ hook for /v1/chat/... ---
-_targets: dict[tuple[str, str], tuple[float, tuple[str, list[str]]]] = {}
-TARGET_TTL_SECONDS = 1.0
+@dataclass(frozen=True)
+class _Target:
+    deployment_id: str
+    endpoints: list[str]
 
 
-def _lookup(org_id: str, name: str) -> tuple[str, list[str]] | ConveyorError | None:
+# (org, name) → (cached at, target): only deployments that can serve are cached, for
+# `deploy_route_cache_seconds`; a lifecycle operation through this process or an unreachable
+# replica drops the entry at once.
+_routes: dict[tuple[str, str], tuple[float, _Target]] = {}
+_lookups: dict[tuple[str, str], asyncio.Future[_Target | ConveyorError | None]] = {}
+
+
+def forget_routes(deployment_id: str) -> None:
+    for key, (_, target) in list(_routes.items()):
+        if target.deployment_id == deployment_id:
+            _routes.pop(key, None)
+
+
+def _lookup(org_id: str, name: str) -> _Target | ConveyorError | None:
+    """The deployment's serving endpoints, its 503, or None when no deployment has that name.
+
+    A deployment scaled to zero is woken here: its `scale_up` job is enqueued after the commit.
+    """
     with session_scope() as session:
-        try:
-            found = service.serving_endpoints(session, org_id, name)
-        except ConveyorError as exc:
-            return exc
-    return (found[0].id, found[1]) if found else None
+        dep = repository.get_by_name(session, org_id, name)
+        if dep is None:
+            return None
+        endpoints = service.serving(dep)
+        if endpoints:
+            return _Target(dep.id, endpoints)
+        woken_by = service.wake(session, dep)
+        error = service.unavailable(dep)
+    if woken_by is not None:
+        enqueue(woken_by, "deploy")
+    return error
 
 
-async def _target(org_id: str, name: str) -> tuple[str, list[str]] | None:
-    """A deployment's (id, endpoints), cached for a second; raises 503 when it cannot serve."""
+async def _target(org_id: str, name: str) -> _Target | None:
+    """A deployment's serving target (cached briefly); raises 503 when it cannot serve.
+
+    Concurrent requests that miss the cache share one lookup (one thread hop, one query).
+    """
     key = (org_id, name)
     now = time.monotonic()
-    cached = _targets.get(key)
-    value: tuple[str, list[str]] | ConveyorError | None
-    if cached is not None and now - cached[0] <= TARGET_TTL_SECONDS:
-        value = cached[1]
-    else:
-        value = await run_in_threadpool(_lookup, org_id, name)
-        if isinstance(value, tuple):  # only serving targets are cached: a start shows at once
-            _targets[key] = (now, value)
-        else:
-            _targets.pop(key, None)
+    cached = _routes.get(key)
+    if cached is not None and now - cached[0] <= get_settings().deploy_route_cache_seconds:
+        return cached[1]
+    pending = _lookups.get(key)
+    if pending is None or pending.get_loop() is not asyncio.get_running_loop():
+        pending = asyncio.ensure_future(run_in_threadpool(_lookup, org_id, name))
+        _lookups[key] = pending
+        pending.add_done_callback(
+            lambda done: _lookups.pop(key, None) if _lookups.get(key) is done else None
+        )
+    value = await asyncio.shield(pending)
+    if isinstance(value, _Target):
+        _routes[key] = (now, value)
+        return value
+    _routes.pop(key, None)
     if isinstance(value, ConveyorError):
         raise value
-    return value
+    return None
 
 
 async def proxy_to_deployment(
-    request: Request, principal: Principal, model: str, path: str
+    principal: Principal, model: str | None, path: str, body: bytes
 ) -> Response | None:
     """Answer an OpenAI request whose `model` is a deployment's name; None when it is not one.
 
-    `path` is the OpenAI path below the replica's root, e.g. `/v1/chat/completions`. A
-    deployment that is stopped, starting or has no reachable replica answers 503 `unavailable`
-    with Retry-After (never 404).
+    `path` is the OpenAI path below the replica's root, e.g. `/v1/chat/completions`; `body` is
+    relayed as the client sent it. A deployment that is stopped, starting, scaled to zero or has
+    no reachable replica answers 503 `unavailable` with Retry-After (never 404).
     """
+    if model is None:
+        return None
     target = await _target(principal.org_id, model)
     if target is None:
         return None
-    deployment_id, endpoints = target
-    body = await request.body()
-    settings = get_settings()
+    deployment_id = target.deployment_id
+    counted = metrics.buffer(_redis)
 
-    async def finish(latency_ms: float, tokens: int, error: bool) -> None:
-        with contextlib.suppress(Exception):  # metrics never fail a request
-            await metrics.record(
-                _redis(), deployment_id, latency_ms=latency_ms, tokens=tokens, error=error
-            )
+    def finish(latency_ms: float, tokens: int, error: bool) -> None:
+        counted.add(deployment_id, latency_ms=latency_ms, tokens=tokens, error=error)
 
     try:
         upstream = await proxy.send(
-            proxy.pick(endpoints),
+            target.endpoints,
             path,
             body,
-            timeout=settings.deploy_proxy_timeout_seconds,
+            timeout=get_settings().deploy_proxy_timeout_seconds,
             finish=finish,
         )
-    except httpx.HTTPError as exc:
-        _targets.pop((principal.org_id, model), None)
+        content = None if upstream.streaming else await upstream.body()
+    except proxy.ReplicaUnreachable as exc:
+        forget_routes(deployment_id)
         raise Unavailable(
-            f"Deployment {model!r} has no reachable replica right now.",
+            f"Deployment {model!r} has no reachable replica right now; retry in 5 s.",
             details={"deployment_id": deployment_id},
             headers={"Retry-After": "5"},
         ) from exc
     headers = {"X-Conveyor-Deployment-Id": deployment_id}
-    media_type = upstream.response.headers.get("content-type", "application/json")
-    if upstream.streaming:
+    if content is None:
         return StreamingResponse(
             upstream.stream(),
-            status_code=upstream.response.status_code,
-            media_type=media_type,
+            status_code=upstream.status,
+            media_type=upstream.content_type,
             headers=headers,
         )
-    content = await upstream.body()
     return Response(
-        content, status_code=upstream.response.status_code, media_type=media_type, headers=headers
+        content, status_code=upstream.status, media_type=upstream.content_type, headers=headers
     )
 
 

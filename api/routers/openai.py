@@ -297,7 +297,9 @@ async def chat_completions(
     async_: AsyncFlag = False,
     prefer: PreferHeader = None,
 ) -> Any:
-    deployed = await proxy_to_deployment(request, principal, body.model, "/v1/chat/completions")
+    deployed = await proxy_to_deployment(
+        principal, body.model, "/v1/chat/completions", await request.body()
+    )
     if deployed is not None:  # `model` names one of the caller's deployments
         return deployed
     await _check_model(body.model, "chat")
@@ -312,7 +314,9 @@ async def completions(
     async_: AsyncFlag = False,
     prefer: PreferHeader = None,
 ) -> Any:
-    deployed = await proxy_to_deployment(request, principal, body.model, "/v1/completions")
+    deployed = await proxy_to_deployment(
+        principal, body.model, "/v1/completions", await request.body()
+    )
     if deployed is not None:  # `model` names one of the caller's deployments
         return deployed
     await _check_model(body.model, "chat")

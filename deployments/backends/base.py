@@ -31,6 +31,8 @@ class ReasonCode:
     ROLLOUT_TIMEOUT = "rollout_timeout"
     REPLICAS_NOT_READY = "replicas_not_ready"
     BACKEND_ERROR = "backend_error"
+    SCALED_TO_ZERO = "scaled_to_zero"
+    SCALING_FROM_ZERO = "scaling_from_zero"
 
 
 def reason(code: str, message: str) -> str:
