@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Row, bindparam, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -28,6 +28,24 @@ def get_org(session: Session, org_id: str, *, lock: bool = False) -> Organizatio
     if lock and session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update()
     return session.scalar(query)
+
+
+#: An organisation's plan name and its plan row's columns (NULL when the plan has no row), as
+#: one Core query built once: the job-submit hot path runs it for every job.
+_ORG_PLAN = (
+    select(Organization.__table__.c.plan.label("org_plan"), *Plan.__table__.c)
+    .select_from(
+        Organization.__table__.outerjoin(
+            Plan.__table__, Plan.__table__.c.name == Organization.__table__.c.plan
+        )
+    )
+    .where(Organization.__table__.c.id == bindparam("org_id"))
+)
+
+
+def get_org_plan(session: Session, org_id: str) -> Row[Any] | None:
+    """The row of :data:`_ORG_PLAN` (``org_plan`` plus the plan's columns), None if no org."""
+    return session.execute(_ORG_PLAN, {"org_id": org_id}).first()
 
 
 def get_org_by_name_or_id(session: Session, ref: str) -> Organization | None:

@@ -103,7 +103,11 @@ def period_key(now: datetime | None = None) -> str:
 
 def plan_limits(session: Session, name: str) -> PlanLimits:
     """The limits of plan ``name`` (the table first, then the built-in defaults, then free)."""
-    row = repository.get_plan(session, name)
+    return _limits_of(repository.get_plan(session, name), name)
+
+
+def _limits_of(row: Any, name: str) -> PlanLimits:
+    """A plan's limits from its row (an ORM ``Plan`` or a Core row), or the built-in ones."""
     if row is not None:
         return PlanLimits.model_validate(row)
     return DEFAULT_PLANS.get(name) or DEFAULT_PLANS[DEFAULT_PLAN]
@@ -175,10 +179,11 @@ def enforce_quota(session: Session, org_id: str, kind: str, input: Mapping[str, 
     On PostgreSQL the organisation row is locked for the rest of the caller's transaction, so
     concurrent creations for one organisation are counted one after the other.
     """
-    org = repository.get_org(session, org_id)
-    if org is None:
+    found = repository.get_org_plan(session, org_id)
+    if found is None:
         raise NotFound("Organisation not found.")
-    plan = plan_limits(session, org.plan)
+    plan_name = found.org_plan
+    plan = _limits_of(found if found.name is not None else None, plan_name)
     if plan.concurrent_jobs < UNLIMITED:
         # Lock the org row so concurrent creations are counted one after the other.
         repository.get_org(session, org_id, lock=True)
@@ -190,7 +195,7 @@ def enforce_quota(session: Session, org_id: str, kind: str, input: Mapping[str, 
     if active >= plan.concurrent_jobs:
         raise QuotaExceeded(
             f"You have {active} / {plan.concurrent_jobs} concurrent jobs queued or running "
-            f"on the {org.plan} plan.",
+            f"on the {plan_name} plan.",
             details={"quota": "concurrent_jobs", "used": active, "limit": plan.concurrent_jobs},
         )
     if kind in CRAWL_KINDS:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from config import get_settings
@@ -23,22 +25,67 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-@lru_cache(maxsize=1)
-def get_engine() -> Engine:
+#: A pooled connection used this recently is handed out without a liveness ping (HikariCP's
+#: ``aliveBypassWindowMs`` idea): under load no checkout pays a round trip, while one that sat
+#: idle (a PostgreSQL restart, a dropped TCP connection) is pinged and replaced if dead.
+PING_BYPASS_SECONDS = 1.0
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Pessimistic disconnect handling without a ping on every checkout."""
+
+    @event.listens_for(engine, "checkin")
+    def _stamp(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < PING_BYPASS_SECONDS:
+            return  # new, or used a moment ago
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:  # the pool discards it and connects afresh
+            raise DisconnectionError("stale pooled connection") from exc
+
+
+def _create_engine(**options: Any) -> Engine:
     settings = get_settings()
     url = settings.resolved_database_url()
     if url.startswith("sqlite"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(
+            url, connect_args={"timeout": 30, "check_same_thread": False}, **options
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_pool_size,
-        pool_pre_ping=True,
         pool_recycle=1800,
+        **options,
     )
+    _ping_when_idle(engine)
+    return engine
+
+
+@lru_cache(maxsize=1)
+def get_engine() -> Engine:
+    """The process's engine: sessions and transactions."""
+    return _create_engine()
+
+
+@lru_cache(maxsize=1)
+def get_autocommit_engine() -> Engine:
+    """A second pool whose connections are in autocommit mode from the start, for work that is
+    one atomic statement: no BEGIN/COMMIT round trips and no isolation-level switching on
+    every checkout (which an ``execution_options`` proxy of the main engine would pay)."""
+    return _create_engine(isolation_level="AUTOCOMMIT")
+
+
+def is_postgresql() -> bool:
+    return get_engine().dialect.name == "postgresql"
 
 
 @lru_cache(maxsize=1)
@@ -47,11 +94,21 @@ def get_sessionmaker() -> sessionmaker[Session]:
 
 
 def reset_engine() -> None:
-    """Forget the engine (tests and forked worker children call this)."""
-    if get_engine.cache_info().currsize:
-        get_engine().dispose(close=False)
-    get_engine.cache_clear()
+    """Forget the engines (tests and forked worker children call this)."""
+    for factory in (get_engine, get_autocommit_engine):
+        if factory.cache_info().currsize:
+            factory().dispose(close=False)
+        factory.cache_clear()
     get_sessionmaker.cache_clear()
+
+
+@contextmanager
+def autocommit() -> Iterator[Connection]:
+    """A connection whose every statement commits on its own: for work that is one atomic
+    statement (a compare-and-set ``UPDATE … RETURNING``). Never use it for several statements
+    that must succeed or fail together."""
+    with get_autocommit_engine().connect() as connection:
+        yield connection
 
 
 @contextmanager

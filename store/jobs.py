@@ -13,14 +13,19 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
+    Connection,
     Select,
+    Table,
     and_,
+    bindparam,
     delete,
     func,
+    insert,
     literal,
     select,
     text,
@@ -35,7 +40,7 @@ from common.errors import ValidationFailed
 from common.timeutil import utcnow
 from config import get_settings
 from store.db import session_scope
-from store.models import Job, ResultItem
+from store.models import Job, ResultItem, new_id
 
 
 class JobStatus(StrEnum):
@@ -62,12 +67,40 @@ def create_job(
     return job
 
 
+def insert_job(session: Session, *, org_id: str, kind: str, input: dict[str, Any]) -> Job:
+    """Insert a new queued job with one Core ``INSERT`` (no unit-of-work flush) and return it
+    as a detached ``Job`` holding exactly the values written: the submit hot path."""
+    job = Job(
+        id=new_id(),
+        org_id=org_id,
+        kind=kind,
+        input=input,
+        status=JobStatus.QUEUED.value,
+        progress={},
+        error=None,
+        attempts=0,
+        delivery_id=None,
+        created_at=utcnow(),
+        started_at=None,
+        completed_at=None,
+        expires_at=None,
+        result_deleted_at=None,
+    )
+    session.execute(_INSERT_JOB, {name: getattr(job, name) for name in _JOB_COLUMNS})
+    return job
+
+
+_JOB_COLUMNS: tuple[str, ...] = tuple(Job.__table__.columns.keys())
+#: A Core insert of the table (not the ORM entity): no unit of work, no bulk-persistence layer.
+_INSERT_JOB = insert(cast(Table, Job.__table__))
+
+
 def get_job(session: Session, org_id: str, job_id: str) -> Job | None:
     return session.scalar(select(Job).where(Job.id == job_id, Job.org_id == org_id))
 
 
 def transition(
-    session: Session,
+    session: Session | Connection,
     job_id: str,
     *,
     to: JobStatus,
@@ -113,40 +146,148 @@ class StartedJob:
     attempts: int
 
 
-def start(
-    session: Session, job_id: str, delivery_id: str, max_deliveries: int
-) -> tuple[StartOutcome, StartedJob | None]:
-    """Mark a job running for one delivery of its message, counting deliveries.
-
-    The first delivery is one ``UPDATE … RETURNING`` (compare-and-set from ``queued``).
-    """
-    first = session.execute(
+@lru_cache(maxsize=8)
+def _start_statement(also: ColumnElement[Any] | None) -> Any:
+    """The first delivery's compare-and-set, built once per ``also`` (statement construction
+    costs more CPU than executing it)."""
+    returning: list[Any] = [Job.org_id, Job.kind, Job.input, Job.attempts]
+    if also is not None:
+        returning.append(also)
+    return (
         update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+        .where(Job.id == bindparam("job_id"), Job.status == JobStatus.QUEUED.value)
         .values(
             status=JobStatus.RUNNING.value,
-            started_at=func.coalesce(Job.started_at, utcnow()),
+            started_at=func.coalesce(Job.started_at, bindparam("now", type_=Job.started_at.type)),
             attempts=Job.attempts + 1,
-            delivery_id=delivery_id,
+            delivery_id=bindparam("delivery_id"),
         )
-        .returning(Job.org_id, Job.kind, Job.input, Job.attempts)
-        .execution_options(synchronize_session=False)
+        .returning(*returning)
+    )
+
+
+def start(
+    executor: Session | Connection,
+    job_id: str,
+    delivery_id: str,
+    max_deliveries: int,
+    *,
+    also: ColumnElement[Any] | None = None,
+) -> tuple[StartOutcome, StartedJob | None, Any]:
+    """Mark a job running for one delivery of its message, counting deliveries.
+
+    The first delivery is one ``UPDATE … RETURNING`` (compare-and-set from ``queued``), so it
+    needs no surrounding transaction (an autocommit connection commits it in one round trip).
+    ``also`` is an extra SQL expression over the job row (e.g. "does a webhook listen?")
+    returned by that same statement; its value comes back as the third element (None on the
+    rarer redelivery paths, where the caller asks separately).
+    """
+    first = executor.execute(
+        _start_statement(also),
+        {"job_id": job_id, "delivery_id": delivery_id, "now": utcnow()},
     ).first()
     if first is not None:
-        return StartOutcome.STARTED, StartedJob(
-            first.org_id, first.kind, dict(first.input), first.attempts
+        extra = first[4] if also is not None else None
+        return (
+            StartOutcome.STARTED,
+            StartedJob(first.org_id, first.kind, dict(first.input), first.attempts),
+            extra,
         )
-    outcome = _redeliver(session, job_id, delivery_id, max_deliveries)
+    outcome = _redeliver(executor, job_id, delivery_id, max_deliveries)
     if outcome != StartOutcome.REDELIVERED:
-        return outcome, None
-    again = session.execute(
+        return outcome, None, None
+    again = executor.execute(
         select(Job.org_id, Job.kind, Job.input, Job.attempts).where(Job.id == job_id)
     ).one()
-    return outcome, StartedJob(again.org_id, again.kind, dict(again.input), again.attempts)
+    return outcome, StartedJob(again.org_id, again.kind, dict(again.input), again.attempts), None
+
+
+@lru_cache(maxsize=4)
+def _complete_statement(with_progress: bool, with_result: bool) -> Any:
+    """PostgreSQL: ``running → completed`` plus the result item as one statement
+    (data-modifying CTEs), built once per shape; yields 1 when this caller won."""
+    changes: dict[str, Any] = {
+        "status": JobStatus.COMPLETED.value,
+        "completed_at": bindparam("now", type_=Job.completed_at.type),
+        "expires_at": bindparam("expires_at", type_=Job.expires_at.type),
+        "error": None,
+    }
+    if with_progress:
+        changes["progress"] = Job.progress.op("||")(bindparam("progress", type_=postgresql.JSONB))
+    done = (
+        update(Job)
+        .where(Job.id == bindparam("job_id"), Job.status == JobStatus.RUNNING.value)
+        .values(**changes)
+        .returning(Job.id)
+        .cte("done")
+    )
+    query = select(func.count()).select_from(done)
+    if with_result:
+        item = insert(ResultItem).from_select(
+            ["job_id", "seq", "name", "content_type", "data", "created_at"],
+            select(
+                done.c.id,
+                bindparam("seq", type_=ResultItem.seq.type),
+                literal("result"),
+                literal("application/json"),
+                bindparam("data", type_=ResultItem.data.type),
+                bindparam("now", type_=ResultItem.created_at.type),
+            ),
+        )
+        query = query.add_cte(item.cte("item"))
+    return query
+
+
+def complete(
+    executor: Session | Connection,
+    job_id: str,
+    *,
+    result: dict[str, Any] | None,
+    result_seq: int,
+    merge_progress: dict[str, Any] | None = None,
+) -> bool:
+    """``running → completed`` with the job's small result item, atomically; True if it won.
+
+    PostgreSQL: one statement, so an autocommit connection commits it in one round trip.
+    Elsewhere (``executor`` must then be a Session): the insert and the transition in the
+    caller's transaction, rolled back if the job lost the race.
+    """
+    if _dialect(executor) != "postgresql":
+        assert isinstance(executor, Session)
+        if result is not None:
+            add_result_item(executor, job_id, seq=result_seq, name="result", data=result)
+        won = transition(
+            executor,
+            job_id,
+            to=JobStatus.COMPLETED,
+            from_=[JobStatus.RUNNING],
+            merge_progress=merge_progress,
+        )
+        if not won:
+            executor.rollback()
+        return won
+    now = utcnow()
+    params: dict[str, Any] = {
+        "job_id": job_id,
+        "now": now,
+        "expires_at": now + timedelta(seconds=get_settings().result_ttl_seconds),
+    }
+    if merge_progress:
+        params["progress"] = merge_progress
+    if result is not None:
+        params["seq"] = result_seq
+        params["data"] = result
+    statement = _complete_statement(bool(merge_progress), result is not None)
+    return bool(executor.execute(statement, params).scalar_one() == 1)
+
+
+def _dialect(executor: Session | Connection) -> str:
+    bind = executor.get_bind() if isinstance(executor, Session) else executor
+    return str(bind.dialect.name)
 
 
 def _redeliver(
-    session: Session, job_id: str, delivery_id: str, max_deliveries: int
+    session: Session | Connection, job_id: str, delivery_id: str, max_deliveries: int
 ) -> StartOutcome:
     """A delivery of a job that is not queued: a redelivery to run, a duplicate, or the last."""
     row = session.execute(
@@ -180,7 +321,7 @@ def status_of(session: Session, job_id: str) -> str | None:
     return session.scalar(select(Job.status).where(Job.id == job_id))
 
 
-def _lock_progress(session: Session, job_id: str) -> dict[str, Any]:
+def _lock_progress(session: Session | Connection, job_id: str) -> dict[str, Any]:
     """Take the job row's write lock first, then read its progress.
 
     A no-op UPDATE locks the row on PostgreSQL and takes SQLite's write lock, so concurrent
@@ -207,10 +348,10 @@ def relax_commit_durability(session: Session) -> None:
         session.execute(text("SET LOCAL synchronous_commit = off"))
 
 
-def _merged_progress(session: Session, job_id: str, counters: dict[str, Any]) -> Any:
+def _merged_progress(session: Session | Connection, job_id: str, counters: dict[str, Any]) -> Any:
     """The value of ``progress`` with ``counters`` merged in: an SQL expression on PostgreSQL
     (``progress || :counters``, atomic under the row lock), else read under the write lock."""
-    if session.get_bind().dialect.name == "postgresql":
+    if _dialect(session) == "postgresql":
         return Job.progress.op("||")(literal(counters, type_=postgresql.JSONB))
     return {**_lock_progress(session, job_id), **counters}
 

@@ -13,12 +13,14 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from pydantic import BaseModel, ValidationError
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from common import events
@@ -28,11 +30,11 @@ from config.queues import KINDS
 from plans import service as plans
 from store import jobs as job_store
 from store import orgs
-from store.db import session_scope
+from store.db import autocommit, is_postgresql, session_scope
 from store.jobs import JobStatus, StartOutcome
 from store.models import Job
 from webhooks import service as webhooks
-from webhooks.repository import has_targets
+from webhooks.repository import LISTENING_TO_JOB, has_targets
 from workers.app import celery_app
 
 log = logging.getLogger(__name__)
@@ -114,6 +116,12 @@ class JobContext:
         if self.cancelled(min_interval):
             raise JobCancelled(self.job_id)
 
+    def reserve_seq(self) -> int:
+        """The next result item's sequence number."""
+        seq = self._next_seq
+        self._next_seq += 1
+        return seq
+
     def add_result(
         self,
         *,
@@ -123,8 +131,7 @@ class JobContext:
         content_type: str = "application/json",
         session: Session | None = None,
     ) -> int:
-        seq = self._next_seq
-        self._next_seq += 1
+        seq = self.reserve_seq()
         if session is not None:
             job_store.add_result_item(
                 session,
@@ -219,7 +226,7 @@ def create_and_enqueue(kind: str, org_id: str, payload: dict[str, Any]) -> Job:
     clean.pop("webhook", None)  # a model's WithWebhook default: kept apart, never in the input
     with session_scope() as session:
         plans.enforce_quota(session, org_id, kind, clean)  # 402 quota_exceeded
-        job = job_store.create_job(session, org_id=org_id, kind=kind, input=clean)
+        job = job_store.insert_job(session, org_id=org_id, kind=kind, input=clean)
         if hook is not None:  # stored apart, secret encrypted; never part of the job's input
             webhooks.attach_job_webhook(session, org_id, job.id, hook)
     enqueue(job.id, kind)
@@ -241,18 +248,26 @@ def _record_failure(job_id: str, code: str, message: str) -> None:
 
 def run_job(task: Task, job_id: str, handler: Handler) -> None:
     delivery_id = str(task.request.id)
-    with session_scope() as session:
-        # Losing this commit in a database crash is harmless: the message is not acked yet, so
-        # it is redelivered and the job started again. No disk flush wait.
-        job_store.relax_commit_durability(session)
-        outcome, job = job_store.start(session, job_id, delivery_id, get_settings().max_deliveries)
-        listening = job is not None and has_targets(session, job.org_id, job_id)
+    # The start is one compare-and-set statement, committed on its own. Losing it in a
+    # database crash is harmless: the message is not acked yet, so it is redelivered.
+    with autocommit() as connection:
+        outcome, job, listening = job_store.start(
+            connection,
+            job_id,
+            delivery_id,
+            get_settings().max_deliveries,
+            also=LISTENING_TO_JOB,
+        )
+    if job is not None and listening is None:  # a redelivery: ask separately
+        with session_scope() as session:
+            listening = has_targets(session, job.org_id, job_id)
     if outcome == StartOutcome.EXHAUSTED:
         events.publish("job.failed", job_id, {"code": "worker_lost"})
         return
     if job is None:
         log.info("job %s: delivery %s skipped (%s)", job_id, delivery_id, outcome)
         return
+    listening = bool(listening)
     if outcome == StartOutcome.STARTED and listening:
         events.publish("job.started", job_id)
     org_id, kind = job.org_id, job.kind
@@ -284,23 +299,24 @@ def run_job(task: Task, job_id: str, handler: Handler) -> None:
         _record_failure(job_id, "internal_error", f"Internal error: {type(exc).__name__}.")
         return
     ran_for = time.monotonic() - ctx.started_monotonic
-    with session_scope() as session:
-        if result is not None:
-            ctx.add_result(data=result, name="result", session=session)
-        won = job_store.transition(
-            session,
+    # On PostgreSQL the completion is one statement (autocommit, one round trip); elsewhere a
+    # transaction of two.
+    scope: AbstractContextManager[Session | Connection] = (
+        autocommit() if is_postgresql() else session_scope()
+    )
+    with scope as executor:
+        won = job_store.complete(
+            executor,
             job_id,
-            to=JobStatus.COMPLETED,
-            from_=[JobStatus.RUNNING],
+            result=result,
+            result_seq=ctx.reserve_seq() if result is not None else 0,
             merge_progress=ctx.take_pending_progress(),
         )
-        if not won:
-            session.rollback()
-        # A webhook registered while a longer job ran still hears of its completion.
-        listening = won and (
-            ctx.listening or (ran_for > 1.0 and has_targets(session, org_id, job_id))
-        )
-    if listening:
+    # A webhook registered while a longer job ran still hears of its completion.
+    if won and not ctx.listening and ran_for > 1.0:
+        with session_scope() as session:
+            ctx.listening = has_targets(session, org_id, job_id)
+    if won and ctx.listening:
         events.publish("job.completed", job_id)
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import exists, or_, select, tuple_
+from sqlalchemy import ColumnElement, exists, or_, select, tuple_
 from sqlalchemy.orm import Session
 
+from store.models import Job
 from webhooks.models import JobWebhook, WebhookDelivery, WebhookEndpoint
 
 
@@ -34,14 +36,25 @@ def endpoints_for_org(session: Session, org_id: str) -> Sequence[WebhookEndpoint
     return session.scalars(select(WebhookEndpoint).where(WebhookEndpoint.org_id == org_id)).all()
 
 
+def listeners(org_id: Any, job_id: Any) -> ColumnElement[bool]:
+    """SQL: does anything listen to this org's or this job's events? ``org_id``/``job_id`` may
+    be values or columns, so the check can ride inside another statement (a job's start)."""
+    endpoint = exists(select(WebhookEndpoint.id).where(WebhookEndpoint.org_id == org_id))
+    hook = exists(select(JobWebhook.job_id).where(JobWebhook.job_id == job_id))
+    return or_(endpoint, hook)
+
+
+#: For a statement over the ``jobs`` row: does a webhook listen to this job's events?
+LISTENING_TO_JOB: ColumnElement[bool] = listeners(Job.org_id, Job.id)
+
+
 def has_targets(session: Session, org_id: str, job_id: str | None) -> bool:
     """Whether anything listens to this org's (or this job's) events: one indexed query, so
     the common case of no webhooks costs a job's events almost nothing."""
-    endpoint = exists(select(WebhookEndpoint.id).where(WebhookEndpoint.org_id == org_id))
     if job_id is None:
+        endpoint = exists(select(WebhookEndpoint.id).where(WebhookEndpoint.org_id == org_id))
         return bool(session.scalar(select(endpoint)))
-    hook = exists(select(JobWebhook.job_id).where(JobWebhook.job_id == job_id))
-    return bool(session.scalar(select(or_(endpoint, hook))))
+    return bool(session.scalar(select(listeners(org_id, job_id))))
 
 
 def get_job_webhook(session: Session, job_id: str) -> JobWebhook | None:
