@@ -1,0 +1,100 @@
+"""The job hot path's store code against real PostgreSQL: one-statement start and completion,
+and pooled connections that died while idle are replaced instead of failing a job."""
+
+from __future__ import annotations
+
+import threading
+
+import psycopg
+import pytest
+from sqlalchemy import select, text
+
+from store import db
+from store import jobs as job_store
+from store.db import autocommit, session_scope
+from store.jobs import JobStatus, StartOutcome
+from store.models import Job, ResultItem
+from tests.conftest import PG_ADMIN_URL, OrgKey
+from webhooks.repository import LISTENING_TO_JOB
+
+
+def _queued(org: OrgKey) -> str:
+    with session_scope() as session:
+        return job_store.insert_job(
+            session, org_id=org.org_id, kind="diagnostics", input={"seconds": 0}
+        ).id
+
+
+def test_start_then_complete_is_one_statement_each(org: OrgKey) -> None:
+    job_id = _queued(org)
+    with autocommit() as connection:
+        outcome, job, listening = job_store.start(
+            connection, job_id, "delivery-1", 3, also=LISTENING_TO_JOB
+        )
+        assert outcome == StartOutcome.STARTED and job is not None
+        assert job.attempts == 1 and listening is False
+        # The same delivery again is a duplicate of a running job's message: skipped.
+        again, _, _ = job_store.start(connection, job_id, "delivery-2", 3, also=LISTENING_TO_JOB)
+        assert again == StartOutcome.SKIP
+        won = job_store.complete(
+            connection, job_id, result={"ok": True}, result_seq=0, merge_progress={"steps": 1}
+        )
+        assert won
+        # A second completion (or one racing a cancel) loses and writes no second result.
+        assert not job_store.complete(connection, job_id, result={"ok": 2}, result_seq=1)
+    with session_scope() as session:
+        row = session.get(Job, job_id)
+        assert row is not None and row.status == JobStatus.COMPLETED
+        assert row.progress == {"steps": 1} and row.expires_at is not None
+        items = session.scalars(select(ResultItem).where(ResultItem.job_id == job_id)).all()
+        assert [(i.seq, i.data) for i in items] == [(0, {"ok": True})]
+
+
+def test_complete_loses_to_cancel_exactly_once(org: OrgKey) -> None:
+    ids = [_queued(org) for _ in range(40)]
+    with autocommit() as connection:
+        for job_id in ids:
+            job_store.start(connection, job_id, f"d-{job_id}", 3)
+    results: dict[str, list[str]] = {job_id: [] for job_id in ids}
+
+    def finish(job_id: str) -> None:
+        with autocommit() as connection:
+            if job_store.complete(connection, job_id, result={"x": 1}, result_seq=0):
+                results[job_id].append("completed")
+
+    def cancel(job_id: str) -> None:
+        with session_scope() as session:
+            if job_store.transition(
+                session, job_id, to=JobStatus.CANCELLED, from_=[JobStatus.RUNNING]
+            ):
+                results[job_id].append("cancelled")
+
+    threads = [threading.Thread(target=f, args=(j,)) for j in ids for f in (finish, cancel)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(len(winners) == 1 for winners in results.values())
+    with session_scope() as session:
+        for job_id, winners in results.items():
+            items = session.scalars(select(ResultItem).where(ResultItem.job_id == job_id)).all()
+            assert len(items) == (1 if winners == ["completed"] else 0)
+
+
+@pytest.mark.parametrize("options", [{}, {"isolation_level": "AUTOCOMMIT"}])
+def test_a_connection_killed_while_idle_is_replaced(
+    org: OrgKey, monkeypatch: pytest.MonkeyPatch, options: dict[str, str]
+) -> None:
+    monkeypatch.setattr(db, "PING_BYPASS_SECONDS", 0.0)
+    engine = db._create_engine(**options)  # a pool of its own: the next checkout reuses it
+    try:
+        with engine.connect() as connection:
+            pid = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        # Kill that pooled connection's server process behind the pool's back.
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with engine.connect() as connection:
+            again = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        assert again != pid
+    finally:
+        engine.dispose()
