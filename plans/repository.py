@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, bindparam, func, select
+from sqlalchemy import Connection, Row, bindparam, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -43,7 +43,7 @@ _ORG_PLAN = (
 )
 
 
-def get_org_plan(session: Session, org_id: str) -> Row[Any] | None:
+def get_org_plan(session: Session | Connection, org_id: str) -> Row[Any] | None:
     """The row of :data:`_ORG_PLAN` (``org_plan`` plus the plan's columns), None if no org."""
     return session.execute(_ORG_PLAN, {"org_id": org_id}).first()
 
@@ -69,7 +69,7 @@ def count_active_jobs(
 
 
 def pages_crawled_since(
-    session: Session, org_id: str, since: datetime, kinds: Sequence[str]
+    session: Session | Connection, org_id: str, since: datetime, kinds: Sequence[str]
 ) -> int:
     """Pages crawled by the organisation's crawl jobs created since ``since`` (from progress)."""
     pages = Job.progress["pages_crawled"].as_integer()
@@ -79,7 +79,7 @@ def pages_crawled_since(
     return int(session.scalar(query) or 0)
 
 
-def get_counter(session: Session, org_id: str, period: str, metric: str) -> int:
+def get_counter(session: Session | Connection, org_id: str, period: str, metric: str) -> int:
     value = session.scalar(
         select(UsageCounter.amount).where(
             UsageCounter.org_id == org_id,

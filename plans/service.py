@@ -14,9 +14,11 @@ used of what, e.g. ``"You've used 100 / 100 pages this month."``.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from common.errors import NotFound, QuotaExceeded, ValidationFailed
@@ -132,13 +134,15 @@ def record_usage(session: Session, org_id: str, metric: str, amount: int) -> Non
     repository.add_to_counter(session, org_id, period_key(), metric, amount)
 
 
-def pages_used(session: Session, org_id: str, now: datetime | None = None) -> int:
+def pages_used(session: Session | Connection, org_id: str, now: datetime | None = None) -> int:
     start, _ = current_period(now)
     from_jobs = repository.pages_crawled_since(session, org_id, start, CRAWL_KINDS)
     return from_jobs + repository.get_counter(session, org_id, period_key(now), METRIC_PAGES)
 
 
-def gpu_seconds_used(session: Session, org_id: str, now: datetime | None = None) -> int:
+def gpu_seconds_used(
+    session: Session | Connection, org_id: str, now: datetime | None = None
+) -> int:
     return repository.get_counter(session, org_id, period_key(now), METRIC_GPU_SECONDS)
 
 
@@ -173,33 +177,68 @@ def usage_report(session: Session, org_id: str) -> UsageReport:
 UNLIMITED = 10**6
 
 
-def enforce_quota(session: Session, org_id: str, kind: str, input: Mapping[str, Any]) -> None:
+@dataclass(frozen=True)
+class OrgPlan:
+    """An organisation's plan: its name and limits."""
+
+    name: str
+    limits: PlanLimits
+
+    @property
+    def counts_concurrency(self) -> bool:
+        """Whether creating a job must count the active ones (under the org row's lock)."""
+        return self.limits.concurrent_jobs < UNLIMITED
+
+
+def org_plan(executor: Session | Connection, org_id: str) -> OrgPlan:
+    """The organisation's plan in one query; 404 when the organisation does not exist."""
+    found = repository.get_org_plan(executor, org_id)
+    if found is None:
+        raise NotFound("Organisation not found.")
+    row = found if found.name is not None else None  # no plan row: the built-in limits
+    return OrgPlan(found.org_plan, _limits_of(row, found.org_plan))
+
+
+def enforce_quota(
+    session: Session,
+    org_id: str,
+    kind: str,
+    input: Mapping[str, Any],
+    *,
+    plan: OrgPlan | None = None,
+) -> None:
     """Raise 402 ``quota_exceeded`` when creating a ``kind`` job would go over the plan.
 
     On PostgreSQL the organisation row is locked for the rest of the caller's transaction, so
-    concurrent creations for one organisation are counted one after the other.
+    concurrent creations for one organisation are counted one after the other. ``plan``: the
+    organisation's plan when the caller already read it.
     """
-    found = repository.get_org_plan(session, org_id)
-    if found is None:
-        raise NotFound("Organisation not found.")
-    plan_name = found.org_plan
-    plan = _limits_of(found if found.name is not None else None, plan_name)
-    if plan.concurrent_jobs < UNLIMITED:
+    plan = plan or org_plan(session, org_id)
+    limit = plan.limits.concurrent_jobs
+    if plan.counts_concurrency:
         # Lock the org row so concurrent creations are counted one after the other.
         repository.get_org(session, org_id, lock=True)
-        active = repository.count_active_jobs(
-            session, org_id, ACTIVE_STATUSES, at_most=plan.concurrent_jobs
-        )
-    else:
-        active = 0
-    if active >= plan.concurrent_jobs:
-        raise QuotaExceeded(
-            f"You have {active} / {plan.concurrent_jobs} concurrent jobs queued or running "
-            f"on the {plan_name} plan.",
-            details={"quota": "concurrent_jobs", "used": active, "limit": plan.concurrent_jobs},
-        )
+        active = repository.count_active_jobs(session, org_id, ACTIVE_STATUSES, at_most=limit)
+        if active >= limit:
+            raise QuotaExceeded(
+                f"You have {active} / {limit} concurrent jobs queued or running "
+                f"on the {plan.name} plan.",
+                details={"quota": "concurrent_jobs", "used": active, "limit": limit},
+            )
+    check_usage(session, org_id, plan, kind, input)
+
+
+def check_usage(
+    executor: Session | Connection,
+    org_id: str,
+    current: OrgPlan,
+    kind: str,
+    input: Mapping[str, Any],
+) -> None:
+    """The monthly metered quotas and per-job caps of ``kind`` (reads only, no lock)."""
+    plan = current.limits
     if kind in CRAWL_KINDS:
-        used = pages_used(session, org_id)
+        used = pages_used(executor, org_id)
         if used >= plan.pages_per_month:
             raise QuotaExceeded(
                 f"You've used {used} / {plan.pages_per_month} pages this month.",
@@ -219,7 +258,7 @@ def enforce_quota(session: Session, org_id: str, kind: str, input: Mapping[str, 
                 ],
             )
     if kind in GPU_KINDS:
-        used = gpu_seconds_used(session, org_id)
+        used = gpu_seconds_used(executor, org_id)
         if used >= plan.gpu_seconds_per_month:
             raise QuotaExceeded(
                 f"You've used {used} / {plan.gpu_seconds_per_month} GPU seconds this month.",

@@ -67,7 +67,9 @@ def create_job(
     return job
 
 
-def insert_job(session: Session, *, org_id: str, kind: str, input: dict[str, Any]) -> Job:
+def insert_job(
+    session: Session | Connection, *, org_id: str, kind: str, input: dict[str, Any]
+) -> Job:
     """Insert a new queued job with one Core ``INSERT`` (no unit-of-work flush) and return it
     as a detached ``Job`` holding exactly the values written: the submit hot path."""
     job = Job(

@@ -224,11 +224,20 @@ def create_and_enqueue(kind: str, org_id: str, payload: dict[str, Any]) -> Job:
     hook = webhooks.parse_job_webhook(hook_value) if hook_value is not None else None
     clean = validate_input(kind, payload)
     clean.pop("webhook", None)  # a model's WithWebhook default: kept apart, never in the input
-    with session_scope() as session:
-        plans.enforce_quota(session, org_id, kind, clean)  # 402 quota_exceeded
-        job = job_store.insert_job(session, org_id=org_id, kind=kind, input=clean)
-        if hook is not None:  # stored apart, secret encrypted; never part of the job's input
-            webhooks.attach_job_webhook(session, org_id, job.id, hook)
+    job: Job | None = None
+    with autocommit() as connection:
+        plan = plans.org_plan(connection, org_id)
+        if hook is None and not plan.counts_concurrency:
+            # Nothing to count under a lock and nothing else to write: the usage checks only
+            # read, and the job's INSERT is one statement that commits on its own.
+            plans.check_usage(connection, org_id, plan, kind, clean)  # 402 quota_exceeded
+            job = job_store.insert_job(connection, org_id=org_id, kind=kind, input=clean)
+    if job is None:
+        with session_scope() as session:
+            plans.enforce_quota(session, org_id, kind, clean, plan=plan)  # 402 quota_exceeded
+            job = job_store.insert_job(session, org_id=org_id, kind=kind, input=clean)
+            if hook is not None:  # stored apart, secret encrypted; never part of the job's input
+                webhooks.attach_job_webhook(session, org_id, job.id, hook)
     enqueue(job.id, kind)
     return job
 
