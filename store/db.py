@@ -112,6 +112,17 @@ def autocommit() -> Iterator[Connection]:
 
 
 @contextmanager
+def read_session() -> Iterator[Session]:
+    """A session for reads on the autocommit pool: each query runs alone, with no BEGIN or
+    COMMIT round trip (the polling hot path). Nothing written through it is transactional."""
+    session = Session(bind=get_autocommit_engine(), expire_on_commit=False)
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+@contextmanager
 def session_scope() -> Iterator[Session]:
     """One transaction: commits when the block succeeds, rolls back when it raises."""
     session = get_sessionmaker()()

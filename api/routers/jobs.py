@@ -17,7 +17,7 @@ from common import events
 from common.errors import NotFound
 from store import jobs as job_store
 from store import orgs
-from store.db import session_scope
+from store.db import read_session
 from store.jobs import ACTIVE, ALL_STATUSES, JobFilter, JobStatus
 from store.models import Job
 from store.orgs import Principal
@@ -63,11 +63,11 @@ def load_job(db: Session, principal: Principal, job_id: str) -> Job:
 @router.get("/{job_id}", response_model=JobOut, summary="Get a job")
 async def get_job(job_id: str, credentials: Credentials) -> Response:
     """The polling hot path: authentication, the lookup and serialisation in one worker-thread
-    hop and one short transaction, answered without a second validation pass."""
+    hop and one query (no transaction around it), answered without a second validation pass."""
 
     def load() -> bytes:
         token = credentials.credentials if credentials else ""
-        with session_scope() as session:
+        with read_session() as session:
             valid, job = (
                 orgs.job_for_key(session, token, job_id)
                 if token and len(job_id) <= 64
