@@ -34,7 +34,7 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-bench: install services
+bench: install system-deps services
 	$(PY) benchmarks/queue_overhead.py
 	$(PY) benchmarks/api_poll.py
 	$(PY) benchmarks/list_scaling.py --rows 200000
