@@ -46,6 +46,10 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
     for module in ROUTERS:
         app.include_router(importlib.import_module(module).router)
+    from api.routers.openai import DeploymentFastPath
+
+    # Innermost: completions for a deployment skip the routing (every contract middleware applies).
+    app.add_middleware(DeploymentFastPath)
     install_contract(app)  # rate limits, body limits, idempotency, CORS, OpenAPI extras
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -24,12 +24,17 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
+from sqlalchemy.orm import Session
+from starlette.requests import Request as StarletteRequest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.contract import bearer_token
 from api.deps import bearer
+from api.errors import error_response
 from api.routers.deployments import deployment_models, proxy_to_deployment
 from api.schemas import ERROR_RESPONSES
 from api.submit import accepted, submit_job
-from common.errors import NotFound, Unauthorized, Unavailable
+from common.errors import ConveyorError, NotFound, Unauthorized, Unavailable
 from config import get_settings
 from inference import relay
 from inference.errors import InferenceError, InvalidRequestError, ModelNotFoundError
@@ -46,7 +51,7 @@ from inference.schemas import (
     ModelList,
 )
 from store import orgs
-from store.db import session_scope
+from store.db import autocommit, is_postgresql, session_scope
 from store.jobs import ACTIVE
 from store.orgs import Principal
 
@@ -64,15 +69,27 @@ def short_lived_principal(
             "Missing API key: send `Authorization: Bearer <key>`.",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    with session_scope() as session:
-        principal = orgs.authenticate(session, credentials.credentials)
+    # A request the deployment fast path passed on was authenticated a moment ago: not twice.
+    verified = getattr(request.state, VERIFIED_PRINCIPAL, None)
+    principal = verified if verified is not None else _authenticate(credentials.credentials)
     if principal is None:
         raise Unauthorized("Invalid or revoked API key.", headers={"WWW-Authenticate": "Bearer"})
     request.state.principal = principal
     return principal
 
 
+def _authenticate(raw_key: str) -> Principal | None:
+    """The key's principal, read by one statement: on PostgreSQL an autocommit connection
+    (no BEGIN/COMMIT round trips around the SELECT; this runs on every request)."""
+    if not is_postgresql():
+        with session_scope() as session:
+            return orgs.authenticate(session, raw_key)
+    with autocommit() as connection:
+        return orgs.authenticate(Session(bind=connection), raw_key)
+
+
 CurrentPrincipal = Annotated[Principal, Depends(short_lived_principal)]
+VERIFIED_PRINCIPAL = "deployment_fast_path_principal"
 
 FILE_TTL_SECONDS = 24 * 3600
 
@@ -272,6 +289,92 @@ async def _relay_sse(waiter: _Waiter, first: relay.RelayEvent) -> AsyncIterator[
             # The server cancels this generator when the client leaves: shield the cancel.
             with anyio.CancelScope(shield=True):
                 await _cancel(waiter.job_id)
+
+
+# -- the deployment fast path -------------------------------------------------------------
+
+PROXIED_PATHS: dict[str, type[ChatCompletionRequest] | type[CompletionRequest]] = {
+    "/v1/chat/completions": ChatCompletionRequest,
+    "/v1/completions": CompletionRequest,
+}
+
+
+class DeploymentFastPath:
+    """ASGI: a chat or text completion whose `model` names one of the caller's deployments goes
+    straight to the proxy, without FastAPI's route matching, parameter parsing and dependency
+    resolution (together about a third of the API's CPU per proxied request).
+
+    It sits inside the contract middlewares (request id, rate limit, body limit), so they apply
+    as to any route. The key is checked against the store on every request, as the routes do,
+    and the body is validated with the route's own model. Anything else (a model that is not a
+    deployment, a missing or bad key, an invalid body, a query string) goes on to the routes,
+    which answer exactly as they would have.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        schema = PROXIED_PATHS.get(scope["path"]) if scope["type"] == "http" else None
+        token = bearer_token(scope) if schema is not None else None
+        if schema is None or token is None or scope["method"] != "POST" or scope["query_string"]:
+            await self.app(scope, receive, send)
+            return
+        body = await _read_body(receive)
+        if body is None:
+            return  # the client went away
+        replay = _replay(body, receive)
+        try:
+            model = schema.model_validate_json(body).model
+        except ValidationError:
+            await self.app(scope, replay, send)  # the route answers 400/422
+            return
+        principal = await run_in_threadpool(_authenticate, token)
+        if principal is None:
+            await self.app(scope, replay, send)  # the route answers 401
+            return
+        scope.setdefault("state", {})["principal"] = principal
+        try:
+            response = await proxy_to_deployment(principal, model, scope["path"], body)
+        except ConveyorError as exc:
+            response = error_response(
+                StarletteRequest(scope),
+                exc.status_code,
+                exc.code,
+                exc.message,
+                exc.details,
+                exc.headers,
+            )
+        if response is None:  # not a deployment: the inference route, already authenticated
+            scope["state"][VERIFIED_PRINCIPAL] = principal
+            await self.app(scope, replay, send)
+            return
+        await response(scope, replay, send)
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, then: Receive) -> Receive:
+    """The body read ahead, then the server's receive (a stream still hears a disconnect)."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await then()
+
+    return receive
 
 
 AsyncFlag = Annotated[bool, Query(alias="async", description="Answer 202 with the job.")]
