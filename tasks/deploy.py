@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import redis
@@ -198,7 +199,12 @@ def _scale_down_if_idle(session: Session, dep: Deployment, idle_limit_s: float) 
 
 
 def _redis() -> redis.Redis:
-    return redis.Redis.from_url(get_settings().resolved_redis_url())
+    return _redis_for(get_settings().resolved_redis_url())
+
+
+@lru_cache(maxsize=4)
+def _redis_for(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=5.0)
 
 
 @worker_process_shutdown.connect
