@@ -355,3 +355,50 @@ def test_templates_list_the_configured_catalogue(client: Any, org: Any) -> None:
     assert templates["tiny"]["runtime"] == "transformers"
     assert templates["tiny"]["default_gpu_count"] == 0
     assert client.get("/v1/models/templates").status_code == 401
+
+
+def test_proxied_completions_keep_the_contract(client: Any, org: Any) -> None:
+    """The proxy's fast path checks the key on every request (revocation is immediate),
+    validates the body like the route, spreads requests over replicas, and leaves everything
+    that is not a deployment's request to the routes."""
+    dep = create(client, org, name="gate", replicas={"min": 2, "max": 2})
+    wait_status(client, dep["id"], org.headers, ("running",))
+    key = client.post("/v1/keys", json={"name": "proxy"}, headers=org.headers).json()
+    headers = {"Authorization": f"Bearer {key['key']}"}
+    chat = {"model": "gate", "messages": [{"role": "user", "content": "hi"}]}
+
+    answers = [client.post("/v1/chat/completions", json=chat, headers=headers) for _ in range(4)]
+    assert all(a.status_code == 200 for a in answers), answers[0].text
+    assert answers[0].headers["X-RateLimit-Limit"] and answers[0].headers["X-Request-ID"]
+    assert len({a.json()["choices"][0]["message"]["content"] for a in answers}) == 2
+    completion = client.post(
+        "/v1/completions", json={"model": "gate", "prompt": "hi"}, headers=headers
+    )
+    assert completion.status_code == 200 and completion.json()["choices"][0]["text"]
+    with_query = client.post("/v1/chat/completions?async=false", json=chat, headers=headers)
+    assert with_query.status_code == 200  # the route proxies too
+
+    invalid = client.post(
+        "/v1/chat/completions", json={"model": "gate", "messages": "hi"}, headers=headers
+    )
+    assert invalid.status_code == 422
+    assert invalid.json()["error"]["code"] == "validation_error"
+    malformed = client.post(
+        "/v1/chat/completions",
+        content=b'{"model": "gate",',
+        headers={**headers, "Content-Type": "application/json"},
+    )
+    assert malformed.status_code == 400
+    unknown = client.post(
+        "/v1/chat/completions", json={**chat, "model": "no-such-model"}, headers=headers
+    )
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
+    bad_key = client.post(
+        "/v1/chat/completions", json=chat, headers={"Authorization": "Bearer cvy_live_nope"}
+    )
+    assert bad_key.status_code == 401
+
+    assert client.delete(f"/v1/keys/{key['id']}", headers=org.headers).status_code == 204
+    revoked = client.post("/v1/chat/completions", json=chat, headers=headers)
+    assert revoked.status_code == 401  # on the very next request
+    assert revoked.json()["error"]["code"] == "unauthorized"
