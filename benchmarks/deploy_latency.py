@@ -1,22 +1,42 @@
 """Deploy latency: `POST /v1/deployments` → first successful completion through Conveyor (local
 backend, a real deploy worker and API server) vs starting the same model server process directly
 and waiting for its first completion. Then the proxy overhead: completions/s through Conveyor's
-`/v1/completions` (model = the deployment's name) vs straight to the deployment's endpoint,
-same concurrency, same run.
+`/v1/completions` (model = the deployment's name, proxied to its replica) vs straight to the
+deployment's endpoint (the same replica process), same concurrency, same run.
 
-    .venv/bin/python benchmarks/deploy_latency.py [--concurrency 8] [--duration 10]
+    .venv/bin/python benchmarks/deploy_latency.py [--concurrency 8] [--duration 5] [--rounds 3]
+        [--client auto|wrk|httpx] [--replica-threads 1]
+
+Method of the proxy comparison (this machine has 2 cores, shared by the load generator, the API
+and the replica): the load generator is `wrk` (C, one thread, a Lua script that POSTs the same
+JSON body) when it is installed (`apt-get install wrk`), else an asyncio httpx client in this
+process, which costs the server side far more CPU; the same tool, concurrency and body serve both
+ways, in alternating slices of `--duration` seconds (`--rounds` of each), and the ratio is of the
+summed completions/s. The replica runs with `OMP_NUM_THREADS=--replica-threads` (default 1, set
+through the deployment's env, so both ways hit the same replica with the same setting): with
+torch's default of one thread per core its spinning intra-op threads burn a second core for no
+throughput on this tiny model, which on 2 cores is the core the proxy needs. `--replica-threads
+0` leaves torch's default.
 
 Needs PostgreSQL and Redis on 127.0.0.1; builds a tiny model (no download). Targets: startup
-ratio ≤ 1.2, proxy throughput ratio ≥ 0.9. Last line: ``ratio=<startup conveyor ÷ direct>``.
+ratio ≤ 1.2, proxy throughput ratio ≥ 0.9. Prints the load average before and after. Last
+lines: ``proxy_ratio=<proxied ÷ direct>`` and ``ratio=<startup conveyor ÷ direct>``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
+import re
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -47,7 +67,7 @@ def first_completion(url: str, headers: dict[str, str], model: str, timeout: flo
     raise TimeoutError(f"no completion from {url} within {timeout} s")
 
 
-def direct_startup(bench: harness.Bench, model_dir: Path, run: int) -> float:
+def direct_startup(bench: harness.Bench, model_dir: Path, run: int, env: dict[str, str]) -> float:
     port = harness.free_port()
     started = time.monotonic()
     proc = bench.start(
@@ -61,6 +81,7 @@ def direct_startup(bench: harness.Bench, model_dir: Path, run: int) -> float:
             "--port",
             str(port),
         ],
+        env,
     )
     try:
         done = first_completion(f"http://127.0.0.1:{port}/v1/completions", {}, "tiny", 300)
@@ -69,10 +90,17 @@ def direct_startup(bench: harness.Bench, model_dir: Path, run: int) -> float:
     return done - started
 
 
-async def throughput(
+@dataclass(frozen=True)
+class Load:
+    rps: float
+    p50_ms: float
+    requests: int
+    errors: int
+
+
+async def _httpx_load(
     url: str, headers: dict[str, str], model: str, concurrency: int, duration: float
-) -> tuple[float, list[float]]:
-    """Completions per second and latencies (ms) with `concurrency` clients for `duration`."""
+) -> Load:
     latencies: list[float] = []
     errors = 0
     stop_at = time.monotonic() + duration
@@ -92,9 +120,71 @@ async def throughput(
         began = time.monotonic()
         await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
         elapsed = time.monotonic() - began
-    if errors:
-        harness.log(f"  {errors} failed requests to {url}")
-    return len(latencies) / elapsed, latencies
+    return Load(
+        len(latencies) / elapsed,
+        statistics.median(latencies) if latencies else float("nan"),
+        len(latencies),
+        errors,
+    )
+
+
+def httpx_load(
+    url: str, headers: dict[str, str], model: str, concurrency: int, duration: float
+) -> Load:
+    return asyncio.run(_httpx_load(url, headers, model, concurrency, duration))
+
+
+_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def wrk_load(
+    url: str, headers: dict[str, str], model: str, concurrency: int, duration: float
+) -> Load:
+    """`wrk` POSTing the same JSON body on `concurrency` keep-alive connections (one thread)."""
+    lines = [
+        'wrk.method = "POST"',
+        f"wrk.body = {json.dumps(json.dumps({'model': model, **PROMPT}))}",
+    ]
+    for name, value in {"Content-Type": "application/json", **headers}.items():
+        lines.append(f"wrk.headers[{json.dumps(name)}] = {json.dumps(value)}")
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write("\n".join(lines) + "\n")
+    try:
+        cmd = ["wrk", "-t", "1", "-c", str(concurrency), "-d", f"{duration:g}s", "--latency"]
+        out = subprocess.run(
+            [*cmd, "-s", script.name, url], capture_output=True, text=True, check=True
+        ).stdout
+    finally:
+        os.unlink(script.name)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    total = re.search(r"(\d+) requests in", out)
+    p50 = re.search(r"^\s+50%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    if not (rps and total and p50):
+        raise RuntimeError(f"unparsed wrk output:\n{out}")
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    errors = int(non2xx.group(1)) if non2xx else 0
+    if socket_errors:
+        errors += sum(int(n) for n in re.findall(r"\d+", socket_errors.group(1)))
+    good = int(total.group(1)) - errors
+    # Errors are not completions: count only the good answers.
+    rate = float(rps.group(1)) * good / max(int(total.group(1)), 1)
+    return Load(rate, float(p50.group(1)) * _UNIT_MS[p50.group(2)], good, errors)
+
+
+def listening_pid(port: int) -> int:
+    """The process listening on a local TCP port (the deployment's replica)."""
+    import psutil
+
+    for conn in psutil.net_connections("tcp"):
+        if conn.laddr and conn.laddr.port == port and conn.status == "LISTEN" and conn.pid:
+            return int(conn.pid)
+    raise RuntimeError(f"no process listens on port {port}")
+
+
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} ({os.cpu_count()} cores)"
 
 
 def delete(api_url: str, headers: dict[str, str], dep_id: str) -> None:
@@ -112,7 +202,17 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per slice")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--client", choices=["auto", "wrk", "httpx"], default="auto")
+    parser.add_argument(
+        "--replica-threads", type=int, default=1, help="OMP_NUM_THREADS of the replica; 0: default"
+    )
     args = parser.parse_args()
+    client = args.client
+    if client == "auto":
+        client = "wrk" if shutil.which("wrk") else "httpx"
+    load = wrk_load if client == "wrk" else httpx_load
+    replica_env = {"OMP_NUM_THREADS": str(args.replica_threads)} if args.replica_threads else {}
+    load_before = load_average()
 
     with harness.services() as bench:
         from inference.testing import build_tiny_model
@@ -158,12 +258,12 @@ def main() -> None:
         dep_ids: list[str] = []
         for run in range(1, args.rounds + 1):
             harness.log(f"round {run}: direct start of the model server …")
-            direct.append(direct_startup(bench, model_dir, run))
+            direct.append(direct_startup(bench, model_dir, run, replica_env))
             harness.log(f"  {direct[-1]:.2f} s; POST /v1/deployments → first completion …")
             began = time.monotonic()
             created = httpx.post(
                 f"{api_url}/v1/deployments",
-                json={"name": f"bench-{run}", "model": "tiny"},
+                json={"name": f"bench-{run}", "model": "tiny", "env": replica_env},
                 headers=org.headers,
                 timeout=30,
             )
@@ -180,30 +280,41 @@ def main() -> None:
         dep_id, name = dep_ids[-1], f"bench-{args.rounds}"
         dep = httpx.get(f"{api_url}/v1/deployments/{dep_id}", headers=org.headers).json()
         endpoint = dep["endpoint"]
+        replica_pid = listening_pid(int(endpoint.rsplit(":", 1)[1]))
         harness.log(
-            f"proxy overhead: {args.concurrency} clients, {args.rounds} alternating slices of "
-            f"{args.duration:g} s each way …"
+            f"proxy overhead ({client}): {args.concurrency} connections, {args.rounds} "
+            f"alternating slices of {args.duration:g} s each way …"
         )
-        direct_done = proxied_done = 0.0
-        direct_lat: list[float] = []
-        proxied_lat: list[float] = []
+        direct_loads: list[Load] = []
+        proxied_loads: list[Load] = []
+        cpu = {"direct": [0.0, 0.0], "proxied": [0.0, 0.0]}  # API s, replica s
         for _ in range(args.rounds):
-            rate, lat = asyncio.run(
-                throughput(f"{endpoint}/v1/completions", {}, name, args.concurrency, args.duration)
+            for way, url, headers, loads in (
+                ("direct", f"{endpoint}/v1/completions", {}, direct_loads),
+                ("proxied", f"{api_url}/v1/completions", org.headers, proxied_loads),
+            ):
+                before = (harness.cpu_seconds(api.pid), harness.cpu_seconds(replica_pid))
+                loads.append(load(url, headers, name, args.concurrency, args.duration))
+                cpu[way][0] += harness.cpu_seconds(api.pid) - before[0]
+                cpu[way][1] += harness.cpu_seconds(replica_pid) - before[1]
+            harness.log(
+                f"  direct {direct_loads[-1].rps:.1f}/s, proxied {proxied_loads[-1].rps:.1f}/s"
             )
-            direct_done += rate
-            direct_lat += lat
-            rate, lat = asyncio.run(
-                throughput(
-                    f"{api_url}/v1/completions", org.headers, name, args.concurrency, args.duration
-                )
-            )
-            proxied_done += rate
-            proxied_lat += lat
-        direct_rps, proxied_rps = direct_done / args.rounds, proxied_done / args.rounds
-        direct_p50 = statistics.median(direct_lat)
-        proxied_p50 = statistics.median(proxied_lat)
+        for way, loads in (("direct", direct_loads), ("proxied", proxied_loads)):
+            failed = sum(x.errors for x in loads)
+            if failed:
+                harness.log(f"  {failed} failed requests {way}")
+        direct_rps = statistics.fmean(x.rps for x in direct_loads)
+        proxied_rps = statistics.fmean(x.rps for x in proxied_loads)
+        direct_p50 = statistics.median(x.p50_ms for x in direct_loads)
+        proxied_p50 = statistics.median(x.p50_ms for x in proxied_loads)
+        completed = {
+            "direct": sum(x.requests for x in direct_loads),
+            "proxied": sum(x.requests for x in proxied_loads),
+        }
+        cpu_ms = {way: [t / max(completed[way], 1) * 1000 for t in cpu[way]] for way in cpu}
         delete(api_url, org.headers, dep_id)
+    load_after = load_average()
 
     startup_ratio = conveyor_startup / direct_startup_s
     proxy_ratio = proxied_rps / direct_rps
@@ -219,6 +330,13 @@ def main() -> None:
     print(
         f"proxy    conveyor       : {proxied_rps:7.1f} completions/s  p50 {proxied_p50:.1f} ms"
         f"  ratio {proxy_ratio:.2f} (target ≥ 0.9)"
+    )
+    threads = args.replica_threads or "torch default"
+    print(f"proxy    load generator: {client}, replica OMP_NUM_THREADS: {threads}")
+    print(f"machine  before: {load_before}; after: {load_after}")
+    print(
+        f"proxy    CPU per completion: replica {cpu_ms['direct'][1]:.2f} ms direct, "
+        f"{cpu_ms['proxied'][1]:.2f} ms proxied; API {cpu_ms['proxied'][0]:.2f} ms proxied"
     )
     print(f"proxy_ratio={proxy_ratio:.3f}")
     print(f"ratio={startup_ratio:.3f}")
