@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from config import get_settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -100,6 +104,21 @@ def reset_engine() -> None:
             factory().dispose(close=False)
         factory.cache_clear()
     get_sessionmaker.cache_clear()
+
+
+def retry_on_disconnect(work: Callable[[], T], *, attempts: int = 2) -> T:
+    """Run ``work`` (which opens its own connection) again when its connection turned out to
+    be dead (a PostgreSQL restart inside the ping bypass window): SQLAlchemy has then already
+    invalidated the pool, so the next try connects afresh. Only for work that is safe to
+    repeat, such as one compare-and-set statement."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return work()
+        except DBAPIError as exc:
+            if not exc.connection_invalidated or attempt == attempts:
+                raise
+            log.warning("database connection lost; retrying once on a new connection")
+    raise AssertionError("unreachable")
 
 
 @contextmanager

@@ -30,8 +30,8 @@ from config.queues import KINDS
 from plans import service as plans
 from store import jobs as job_store
 from store import orgs
-from store.db import autocommit, is_postgresql, session_scope
-from store.jobs import JobStatus, StartOutcome
+from store.db import autocommit, is_postgresql, retry_on_disconnect, session_scope
+from store.jobs import JobStatus, StartedJob, StartOutcome
 from store.models import Job
 from webhooks import service as webhooks
 from webhooks.repository import LISTENING_TO_JOB, has_targets
@@ -257,16 +257,20 @@ def _record_failure(job_id: str, code: str, message: str) -> None:
 
 def run_job(task: Task, job_id: str, handler: Handler) -> None:
     delivery_id = str(task.request.id)
-    # The start is one compare-and-set statement, committed on its own. Losing it in a
-    # database crash is harmless: the message is not acked yet, so it is redelivered.
-    with autocommit() as connection:
-        outcome, job, listening = job_store.start(
-            connection,
-            job_id,
-            delivery_id,
-            get_settings().max_deliveries,
-            also=LISTENING_TO_JOB,
-        )
+
+    # The start is one compare-and-set statement, committed on its own (durably); a connection
+    # found dead is replaced and the statement tried once more.
+    def start() -> tuple[StartOutcome, StartedJob | None, Any]:
+        with autocommit() as connection:
+            return job_store.start(
+                connection,
+                job_id,
+                delivery_id,
+                get_settings().max_deliveries,
+                also=LISTENING_TO_JOB,
+            )
+
+    outcome, job, listening = retry_on_disconnect(start)
     if job is not None and listening is None:  # a redelivery: ask separately
         with session_scope() as session:
             listening = has_targets(session, job.org_id, job_id)
@@ -310,17 +314,20 @@ def run_job(task: Task, job_id: str, handler: Handler) -> None:
     ran_for = time.monotonic() - ctx.started_monotonic
     # On PostgreSQL the completion is one statement (autocommit, one round trip); elsewhere a
     # transaction of two.
-    scope: AbstractContextManager[Session | Connection] = (
-        autocommit() if is_postgresql() else session_scope()
-    )
-    with scope as executor:
-        won = job_store.complete(
-            executor,
-            job_id,
-            result=result,
-            result_seq=ctx.reserve_seq() if result is not None else 0,
-            merge_progress=ctx.take_pending_progress(),
+    pending = ctx.take_pending_progress()
+    seq = ctx.reserve_seq() if result is not None else 0
+
+    def complete() -> bool:
+        # On PostgreSQL one statement (autocommit, one round trip); elsewhere a transaction.
+        scope: AbstractContextManager[Session | Connection] = (
+            autocommit() if is_postgresql() else session_scope()
         )
+        with scope as executor:
+            return job_store.complete(
+                executor, job_id, result=result, result_seq=seq, merge_progress=pending
+            )
+
+    won = retry_on_disconnect(complete)
     # A webhook registered while a longer job ran still hears of its completion.
     if won and not ctx.listening and ran_for > 1.0:
         with session_scope() as session:

@@ -3,6 +3,7 @@ and pooled connections that died while idle are replaced instead of failing a jo
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import psycopg
@@ -98,3 +99,42 @@ def test_a_connection_killed_while_idle_is_replaced(
         assert again != pid
     finally:
         engine.dispose()
+
+
+def test_a_job_survives_its_pooled_connections_dying_inside_the_bypass_window(
+    org: OrgKey, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No ping (the connections were used a moment ago), the server side of every pooled
+    connection killed: start and completion reconnect and the job completes."""
+    import types
+
+    from tasks import runner
+
+    monkeypatch.setattr(db, "PING_BYPASS_SECONDS", 3600.0)
+    job_id = _queued(org)
+    with autocommit() as connection:  # make sure the autocommit pool holds a connection
+        connection.execute(text("SELECT 1"))
+
+    def kill_pooled() -> None:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                (db.get_engine().url.database,),
+            )
+
+    def handler(ctx: runner.JobContext) -> dict[str, int]:
+        kill_pooled()  # again between start and completion
+        return {"done": 1}
+
+    kill_pooled()
+    task = types.SimpleNamespace(request=types.SimpleNamespace(id="delivery-x"))
+    with caplog.at_level(logging.WARNING, logger="store.db"):
+        runner.run_job(task, job_id, handler)
+    # At least the start met a dead connection (the completion may draw one the pool already
+    # knew to replace, depending on which pooled connection it gets).
+    assert any("connection lost" in r.getMessage() for r in caplog.records)
+    url = db.get_engine().url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(url) as check:
+        row = check.execute("SELECT status, attempts FROM jobs WHERE id = %s", (job_id,)).fetchone()
+    assert row == (JobStatus.COMPLETED, 1)
