@@ -224,12 +224,17 @@ def create_and_enqueue(kind: str, org_id: str, payload: dict[str, Any]) -> Job:
     hook = webhooks.parse_job_webhook(hook_value) if hook_value is not None else None
     clean = validate_input(kind, payload)
     clean.pop("webhook", None)  # a model's WithWebhook default: kept apart, never in the input
+
+    def read_plan() -> plans.OrgPlan:
+        with autocommit() as connection:
+            return plans.org_plan(connection, org_id)
+
+    plan = retry_on_disconnect(read_plan)  # a dead pooled connection fails here, harmlessly
     job: Job | None = None
-    with autocommit() as connection:
-        plan = plans.org_plan(connection, org_id)
-        if hook is None and not plan.counts_concurrency:
-            # Nothing to count under a lock and nothing else to write: the usage checks only
-            # read, and the job's INSERT is one statement that commits on its own.
+    if hook is None and not plan.counts_concurrency:
+        # Nothing to count under a lock and nothing else to write: the usage checks only
+        # read, and the job's INSERT is one statement that commits on its own.
+        with autocommit() as connection:
             plans.check_usage(connection, org_id, plan, kind, clean)  # 402 quota_exceeded
             job = job_store.insert_job(connection, org_id=org_id, kind=kind, input=clean)
     if job is None:
