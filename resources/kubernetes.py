@@ -10,8 +10,10 @@ offline against the Kubernetes schemas and the CNPG CRD schema (tests).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 from resources.schemas import parse_cron
@@ -29,6 +31,44 @@ class ObjectStore:
     destination_path: str  # s3://bucket/prefix
     endpoint_url: str
     credentials_secret: str  # keys ACCESS_KEY_ID / ACCESS_SECRET_KEY
+
+
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
+_SUFFIX = {
+    **{s: 1024 ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+    **{s: 1000 ** (i + 1) for i, s in enumerate(("k", "M", "G", "T", "P", "E"))},
+}
+
+
+def parse_quantity(quantity: str) -> int:
+    """Bytes of a Kubernetes storage quantity (``3072Mi``, ``1Gi``, ``500M``, ``1073741824``),
+    rounded up. Exponent and milli forms are not storage sizes anyone writes: ValueError."""
+    match = _QUANTITY.match(str(quantity).strip())
+    if match is None:
+        raise ValueError(f"not a storage quantity: {quantity!r}")
+    number, suffix = match.groups()
+    value = Decimal(number) * _SUFFIX.get(suffix or "", 1)
+    return int(value.to_integral_value(rounding=ROUND_CEILING))
+
+
+def redis_bytes(size: str) -> int:
+    """Bytes of a redis memory size as our limits give it (``64mb``, ``1gb``, ``512kb`` or
+    plain bytes; redis counts kb/mb/gb in powers of 1024)."""
+    match = re.match(r"^([0-9]+)(kb|mb|gb)?$", size.strip().lower())
+    if match is None:
+        raise ValueError(f"not a redis memory size: {size!r}")
+    return int(match.group(1)) * {"kb": 2**10, "mb": 2**20, "gb": 2**30}.get(match.group(2), 1)
+
+
+def redis_container_memory(maxmemory: str) -> dict[str, dict[str, str]]:
+    """The Redis container's memory: ``maxmemory`` for the data plus 64Mi for the server
+    itself requested, twice the data (a BGSAVE fork copies pages on write) plus that as the
+    limit, so a snapshot under write load is not OOM-killed."""
+    data_mi = -(-redis_bytes(maxmemory) // 2**20)
+    return {
+        "requests": {"memory": f"{data_mi + 64}Mi"},
+        "limits": {"memory": f"{2 * data_mi + 64}Mi"},
+    }
 
 
 def _meta(name: str, namespace: str, resource_id: str) -> dict[str, Any]:
@@ -213,10 +253,14 @@ def redis_statefulset(
     storage: str,
     acl_secret: str,
     maxmemory: str,
+    maxmemory_policy: str = "noeviction",
     acl_checksum: str = "",
 ) -> list[Manifest]:
     """Headless Service + StatefulSet (one replica, RDB on a PVC deleted with the set, ACL
-    users from a Secret; a changed ``acl_checksum`` restarts the pod to load new users)."""
+    users from a Secret; a changed ``acl_checksum`` restarts the pod to load new users).
+    ``maxmemory``/``maxmemory_policy`` are server arguments and size the container's memory
+    (``redis_container_memory``): changing them rolls the pod, which saves its RDB on the
+    way down and loads it on the way up."""
     meta = _meta(name, namespace, resource_id)
     selector = {"conveyor.dev/resource": resource_id}
     service = {
@@ -261,7 +305,10 @@ def redis_statefulset(
                                 "3600 1 300 100",
                                 "--maxmemory",
                                 maxmemory,
+                                "--maxmemory-policy",
+                                maxmemory_policy,
                             ],
+                            "resources": redis_container_memory(maxmemory),
                             "ports": [{"containerPort": 6379, "name": "redis"}],
                             "readinessProbe": probe,
                             "livenessProbe": probe,

@@ -345,6 +345,9 @@ def patch(session: Session, res: Resource, body: ResourcePatch) -> tuple[Resourc
         _check_limits(res.type, res.tier, asked)
         previous = dict(res.limits or {})
         new = {**previous, **asked}
+        check = getattr(backend_of(res), "check_limits", None)
+        if new != previous and check is not None and res.state:
+            check(dict(res.state), new)  # e.g. a Kubernetes volume asked to shrink → 422
         if new != previous:
             if res.status not in ("ready", "degraded"):
                 raise Conflict(f"Resource {res.id} is {res.status}; change its limits once ready.")
@@ -467,10 +470,21 @@ def _remove_backup_files(backup: ResourceBackup) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def _drop_backup(session: Session, backup: ResourceBackup) -> None:
+    """A backup's files, and the backend's own record of it where it keeps one (the CNPG
+    ``Backup`` object on Kubernetes: the backend's ``delete_backup`` hook). Raises when the
+    backend could not delete it, so the backup is not marked deleted."""
+    res = repository.get_any(session, backup.resource_id)
+    drop = getattr(backend_of(res), "delete_backup", None) if res is not None else None
+    if drop is not None:
+        drop(backup.resource_id, backup.id)
+    _remove_backup_files(backup)
+
+
 def delete_backup(session: Session, backup: ResourceBackup) -> None:
     if backup.status in ("pending", "running"):
         raise Conflict(f"Backup {backup.id} is {backup.status}; delete it once it has finished.")
-    _remove_backup_files(backup)
+    _drop_backup(session, backup)
     backup.deleted_at = utcnow()
 
 
@@ -985,9 +999,15 @@ def expire_backups(session: Session, now: datetime) -> int:
     expired = list(repository.expired_backups(session, now))
     for resource_id, keep in repository.over_backup_count(session):
         expired += list(repository.completed_backups(session, resource_id))[:-keep]
+    dropped = 0
     for backup in expired:
-        _remove_backup_files(backup)
+        try:
+            _drop_backup(session, backup)
+        except Exception:  # kept (not marked deleted): the next run tries again
+            log.exception("deleting expired backup %s failed", backup.id)
+            continue
         backup.deleted_at = now
+        dropped += 1
     session.flush()
     for resource_id in sorted({b.resource_id for b in expired}):
         res = repository.get_any(session, resource_id)
@@ -998,7 +1018,7 @@ def expire_backups(session: Session, now: datetime) -> int:
                 if b.method == PITR_BACKUP_METHOD
             ]
             backend_of(res).prune_archive(handle_of(res), kept)
-    return len(expired)
+    return dropped
 
 
 def check_archiving(session_factory: Any) -> Outcome:
@@ -1069,7 +1089,10 @@ def check_usage_of(session_factory: Any, resource_id: str) -> Outcome:
         usage = getattr(backend, "usage_bytes", None)
         if limit is None or usage is None:
             return Outcome()
-        used = int(usage(handle))
+        measured = usage(handle)
+        if measured is None:  # unknown (e.g. a Kubernetes volume no pod mounts): no verdict
+            return Outcome()
+        used = int(measured)
         over = used > int(limit)
         if hasattr(backend, "set_read_only"):
             backend.set_read_only(handle, over)

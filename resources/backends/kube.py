@@ -11,7 +11,16 @@ operation applies its objects, then polls the one object that tells when it is d
 ``Cluster``/``Backup``, the StatefulSet, the PVC) until it is ready, failed (its reason becomes
 the resource's ``status_reason``) or past ``kube_ready_timeout_s``. A failed provision removes
 what it created. Conveyor's beat schedules backups (every backup is verified), so no CNPG
-``ScheduledBackup`` is created for its resources.
+``ScheduledBackup`` is created for its resources; deleting a Conveyor backup deletes its CNPG
+``Backup`` object (``delete_backup``).
+
+Limits (``apply_limits``): a Cluster's ``max_connections`` and ``spec.storage.size`` and a
+claim's storage request are merge-patched, a Redis StatefulSet is re-applied with its new
+``maxmemory``/policy and container memory. Storage only grows: a smaller ``size_bytes`` is
+refused (``check_limits`` on the PATCH: 422; the job re-checks against the live object).
+Usage (``usage_bytes``) is the kubelet's ``usedBytes`` for the claim's volume, read through the
+API server's node proxy; None (unknown: the usage check gives no verdict) while no running pod
+mounts the claim or its kubelet has no stats yet. Nothing here execs into a pod.
 """
 
 from __future__ import annotations
@@ -48,6 +57,7 @@ LABEL = "conveyor.dev/resource"
 _KINDS = {  # kind → (apiVersion, plural)
     "Secret": ("v1", "secrets"),
     "Service": ("v1", "services"),
+    "Pod": ("v1", "pods"),
     "PersistentVolumeClaim": ("v1", "persistentvolumeclaims"),
     "StatefulSet": ("apps/v1", "statefulsets"),
     "Cluster": (manifests.CNPG, "clusters"),
@@ -65,6 +75,23 @@ def _group_path(api_version: str) -> str:
 def quantity(size_bytes: int | None, default: str = DEFAULT_STORAGE) -> str:
     """A storage request from a byte limit, rounded up to whole MiB."""
     return f"{math.ceil(size_bytes / 2**20)}Mi" if size_bytes else default
+
+
+def grown_storage(what: str, current: str, size_bytes: int | None) -> str:
+    """The storage request a new ``size_bytes`` limit asks of ``what`` (now ``current``): the
+    same when unset or equal, the larger one when it grows. A persistent volume cannot
+    shrink, so a smaller one is refused (NotSupported: 422 on the PATCH, a failed job past
+    it) rather than left half-applied."""
+    if not size_bytes:
+        return current
+    wanted = quantity(size_bytes)
+    have, want = manifests.parse_quantity(current), manifests.parse_quantity(wanted)
+    if want < have:
+        raise NotSupported(
+            f"size_bytes {size_bytes} asks {what} to shrink from {current} ({have} bytes) to "
+            f"{wanted}; a Kubernetes volume can only grow. Keep size_bytes at {have} or more."
+        )
+    return current if want == have else wanted
 
 
 class KubernetesResources:
@@ -110,6 +137,18 @@ class KubernetesResources:
             query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
             body=manifest,
             content_type="application/apply-patch+yaml",
+        )
+
+    def merge_patch(self, kind: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """A JSON merge patch of a few fields of a live object (what a limits change does to
+        objects whose full manifest depends on how they were made, like a recovered
+        Cluster)."""
+        return self._call(
+            "PATCH",
+            self._path(kind, name),
+            query=[("fieldManager", FIELD_MANAGER)],
+            body=patch,
+            content_type="application/merge-patch+json",
         )
 
     def get(self, kind: str, name: str) -> dict[str, Any] | None:
@@ -188,10 +227,15 @@ class KubernetesResources:
             return "failed", "the Cluster object is gone"
         return manifests.cluster_status(obj)
 
+    @classmethod
+    def backup_name(cls, resource_id: str, backup_id: str) -> str:
+        return f"{cls.cluster_name(resource_id)}-{backup_id.removeprefix('bkp_').replace('_', '-')}"
+
     def backup_postgres(self, resource_id: str, backup_id: str) -> str:
-        cluster = self.cluster_name(resource_id)
-        name = f"{cluster}-{backup_id.removeprefix('bkp_').replace('_', '-')}"
-        self.apply(manifests.backup(name, self.namespace, resource_id, cluster))
+        name = self.backup_name(resource_id, backup_id)
+        self.apply(
+            manifests.backup(name, self.namespace, resource_id, self.cluster_name(resource_id))
+        )
         return name
 
     def observe_backup(self, name: str) -> tuple[str, str | None]:
@@ -244,7 +288,15 @@ class KubernetesResources:
     def redis_name(resource_id: str) -> str:
         return f"redis-{resource_id.removeprefix('res_').replace('_', '-')}"
 
-    def provision_redis(self, resource_id: str, *, storage: str, acl: str, maxmemory: str) -> None:
+    def provision_redis(
+        self,
+        resource_id: str,
+        *,
+        storage: str,
+        acl: str,
+        maxmemory: str,
+        maxmemory_policy: str = "noeviction",
+    ) -> None:
         name = self.redis_name(resource_id)
         checksum = hashlib.sha256(acl.encode()).hexdigest()[:16]
         service, statefulset = manifests.redis_statefulset(
@@ -254,6 +306,7 @@ class KubernetesResources:
             storage=storage,
             acl_secret=f"{name}-acl",
             maxmemory=maxmemory,
+            maxmemory_policy=maxmemory_policy,
             acl_checksum=checksum,
         )
         secret = manifests.credentials_secret(
@@ -304,6 +357,43 @@ class KubernetesResources:
         if phase == "Lost":
             return "failed", "the claim lost its volume (phase Lost)"
         return "ready", None
+
+    def claim_usage(self, claim: str) -> int | None:
+        """Bytes used on the volume of PersistentVolumeClaim ``claim``, as the kubelet of the
+        node that mounts it reports them (``/api/v1/nodes/{node}/proxy/stats/summary``, the
+        ``usedBytes`` of the pod volume whose ``pvcRef`` is the claim; RBAC: ``get`` on
+        ``nodes/proxy``). Nothing runs inside the pod. None when it cannot be known: no running
+        pod mounts the claim (an unbound or idle volume), the node is gone, or its kubelet has
+        no stats for the volume yet. Other API errors raise."""
+        running = [("fieldSelector", "status.phase=Running")]
+        pods = self._call("GET", self._path("Pod"), query=running).get("items") or []
+        for pod in pods:
+            node = (pod.get("spec") or {}).get("nodeName")
+            mounts = {
+                (v.get("persistentVolumeClaim") or {}).get("claimName")
+                for v in (pod.get("spec") or {}).get("volumes") or []
+            }
+            if node and claim in mounts:
+                break
+        else:
+            return None
+        try:
+            summary = self._call("GET", f"/api/v1/nodes/{node}/proxy/stats/summary")
+        except ApiException:  # 404: the node went away since the pod list
+            return None
+        name = pod["metadata"]["name"]
+        for stats in summary.get("pods") or []:
+            ref = stats.get("podRef") or {}
+            if ref.get("name") != name or ref.get("namespace") != self.namespace:
+                continue
+            for volume in stats.get("volume") or []:
+                if (volume.get("pvcRef") or {}).get("name") == claim and "usedBytes" in volume:
+                    return int(volume["usedBytes"])
+        return None
+
+    def delete_backup(self, resource_id: str, backup_id: str) -> None:
+        """The CNPG ``Backup`` object of a Conveyor backup (gone already: nothing to do)."""
+        self.delete("Backup", self.backup_name(resource_id, backup_id))
 
 
 def _api_message(exc: ApiException) -> str:
@@ -417,6 +507,50 @@ class KubePostgres(_KubeBackend):
     def purge_backups(self, handle: Handle) -> None:
         """The Backup objects; the object store's contents follow the retention policy."""
         self.kr.delete_labelled(handle.state["resource_id"], ("Backup",))
+
+    def delete_backup(self, resource_id: str, backup_id: str) -> None:
+        """A Conveyor backup deleted (by the API or retention) takes its CNPG ``Backup`` object
+        with it. The base backup's files in the object store are the Cluster's
+        ``retentionPolicy``'s to prune (barman-cloud does not delete by Backup object)."""
+        self.kr.delete_backup(resource_id, backup_id)
+
+    def check_limits(self, state: dict[str, Any], limits: dict[str, Any]) -> None:
+        """Request-side: a ``size_bytes`` that would shrink the data volume is a 422."""
+        grown_storage(f"Cluster {state['cluster']}", state["storage"], limits.get("size_bytes"))
+
+    def apply_limits(self, handle: Handle, limits: dict[str, Any]) -> dict[str, Any]:
+        """Merge-patch the Cluster: ``max_connections`` (``connection_limit`` + 10 kept for the
+        platform; CNPG restarts the instance for it) and ``spec.storage.size`` from
+        ``size_bytes`` (grow only, checked against the live Cluster; CNPG expands the PVCs
+        when the storage class allows volume expansion). The app role itself has no
+        CONNECTION LIMIT here: the role belongs to the operator's bootstrap."""
+        name = handle.state["cluster"]
+        cluster = self.kr.get("Cluster", name)
+        if cluster is None:
+            raise BackendError(f"Cluster {name} is gone")
+        live = str(((cluster.get("spec") or {}).get("storage") or {}).get("size"))
+        storage = grown_storage(f"Cluster {name}", live, limits.get("size_bytes"))
+        connection_limit = int(limits.get("connection_limit", handle.state["connection_limit"]))
+        self.kr.merge_patch(
+            "Cluster",
+            name,
+            {
+                "spec": {
+                    "storage": {"size": storage},
+                    "postgresql": {"parameters": {"max_connections": str(connection_limit + 10)}},
+                }
+            },
+        )
+        return {"storage": storage, "connection_limit": connection_limit}
+
+    def usage_bytes(self, handle: Handle) -> int | None:
+        """Bytes used on the primary's data volume (PGDATA: the databases, WAL not yet
+        recycled and the server's own files, so more than ``pg_database_size``), from the
+        kubelet's volume stats. None (unknown) while there is no running primary or its
+        kubelet has no stats: the CNPG Cluster status reports no sizes."""
+        cluster = self.kr.get("Cluster", handle.state["cluster"]) or {}
+        primary = (cluster.get("status") or {}).get("currentPrimary")
+        return self.kr.claim_usage(primary) if primary else None  # CNPG: PVC name = pod name
 
     def rotate(self, handle: Handle) -> Handle:
         """A new password in the app Secret; CNPG sets it on the owner role."""
@@ -584,6 +718,7 @@ class KubeRedis(NoPitr, _KubeBackend):
                 "port": 6379,
                 "storage": quantity(limits.get("size_bytes")),
                 "maxmemory": str(limits.get("maxmemory") or "256mb"),
+                "maxmemory_policy": str(limits.get("maxmemory_policy") or "noeviction"),
             },
             secret={
                 "password": password,
@@ -591,25 +726,43 @@ class KubeRedis(NoPitr, _KubeBackend):
             },
         )
 
-    def _apply(self, handle: Handle) -> Handle:
+    def _apply(self, handle: Handle, *, fresh: bool = False) -> Handle:
+        """Server-side apply the Secret/StatefulSet/Service for ``handle`` and wait for the
+        pod; a ``fresh`` one that does not come up is removed (a running one never is)."""
         rid = handle.state["resource_id"]
         self.kr.provision_redis(
             rid,
             storage=handle.state["storage"],
             acl=_redis_acl(handle.secret["password"]),
             maxmemory=handle.state["maxmemory"],
+            maxmemory_policy=handle.state.get("maxmemory_policy", "noeviction"),
         )
         try:
             self.wait(
                 f"StatefulSet {handle.state['statefulset']}", lambda: self.kr.observe_redis(rid)
             )
         except BackendError:
-            self.deprovision(handle)
+            if fresh:
+                self.deprovision(handle)
             raise
         return handle
 
     def provision(self, ident: str, limits: dict[str, Any]) -> Handle:
-        return self._apply(self._handle(ident, secrets.token_urlsafe(24), limits))
+        return self._apply(self._handle(ident, secrets.token_urlsafe(24), limits), fresh=True)
+
+    def apply_limits(self, handle: Handle, limits: dict[str, Any]) -> dict[str, Any]:
+        """``maxmemory``/``maxmemory_policy`` as the server's arguments and the container's
+        memory (re-applied StatefulSet, same field manager): the pod rolls onto them, saving
+        and reloading its RDB. Waits for the new pod to be ready."""
+        st = handle.state
+        changed = {
+            "maxmemory": str(limits.get("maxmemory", st["maxmemory"])),
+            "maxmemory_policy": str(
+                limits.get("maxmemory_policy", st.get("maxmemory_policy", "noeviction"))
+            ),
+        }
+        self._apply(Handle({**st, **changed}, handle.secret))
+        return changed
 
     def deprovision(self, handle: Handle) -> None:
         rid = handle.state["resource_id"]
@@ -617,7 +770,10 @@ class KubeRedis(NoPitr, _KubeBackend):
 
     def rotate(self, handle: Handle) -> Handle:
         """New ACL users in the Secret; the changed checksum restarts the pod onto them."""
-        limits = {"maxmemory": handle.state["maxmemory"]}
+        limits = {
+            "maxmemory": handle.state["maxmemory"],
+            "maxmemory_policy": handle.state.get("maxmemory_policy"),
+        }
         new = self._handle(handle.state["ident"], secrets.token_urlsafe(24), limits)
         new.state["storage"] = handle.state["storage"]
         return self._apply(new)
@@ -670,6 +826,36 @@ class KubeVolume(NoPitr, _KubeBackend):
 
     def deprovision(self, handle: Handle) -> None:
         self.kr.delete("PersistentVolumeClaim", handle.state["claim"])
+
+    def check_limits(self, state: dict[str, Any], limits: dict[str, Any]) -> None:
+        """Request-side: a ``size_bytes`` that would shrink the claim is a 422."""
+        grown_storage(f"claim {state['claim']}", state["storage"], limits.get("size_bytes"))
+
+    def apply_limits(self, handle: Handle, limits: dict[str, Any]) -> dict[str, Any]:
+        """Grow the claim's ``spec.resources.requests.storage`` (merge patch; checked against
+        the live claim). The storage class must allow volume expansion, else the API server
+        refuses and the job fails with its message. The claim's capacity is the hard limit:
+        a full volume refuses writes by itself, so no read-only switch is needed here."""
+        name = handle.state["claim"]
+        claim = self.kr.get("PersistentVolumeClaim", name)
+        if claim is None:
+            raise BackendError(f"PersistentVolumeClaim {name} is gone")
+        requests = ((claim.get("spec") or {}).get("resources") or {}).get("requests") or {}
+        storage = grown_storage(
+            f"claim {name}", str(requests.get("storage")), limits.get("size_bytes")
+        )
+        self.kr.merge_patch(
+            "PersistentVolumeClaim",
+            name,
+            {"spec": {"resources": {"requests": {"storage": storage}}}},
+        )
+        return {"storage": storage}
+
+    def usage_bytes(self, handle: Handle) -> int | None:
+        """Bytes used on the claim's volume from the kubelet of the node that mounts it; None
+        (unknown) while no running pod mounts it. A PVC's status only has its capacity, which
+        is not usage."""
+        return self.kr.claim_usage(handle.state["claim"])
 
     def rotate(self, handle: Handle) -> Handle:
         return handle  # a claim has no credentials

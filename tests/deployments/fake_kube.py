@@ -12,6 +12,11 @@ fail `kubernetes-validate` and CloudNativePG objects that fail the CNPG CRD sche
   state" (or to a failing phase) and a `Backup` through started/running to completed (or
   failed); a StatefulSet controller and a volume binder.
 
+JSON merge patches (`application/merge-patch+json`) are applied to the live object, validated
+the same way and recorded in `patches`; like the real API server (and the CNPG webhook) it
+refuses to shrink a PVC's storage request or a Cluster's `spec.storage.size`. A node's kubelet
+`stats/summary` (through the API server's node proxy) is whatever a test puts in `node_stats`.
+
 Like the real API server, every change gets a new `resourceVersion` and lands in a change log;
 `?watch=true` streams the changes after the given `resourceVersion` as chunked JSON lines
 (`ADDED`/`MODIFIED`/`DELETED`, `BOOKMARK` at the end when asked for), honouring label and field
@@ -40,6 +45,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import jsonschema
 import kubernetes_validate
+
+from resources.kubernetes import parse_quantity
 
 K8S_VERSION = "1.33"
 CNPG_API = "postgresql.cnpg.io/v1"
@@ -186,6 +193,15 @@ PLURALS = {
     "scheduledbackups": "ScheduledBackup",
 }
 Key = tuple[str, str, str]  # (plural, namespace, name)
+# Sizes the API server (PVCs) and the CNPG webhook (Clusters) refuse to make smaller.
+SIZES = {
+    "persistentvolumeclaims": ("spec.resources.requests.storage",),
+    "clusters": ("spec.storage.size",),
+}
+
+
+class Shrunk(ValueError):
+    pass
 
 
 @dataclass
@@ -243,6 +259,8 @@ class FakeKube:
         self.deadline_exceeded = False
         self.tick_on_read = True
         self.applied: list[dict[str, Any]] = []
+        self.patches: list[tuple[str, str, dict[str, Any]]] = []  # merge patches (plural, name)
+        self.node_stats: dict[str, dict[str, Any]] = {}  # node → kubelet stats/summary
         self.bad_requests: list[str] = []
         self.version = 0
         self.horizon = 0  # watches from an older resourceVersion get 410 Gone
@@ -488,6 +506,29 @@ class FakeKube:
             self._publish()
             return self.stamped(key, self._public(obj))
 
+    def merge(self, plural: str, ns: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """A JSON merge patch (RFC 7386) of a live object, validated like an apply. KeyError
+        when there is no such object."""
+        with self.lock:
+            key = (plural, ns, name)
+            previous = self.objects[key]
+            obj = _merged(previous, patch)
+            for path in SIZES.get(plural, ()):
+                old, new = _dig(previous, path), _dig(obj, path)
+                if old and new and parse_quantity(str(new)) < parse_quantity(str(old)):
+                    raise Shrunk(f"{path}: Forbidden: field can not be less than previous value")
+            body = self._public(obj)
+            body.pop("status", None)
+            if body.get("apiVersion") == CNPG_API:
+                schema = {**CNPG_SCHEMA[body["kind"]], "definitions": CNPG_SCHEMA["definitions"]}
+                jsonschema.validate(body, schema)
+            else:
+                kubernetes_validate.validate(body, K8S_VERSION, strict=True)
+            self.patches.append((plural, name, patch))
+            self.objects[key] = obj
+            self._publish()
+            return self.stamped(key, self._public(obj))
+
     def delete(self, plural: str, ns: str, name: str) -> bool:
         with self.lock:
             obj = self.objects.pop((plural, ns, name), None)
@@ -606,6 +647,18 @@ class FakeKube:
             write({"type": "BOOKMARK", "object": {"kind": kind, "metadata": version}})
 
 
+def _merged(target: Any, patch: Any) -> Any:
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = _merged(out.get(key), value)
+    return out
+
+
 def _handler(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -669,6 +722,14 @@ def _handler(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
 
         def do_GET(self) -> None:
+            path = urlsplit(self.path).path
+            if path.startswith("/api/v1/nodes/") and path.endswith("/proxy/stats/summary"):
+                stats = fake.node_stats.get(path.split("/")[4])
+                if stats is None:
+                    self._status(404, "NotFound", "node not found")
+                else:
+                    self._send(200, stats)
+                return
             plural, ns, name, sub, query = self._route()
             if name is None and query.get("watch", [""])[0].lower() == "true":
                 self._stream(plural, ns, query)
@@ -716,6 +777,18 @@ def _handler(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
             plural, ns, name, _sub, query = self._route()
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length)
+            if self.headers.get("Content-Type") == "application/merge-patch+json":
+                try:
+                    self._send(200, fake.merge(plural, ns, name or "", json.loads(raw)))
+                except KeyError:
+                    self._status(404, "NotFound", f"{plural} {name!r} not found")
+                except Shrunk as exc:
+                    fake.bad_requests.append(f"shrink of {plural}/{name}: {exc}")
+                    self._status(422, "Invalid", str(exc))
+                except (kubernetes_validate.ValidationError, jsonschema.ValidationError) as exc:
+                    fake.bad_requests.append(f"invalid patch of {plural}/{name}: {exc.message}")
+                    self._status(422, "Invalid", exc.message)
+                return
             if self.headers.get("Content-Type") != "application/apply-patch+yaml":
                 fake.bad_requests.append(f"content-type {self.headers.get('Content-Type')}")
                 self._status(415, "UnsupportedMediaType", "only server-side apply is faked")

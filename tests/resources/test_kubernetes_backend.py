@@ -1,8 +1,10 @@
 """The Kubernetes resources backend (CONVEYOR_RESOURCES_BACKEND=kubernetes) against the stateful
 fake API, which validates every object (CNPG kinds against the CRD schema kept here) and plays the
 CloudNativePG operator: Cluster phases up to "Cluster in healthy state" or a failing phase, Backup
-phases, StatefulSet readiness and PVC binding. Last, the same through the REST API and the
-provision/backup/restore jobs."""
+phases, StatefulSet readiness and PVC binding. Limits are merge patches the fake records (and,
+like the API server, refuses to shrink); usage comes from a kubelet stats summary the tests put
+on a fake node. Last, the same through the REST API and the provision/backup/restore/limits
+jobs."""
 
 from __future__ import annotations
 
@@ -149,6 +151,96 @@ def test_postgres_provision_backup_verify_restore_pitr_delete(kube: Kube) -> Non
     assert not [b for b in fake.kinds("backups") if b.startswith("pg-abc1-")]
 
 
+def _mount(fake: FakeKube, pod: str, claim: str, node: str, phase: str = "Running") -> None:
+    """A pod that mounts ``claim`` on ``node`` (what a bound deployment or CNPG would run)."""
+    fake.objects[("pods", NS, pod)] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": pod, "namespace": NS},
+        "spec": {
+            "nodeName": node,
+            "containers": [{"name": "c", "image": "busybox"}],
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}],
+        },
+        "status": {"phase": phase},
+    }
+
+
+def _kubelet(fake: FakeKube, node: str, pod: str, claim: str, used: int) -> None:
+    fake.node_stats[node] = {
+        "node": {"nodeName": node},
+        "pods": [
+            {
+                "podRef": {"name": pod, "namespace": NS},
+                "volume": [
+                    {"name": "kube-api-access", "usedBytes": 4096},
+                    {
+                        "name": "data",
+                        "pvcRef": {"name": claim, "namespace": NS},
+                        "usedBytes": used,
+                        "capacityBytes": 2**30,
+                    },
+                ],
+            }
+        ],
+    }
+
+
+def test_postgres_limits_patch_the_cluster_and_storage_only_grows(kube: Kube) -> None:
+    fake, pg = kube.fake, kube.postgres()
+    handle = pg.provision("lim1", {"connection_limit": 20, "size_bytes": 2 * 2**30})
+    changed = pg.apply_limits(handle, {"connection_limit": 40, "size_bytes": 4 * 2**30})
+    assert changed == {"storage": "4096Mi", "connection_limit": 40}
+    spec = {"storage": {"size": "4096Mi"}, "postgresql": {"parameters": {"max_connections": "50"}}}
+    assert fake.patches == [("clusters", "pg-lim1", {"spec": spec})]
+    cluster = fake.objects[("clusters", NS, "pg-lim1")]
+    assert cluster["spec"]["storage"]["size"] == "4096Mi"
+    assert cluster["spec"]["postgresql"]["parameters"] == {
+        "archive_timeout": "60s",  # the rest of the spec is kept
+        "max_connections": "50",
+    }
+    assert "initdb" in cluster["spec"]["bootstrap"]
+    assert cluster["status"]["phase"] == "Cluster in healthy state"
+    grown = Handle({**handle.state, **changed}, handle.secret)
+
+    with pytest.raises(NotSupported, match=r"shrink from 4096Mi .* can only grow"):
+        pg.apply_limits(grown, {"size_bytes": 3 * 2**30})
+    with pytest.raises(NotSupported, match="can only grow"):
+        pg.check_limits(grown.state, {"connection_limit": 5, "size_bytes": 2**30})
+    pg.check_limits(grown.state, {"size_bytes": 4 * 2**30})  # same size: fine
+    assert len(fake.patches) == 1 and cluster["spec"]["storage"]["size"] == "4096Mi"
+    # connections alone leave the storage as it is
+    assert pg.apply_limits(grown, {"connection_limit": 10}) == {
+        "storage": "4096Mi",
+        "connection_limit": 10,
+    }
+    assert fake.patches[-1][2]["spec"]["postgresql"]["parameters"]["max_connections"] == "20"
+
+
+def test_postgres_backup_deletion_removes_its_backup_object(kube: Kube) -> None:
+    fake, pg = kube.fake, kube.postgres()
+    handle = pg.provision("del1", {})
+    pg.backup(handle, "bkp_a1")
+    pg.backup(handle, "bkp_a2")
+    assert fake.kinds("backups") == ["pg-del1-a1", "pg-del1-a2"]
+    pg.delete_backup("res_del1", "bkp_a1")
+    assert fake.kinds("backups") == ["pg-del1-a2"]
+    pg.delete_backup("res_del1", "bkp_a1")  # already gone: idempotent
+    pg.deprovision(handle)
+    pg.delete_backup("res_del1", "bkp_a2")  # after the resource itself is gone too
+    assert fake.kinds("backups") == []
+
+
+def test_postgres_usage_is_the_primary_volume_from_the_kubelet(kube: Kube) -> None:
+    fake, pg = kube.fake, kube.postgres()
+    handle = pg.provision("use1", {})
+    assert pg.usage_bytes(handle) is None  # no primary pod yet: unknown, not zero
+    _mount(fake, "pg-use1-1", "pg-use1-1", "node-a")
+    assert pg.usage_bytes(handle) is None  # the kubelet has no stats for it yet
+    _kubelet(fake, "node-a", "pg-use1-1", "pg-use1-1", 123_456_789)
+    assert pg.usage_bytes(handle) == 123_456_789
+
+
 def test_a_failing_cluster_fails_with_the_operator_reason_and_leaves_nothing(kube: Kube) -> None:
     kube.fake.cluster_scenario = "failing"
     with pytest.raises(BackendError) as caught:
@@ -208,6 +300,78 @@ def test_redis_statefulset_rotation_and_delete(kube: Kube) -> None:
     redis.deprovision(rotated)
     for plural in ("statefulsets", "services", "secrets"):
         assert fake.kinds(plural) == []
+
+
+def test_redis_limits_roll_the_statefulset_onto_new_memory(kube: Kube) -> None:
+    fake = kube.fake
+    redis = KubeRedis(kube.settings, api=kube.api)
+    handle = redis.provision("rl1", {"maxmemory": "64mb"})
+
+    def container() -> dict[str, Any]:
+        sts = fake.objects[("statefulsets", NS, "redis-rl1")]
+        return dict(sts["spec"]["template"]["spec"]["containers"][0])
+
+    def arg(name: str) -> str:
+        args = container()["args"]
+        return str(args[args.index(name) + 1])
+
+    assert (arg("--maxmemory"), arg("--maxmemory-policy")) == ("64mb", "noeviction")
+    assert container()["resources"] == {
+        "requests": {"memory": "128Mi"},
+        "limits": {"memory": "192Mi"},
+    }
+    sts = fake.objects[("statefulsets", NS, "redis-rl1")]
+    checksum = sts["spec"]["template"]["metadata"]["annotations"]["conveyor.dev/acl-checksum"]
+    changed = redis.apply_limits(handle, {"maxmemory": "1gb", "maxmemory_policy": "allkeys-lru"})
+    assert changed == {"maxmemory": "1gb", "maxmemory_policy": "allkeys-lru"}
+    assert (arg("--maxmemory"), arg("--maxmemory-policy")) == ("1gb", "allkeys-lru")
+    assert container()["resources"] == {
+        "requests": {"memory": "1088Mi"},
+        "limits": {"memory": "2112Mi"},
+    }
+    applied = [o for o in fake.applied if o["kind"] == "StatefulSet"]
+    assert len(applied) == 2  # server-side applied again, validated by the fake
+    sts = fake.objects[("statefulsets", NS, "redis-rl1")]
+    assert sts["spec"]["template"]["metadata"]["annotations"]["conveyor.dev/acl-checksum"] == (
+        checksum
+    )  # the same users
+    rotated = redis.rotate(Handle({**handle.state, **changed}, handle.secret))
+    assert rotated.state["maxmemory_policy"] == "allkeys-lru" and arg("--maxmemory") == "1gb"
+    redis.deprovision(rotated)
+
+
+def test_volume_grows_refuses_to_shrink_and_reads_usage_from_the_kubelet(kube: Kube) -> None:
+    fake = kube.fake
+    volume = KubeVolume(kube.settings, kube.api)
+    handle = volume.provision("vg1", {"size_bytes": 2**30})
+    claim = fake.objects[("persistentvolumeclaims", NS, "vol-vg1")]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "1024Mi"
+    volume.check_limits(handle.state, {"size_bytes": 2**30})
+    with pytest.raises(NotSupported, match="claim vol-vg1 to shrink from 1024Mi"):
+        volume.check_limits(handle.state, {"size_bytes": 2**29})
+    with pytest.raises(NotSupported, match="can only grow"):
+        volume.apply_limits(handle, {"size_bytes": 2**29})
+    assert fake.patches == []
+
+    assert volume.apply_limits(handle, {"size_bytes": 3 * 2**30}) == {"storage": "3072Mi"}
+    storage = {"spec": {"resources": {"requests": {"storage": "3072Mi"}}}}
+    assert fake.patches == [("persistentvolumeclaims", "vol-vg1", storage)]
+    claim = fake.objects[("persistentvolumeclaims", NS, "vol-vg1")]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "3072Mi"
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    # the state still says 1024Mi: the job checks the live claim, which is larger now
+    with pytest.raises(NotSupported, match="shrink from 3072Mi"):
+        volume.apply_limits(handle, {"size_bytes": 2 * 2**30})
+
+    assert volume.usage_bytes(handle) is None  # nothing mounts it: unknown
+    _mount(fake, "other-0", "vol-other", "node-a")
+    _mount(fake, "app-0", "vol-vg1", "node-b", phase="Pending")
+    _kubelet(fake, "node-b", "app-0", "vol-vg1", 5000)
+    assert volume.usage_bytes(handle) is None  # its only pod is not running
+    _mount(fake, "app-0", "vol-vg1", "node-b")
+    assert volume.usage_bytes(handle) == 5000
+    fake.node_stats.clear()  # the node is gone
+    assert volume.usage_bytes(handle) is None
 
 
 def test_volume_claim(kube: Kube) -> None:
@@ -319,6 +483,28 @@ def test_provision_backup_restore_and_delete_through_the_jobs(
     assert bad["status"] == "failed"
     assert "Unable to create required cluster objects" in (bad["status_reason"] or "")
 
+    # Deleting a backup (the API, then retention) takes its CNPG Backup object with it.
+    r = client.post(f"/v1/resources/{rid}/backups", headers=org.headers)
+    second = r.json()["id"]
+    _wait(
+        client,
+        f"/v1/resources/{rid}/backups/{second}",
+        org.headers,
+        lambda b: b["status"] == "failed" or b["verified_at"],
+    )
+    first_object = f"{cluster}-{bid.removeprefix('bkp_').replace('_', '-')}"
+    second_object = f"{cluster}-{second.removeprefix('bkp_').replace('_', '-')}"
+    assert {first_object, second_object} <= set(fake.kinds("backups"))
+    r = client.delete(f"/v1/resources/{rid}/backups/{bid}", headers=org.headers)
+    assert r.status_code == 204, r.text
+    assert first_object not in fake.kinds("backups") and second_object in fake.kinds("backups")
+    from resources import service
+    from store.db import session_scope
+
+    with session_scope() as session:  # past the default 7-day retention, as beat would see it
+        assert service.expire_backups(session, datetime.now(UTC) + timedelta(days=8)) >= 1
+    assert second_object not in fake.kinds("backups")
+
     for resource_id in (rid, new):
         assert client.delete(f"/v1/resources/{resource_id}", headers=org.headers).status_code == 202
         _wait(
@@ -328,3 +514,58 @@ def test_provision_backup_restore_and_delete_through_the_jobs(
             lambda b: b.get("status") in ("deleted", None) or "error" in b,
         )
     assert fake.kinds("clusters") == []
+
+
+def test_volume_limits_through_the_api(
+    client: Any, org: Any, worker: Any, kube_api_env: Kube
+) -> None:
+    """A shrink is a 422 before any job; a growth is a limits job that patches the claim; the
+    usage check leaves a volume whose usage it cannot read alone (unknown is no alert)."""
+    from tasks.provision import check_usage
+
+    fake = kube_api_env.fake
+    r = client.post(
+        "/v1/resources",
+        json={"type": "volume", "name": "kvol", "limits": {"size_bytes": 2**30}},
+        headers=org.headers,
+    )
+    assert r.status_code == 202, r.text
+    rid = r.json()["id"]
+    _wait(client, f"/v1/resources/{rid}", org.headers, lambda b: b["status"] == "ready")
+    claim = f"vol-{rid.removeprefix('res_')}"
+    r = client.patch(
+        f"/v1/resources/{rid}", json={"limits": {"size_bytes": 2**20}}, headers=org.headers
+    )
+    assert r.status_code == 422, r.text
+    assert "can only grow" in r.json()["error"]["message"] and fake.patches == []
+    r = client.patch(
+        f"/v1/resources/{rid}", json={"limits": {"size_bytes": 2 * 2**30}}, headers=org.headers
+    )
+    assert r.status_code == 202, r.text
+    job = _wait(
+        client,
+        r.json()["links"]["job"],
+        org.headers,
+        lambda b: (
+            b["status"]
+            not in (
+                "queued",
+                "running",
+            )
+        ),
+    )
+    assert job["status"] == "completed", job
+    assert fake.objects[("persistentvolumeclaims", NS, claim)]["spec"]["resources"] == {
+        "requests": {"storage": "2048Mi"}
+    }
+    check_usage()  # no pod mounts the claim: usage unknown, no verdict
+    body = client.get(f"/v1/resources/{rid}", headers=org.headers).json()
+    assert body["status"] == "ready" and body["limits"] == {"size_bytes": 2 * 2**30}
+    _mount(fake, "app-0", claim, "node-a")
+    _kubelet(fake, "node-a", "app-0", claim, 3 * 2**30)  # past the limit: known, so reported
+    check_usage()
+    body = client.get(f"/v1/resources/{rid}", headers=org.headers).json()
+    assert body["status"] == "degraded" and body["status_reason"] == "size_limit_exceeded"
+    assert client.delete(f"/v1/resources/{rid}", headers=org.headers).status_code == 202
+    _wait(client, f"/v1/resources/{rid}", org.headers, lambda b: b.get("status") != "deleting")
+    assert fake.kinds("persistentvolumeclaims") == []
