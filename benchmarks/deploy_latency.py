@@ -166,6 +166,9 @@ def wrk_load(
     errors = int(non2xx.group(1)) if non2xx else 0
     if socket_errors:
         errors += sum(int(n) for n in re.findall(r"\d+", socket_errors.group(1)))
+        harness.log(f"  wrk socket errors ({url}): {socket_errors.group(1)}")
+    if non2xx:
+        harness.log(f"  wrk non-2xx answers ({url}): {non2xx.group(1)}")
     good = int(total.group(1)) - errors
     # Errors are not completions: count only the good answers.
     rate = float(rps.group(1)) * good / max(int(total.group(1)), 1)
