@@ -569,3 +569,20 @@ def test_volume_limits_through_the_api(
     assert client.delete(f"/v1/resources/{rid}", headers=org.headers).status_code == 202
     _wait(client, f"/v1/resources/{rid}", org.headers, lambda b: b.get("status") != "deleting")
     assert fake.kinds("persistentvolumeclaims") == []
+
+
+def test_storage_quantities_and_redis_sizes_parse_to_bytes() -> None:
+    from resources.backends.kube import grown_storage
+    from resources.kubernetes import parse_quantity, redis_bytes
+
+    assert parse_quantity("1Gi") == 2**30 and parse_quantity("3072Mi") == 3 * 2**30
+    assert parse_quantity("500M") == 500_000_000 and parse_quantity("1.5Ki") == 1536
+    assert parse_quantity("1073741824") == 2**30
+    with pytest.raises(ValueError, match="not a storage quantity"):
+        parse_quantity("1e3m")
+    assert redis_bytes("64mb") == 64 * 2**20 and redis_bytes("100") == 100
+    assert grown_storage("x", "1Gi", None) == "1Gi"
+    assert grown_storage("x", "1Gi", 2**30) == "1Gi"  # the same size, written otherwise
+    assert grown_storage("x", "1Gi", 2**30 + 1) == "1025Mi"
+    with pytest.raises(NotSupported, match="x to shrink from 1Gi"):
+        grown_storage("x", "1Gi", 2**30 - 2**20)
