@@ -129,8 +129,12 @@ def test_a_job_survives_its_pooled_connections_dying_inside_the_bypass_window(
 
     kill_pooled()
     task = types.SimpleNamespace(request=types.SimpleNamespace(id="delivery-x"))
-    with caplog.at_level(logging.WARNING, logger="store.db"):
-        runner.run_job(task, job_id, handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="store.db"):
+            runner.run_job(task, job_id, handler)
+    finally:  # other connections of the pools were killed too: drop them for the next tests
+        db.get_engine().dispose()
+        db.get_autocommit_engine().dispose()
     # At least the start met a dead connection (the completion may draw one the pool already
     # knew to replace, depending on which pooled connection it gets).
     assert any("connection lost" in r.getMessage() for r in caplog.records)
