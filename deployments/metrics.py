@@ -78,6 +78,12 @@ class MetricsBuffer:
         except Exception:  # metrics never fail a request
             log.warning("writing deployment metrics failed (counts dropped)", exc_info=True)
 
+    async def aclose(self) -> None:
+        """Write what is pending now and stop the scheduled flush (process shutdown)."""
+        if self._flusher is not None and not self._flusher.done():
+            self._flusher.cancel()
+        await self.flush()
+
     async def flush(self) -> None:
         """Write what was gathered (one pipeline round trip)."""
         pending, self._pending = self._pending, {}

@@ -50,7 +50,7 @@ async def _lifespan(app: Any) -> AsyncIterator[None]:
     """On shutdown: write this process's buffered metrics, close the replicas' connections."""
     yield
     with contextlib.suppress(Exception):
-        await metrics.buffer(_redis).flush()
+        await metrics.buffer(_redis).aclose()
     await proxy.close_sessions()
 
 

@@ -5,6 +5,10 @@ The API never loads a model: each request becomes an ``inference`` job; the API 
 they are produced, or the final body. A client that goes away cancels the job. ``?async=true``
 or ``Prefer: respond-async`` answers 202 with the job instead. Errors carry both Conveyor's and
 OpenAI's fields (``api.errors`` adds ``type``/``param`` on these paths).
+
+A completion whose ``model`` names one of the caller's deployments is proxied to its replicas
+instead (``api.routers.deployments.proxy_to_deployment``), normally by ``DeploymentFastPath``
+before the routes are matched.
 """
 
 from __future__ import annotations
