@@ -699,10 +699,35 @@ def _redis_acl(password: str) -> str:
     return f"user default off\nuser app on #{digest} ~* &* +@all\n"
 
 
-class KubeRedis(NoPitr, _KubeBackend):
+class _NoBackups:
+    """Backup, verify, restore and branch refused with one clear reason (``no_backups``)."""
+
+    no_backups = "backups are not available for this resource on Kubernetes yet"
+
+    def _refuse(self) -> NotSupported:
+        return NotSupported(self.no_backups)
+
+    def backup(self, handle: Handle, backup_id: str) -> BackupResult:
+        raise self._refuse()
+
+    def verify(self, handle: Handle, backup: BackupResult) -> VerifyResult:
+        raise self._refuse()
+
+    def restore(self, backup: BackupResult, source: Handle, ident: str) -> Handle:
+        raise self._refuse()
+
+    def branch(self, handle: Handle, ident: str) -> Handle:
+        raise self._refuse()
+
+
+class KubeRedis(_NoBackups, NoPitr, _KubeBackend):
     """Dedicated Redis as a one-replica StatefulSet (RDB on its PVC, ACL users from a Secret)."""
 
     type, tier = "redis", "dedicated"
+    no_backups = (
+        "backups of Redis on Kubernetes are not available yet (the RDB file lives on the "
+        "pod's volume); use the shared tier or a local dedicated instance"
+    )
 
     def _handle(self, ident: str, password: str, limits: dict[str, Any]) -> Handle:
         rid = self.resource_id(ident)
@@ -778,33 +803,16 @@ class KubeRedis(NoPitr, _KubeBackend):
         new.state["storage"] = handle.state["storage"]
         return self._apply(new)
 
-    def _no_backups(self) -> NotSupported:
-        return NotSupported(
-            "backups of Redis on Kubernetes are not available yet (the RDB file lives on the "
-            "pod's volume); use the shared tier or a local dedicated instance"
-        )
-
-    def backup(self, handle: Handle, backup_id: str) -> BackupResult:
-        raise self._no_backups()
-
-    def verify(self, handle: Handle, backup: BackupResult) -> VerifyResult:
-        raise self._no_backups()
-
-    def restore(self, backup: BackupResult, source: Handle, ident: str) -> Handle:
-        raise self._no_backups()
-
-    def branch(self, handle: Handle, ident: str) -> Handle:
-        raise self._no_backups()
-
     def metrics(self, handle: Handle) -> dict[str, Any]:
         obj = self.kr.get("StatefulSet", handle.state["statefulset"]) or {}
         return {"ready_replicas": (obj.get("status") or {}).get("readyReplicas", 0)}
 
 
-class KubeVolume(NoPitr, _KubeBackend):
+class KubeVolume(_NoBackups, NoPitr, _KubeBackend):
     """A volume as a PersistentVolumeClaim (mounted by whatever binds it)."""
 
     type, tier = "volume", "shared"
+    no_backups = "backups of volumes on Kubernetes need VolumeSnapshots, not available yet"
 
     def provision(self, ident: str, limits: dict[str, Any]) -> Handle:
         rid = self.resource_id(ident)
@@ -859,23 +867,6 @@ class KubeVolume(NoPitr, _KubeBackend):
 
     def rotate(self, handle: Handle) -> Handle:
         return handle  # a claim has no credentials
-
-    def _no_backups(self) -> NotSupported:
-        return NotSupported(
-            "backups of volumes on Kubernetes need VolumeSnapshots, not available yet"
-        )
-
-    def backup(self, handle: Handle, backup_id: str) -> BackupResult:
-        raise self._no_backups()
-
-    def verify(self, handle: Handle, backup: BackupResult) -> VerifyResult:
-        raise self._no_backups()
-
-    def restore(self, backup: BackupResult, source: Handle, ident: str) -> Handle:
-        raise self._no_backups()
-
-    def branch(self, handle: Handle, ident: str) -> Handle:
-        raise self._no_backups()
 
     def metrics(self, handle: Handle) -> dict[str, Any]:
         obj = self.kr.get("PersistentVolumeClaim", handle.state["claim"]) or {}
