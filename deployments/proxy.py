@@ -30,6 +30,8 @@ _TOTAL_TOKENS = re.compile(rb'"total_tokens"\s*:\s*(\d+)')
 #: Headers of the replica's answer that reach the client (hop-by-hop and framing ones do not).
 RELAYED_HEADERS = ("content-type",)
 
+KEEPALIVE_SECONDS = 4.0
+
 Finish = Callable[[float, int, bool], None]
 
 
@@ -43,7 +45,9 @@ def session(timeout: float) -> aiohttp.ClientSession:
     found = _sessions.get(loop)
     if found is None or found.closed:
         found = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=512, keepalive_timeout=30.0),
+            # Idle connections are dropped before a replica's server would close them (uvicorn
+            # and vLLM keep idle connections 5 s): reusing one it is closing fails the request.
+            connector=aiohttp.TCPConnector(limit=512, keepalive_timeout=KEEPALIVE_SECONDS),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=timeout),
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
