@@ -11,8 +11,9 @@ Method of the proxy comparison (this machine has 2 cores, shared by the load gen
 and the replica): the load generator is `wrk` (C, one thread, a Lua script that POSTs the same
 JSON body) when it is installed (`apt-get install wrk`), else an asyncio httpx client in this
 process, which costs the server side far more CPU; the same tool, concurrency and body serve both
-ways, in alternating slices of `--duration` seconds (`--rounds` of each), and the ratio is of the
-summed completions/s. The replica runs with `OMP_NUM_THREADS=--replica-threads` (default 1, set
+ways, after a short unmeasured warm-up of each, in alternating slices of `--duration` seconds
+(`--rounds` of each, the order flipped every round: A B, B A, …), and the ratio is of the mean
+completions/s. The replica runs with `OMP_NUM_THREADS=--replica-threads` (default 1, set
 through the deployment's env, so both ways hit the same replica with the same setting): with
 torch's default of one thread per core its spinning intra-op threads burn a second core for no
 throughput on this tiny model, which on 2 cores is the core the proxy needs. `--replica-threads
@@ -291,11 +292,15 @@ def main() -> None:
         direct_loads: list[Load] = []
         proxied_loads: list[Load] = []
         cpu = {"direct": [0.0, 0.0], "proxied": [0.0, 0.0]}  # API s, replica s
-        for _ in range(args.rounds):
-            for way, url, headers, loads in (
-                ("direct", f"{endpoint}/v1/completions", {}, direct_loads),
-                ("proxied", f"{api_url}/v1/completions", org.headers, proxied_loads),
-            ):
+        ways = [
+            ("direct", f"{endpoint}/v1/completions", {}, direct_loads),
+            ("proxied", f"{api_url}/v1/completions", org.headers, proxied_loads),
+        ]
+        for _, url, headers, _ in ways:  # warm both paths up (connections, caches); not counted
+            load(url, headers, name, args.concurrency, min(2.0, args.duration))
+        for round_ in range(args.rounds):
+            # A B, then B A: neither way always runs first (drift in the machine's load).
+            for way, url, headers, loads in ways if round_ % 2 == 0 else ways[::-1]:
                 before = (harness.cpu_seconds(api.pid), harness.cpu_seconds(replica_pid))
                 loads.append(load(url, headers, name, args.concurrency, args.duration))
                 cpu[way][0] += harness.cpu_seconds(api.pid) - before[0]
