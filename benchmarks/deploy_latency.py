@@ -10,14 +10,17 @@ deployment's endpoint (the same replica process), same concurrency, same run.
 Method of the proxy comparison (this machine has 2 cores, shared by the load generator, the API
 and the replica): the load generator is `wrk` (C, one thread, a Lua script that POSTs the same
 JSON body) when it is installed (`apt-get install wrk`), else an asyncio httpx client in this
-process, which costs the server side far more CPU; the same tool, concurrency and body serve both
+process, whose own CPU competes with the servers; the same tool, concurrency and body serve both
 ways, after a short unmeasured warm-up of each, in alternating slices of `--duration` seconds
 (`--rounds` of each, the order flipped every round: A B, B A, …), and the ratio is of the mean
 completions/s. The replica runs with `OMP_NUM_THREADS=--replica-threads` (default 1, set
 through the deployment's env, so both ways hit the same replica with the same setting): with
-torch's default of one thread per core its spinning intra-op threads burn a second core for no
-throughput on this tiny model, which on 2 cores is the core the proxy needs. `--replica-threads
-0` leaves torch's default.
+torch's default of one intra-op thread per core the replica alone keeps both cores busy, so every
+cycle the API process spends is taken from the model, and the ratio then measures two processes
+sharing two cores rather than the proxy (in production the replica has its own GPU node).
+`--replica-threads 0` keeps torch's default and shows that figure. Also printed: the CPU time
+the API process and the replica spend per completion (per-process accounting: other users of the
+machine do not blur it).
 
 Needs PostgreSQL and Redis on 127.0.0.1; builds a tiny model (no download). Targets: startup
 ratio ≤ 1.2, proxy throughput ratio ≥ 0.9. Prints the load average before and after. Last
