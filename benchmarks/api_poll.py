@@ -223,6 +223,9 @@ def main() -> int:
                         result, cpu_ms=cpu * 1000 / max(1, result.requests)
                     )
                     if args.paced_rps:
+                        # Let the saturation backlog drain, then warm up at the paced rate.
+                        time.sleep(1.0)
+                        load(url, headers, args.connections, args.warmup, args.paced_rps)
                         at_rate = load(
                             url, headers, args.connections, args.duration, args.paced_rps
                         )
