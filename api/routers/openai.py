@@ -28,7 +28,6 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
-from sqlalchemy.orm import Session
 from starlette.requests import Request as StarletteRequest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -55,7 +54,7 @@ from inference.schemas import (
     ModelList,
 )
 from store import orgs
-from store.db import autocommit, is_postgresql, session_scope
+from store.db import autocommit, session_scope
 from store.jobs import ACTIVE
 from store.orgs import Principal
 
@@ -83,13 +82,10 @@ def short_lived_principal(
 
 
 def _authenticate(raw_key: str) -> Principal | None:
-    """The key's principal, read by one statement: on PostgreSQL an autocommit connection
-    (no BEGIN/COMMIT round trips around the SELECT; this runs on every request)."""
-    if not is_postgresql():
-        with session_scope() as session:
-            return orgs.authenticate(session, raw_key)
+    """The key's principal, read by one statement on an autocommit connection (no BEGIN or
+    COMMIT round trips around the SELECT; this runs on every request)."""
     with autocommit() as connection:
-        return orgs.authenticate(Session(bind=connection), raw_key)
+        return orgs.authenticate(connection, raw_key)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(short_lived_principal)]
