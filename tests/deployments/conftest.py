@@ -45,6 +45,14 @@ def deploy_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
     return settings
 
 
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny test model (built here, no download) that real model-server replicas serve."""
+    from inference.testing import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
 @pytest.fixture
 def stub_backend(deploy_settings: Any, tmp_path: Path) -> Iterator[Any]:
     """Replicas are the stdlib stand-in server (fast); every process is killed afterwards."""

@@ -24,13 +24,6 @@ from tests.deployments.test_deploy_api import pids_of, wait_status
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900), pytest.mark.usefixtures("worker")]
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from inference.testing import build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
-
-
 @pytest.fixture
 def real_backend(
     deploy_settings: Any, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

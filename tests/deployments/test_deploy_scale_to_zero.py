@@ -29,13 +29,6 @@ def idle_settings(deploy_settings: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     return deploy_settings
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from inference.testing import build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
-
-
 @pytest.fixture
 def model_backend(
     idle_settings: Any, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
