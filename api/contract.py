@@ -306,7 +306,7 @@ class BodyLimitMiddleware:
                 details=[{"loc": ["body"], "msg": problem, "type": "string_unstorable"}],
             )
             return
-        await self.app(scope, _replay(bytes(body), then=receive), send)
+        await self.app(scope, replay_body(bytes(body), then=receive), send)
 
 
 def _unstorable_text(body: bytes) -> str | None:
@@ -466,7 +466,7 @@ class IdempotencyMiddleware:
         from idempotency import service
 
         claim = await anyio.to_thread.run_sync(service.claim, org_id, key, fingerprint, self.ttl)
-        replay_receive = _replay(body)
+        replay_receive = replay_body(body)
         if not claim.won:
             if not claim.fingerprint_matches:
                 message = "This Idempotency-Key was already used with a different request body."
@@ -517,7 +517,7 @@ class IdempotencyMiddleware:
                 await anyio.to_thread.run_sync(service.release, org_id, key)
 
 
-def _replay(body: bytes, then: Receive | None = None) -> Callable[[], Awaitable[Message]]:
+def replay_body(body: bytes, then: Receive | None = None) -> Callable[[], Awaitable[Message]]:
     """Give the app the body read ahead; afterwards pass on ``then`` (the server's receive), so
     a streaming response still hears ``http.disconnect`` when its client goes away."""
     sent = False

@@ -29,9 +29,9 @@ from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
 from starlette.requests import Request as StarletteRequest
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.contract import bearer_token
+from api.contract import bearer_token, replay_body
 from api.deps import bearer
 from api.errors import error_response
 from api.routers.deployments import deployment_models, proxy_to_deployment
@@ -323,7 +323,7 @@ class DeploymentFastPath:
         body = await _read_body(receive)
         if body is None:
             return  # the client went away
-        replay = _replay(body, receive)
+        replay = replay_body(body, receive)
         try:
             model = schema.model_validate_json(body).model
         except ValidationError:
@@ -361,20 +361,6 @@ async def _read_body(receive: Receive) -> bytes | None:
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return b"".join(chunks)
-
-
-def _replay(body: bytes, then: Receive) -> Receive:
-    """The body read ahead, then the server's receive (a stream still hears a disconnect)."""
-    sent = False
-
-    async def receive() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await then()
-
-    return receive
 
 
 AsyncFlag = Annotated[bool, Query(alias="async", description="Answer 202 with the job.")]

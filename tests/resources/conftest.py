@@ -169,3 +169,19 @@ def api_env(worker: Any, moto_s3_open: dict[str, str]) -> Iterator[Any]:
     mp.undo()
     service.reset_caches()
     shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def dedicated_redis(res_settings: ResourceSettings) -> Iterator[Any]:
+    """The dedicated Redis backend; every redis-server it started is stopped afterwards."""
+    import signal
+
+    from resources.backends.redis_kv import RedisDedicated
+
+    backend = RedisDedicated(res_settings)
+    yield backend
+    root = res_settings.instances_dir.resolve()
+    for instance in root.iterdir() if root.exists() else []:
+        pid = instance / "redis.pid"
+        if pid.exists():
+            os.kill(int(pid.read_text()), signal.SIGTERM)

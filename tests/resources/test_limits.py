@@ -81,19 +81,6 @@ def test_dedicated_postgres_limits_restart_only_to_raise_max_connections(
         connect_url(url)
 
 
-@pytest.fixture
-def dedicated_redis(res_settings: ResourceSettings) -> Iterator[RedisDedicated]:
-    b = RedisDedicated(res_settings)
-    yield b
-    root = res_settings.instances_dir.resolve()
-    for inst in root.iterdir() if root.exists() else []:
-        pid = inst / "redis.pid"
-        if pid.exists():
-            import signal
-
-            os.kill(int(pid.read_text()), signal.SIGTERM)
-
-
 @pytest.mark.usefixtures("redis_available")
 def test_dedicated_redis_maxmemory_and_policy_on_the_running_server(
     dedicated_redis: RedisDedicated, ident: str

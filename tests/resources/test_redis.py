@@ -29,20 +29,6 @@ def shared(res_settings: ResourceSettings) -> Iterator[RedisShared]:
         admin.delete(key)
 
 
-@pytest.fixture
-def dedicated(res_settings: ResourceSettings) -> Iterator[RedisDedicated]:
-    b = RedisDedicated(res_settings)
-    yield b
-    root = res_settings.instances_dir.resolve()
-    for inst in root.iterdir() if root.exists() else []:
-        pid = inst / "redis.pid"
-        if pid.exists():
-            import os
-            import signal
-
-            os.kill(int(pid.read_text()), signal.SIGTERM)
-
-
 def _client(h: Handle) -> redis.Redis:
     return redis.Redis.from_url(h.env["REDIS_URL"])
 
@@ -93,7 +79,8 @@ def test_shared_backup_verify_restore_branch(shared: RedisShared, ident: str) ->
     assert shared.metrics(br)["keys"] == 1202
 
 
-def test_dedicated_auth_backup_verify_restore(dedicated: RedisDedicated, ident: str) -> None:
+def test_dedicated_auth_backup_verify_restore(dedicated_redis: RedisDedicated, ident: str) -> None:
+    dedicated = dedicated_redis
     h = dedicated.provision(ident, {"maxmemory": "64mb"})
     c = _client(h)
     for i in range(300):
