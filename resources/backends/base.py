@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from resources.errors import NotSupported
+from resources.errors import NotSupported, OutsideWindow
 
 # table (or redis db / blob key set) -> {"rows": n, "checksum": "..."}
 Fingerprint = dict[str, dict[str, Any]]
@@ -60,6 +60,19 @@ class Window:
 
     def describe(self) -> str:
         return f"{self.restorable_from.isoformat()} .. {self.restorable_until.isoformat()}"
+
+    def require(self, target: datetime) -> None:
+        """Refuse a point-in-time target outside the window before any work starts, with the
+        window in the message and the details."""
+        if not self.contains(target):
+            raise OutsideWindow(
+                f"target_time {target.isoformat()} is outside the restorable window "
+                f"{self.describe()}",
+                details={
+                    "restorable_from": self.restorable_from.isoformat(),
+                    "restorable_until": self.restorable_until.isoformat(),
+                },
+            )
 
 
 def compare_fingerprints(expected: Fingerprint, actual: Fingerprint) -> VerifyResult:

@@ -656,12 +656,7 @@ class KubePostgres(_KubeBackend):
     ) -> Handle:
         if target.tzinfo is None:
             raise NotSupported("target_time needs a timezone")
-        window = self.window(source, base_backups)
-        if not window.contains(target):
-            raise OutsideWindow(
-                f"target_time {target.isoformat()} is outside the restorable window "
-                f"{window.describe()}"
-            )
+        self.window(source, base_backups).require(target)
         return self._recover(source, ident, target_time=target)
 
     def branch(self, handle: Handle, ident: str) -> Handle:

@@ -513,16 +513,7 @@ class PostgresDedicated:
         before any work starts, with the window in the message."""
         if target.tzinfo is None:
             raise NotSupported("target_time needs a timezone")
-        window = self.window(source, base_backups)
-        if not window.contains(target):
-            raise OutsideWindow(
-                f"target_time {target.isoformat()} is outside the restorable window "
-                f"{window.describe()}",
-                details={
-                    "restorable_from": window.restorable_from.isoformat(),
-                    "restorable_until": window.restorable_until.isoformat(),
-                },
-            )
+        self.window(source, base_backups).require(target)
         base = max(
             (b for b in base_backups if _ts(b.meta["end_time"]) <= target),
             key=lambda b: _ts(b.meta["end_time"]),

@@ -185,3 +185,19 @@ def dedicated_redis(res_settings: ResourceSettings) -> Iterator[Any]:
         pid = instance / "redis.pid"
         if pid.exists():
             os.kill(int(pid.read_text()), signal.SIGTERM)
+
+
+@pytest.fixture
+def shared_redis(res_settings: ResourceSettings) -> Iterator[Any]:
+    """The shared Redis backend; its ACL users and keys are removed afterwards."""
+    from resources.backends.redis_kv import RedisShared
+
+    backend = RedisShared(res_settings)
+    yield backend
+    admin = backend._admin()
+    for user in admin.acl_users():
+        name = user.decode() if isinstance(user, bytes) else user
+        if name.startswith(res_settings.name_prefix):
+            admin.acl_deluser(name)
+    for key in admin.scan_iter(match=f"{res_settings.name_prefix}*"):
+        admin.delete(key)

@@ -104,19 +104,6 @@ def test_dedicated_redis_maxmemory_and_policy_on_the_running_server(
     dedicated_redis.deprovision(h)
 
 
-@pytest.fixture
-def shared_redis(res_settings: ResourceSettings) -> Iterator[RedisShared]:
-    b = RedisShared(res_settings)
-    yield b
-    admin = b._admin()
-    for user in admin.acl_users():
-        name = user.decode() if isinstance(user, bytes) else user
-        if name.startswith(res_settings.name_prefix):
-            admin.acl_deluser(name)
-    for key in admin.scan_iter(match=f"{res_settings.name_prefix}*"):
-        admin.delete(key)
-
-
 @pytest.mark.usefixtures("redis_available")
 def test_shared_redis_acl_user_is_reapplied_after_redis_forgets_it(
     shared_redis: RedisShared, ident: str

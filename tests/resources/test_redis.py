@@ -4,38 +4,22 @@ backups proven by restores, restore and branch into new resources."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import redis
 
 from resources.backends.base import Handle
 from resources.backends.redis_kv import RedisDedicated, RedisShared
-from resources.settings import ResourceSettings
 
 pytestmark = pytest.mark.usefixtures("redis_available")
-
-
-@pytest.fixture
-def shared(res_settings: ResourceSettings) -> Iterator[RedisShared]:
-    b = RedisShared(res_settings)
-    yield b
-    admin = b._admin()
-    for user in admin.acl_users():
-        name = user.decode() if isinstance(user, bytes) else user
-        if name.startswith(res_settings.name_prefix):
-            admin.acl_deluser(name)
-    for key in admin.scan_iter(match=f"{res_settings.name_prefix}*"):
-        admin.delete(key)
 
 
 def _client(h: Handle) -> redis.Redis:
     return redis.Redis.from_url(h.env["REDIS_URL"])
 
 
-def test_shared_prefix_isolation_and_rotation(shared: RedisShared, ident: str) -> None:
-    a = shared.provision(ident, {})
-    b = shared.provision(ident + "b", {})
+def test_shared_prefix_isolation_and_rotation(shared_redis: RedisShared, ident: str) -> None:
+    a = shared_redis.provision(ident, {})
+    b = shared_redis.provision(ident + "b", {})
     ca = _client(a)
     prefix = a.secret["key_prefix"]
     ca.set(prefix + "x", "1")
@@ -46,37 +30,37 @@ def test_shared_prefix_isolation_and_rotation(shared: RedisShared, ident: str) -
         ca.keys("*")
     with pytest.raises(redis.exceptions.NoPermissionError):
         ca.flushall()
-    rotated = shared.rotate(a)
+    rotated = shared_redis.rotate(a)
     with pytest.raises(redis.exceptions.AuthenticationError):
         _client(a).ping()
     assert _client(rotated).get(prefix + "x") == b"1"
-    assert shared.metrics(rotated)["keys"] == 1
-    shared.deprovision(rotated)
-    assert shared._admin().exists(prefix + "x") == 0
+    assert shared_redis.metrics(rotated)["keys"] == 1
+    shared_redis.deprovision(rotated)
+    assert shared_redis._admin().exists(prefix + "x") == 0
 
 
-def test_shared_backup_verify_restore_branch(shared: RedisShared, ident: str) -> None:
-    h = shared.provision(ident, {})
+def test_shared_backup_verify_restore_branch(shared_redis: RedisShared, ident: str) -> None:
+    h = shared_redis.provision(ident, {})
     c, p = _client(h), h.secret["key_prefix"]
     for i in range(1200):
         c.set(f"{p}k{i}", str(i))
     c.hset(p + "h", mapping={"a": "1"})
     c.set(p + "ttl", "v", ex=3600)
-    backup = shared.backup(h, "b1")
+    backup = shared_redis.backup(h, "b1")
     assert backup.fingerprint["keys"]["rows"] == 1202
-    verified = shared.verify(h, backup)
+    verified = shared_redis.verify(h, backup)
     assert verified.ok, verified.mismatches
     c.delete(p + "h")
-    restored = shared.restore(backup, h, ident + "r")
+    restored = shared_redis.restore(backup, h, ident + "r")
     cr, pr = _client(restored), restored.secret["key_prefix"]
     assert cr.hgetall(pr + "h") == {b"a": b"1"}
     assert cr.get(pr + "k1199") == b"1199"
     assert 0 < cr.ttl(pr + "ttl") <= 3600
-    br = shared.branch(h, ident + "br")
+    br = shared_redis.branch(h, ident + "br")
     cb, pb = _client(br), br.secret["key_prefix"]
     cb.set(pb + "only-branch", "1")
     assert c.exists(p + "only-branch") == 0
-    assert shared.metrics(br)["keys"] == 1202
+    assert shared_redis.metrics(br)["keys"] == 1202
 
 
 def test_dedicated_auth_backup_verify_restore(dedicated_redis: RedisDedicated, ident: str) -> None:
