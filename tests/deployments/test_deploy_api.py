@@ -47,6 +47,15 @@ def create(client: Any, org: Any, **overrides: Any) -> dict[str, Any]:
     return dict(response.json())
 
 
+def logged_events(caplog: pytest.LogCaptureFixture, dep_id: str) -> list[str]:
+    """The webhook events logged for one deployment, in order."""
+    return [
+        r.getMessage().split()[2]
+        for r in caplog.records
+        if r.name == "deployments.events" and dep_id in r.getMessage()
+    ]
+
+
 def pids_of(dep_id: str) -> list[int]:
     from deployments.models import Deployment
     from store.db import session_scope
@@ -270,11 +279,7 @@ def test_reconciler_restarts_a_killed_replica_and_reports_events_in_order(
         reconcile_all()
         time.sleep(0.1)
     assert pids_of(dep_id) != [pid]
-    events = [
-        r.getMessage().split()[2]
-        for r in caplog.records
-        if r.name == "deployments.events" and dep_id in r.getMessage()
-    ]
+    events = logged_events(caplog, dep_id)
     expected = [
         "deployment.created",
         "deployment.running",

@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from tests.deployments.conftest import install_backend
-from tests.deployments.test_deploy_api import pids_of, wait_status
+from tests.deployments.test_deploy_api import logged_events, pids_of, wait_status
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900), pytest.mark.usefixtures("worker")]
 
@@ -145,11 +145,7 @@ def test_local_deployment_lifecycle_with_the_real_model_server(
     assert left == {}
     assert port_free(port)
 
-    events = [
-        r.getMessage().split()[2]
-        for r in caplog.records
-        if r.name == "deployments.events" and dep_id in r.getMessage()
-    ]
+    events = logged_events(caplog, dep_id)
     assert events == [
         "deployment.created",
         "deployment.running",

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from tests.deployments.conftest import install_backend
-from tests.deployments.test_deploy_api import create, pids_of, wait_status
+from tests.deployments.test_deploy_api import create, logged_events, pids_of, wait_status
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600), pytest.mark.usefixtures("worker")]
 
@@ -116,11 +116,7 @@ def test_idle_deployment_scales_to_zero_and_the_next_request_wakes_it(
 
     client.delete(f"/v1/deployments/{dep_id}", headers=org.headers)
     wait_status(client, dep_id, org.headers, ("deleted",), timeout=60)
-    events = [
-        r.getMessage().split()[2]
-        for r in caplog.records
-        if r.name == "deployments.events" and dep_id in r.getMessage()
-    ]
+    events = logged_events(caplog, dep_id)
     assert events == [
         "deployment.created",
         "deployment.running",
