@@ -540,9 +540,6 @@ def replay_body(body: bytes, then: Receive | None = None) -> Callable[[], Awaita
 
 def install_contract(app: FastAPI) -> None:
     """Add the contract middlewares (call before ``RequestIdMiddleware`` is added)."""
-    from tasks.webhooks import subscribe_job_events
-
-    subscribe_job_events()  # the API publishes job.cancelled
     settings = get_settings()
     lookup = KeyLookup()
     app.state.key_lookup = lookup

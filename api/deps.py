@@ -13,13 +13,18 @@ from common.errors import Unauthorized
 from store import orgs
 from store.db import get_sessionmaker
 from store.orgs import Principal
+from workers import outbox
 
 bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer cvy_live_…`")
 
 
 def get_db() -> Iterator[Session]:
-    """A session per request; commits when the endpoint succeeds."""
+    """The request's one session and transaction: it commits once, when the endpoint returned
+    and before the response is sent (``scope="function"``), so a failed commit (store down: 503)
+    or a refused send of the jobs it created (broker down: 503, the jobs failed) is the answer,
+    never a 2xx for work that was not accepted. Routers never commit."""
     session = get_sessionmaker()()
+    session.info[outbox.ON_SEND_FAILURE] = "reject"
     try:
         yield session
         session.commit()
@@ -30,7 +35,7 @@ def get_db() -> Iterator[Session]:
         session.close()
 
 
-Db = Annotated[Session, Depends(get_db)]
+Db = Annotated[Session, Depends(get_db, scope="function")]
 
 
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.errors import ConveyorError, ErrorCode
+from store.db import is_unreachable
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +180,16 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+    if is_unreachable(exc):  # the store is down (the broker's own refusals raise Unavailable)
+        log.warning("store unreachable on %s %s: %s", request.method, request.url.path, exc)
+        return error_response(
+            request,
+            503,
+            ErrorCode.UNAVAILABLE,
+            "The job store is unavailable; try again shortly.",
+            None,
+            {"Retry-After": "5"},
+        )
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(
         request,

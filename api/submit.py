@@ -1,7 +1,8 @@
-"""Job creation from HTTP: the one path every "create a job" route takes.
+"""Job creation from HTTP: every "create a job" route calls ``jobs.service.create_job`` on the
+request's session (validation, quota, insert, outbox) and answers with :func:`accepted`.
 
-It validates the input against the kind's model, creates the row, commits, and only then
-enqueues (tasks.runner.create_and_enqueue — the same path as Python's ``submit``).
+The request's session commits once, before the response is sent, and the job's message leaves
+after that commit (``workers.outbox``); a broker that refuses it fails the job and answers 503.
 """
 
 from __future__ import annotations
@@ -11,24 +12,34 @@ from typing import Any
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
-from api.views import job_to_dict
+from jobs.service import create_job
+from jobs.views import job_to_dict
 from store.db import session_scope
 from store.models import Job
 from store.orgs import Principal
-from tasks.runner import create_and_enqueue
 from webhooks.service import job_webhook_view
+from workers import outbox
 
 
-def submit_job(principal: Principal, kind: str, payload: dict[str, Any]) -> Job:
-    return create_and_enqueue(kind, principal.org_id, payload)
+def submit_job(db: Session, principal: Principal, kind: str, payload: dict[str, Any]) -> Job:
+    """Create a ``kind`` job for the caller on the request's session."""
+    return create_job(db, kind, principal.org_id, payload)
 
 
-def accepted(job: Job, session: Session | None = None) -> JSONResponse:
-    """202 with the job and a Location header."""
-    if session is not None:
-        session.refresh(job)
+def submit_job_now(principal: Principal, kind: str, payload: dict[str, Any]) -> tuple[Job, Any]:
+    """For async routes that hold no request session: the same creation in a transaction of its
+    own, committed (and the job sent) before returning; also returns the per-job webhook view."""
+    with session_scope() as db:
+        db.info[outbox.ON_SEND_FAILURE] = "reject"
+        job = create_job(db, kind, principal.org_id, payload)
+        webhook = job_webhook_view(db, job.id, with_secret=True)
+    return job, webhook
+
+
+def accepted(job: Job, db: Session | None = None, *, webhook: Any = None) -> JSONResponse:
+    """202 with the job (and its webhook's secret, shown only here) and a Location header."""
     body = job_to_dict(job)
-    with session_scope() as db:  # a per-job webhook's secret is shown only here
+    if db is not None:
         webhook = job_webhook_view(db, job.id, with_secret=True)
     if webhook is not None:
         body["webhook"] = webhook

@@ -1,54 +1,26 @@
-"""How jobs are shown and how their results are downloaded, with per-kind hooks.
+"""How job results are downloaded over HTTP, with per-kind renderers (crawls register theirs).
 
-Domain routers register ``job_extras[kind]`` (extra top-level fields, e.g. Syttra's crawl
-counters) and ``result_renderers[kind]`` (e.g. crawls stream Markdown while they run).
+How a job itself is shown lives with the job domain (``jobs.views.job_to_dict``), so a worker
+and the API show it alike.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from common.errors import Gone, NotFound, NotReady
-from common.timeutil import isoformat_z
 from store import jobs as job_store
 from store.jobs import TERMINAL, JobStatus
 from store.models import Job
 
-JobExtras = Callable[[Job], dict[str, Any]]
 ResultRenderer = Callable[[Job, Request], Response]
 
-job_extras: dict[str, JobExtras] = {}
+#: Kind-specific result downloads (crawls stream Markdown while they run), set by their routers.
 result_renderers: dict[str, ResultRenderer] = {}
-
-
-def job_links(job_id: str) -> dict[str, str]:
-    return {"self": f"/v1/jobs/{job_id}", "result": f"/v1/jobs/{job_id}/result"}
-
-
-def job_to_dict(job: Job) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "id": job.id,
-        "kind": job.kind,
-        "status": job.status,
-        "input": job.input,
-        "progress": job.progress or {},
-        "error": job.error,
-        "attempts": job.attempts,
-        "created_at": isoformat_z(job.created_at),
-        "started_at": isoformat_z(job.started_at),
-        "completed_at": isoformat_z(job.completed_at),
-        "expires_at": isoformat_z(job.expires_at),
-        "links": job_links(job.id),
-    }
-    extras = job_extras.get(job.kind)
-    if extras is not None:
-        out.update(extras(job))
-    return out
 
 
 def ensure_result_available(job: Job, *, partial_ok: bool = False) -> None:

@@ -181,7 +181,7 @@ def main() -> int:
 
         org = harness.make_org()
         with session_scope() as session:
-            job = job_store.create_job(
+            job = job_store.insert_job(
                 session, org_id=org.org_id, kind="diagnostics", input={"seconds": 0, "steps": 1}
             )
             job_id = job.id

@@ -2,9 +2,9 @@
 no-op tasks, same broker, same worker process and settings, same run.
 
 Conveyor's path per job: validate + insert the row + commit, enqueue
-(``tasks.runner.create_and_enqueue``), then in the worker the compare-and-set to running, the
-handler (one cancel check, one progress write), the result item and the transition to
-completed. The raw task only increments a Redis counter so its completion can be observed.
+(``jobs.service.create_job``, sent by the outbox after the commit), then in the worker the
+compare-and-set to running, the handler (one cancel check, one progress write), the result item
+and the transition to completed. The raw task only increments a Redis counter so its completion can be observed.
 Both sides are timed from the first submission to the last completion, the submitter running
 while the worker consumes.
 
@@ -51,9 +51,10 @@ def main() -> int:
 
         from benchmarks.bench_tasks import DONE_KEY
         from cli.main import worker_command
+        from jobs.service import create_job
         from store.db import session_scope
         from store.models import Job
-        from tasks.runner import create_and_enqueue
+        from workers import outbox
         from workers.app import celery_app
 
         celery_app.loader.import_default_modules()
@@ -119,8 +120,10 @@ def main() -> int:
                 return int(counts.get("completed", 0))
 
             t0 = time.perf_counter()
-            for _ in range(n):
-                create_and_enqueue("diagnostics", org.org_id, dict(NOOP_INPUT))
+            for _ in range(n):  # what every REST route and Python's submit do, one job each
+                with session_scope() as session:
+                    session.info[outbox.ON_SEND_FAILURE] = "reject"
+                    create_job(session, "diagnostics", org.org_id, dict(NOOP_INPUT))
             harness.log(f"  conveyor: {n} submitted in {time.perf_counter() - t0:.2f} s")
             t1 = wait(finished, n, "conveyor", t0)
             if count:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import lru_cache
 from typing import Any
 
 CRAWL = "crawl"
@@ -17,24 +19,47 @@ QUEUES: tuple[str, ...] = (CRAWL, DEPLOY, PROVISION, INFERENCE, WEBHOOKS, MAINTE
 
 @dataclass(frozen=True)
 class KindLimits:
-    """Where a job kind runs and how long it may take (seconds)."""
+    """A job kind, declared once: where it runs, how long it may take (seconds), what its input
+    is and what its job view adds. ``input_model`` and ``extras`` are ``"module:name"`` paths
+    resolved on first use (:func:`resolve`), so every process (API, any worker, beat) sees the
+    same declaration without importing the domain at start-up."""
 
     queue: str
     soft_time_limit: int
     time_limit: int
+    #: The pydantic model the input is validated with at creation (None: any JSON object).
+    input_model: str | None = None
+    #: ``fn(job) -> dict`` of extra top-level fields of the job view (Syttra's crawl counters).
+    extras: str | None = None
 
 
 # Every job kind: its queue and limits. A kind's task is named "<kind>.run".
 KINDS: dict[str, KindLimits] = {
-    "diagnostics": KindLimits(MAINTENANCE, 300, 330),
-    "crawl": KindLimits(CRAWL, 3 * 3600, 3 * 3600 + 60),
+    "diagnostics": KindLimits(MAINTENANCE, 300, 330, "diagnostics.schemas:SleepInput"),
+    "crawl": KindLimits(
+        CRAWL,
+        3 * 3600,
+        3 * 3600 + 60,
+        "crawler.schemas:CrawlRequest",
+        extras="crawler.views:crawl_fields",
+    ),
     "crawl_batch": KindLimits(CRAWL, 1800, 1860),
-    "deploy": KindLimits(DEPLOY, 1800, 1860),
-    "provision": KindLimits(PROVISION, 3 * 3600, 3 * 3600 + 60),
-    "backup": KindLimits(PROVISION, 3 * 3600, 3 * 3600 + 60),
-    "restore": KindLimits(PROVISION, 3 * 3600, 3 * 3600 + 60),
-    "inference": KindLimits(INFERENCE, 600, 660),
+    "deploy": KindLimits(DEPLOY, 1800, 1860, "deployments.schemas:DeployJobInput"),
+    "provision": KindLimits(
+        PROVISION, 3 * 3600, 3 * 3600 + 60, "resources.schemas:ProvisionJobInput"
+    ),
+    "backup": KindLimits(PROVISION, 3 * 3600, 3 * 3600 + 60, "resources.schemas:BackupJobInput"),
+    "restore": KindLimits(PROVISION, 3 * 3600, 3 * 3600 + 60, "resources.schemas:RestoreJobInput"),
+    "inference": KindLimits(INFERENCE, 600, 660, "inference.schemas:InferenceJobInput"),
 }
+
+
+@lru_cache(maxsize=64)
+def resolve(path: str) -> Any:
+    """The object a ``"module:name"`` declaration names."""
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
 
 # Redis redelivers an unacked message after this long: keep it above the longest hard limit.
 VISIBILITY_TIMEOUT = max(k.time_limit for k in KINDS.values()) + 600
@@ -88,9 +113,9 @@ def beat_schedule() -> dict[str, dict[str, Any]]:
     return {
         "expire-results": {"task": "maintenance.expire_results", "schedule": timedelta(minutes=5)},
         "purge-metadata": {"task": "maintenance.purge_metadata", "schedule": timedelta(hours=1)},
-        "reap-stuck-jobs": {
-            "task": "maintenance.reap_stuck_jobs",
-            "schedule": timedelta(minutes=1),
+        "sweep-jobs": {  # leases, queued jobs without a message, time limits
+            "task": "maintenance.sweep_jobs",
+            "schedule": timedelta(seconds=_setting("sweep_interval_seconds")),
         },
         "broker-canary": {"task": "maintenance.broker_canary", "schedule": timedelta(minutes=1)},
         "resources-scheduled-backups": {
@@ -123,12 +148,12 @@ def beat_schedule() -> dict[str, dict[str, Any]]:
         },
         "reconcile-deployments": {
             "task": "deployments.reconcile",
-            "schedule": timedelta(seconds=_deploy_reconcile_seconds()),
+            "schedule": timedelta(seconds=_setting("deploy_reconcile_seconds")),
         },
     }
 
 
-def _deploy_reconcile_seconds() -> float:
+def _setting(name: str) -> float:
     from config.settings import get_settings
 
-    return get_settings().deploy_reconcile_seconds
+    return float(getattr(get_settings(), name))

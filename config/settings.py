@@ -42,6 +42,20 @@ class Settings(BaseSettings):
     )
     db_pool_size: int = 10
     reaper_grace_seconds: int = 60
+    # Crash safety (README "Crash safety"): a running job's lease, renewed by its worker; a
+    # lapsed lease re-queues the job. A queued job without a message in flight is re-sent.
+    job_lease_seconds: float = Field(default=45.0, description="A running job's lease.")
+    job_lease_renew_seconds: float = Field(default=10.0, description="Lease renewal period.")
+    sweep_interval_seconds: float = Field(default=15.0, description="Sweeper/reaper period.")
+    sweep_queued_after_seconds: float = Field(
+        default=60.0, description="A queued job with no message in flight is re-sent after this."
+    )
+    store_retry_max_seconds: float = Field(
+        default=30.0, description="Longest wait between a task's retries while the store is down."
+    )
+    test_pause_before_send_seconds: float = Field(
+        default=0.0, description="Fault injection only: sleep between commit and send."
+    )
     canary_max_age_seconds: int = 180
     diagnostics_allow_crash: bool = False  # lets a diagnostics job SIGKILL its worker (tests)
     worker_concurrency: int = 0  # 0: the queue group's default (config.queues.WORKER_GROUPS)

@@ -3,9 +3,9 @@
 A deployment row is the desired state (`desired`, the current `revision`'s configuration) plus
 what the backend last observed (`status`, `status_reason`, `endpoints`, `backend_state`). Every
 lifecycle operation is a `deploy` job: `schedule()` creates the job row in the caller's
-transaction (cancelling the operation it supersedes) and the caller enqueues it after commit.
+transaction (cancelling the operation it supersedes); it is sent when that transaction commits.
 `apply_observation()` is the one place status changes, GPU-seconds accrue and events are
-decided; events are returned for the caller to emit after its commit.
+decided; the caller records the events it returns on the same session (`record`).
 
 Status machine: pending → deploying → running | failed; running ⇄ degraded;
 stopping → stopped; deleting → deleted.
@@ -44,9 +44,11 @@ from deployments.backends.base import (
 from deployments.catalog import find_template
 from deployments.models import Deployment, DeploymentRevision
 from deployments.schemas import DeploymentCreate, DeploymentPatch, Replicas, RuntimeOptions
+from jobs.service import create_job
 from store import jobs as job_store
 from store.jobs import ACTIVE, JobStatus
 from store.models import Job
+from webhooks import events as webhook_events
 from webhooks import secretbox
 
 CONFIG_FIELDS = (
@@ -65,11 +67,18 @@ MASK = "****"
 
 @dataclass(frozen=True)
 class Event:
-    """A `deployment.*` event decided inside a transaction, emitted after its commit."""
+    """A `deployment.*` event decided inside a transaction; :func:`record` emits it on that
+    transaction's session (delivered once it commits)."""
 
     type: str
     org_id: str
     data: dict[str, Any]
+
+
+def record(session: Session, events: list[Event]) -> None:
+    """Emit ``events`` on ``session``: their webhook deliveries commit with the change."""
+    for event in events:
+        webhook_events.emit(session, event.type, event.org_id, event.data)
 
 
 # ------------------------------------------------------------------------------- views ---
@@ -299,15 +308,17 @@ def delete(session: Session, dep: Deployment) -> bool:
 def schedule(session: Session, dep: Deployment, operation: str) -> str:
     """Create the deploy job for `operation` (cancelling the one it supersedes); return its id.
 
-    The caller commits, then enqueues the job (`tasks.runner.enqueue(job_id, "deploy")`).
+    The job is sent when the caller's transaction commits. Only `apply` counts against the
+    plan's quota: stopping, deleting and waking free or reuse what it counts.
     """
     if dep.job_id:
         job_store.transition(session, dep.job_id, to=JobStatus.CANCELLED, from_=list(ACTIVE))
-    job = job_store.create_job(
+    job = create_job(
         session,
-        org_id=dep.org_id,
-        kind="deploy",
-        input={"deployment_id": dep.id, "operation": operation, "revision": dep.revision},
+        "deploy",
+        dep.org_id,
+        {"deployment_id": dep.id, "operation": operation, "revision": dep.revision},
+        quota=operation == "apply",
     )
     dep.job_id = job.id
     return job.id
@@ -435,8 +446,8 @@ def unavailable(dep: Deployment) -> Unavailable:
 
 
 def wake(session: Session, dep: Deployment) -> str | None:
-    """A request for a deployment scaled to zero: schedule its `scale_up` job and return the
-    job's id (the caller commits, then enqueues). None when another request already woke it."""
+    """A request for a deployment scaled to zero: schedule its `scale_up` job (sent when the
+    caller commits) and return its id. None when another request already woke it."""
     if dep.scaled_to_zero_at is None or not repository.claim_wake(session, dep.id):
         return None
     dep.scaled_to_zero_at = None

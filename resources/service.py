@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from common.errors import Conflict, JobFailed, NotFound, NotReady, ValidationFailed
 from common.timeutil import isoformat_z, utcnow
 from config import get_settings
+from jobs.service import create_job
 from resources import repository
 from resources.backends import get_backend, supported
 from resources.backends.base import Backend, BackupResult, Handle
@@ -41,6 +42,7 @@ from resources.schemas import (
 )
 from resources.settings import ResourceSettings
 from store import jobs as job_store
+from webhooks import events as webhook_events
 
 log = logging.getLogger(__name__)
 PITR_BACKUP_METHOD = "pg_basebackup"
@@ -62,10 +64,17 @@ LIMITS: dict[tuple[str, str], tuple[str, ...]] = {
 
 @dataclass
 class Outcome:
-    """Jobs to enqueue and events to emit once the caller has committed."""
+    """What an operation caused: the jobs it created (already recorded in the outbox of the
+    session that created them) and the events the caller emits (``record``)."""
 
     jobs: list[tuple[str, str]] = field(default_factory=list)  # (job id, kind)
     events: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+
+
+def record(session: Session, outcome: Outcome) -> None:
+    """Emit ``outcome``'s events on ``session``: delivered once it commits."""
+    for event_type, org_id, data in outcome.events:
+        webhook_events.emit(session, event_type, org_id, data)
 
 
 class FailedWithOutcome(JobFailed):
@@ -214,8 +223,7 @@ def get(session: Session, org_id: str, resource_id: str, *, lock: bool = False) 
 
 
 def _job(session: Session, res: Resource, kind: str, payload: dict[str, Any]) -> str:
-    job = job_store.create_job(session, org_id=res.org_id, kind=kind, input=payload)
-    return job.id
+    return create_job(session, kind, res.org_id, payload, quota=False).id
 
 
 def _new_resource(
@@ -871,8 +879,7 @@ def run_backup(session_factory: Any, backup_id: str) -> Outcome:
 
 
 def _job_for(session: Session, backup: ResourceBackup, payload: dict[str, Any]) -> str:
-    job = job_store.create_job(session, org_id=backup.org_id, kind="backup", input=payload)
-    return job.id
+    return create_job(session, "backup", backup.org_id, payload, quota=False).id
 
 
 def run_verify(session_factory: Any, backup_id: str) -> tuple[Outcome, dict[str, Any]]:

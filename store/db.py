@@ -6,12 +6,13 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from config import get_settings
@@ -153,3 +154,57 @@ def session_scope() -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+#: What the store raises when it cannot be reached (refused, restarting, connection dropped).
+def is_unreachable(exc: BaseException) -> bool:
+    """True when ``exc`` means the store could not be reached, not that a statement was wrong:
+    a reason to answer 503 or retry later, never to fail a job."""
+    if isinstance(exc, DisconnectionError | InterfaceError | OperationalError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def store_reachable() -> bool:
+    """One quick round trip to the store on a pooled connection (pinged first)."""
+    try:
+        with get_autocommit_engine().connect() as connection:
+            connection.exec_driver_sql("SELECT 1")
+        return True
+    except Exception as exc:
+        if is_unreachable(exc):
+            return False
+        raise
+
+
+@dataclass(frozen=True)
+class StoreRetry:
+    """The retry policy for a write that must reach the store (a job's completion): while the
+    store cannot be reached, try again after 0.5, 1, 2, 4, 5, 5 … s, for at most
+    ``give_up_after`` seconds, then let the error through (the job's lease then lapses and the
+    job is re-queued: its outcome is never recorded twice)."""
+
+    base: float = 0.5
+    factor: float = 2.0
+    cap: float = 5.0
+    give_up_after: float = 60.0
+
+    def delay(self, attempt: int) -> float:
+        return float(min(self.cap, self.base * self.factor ** (attempt - 1)))
+
+    def call(self, work: Callable[[], T]) -> T:
+        deadline = time.monotonic() + self.give_up_after
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return work()
+            except Exception as exc:
+                wait = self.delay(attempt)
+                if not is_unreachable(exc) or time.monotonic() + wait > deadline:
+                    raise
+                log.warning("the store is unreachable (%s); trying again in %.1f s", exc, wait)
+                time.sleep(wait)
+
+
+store_retry = StoreRetry()

@@ -56,24 +56,19 @@ ACTIVE: frozenset[str] = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
 ALL_STATUSES: tuple[str, ...] = tuple(s.value for s in JobStatus)
 
 
-def create_job(
-    session: Session, *, org_id: str, kind: str, input: dict[str, Any], job_id: str | None = None
-) -> Job:
-    job = Job(org_id=org_id, kind=kind, input=input, status=JobStatus.QUEUED, progress={})
-    if job_id:
-        job.id = job_id
-    session.add(job)
-    session.flush()
-    return job
-
-
 def insert_job(
-    session: Session | Connection, *, org_id: str, kind: str, input: dict[str, Any]
+    session: Session | Connection,
+    *,
+    org_id: str,
+    kind: str,
+    input: dict[str, Any],
+    job_id: str | None = None,
 ) -> Job:
     """Insert a new queued job with one Core ``INSERT`` (no unit-of-work flush) and return it
-    as a detached ``Job`` holding exactly the values written: the submit hot path."""
+    as a detached ``Job`` holding exactly the values written. Only ``jobs.service.create_job``
+    calls this: it also validates, applies the quota and records the job's message."""
     job = Job(
-        id=new_id(),
+        id=job_id or new_id(),
         org_id=org_id,
         kind=kind,
         input=input,
@@ -87,6 +82,7 @@ def insert_job(
         completed_at=None,
         expires_at=None,
         result_deleted_at=None,
+        lease_expires_at=None,
     )
     session.execute(_INSERT_JOB, {name: getattr(job, name) for name in _JOB_COLUMNS})
     return job
@@ -110,11 +106,14 @@ def transition(
     error: dict[str, Any] | None = None,
     values: dict[str, Any] | None = None,
     merge_progress: dict[str, Any] | None = None,
+    delivery_id: str | None = None,
 ) -> bool:
     """Move a job to ``to`` if and only if it is in one of ``from_`` (compare-and-set).
 
     Exactly one of several racing callers wins; the others get False and change nothing.
-    Terminal states stamp ``completed_at`` and ``expires_at`` (completed_at + result TTL).
+    Terminal states stamp ``completed_at`` and ``expires_at`` (completed_at + result TTL) and
+    end the lease. ``delivery_id`` fences a worker's transition: it wins only while the job is
+    still held by that delivery (a job re-queued after its lease lapsed is not its to end).
     """
     now = utcnow()
     changes: dict[str, Any] = {"status": to.value, **(values or {})}
@@ -126,7 +125,11 @@ def transition(
         changes["completed_at"] = now
         changes["expires_at"] = now + timedelta(seconds=get_settings().result_ttl_seconds)
         changes["error"] = error
-    stmt = update(Job).where(Job.id == job_id, Job.status.in_(list(from_))).values(**changes)
+        changes["lease_expires_at"] = None
+    stmt = update(Job).where(Job.id == job_id, Job.status.in_(list(from_)))
+    if delivery_id is not None:
+        stmt = stmt.where(Job.delivery_id == delivery_id)
+    stmt = stmt.values(**changes)
     result = session.execute(stmt.execution_options(synchronize_session=False))
     return bool(getattr(result, "rowcount", 0) == 1)
 
@@ -163,6 +166,7 @@ def _start_statement(also: ColumnElement[Any] | None) -> Any:
             started_at=func.coalesce(Job.started_at, bindparam("now", type_=Job.started_at.type)),
             attempts=Job.attempts + 1,
             delivery_id=bindparam("delivery_id"),
+            lease_expires_at=bindparam("lease_until", type_=Job.lease_expires_at.type),
         )
         .returning(*returning)
     )
@@ -184,9 +188,11 @@ def start(
     returned by that same statement; its value comes back as the third element (None on the
     rarer redelivery paths, where the caller asks separately).
     """
+    now = utcnow()
+    lease_until = now + timedelta(seconds=get_settings().job_lease_seconds)
     first = executor.execute(
         _start_statement(also),
-        {"job_id": job_id, "delivery_id": delivery_id, "now": utcnow()},
+        {"job_id": job_id, "delivery_id": delivery_id, "now": now, "lease_until": lease_until},
     ).first()
     if first is not None:
         extra = first[4] if also is not None else None
@@ -195,7 +201,7 @@ def start(
             StartedJob(first.org_id, first.kind, dict(first.input), first.attempts),
             extra,
         )
-    outcome = _redeliver(executor, job_id, delivery_id, max_deliveries)
+    outcome = _redeliver(executor, job_id, delivery_id, max_deliveries, lease_until)
     if outcome != StartOutcome.REDELIVERED:
         return outcome, None, None
     again = executor.execute(
@@ -213,12 +219,17 @@ def _complete_statement(with_progress: bool, with_result: bool) -> Any:
         "completed_at": bindparam("now", type_=Job.completed_at.type),
         "expires_at": bindparam("expires_at", type_=Job.expires_at.type),
         "error": None,
+        "lease_expires_at": None,
     }
     if with_progress:
         changes["progress"] = Job.progress.op("||")(bindparam("progress", type_=postgresql.JSONB))
     done = (
         update(Job)
-        .where(Job.id == bindparam("job_id"), Job.status == JobStatus.RUNNING.value)
+        .where(
+            Job.id == bindparam("job_id"),
+            Job.status == JobStatus.RUNNING.value,
+            Job.delivery_id == bindparam("held_by"),
+        )
         .values(**changes)
         .returning(Job.id)
         .cte("done")
@@ -246,9 +257,11 @@ def complete(
     *,
     result: dict[str, Any] | None,
     result_seq: int,
+    delivery_id: str,
     merge_progress: dict[str, Any] | None = None,
 ) -> bool:
-    """``running → completed`` with the job's small result item, atomically; True if it won.
+    """``running → completed`` with the job's small result item, atomically; True if it won
+    (only while delivery ``delivery_id`` still holds the job).
 
     PostgreSQL: one statement, so an autocommit connection commits it in one round trip.
     Elsewhere (``executor`` must then be a Session): the insert and the transition in the
@@ -264,6 +277,7 @@ def complete(
             to=JobStatus.COMPLETED,
             from_=[JobStatus.RUNNING],
             merge_progress=merge_progress,
+            delivery_id=delivery_id,
         )
         if not won:
             executor.rollback()
@@ -271,6 +285,7 @@ def complete(
     now = utcnow()
     params: dict[str, Any] = {
         "job_id": job_id,
+        "held_by": delivery_id,
         "now": now,
         "expires_at": now + timedelta(seconds=get_settings().result_ttl_seconds),
     }
@@ -289,7 +304,11 @@ def _dialect(executor: Session | Connection) -> str:
 
 
 def _redeliver(
-    session: Session | Connection, job_id: str, delivery_id: str, max_deliveries: int
+    session: Session | Connection,
+    job_id: str,
+    delivery_id: str,
+    max_deliveries: int,
+    lease_until: datetime,
 ) -> StartOutcome:
     """A delivery of a job that is not queued: a redelivery to run, a duplicate, or the last."""
     row = session.execute(
@@ -313,7 +332,7 @@ def _redeliver(
     stmt = (
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.attempts == row.attempts)
-        .values(attempts=row.attempts + 1)
+        .values(attempts=row.attempts + 1, lease_expires_at=lease_until)
     )
     updated = session.execute(stmt.execution_options(synchronize_session=False))
     return StartOutcome.REDELIVERED if getattr(updated, "rowcount", 0) == 1 else StartOutcome.SKIP
@@ -615,3 +634,84 @@ def reap_stuck(
             ):
                 reaped.append(job_id)
     return reaped
+
+
+# --- leases and the sweeper -----------------------------------------------------------------
+
+
+def renew_leases(executor: Session | Connection, held: dict[str, str], until: datetime) -> set[str]:
+    """Extend the leases of the running jobs in ``held`` (job id → the delivery holding it) to
+    ``until``; returns the job ids renewed. A job missing from the answer is no longer held by
+    that delivery (finished, cancelled, or re-queued after its lease lapsed)."""
+    if not held:
+        return set()
+    renewed: set[str] = set()
+    for job_id, delivery_id in held.items():
+        result = executor.execute(
+            update(Job)
+            .where(
+                Job.id == job_id,
+                Job.status == JobStatus.RUNNING.value,
+                Job.delivery_id == delivery_id,
+            )
+            .values(lease_expires_at=until)
+            .execution_options(synchronize_session=False)
+        )
+        if getattr(result, "rowcount", 0) == 1:
+            renewed.add(job_id)
+    return renewed
+
+
+def lapsed_leases(
+    session: Session, now: datetime, *, limit: int = 500
+) -> list[tuple[str, str, int]]:
+    """Running jobs whose lease lapsed before ``now``: ``(id, kind, attempts)``, oldest first."""
+    rows = session.execute(
+        select(Job.id, Job.kind, Job.attempts)
+        .where(Job.status == JobStatus.RUNNING.value, Job.lease_expires_at < now)
+        .order_by(Job.lease_expires_at)
+        .limit(limit)
+    )
+    return [(row.id, row.kind, row.attempts) for row in rows]
+
+
+def requeue(session: Session, job_id: str, now: datetime) -> bool:
+    """``running → queued`` for a job whose lease lapsed (compare-and-set on the lapsed lease,
+    so a worker that renewed it in the meantime keeps it). The next start counts an attempt."""
+    result = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.status == JobStatus.RUNNING.value,
+            Job.lease_expires_at < now,
+        )
+        .values(
+            status=JobStatus.QUEUED.value,
+            delivery_id=None,
+            lease_expires_at=None,
+            started_at=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(result, "rowcount", 0) == 1)
+
+
+def queued_before(
+    session: Session | Connection, before: datetime, *, limit: int = 1000
+) -> list[tuple[str, str]]:
+    """``(id, kind)`` of jobs ``queued`` since before ``before``, oldest first."""
+    rows = session.execute(
+        select(Job.id, Job.kind)
+        .where(Job.status == JobStatus.QUEUED.value, Job.created_at < before)
+        .order_by(Job.created_at)
+        .limit(limit)
+    )
+    return [(row.id, row.kind) for row in rows]
+
+
+def statuses(session: Session | Connection, job_ids: Sequence[str]) -> dict[str, str]:
+    """The status of each of ``job_ids`` that still exists."""
+    if not job_ids:
+        return {}
+    rows = session.execute(select(Job.id, Job.status).where(Job.id.in_(list(job_ids))))
+    return {row.id: row.status for row in rows}

@@ -104,6 +104,9 @@ class Job(Base):
     completed_at: Mapped[datetime | None] = mapped_column(default=None)
     expires_at: Mapped[datetime | None] = mapped_column(default=None)
     result_deleted_at: Mapped[datetime | None] = mapped_column(default=None)
+    #: While ``running``: until when the worker holding it is known alive (it renews the lease;
+    #: a lapsed lease re-queues the job). Null otherwise.
+    lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
 
     __table_args__ = (
         # Keyset pagination: every list query walks one of these in (created_at, id) order,
@@ -114,6 +117,8 @@ class Job(Base):
         # Beat tasks: expiry and reaping scan by state and time.
         Index("ix_jobs_status_expires", "status", "expires_at"),
         Index("ix_jobs_status_started", "status", "started_at"),
+        Index("ix_jobs_status_lease", "status", "lease_expires_at"),
+        Index("ix_jobs_status_created", "status", "created_at"),
         Index("ix_jobs_completed", "completed_at"),
     )
 

@@ -43,7 +43,7 @@ def _options(role: str) -> WorkerOptions:
     )
 
 
-@job_task("crawl", input_model=CrawlRequest)
+@job_task("crawl")
 def crawl(ctx: JobContext) -> None:
     """Crawl one page, a whole site, or a list of URLs into Markdown."""
     request = CrawlRequest.model_validate(ctx.input)

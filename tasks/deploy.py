@@ -1,16 +1,15 @@
 """Deploy queue tasks: `deploy.run` (one lifecycle operation as a job) and the reconciler beat.
 
 Both are thin: load the deployment, call the backend, store the observation through
-`deployments.service.apply_observation`, commit, then emit the events it returned. The reconciler
-also scales idle deployments with replicas.min 0 to zero (`deployments.service.scale_to_zero`);
-a request wakes them with a `scale_up` job.
+`deployments.service.apply_observation` and record the events it returned on the same session.
+The reconciler also scales idle deployments with replicas.min 0 to zero
+(`deployments.service.scale_to_zero`); a request wakes them with a `scale_up` job.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -25,12 +24,10 @@ from config import get_settings
 from deployments import metrics, repository, service
 from deployments.backends.base import BackendState, Observation
 from deployments.backends.local import LocalBackend, replica_ids
-from deployments.events import emit
 from deployments.models import Deployment
 from deployments.rollout import wait_for_rollout
 from deployments.runtime import get_backend, reset_backend
 from deployments.schemas import DeployJobInput
-from deployments.service import Event
 from store.db import session_scope
 from tasks.runner import JobCancelled, JobContext, job_task
 from workers.app import celery_app
@@ -42,12 +39,7 @@ class Superseded(Exception):
     """A newer operation on the same deployment took over; this job stops quietly."""
 
 
-def emit_all(events: Iterable[Event]) -> None:
-    for event in events:
-        emit(event.type, org_id=event.org_id, data=event.data)
-
-
-@job_task("deploy", input_model=DeployJobInput)
+@job_task("deploy")
 def deploy(ctx: JobContext) -> dict[str, Any] | None:
     """Apply, stop or delete one deployment; a rollout waits (with a deadline) until running."""
     job = DeployJobInput.model_validate(ctx.input)
@@ -74,8 +66,8 @@ def deploy(ctx: JobContext) -> dict[str, Any] | None:
         backend.delete(spec, state)
         with session_scope() as session:
             dep = repository.get_any(session, job.deployment_id, lock=True)
-            events = service.mark_deleted(dep) if dep is not None else []
-        emit_all(events)
+            if dep is not None:
+                service.record(session, service.mark_deleted(dep))
         return {"status": "deleted"}
 
     try:
@@ -132,8 +124,7 @@ def _store(ctx: JobContext, obs: Observation) -> None:
         dep = repository.get_any(session, ctx.input["deployment_id"], lock=True)
         if dep is None or dep.job_id not in (None, ctx.job_id):
             raise Superseded()
-        events = service.apply_observation(session, dep, obs)
-    emit_all(events)
+        service.record(session, service.apply_observation(session, dep, obs))
 
 
 @celery_app.task(name="deployments.reconcile", acks_late=True, ignore_result=True)
@@ -180,7 +171,7 @@ def reconcile_one(deployment_id: str) -> int:
                 _scale_down_if_idle(session, dep, settings.deploy_scale_to_zero_idle_seconds)
             obs = backend.reconcile(service.spec_of(dep), service.state_of(dep))
             events = service.apply_observation(session, dep, obs)
-    emit_all(events)
+        service.record(session, events)
     return 1
 
 

@@ -10,7 +10,7 @@ from diagnostics.service import run_sleep
 from tasks.runner import JobContext, job_task
 
 
-@job_task("diagnostics", input_model=SleepInput)
+@job_task("diagnostics")
 def sleep(ctx: JobContext) -> dict[str, Any]:
     """Sleep cooperatively, reporting progress; honours cancel between steps."""
     params = SleepInput.model_validate(ctx.input)

@@ -53,7 +53,7 @@ def usage_recorder(org_id: str) -> Callable[[Meter, float], None]:
     return record
 
 
-@job_task("inference", input_model=InferenceJobInput)
+@job_task("inference")
 def inference(ctx: JobContext) -> dict[str, Any] | None:
     """Run a chat/completion/embedding request or a batch on this process's engines."""
     runtime = get_runtime(build_runtime)

@@ -1,19 +1,22 @@
-"""Beat tasks on the ``maintenance`` queue: result expiry, metadata purge, the stuck-job
-reaper and the broker canary that notices a queue nobody consumes."""
+"""Beat tasks on the ``maintenance`` queue: result expiry, metadata purge, the job sweeps (leases,
+queued jobs without a message, time limits) and the broker canary that notices a queue nobody
+consumes."""
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import redis
 
-from common import events
 from common.timeutil import utcnow
 from config import get_settings
-from config.queues import KINDS, QUEUES
+from config.queues import QUEUES
+from jobs import jobs as job_sweeps
 from store import jobs as job_store
 from store.db import session_scope
+from workers import outbox
 from workers.app import celery_app
 
 log = logging.getLogger(__name__)
@@ -46,17 +49,17 @@ def purge_metadata() -> int:
             return total
 
 
+@celery_app.task(name="maintenance.sweep_jobs")
+def sweep_jobs() -> dict[str, Any]:
+    """No job lost or stuck: re-queue jobs whose worker's lease lapsed, re-send queued jobs whose
+    message the broker lacks, fail jobs past their time limit (``jobs.jobs.sweep``)."""
+    return job_sweeps.sweep()
+
+
 @celery_app.task(name="maintenance.reap_stuck_jobs")
 def reap_stuck_jobs() -> list[str]:
     """Fail jobs still ``running`` past their kind's hard time limit (``timed_out``)."""
-    settings = get_settings()
-    limits = {kind: k.time_limit for kind, k in KINDS.items()}
-    with session_scope() as session:
-        reaped = job_store.reap_stuck(session, utcnow(), limits, settings.reaper_grace_seconds)
-    for job_id in reaped:
-        log.warning("reaped stuck job %s", job_id)
-        events.publish("job.failed", job_id, {"code": "timed_out"})
-    return reaped
+    return job_sweeps.reap_timed_out()
 
 
 def _redis() -> redis.Redis:
@@ -93,9 +96,13 @@ def broker_canary() -> dict[str, float | None]:
             )
         if not sent or consumed_at is None or consumed_at >= float(sent):
             client.set(CANARY_SENT_KEY.format(queue=queue), str(now))
-            canary_ping.apply_async(
-                args=[queue, now], queue=queue, expires=settings.canary_max_age_seconds
+            ping = outbox.Message(
+                "maintenance.canary_ping",
+                (queue, now),
+                queue,
+                expires=settings.canary_max_age_seconds,
             )
+            outbox.send([ping])
     return ages
 
 

@@ -3,8 +3,8 @@ limits), ``backup.run`` (take a backup, then verify it by a scratch restore), ``
 (fill a new resource from a backup, a point in time or a branch), and the beat tasks (scheduled
 backups, retention, WAL-archive health, size limits, shared Redis ACL reconcile).
 
-Thin: call ``resources.service``, which records outcomes in its own short transactions, then
-enqueue the jobs and emit the events it returned.
+Thin: call ``resources.service``, which records outcomes in its own short transactions (their
+jobs are sent as each commits), then emit the events it returned.
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ from typing import Any
 
 from common.timeutil import utcnow
 from resources import service
-from resources.events import emit
 from resources.schemas import BackupJobInput, ProvisionJobInput, RestoreJobInput
 from resources.service import FailedWithOutcome, Outcome
 from store.db import session_scope
-from tasks.runner import JobContext, enqueue, job_task
+from tasks.runner import JobContext, job_task
 from workers.app import celery_app
 
 log = logging.getLogger(__name__)
@@ -26,11 +25,11 @@ service.register_binding_hook()  # deploy workers import every task module: bind
 
 
 def dispatch(outcome: Outcome) -> None:
-    """After the commit: enqueue the outcome's jobs, emit its events."""
-    for job_id, kind in outcome.jobs:
-        enqueue(job_id, kind)
-    for event_type, org_id, data in outcome.events:
-        emit(event_type, org_id=org_id, data=data)
+    """Emit the outcome's events (its jobs were sent when the rows that created them
+    committed)."""
+    if outcome.events:
+        with session_scope() as session:
+            service.record(session, outcome)
 
 
 def _run(fn: Any, *args: Any) -> Outcome:
@@ -43,7 +42,7 @@ def _run(fn: Any, *args: Any) -> Outcome:
     return outcome
 
 
-@job_task("provision", input_model=ProvisionJobInput)
+@job_task("provision")
 def provision(ctx: JobContext) -> dict[str, Any] | None:
     """Create, delete, rotate the credentials of, or apply new limits to one resource."""
     job = ProvisionJobInput.model_validate(ctx.input)
@@ -59,7 +58,7 @@ def provision(ctx: JobContext) -> dict[str, Any] | None:
     return {"resource_id": job.resource_id, "operation": job.operation}
 
 
-@job_task("backup", input_model=BackupJobInput)
+@job_task("backup")
 def backup(ctx: JobContext) -> dict[str, Any] | None:
     """Take a backup (then queue its verification) or verify one by a scratch restore."""
     job = BackupJobInput.model_validate(ctx.input)
@@ -77,7 +76,7 @@ def backup(ctx: JobContext) -> dict[str, Any] | None:
     return {"backup_id": job.backup_id, **report}
 
 
-@job_task("restore", input_model=RestoreJobInput)
+@job_task("restore")
 def restore(ctx: JobContext) -> dict[str, Any] | None:
     """Fill a new resource from a backup, a point in time or the source's current data."""
     job = RestoreJobInput.model_validate(ctx.input)

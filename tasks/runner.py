@@ -1,40 +1,49 @@
-"""Turn a domain handler into a job task, and submit jobs (REST and Python share this path).
+"""Turn a domain handler into a job task: ``@job_task("diagnostics")`` registers the Celery task
+``diagnostics.run`` on the kind's queue with the kind's time limits (the kind is declared once,
+in ``config.queues.KINDS``).
 
-``@job_task("diagnostics", input_model=SleepInput)`` registers the Celery task
-``diagnostics.run`` on the kind's queue with the kind's time limits. The task body loads the
-job, marks it running through the compare-and-set transition (counting deliveries, so a job
-whose worker keeps dying fails with ``worker_lost``), calls the handler with a ``JobContext``
-and records the outcome. ``submit()`` creates the job row, commits, and only then enqueues.
+The task body starts the job through the compare-and-set transition (counting deliveries, so a
+job whose worker keeps dying fails with ``worker_lost``), holds the job's lease while the handler
+runs (``jobs.jobs.LeaseKeeper``), calls the handler with a ``JobContext`` and records the outcome,
+fenced by its delivery: a job re-queued after its lease lapsed is no longer this delivery's to end.
+A store that cannot be reached never consumes the message: the delivery is retried with backoff.
+``JobTask.submit`` is the Python entry point; it creates jobs through ``jobs.service.create_job``,
+the same function every REST route uses.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
-from pydantic import BaseModel, ValidationError
-from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
-from common import events
-from common.errors import ConveyorError, JobFailed, NotFound, Unavailable, ValidationFailed
+from common.errors import ConveyorError, JobFailed, NotFound
 from config import get_settings
 from config.queues import KINDS
-from plans import service as plans
+from jobs import jobs as job_leases
+from jobs.service import create_job, emit_job_event
 from store import jobs as job_store
 from store import orgs
-from store.db import autocommit, is_postgresql, retry_on_disconnect, session_scope
+from store.db import (
+    autocommit,
+    is_postgresql,
+    is_unreachable,
+    retry_on_disconnect,
+    session_scope,
+    store_reachable,
+    store_retry,
+)
 from store.jobs import JobStatus, StartedJob, StartOutcome
-from store.models import Job
-from webhooks import service as webhooks
 from webhooks.repository import LISTENING_TO_JOB, has_targets
+from workers import outbox
 from workers.app import celery_app
 
 log = logging.getLogger(__name__)
@@ -56,6 +65,7 @@ class JobContext:
     kind: str
     input: dict[str, Any]
     attempt: int
+    delivery_id: str = ""
     _next_seq: int = 0
     # The job was running when the context was made: no need to ask the store again at once.
     _last_cancel_check: float = field(default_factory=time.monotonic)
@@ -86,22 +96,26 @@ class JobContext:
         with session_scope() as own:
             job_store.relax_commit_durability(own)  # progress only: no disk flush wait
             job_store.set_progress(own, self.job_id, counters)
-        if self.listening:
-            events.publish("job.progress", self.job_id, counters)
+            if self.listening:
+                emit_job_event(own, "job.progress", self.job_id)
 
     def increment(self, **deltas: int) -> dict[str, Any]:
         """Add to counters at once and exactly (many workers may share one job)."""
         with session_scope() as session:
             job_store.relax_commit_durability(session)
             merged = job_store.increment_progress(session, self.job_id, deltas)
-        if self.listening:
-            events.publish("job.progress", self.job_id, merged)
+            if self.listening:
+                emit_job_event(session, "job.progress", self.job_id)
         return merged
 
     def cancelled(self, min_interval: float = 0.0) -> bool:
-        """True once the job was cancelled (or deleted); checks the store at most every
-        ``min_interval`` seconds."""
+        """True once the job was cancelled (or deleted), or is no longer this delivery's (its
+        lease lapsed and it was re-queued); checks the store at most every ``min_interval``
+        seconds."""
         if self._cancelled:
+            return True
+        if self.delivery_id and job_leases.lease_keeper.lost(self.job_id):
+            self._cancelled = True
             return True
         now = time.monotonic()
         if now - self._last_cancel_check < min_interval:
@@ -163,104 +177,94 @@ class JobTask(Task):  # type: ignore[misc]
     """Celery task class of every job kind; ``submit`` is the Python entry point."""
 
     kind: str = ""
-    input_model: type[BaseModel] | None = None
 
     def submit(self, input: dict[str, Any] | None = None, *, org: str, **fields: Any) -> str:
-        """Create the job for organisation ``org`` (name or id), enqueue it, return its id."""
+        """Create the job for organisation ``org`` (name or id) and return its id; it is sent
+        when the creating transaction commits (the REST path's very function and checks)."""
         payload = {**(input or {}), **fields}
         with session_scope() as session:
+            session.info[outbox.ON_SEND_FAILURE] = "reject"
             organisation = orgs.find_org(session, org)
             if organisation is None:
                 raise NotFound(f"Organisation {org!r} does not exist.")
-            org_id = organisation.id
-        job = create_and_enqueue(self.kind, org_id, payload)
+            job = create_job(session, self.kind, organisation.id, payload)
         return job.id
 
 
-def validate_input(kind: str, payload: dict[str, Any]) -> dict[str, Any]:
-    task = registered_task(kind)
-    if task.input_model is None:
-        return payload
-    try:
-        return task.input_model.model_validate(payload).model_dump(mode="json")
-    except ValidationError as exc:
-        details = [
-            {"loc": ["body", *map(str, err["loc"])], "msg": err["msg"], "type": err["type"]}
-            for err in exc.errors()
-        ]
-        raise ValidationFailed("The job input is invalid.", details=details) from exc
+def _store_retry_delay(task: Task) -> float:
+    """Backoff between deliveries while the store cannot be reached: 1, 2, 4 … s, capped."""
+    retries = int(getattr(task.request, "retries", 0) or 0)
+    return float(min(get_settings().store_retry_max_seconds, 2.0**retries))
 
 
-def registered_task(kind: str) -> JobTask:
-    task = celery_app.tasks.get(f"{kind}.run")
-    if task is None:
-        celery_app.loader.import_default_modules()  # the API process imports tasks lazily
-        task = celery_app.tasks.get(f"{kind}.run")
-    if task is None:
-        raise NotFound(f"Unknown job kind {kind!r}.")
-    return cast(JobTask, task)
+def _retry_later(task: Task, job_id: str, exc: BaseException) -> NoReturn:
+    """The store cannot be reached: hand the message back (a retry with backoff, same task id)
+    instead of consuming it; the job runs once the store answers again."""
+    delay = _store_retry_delay(task)
+    log.warning("job %s: the store is unreachable (%s); retrying in %.0f s", job_id, exc, delay)
+    raise task.retry(countdown=delay, max_retries=None, exc=exc)
 
 
-def enqueue(job_id: str, kind: str) -> None:
-    """Send the job's message. Call only after the row is committed."""
-    try:
-        celery_app.send_task(f"{kind}.run", args=[job_id], queue=KINDS[kind].queue, retry=False)
-    except Exception as exc:
+def _finish_failed(ctx: JobContext, delivery_id: str, code: str, message: str) -> None:
+    """``running → failed`` for this delivery, with its event, in one transaction."""
+
+    def record() -> None:
         with session_scope() as session:
-            job_store.transition(
+            won = job_store.transition(
                 session,
-                job_id,
+                ctx.job_id,
                 to=JobStatus.FAILED,
-                from_=[JobStatus.QUEUED],
-                error={"code": "unavailable", "message": "The broker is unavailable."},
+                from_=[JobStatus.RUNNING],
+                error={"code": code, "message": message},
+                merge_progress=ctx.take_pending_progress() or None,
+                delivery_id=delivery_id,
             )
-        raise Unavailable("The job queue is unavailable; the job was not accepted.") from exc
+            if won and ctx.listening:
+                emit_job_event(session, "job.failed", ctx.job_id)
+
+    retry_on_disconnect(record)
 
 
-def create_and_enqueue(kind: str, org_id: str, payload: dict[str, Any]) -> Job:
-    """Validate, create the job row, commit, then enqueue (the shared REST/Python path)."""
-    payload = dict(payload)
-    hook_value = payload.pop("webhook", None)  # create bodies may carry a per-job webhook
-    hook = webhooks.parse_job_webhook(hook_value) if hook_value is not None else None
-    clean = validate_input(kind, payload)
-    clean.pop("webhook", None)  # a model's WithWebhook default: kept apart, never in the input
+def _finish_completed(ctx: JobContext, delivery_id: str, result: dict[str, Any] | None) -> bool:
+    """``running → completed`` with the result, for this delivery; True if it won. Without a
+    listening webhook on PostgreSQL it is one statement on an autocommit connection; with one,
+    the completion and its event's deliveries commit together."""
+    pending = ctx.take_pending_progress()
+    seq = ctx.reserve_seq() if result is not None else 0
+    if not ctx.listening and time.monotonic() - ctx.started_monotonic > 1.0:
+        with session_scope() as session:  # a webhook registered while a longer job ran
+            ctx.listening = has_targets(session, ctx.org_id, ctx.job_id)
 
-    def read_plan() -> plans.OrgPlan:
+    def complete() -> bool:
+        if ctx.listening or not is_postgresql():
+            with session_scope() as session:
+                won = job_store.complete(
+                    session,
+                    ctx.job_id,
+                    result=result,
+                    result_seq=seq,
+                    delivery_id=delivery_id,
+                    merge_progress=pending,
+                )
+                if won and ctx.listening:
+                    emit_job_event(session, "job.completed", ctx.job_id)
+                return won
         with autocommit() as connection:
-            return plans.org_plan(connection, org_id)
+            return job_store.complete(
+                connection,
+                ctx.job_id,
+                result=result,
+                result_seq=seq,
+                delivery_id=delivery_id,
+                merge_progress=pending,
+            )
 
-    plan = retry_on_disconnect(read_plan)  # a dead pooled connection fails here, harmlessly
-    job: Job | None = None
-    if hook is None and not plan.counts_concurrency:
-        # Nothing to count under a lock and nothing else to write: the usage checks only
-        # read, and the job's INSERT is one statement that commits on its own.
-        with autocommit() as connection:
-            plans.check_usage(connection, org_id, plan, kind, clean)  # 402 quota_exceeded
-            job = job_store.insert_job(connection, org_id=org_id, kind=kind, input=clean)
-    if job is None:
-        with session_scope() as session:
-            plans.enforce_quota(session, org_id, kind, clean, plan=plan)  # 402 quota_exceeded
-            job = job_store.insert_job(session, org_id=org_id, kind=kind, input=clean)
-            if hook is not None:  # stored apart, secret encrypted; never part of the job's input
-                webhooks.attach_job_webhook(session, org_id, job.id, hook)
-    enqueue(job.id, kind)
-    return job
-
-
-def _record_failure(job_id: str, code: str, message: str) -> None:
-    with session_scope() as session:
-        won = job_store.transition(
-            session,
-            job_id,
-            to=JobStatus.FAILED,
-            from_=[JobStatus.RUNNING],
-            error={"code": code, "message": message},
-        )
-    if won:
-        events.publish("job.failed", job_id, {"code": code, "message": message})
+    return store_retry.call(complete)
 
 
 def run_job(task: Task, job_id: str, handler: Handler) -> None:
+    """One delivery of a job's message: start it (compare-and-set), hold its lease while the
+    handler runs, and record the outcome, fenced by this delivery."""
     delivery_id = str(task.request.id)
 
     # The start is one compare-and-set statement, committed on its own (durably); a connection
@@ -275,76 +279,73 @@ def run_job(task: Task, job_id: str, handler: Handler) -> None:
                 also=LISTENING_TO_JOB,
             )
 
-    outcome, job, listening = retry_on_disconnect(start)
-    if job is not None and listening is None:  # a redelivery: ask separately
-        with session_scope() as session:
-            listening = has_targets(session, job.org_id, job_id)
-    if outcome == StartOutcome.EXHAUSTED:
-        events.publish("job.failed", job_id, {"code": "worker_lost"})
-        return
-    if job is None:
-        log.info("job %s: delivery %s skipped (%s)", job_id, delivery_id, outcome)
-        return
-    listening = bool(listening)
-    if outcome == StartOutcome.STARTED and listening:
-        events.publish("job.started", job_id)
-    org_id, kind = job.org_id, job.kind
+    try:
+        outcome, job, listening = retry_on_disconnect(start)
+        if job is not None and listening is None:  # a redelivery: ask separately
+            with session_scope() as session:
+                listening = has_targets(session, job.org_id, job_id)
+        if outcome == StartOutcome.EXHAUSTED:
+            with session_scope() as session:
+                emit_job_event(session, "job.failed", job_id)
+            return
+        if job is None:
+            log.info("job %s: delivery %s skipped (%s)", job_id, delivery_id, outcome)
+            return
+        if outcome == StartOutcome.STARTED and listening:
+            with session_scope() as session:
+                emit_job_event(session, "job.started", job_id)
+    except Exception as exc:
+        if is_unreachable(exc):
+            _retry_later(task, job_id, exc)
+        raise
     ctx = JobContext(
         job_id=job_id,
-        org_id=org_id,
-        kind=kind,
+        org_id=job.org_id,
+        kind=job.kind,
         input=job.input,
         attempt=job.attempts,
-        listening=listening,
+        delivery_id=delivery_id,
+        listening=bool(listening),
     )
+    job_leases.lease_keeper.hold(job_id, delivery_id)
+    try:
+        _run_handler(task, ctx, handler)
+    finally:
+        job_leases.lease_keeper.release(job_id)
+
+
+def _run_handler(task: Task, ctx: JobContext, handler: Handler) -> None:
+    job_id, delivery_id = ctx.job_id, ctx.delivery_id
     try:
         try:
             result = handler(ctx)
         finally:
             if sys.exc_info()[0] is not None:
-                ctx.flush_progress()  # what the job did before it stopped stays visible
+                with contextlib.suppress(Exception):  # the store may be what failed
+                    ctx.flush_progress()  # what the job did before it stopped stays visible
     except JobCancelled:
-        log.info("job %s: cancelled while running", job_id)
+        log.info("job %s: cancelled (or no longer this delivery's) while running", job_id)
         return
     except SoftTimeLimitExceeded:
-        _record_failure(job_id, "timed_out", f"The job exceeded its time limit for kind {kind!r}.")
+        message = f"The job exceeded its time limit for kind {ctx.kind!r}."
+        _finish_failed(ctx, delivery_id, "timed_out", message)
         return
     except ConveyorError as exc:
-        _record_failure(job_id, exc.code, exc.message)
+        _finish_failed(ctx, delivery_id, exc.code, exc.message)
         return
     except Exception as exc:
+        if is_unreachable(exc) and not store_reachable():
+            _retry_later(task, job_id, exc)  # same delivery: it runs again (attempt + 1)
         log.exception("job %s: unhandled error", job_id)
-        _record_failure(job_id, "internal_error", f"Internal error: {type(exc).__name__}.")
+        _finish_failed(ctx, delivery_id, "internal_error", f"Internal error: {type(exc).__name__}.")
         return
-    ran_for = time.monotonic() - ctx.started_monotonic
-    # On PostgreSQL the completion is one statement (autocommit, one round trip); elsewhere a
-    # transaction of two.
-    pending = ctx.take_pending_progress()
-    seq = ctx.reserve_seq() if result is not None else 0
-
-    def complete() -> bool:
-        # On PostgreSQL one statement (autocommit, one round trip); elsewhere a transaction.
-        scope: AbstractContextManager[Session | Connection] = (
-            autocommit() if is_postgresql() else session_scope()
-        )
-        with scope as executor:
-            return job_store.complete(
-                executor, job_id, result=result, result_seq=seq, merge_progress=pending
-            )
-
-    won = retry_on_disconnect(complete)
-    # A webhook registered while a longer job ran still hears of its completion.
-    if won and not ctx.listening and ran_for > 1.0:
-        with session_scope() as session:
-            ctx.listening = has_targets(session, org_id, job_id)
-    if won and ctx.listening:
-        events.publish("job.completed", job_id)
+    if not _finish_completed(ctx, delivery_id, result):
+        log.info("job %s: finished, but no longer held by delivery %s", job_id, delivery_id)
 
 
-def job_task(
-    kind: str, *, input_model: type[BaseModel] | None = None, **options: Any
-) -> Callable[[Handler], JobTask]:
-    """Register ``handler`` as the Celery task ``<kind>.run`` on the kind's queue and limits."""
+def job_task(kind: str, **options: Any) -> Callable[[Handler], JobTask]:
+    """Register ``handler`` as the Celery task ``<kind>.run`` on the kind's queue and limits
+    (the kind itself, its input model and view extras, is declared in ``config.queues.KINDS``)."""
     limits = KINDS[kind]
 
     def decorator(handler: Handler) -> JobTask:
@@ -363,7 +364,6 @@ def job_task(
             time_limit=limits.time_limit,
             queue=limits.queue,
             kind=kind,
-            input_model=input_model,
             **options,
         )(body)
         return cast(JobTask, task)
@@ -376,8 +376,5 @@ __all__ = [
     "JobContext",
     "JobFailed",
     "JobTask",
-    "create_and_enqueue",
-    "enqueue",
     "job_task",
-    "validate_input",
 ]

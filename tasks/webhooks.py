@@ -1,14 +1,13 @@
 """The ``webhooks`` queue: deliver one webhook message, retrying with exponential backoff.
 
-Also subscribes outgoing webhooks to the job lifecycle events of ``common.events`` (published
-after commit by the job runner and the API) — ``job.progress`` throttled per job.
+Deliveries are recorded by ``webhooks.events.emit`` in the transaction that made the event true
+and sent by the outbox once it commits.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from datetime import timedelta
 from typing import Any
 
@@ -16,19 +15,15 @@ import httpx
 from celery import Task
 from celery.signals import worker_process_shutdown
 
-from api.views import job_to_dict
-from common import events
 from common.timeutil import utcnow
 from config import get_settings
 from crawler.config import CrawlConfig
 from crawler.safety import AllowList
 from store.db import session_scope
-from store.models import Job
-from webhooks import repository, service
+from webhooks import events, service
 from webhooks.delivery import deliver, encode_payload, retry_delay
-from webhooks.dispatch import DELIVER_TASK, emit_event, enqueue_deliveries
+from webhooks.events import DELIVER_TASK
 from webhooks.models import WebhookDelivery
-from webhooks.schemas import JOB_EVENTS
 from webhooks.transport import GuardedSyncTransport
 from workers.app import celery_app
 
@@ -111,52 +106,6 @@ def deliver_webhook(self: Task, delivery_id: str) -> str:
     return status
 
 
-# --- job lifecycle → webhooks -------------------------------------------------------------------
-
-_last_progress: dict[str, float] = {}
-_progress_lock = threading.Lock()
-
-
-def _progress_due(job_id: str, interval: float) -> bool:
-    now = time.monotonic()
-    with _progress_lock:
-        if now - _last_progress.get(job_id, -interval - 1) < interval:
-            return False
-        _last_progress[job_id] = now
-        if len(_last_progress) > 10_000:  # forget the oldest jobs
-            for key in sorted(_last_progress, key=_last_progress.__getitem__)[:5_000]:
-                del _last_progress[key]
-        return True
-
-
-def on_job_event(event_type: str, job_id: str, data: dict[str, Any]) -> None:
-    """``common.events`` subscriber: job lifecycle event → webhook deliveries."""
-    if event_type not in JOB_EVENTS:
-        return
-    if event_type == "job.progress" and not _progress_due(
-        job_id, get_settings().webhook_progress_interval_seconds
-    ):
-        return
-    with session_scope() as session:
-        job = session.get(Job, job_id)
-        if job is None or not repository.has_targets(session, job.org_id, job_id):
-            return
-        org_id = job.org_id
-        view = job_to_dict(job)
-    emit_event(event_type, org_id=org_id, data=view, job_id=job_id)
-    if event_type != "job.progress":
-        with _progress_lock:
-            _last_progress.pop(job_id, None)
-
-
-def subscribe_job_events() -> None:
-    """Register :func:`on_job_event` (idempotent; done on import for worker processes)."""
-    events.subscribe(on_job_event)
-
-
-subscribe_job_events()
-
-
 # --- housekeeping (beat) ----------------------------------------------------------------------
 
 
@@ -192,5 +141,6 @@ def requeue_stale_webhook_deliveries() -> int:
     cutoff = utcnow() - timedelta(seconds=longest * 1.2 + 900)
     with session_scope() as session:
         ids = service.stale_pending_deliveries(session, cutoff)
-    enqueue_deliveries(ids)
+        for delivery_id in ids:
+            events.deliver(session, delivery_id)
     return len(ids)

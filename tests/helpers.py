@@ -105,3 +105,25 @@ class WorkerProcess:
                 self.kill_all()
         if self.proc.stderr:
             self.proc.stderr.close()
+
+
+def create_job_now(kind: str, org_id: str, payload: dict[str, Any]) -> Any:
+    """Create a job the way every entry point does (``jobs.service.create_job``) in a transaction
+    of its own; it is sent when that commits. Returns the job."""
+    from jobs.service import create_job
+    from store.db import session_scope
+    from workers import outbox
+
+    with session_scope() as session:
+        session.info[outbox.ON_SEND_FAILURE] = "reject"
+        return create_job(session, kind, org_id, payload)
+
+
+def stored_job(session: Any, *, org_id: str, kind: str, input: dict[str, Any]) -> Any:
+    """A bare ``queued`` job row (no message sent), attached to ``session`` so a test can set
+    its fields: a fixture for store-level tests."""
+    from store import jobs as job_store
+    from store.models import Job
+
+    job_id = job_store.insert_job(session, org_id=org_id, kind=kind, input=input).id
+    return session.get(Job, job_id)

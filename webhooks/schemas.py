@@ -87,7 +87,7 @@ class JobWebhookSpec(BaseModel):
 
 class WithWebhook(BaseModel):
     """Mixin for job create bodies: the optional per-job ``webhook`` (handled by the runner's
-    ``create_and_enqueue``, which stores it apart and returns its secret once)."""
+    ``jobs.service.create_job``, which stores it apart and returns its secret once)."""
 
     webhook: JobWebhookSpec | None = Field(
         default=None, description="Send this job's events to a URL (Standard Webhooks signed)."

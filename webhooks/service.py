@@ -1,7 +1,7 @@
 """Webhook rules: endpoints, per-job webhooks, turning events into deliveries, the delivery log.
 
 Functions take the caller's session and never commit. Enqueueing deliveries after the commit is
-the caller's job (``webhooks.dispatch`` does both for event publishers).
+the caller's job (``webhooks.events.emit`` does both, on the caller's session).
 Target URLs go through the crawler's SSRF guard (``crawler.safety.check_url``, governed by
 ``CONVEYOR_CRAWL_ALLOWED_HOSTS``) when they are registered and again before every attempt.
 """

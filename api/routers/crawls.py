@@ -21,7 +21,7 @@ from api.deps import CurrentPrincipal, Db
 from api.routers.jobs import load_job
 from api.schemas import ERROR_RESPONSES, JobOut, Page
 from api.submit import accepted, submit_job
-from api.views import ensure_result_available, job_extras, result_renderers
+from api.views import ensure_result_available, result_renderers
 from common.errors import NotFound, ValidationFailed
 from config import get_settings
 from crawler import repository as repo
@@ -76,20 +76,8 @@ def check_urls_safe(request: CrawlRequest) -> None:
 )
 def create_crawl(body: CrawlRequest, principal: CurrentPrincipal, db: Db) -> JSONResponse:
     check_urls_safe(body)
-    job = submit_job(principal, "crawl", body.model_dump(mode="json"))
-    return accepted(job)
-
-
-def crawl_fields(job: Job) -> dict[str, Any]:
-    """Syttra's top-level fields of a crawl job (the same numbers as ``progress``)."""
-    progress = job.progress or {}
-    return {
-        "url": job.input.get("url") or (job.input.get("urls") or [None])[0],
-        "mode": job.input.get("mode", "single"),
-        "pages_discovered": int(progress.get("pages_discovered", 0)),
-        "pages_crawled": int(progress.get("pages_crawled", 0)),
-        "pages_failed": int(progress.get("pages_failed", 0)),
-    }
+    job = submit_job(db, principal, "crawl", body.model_dump(mode="json"))
+    return accepted(job, db)
 
 
 def _records(job_id: str) -> Iterator[dict[str, Any]]:
@@ -230,5 +218,4 @@ def list_errors(
     return {"data": data, "next_cursor": _encode(rows[-1].id) if rows and more else None}
 
 
-job_extras["crawl"] = crawl_fields
 result_renderers["crawl"] = render_crawl_result

@@ -23,7 +23,6 @@ from api.schemas import ERROR_RESPONSES, Page, parse_statuses
 from common.errors import ConveyorError, Unavailable
 from config import get_settings
 from deployments import catalog, metrics, proxy, repository, service
-from deployments.events import emit
 from deployments.models import Deployment
 from deployments.repository import DeploymentFilter
 from deployments.runtime import get_backend
@@ -39,10 +38,8 @@ from deployments.schemas import (
     RevisionOut,
     RollbackRequest,
 )
-from plans.service import enforce_quota
 from store.db import session_scope
 from store.orgs import Principal
-from tasks.runner import enqueue
 
 
 @contextlib.asynccontextmanager
@@ -79,14 +76,11 @@ def _accepted(dep: Deployment) -> JSONResponse:
 
 
 def _operate(db: Db, dep: Deployment, operation: str) -> JSONResponse:
-    """Create the deploy job with the state change, commit, then enqueue (never before)."""
-    if operation == "apply":  # stopping and deleting free what the quota counts: always allowed
-        enforce_quota(db, dep.org_id, "deploy", {})
-    job_id = service.schedule(db, dep, operation)
-    db.commit()
-    forget_routes(dep.id)
-    enqueue(job_id, "deploy")
+    """Create the deploy job with the state change (sent once the request commits)."""
+    service.schedule(db, dep, operation)
+    db.flush()
     db.refresh(dep)
+    forget_routes(dep.id)
     return _accepted(dep)
 
 
@@ -107,7 +101,7 @@ def list_templates(principal: CurrentPrincipal) -> list[ModelTemplate]:
 def create_deployment(body: DeploymentCreate, principal: CurrentPrincipal, db: Db) -> JSONResponse:
     dep = service.create(db, principal.org_id, body, get_settings())
     response = _operate(db, dep, "apply")
-    emit("deployment.created", org_id=dep.org_id, data=service.view(dep))
+    service.record(db, [service.Event("deployment.created", dep.org_id, service.view(dep))])
     return response
 
 
@@ -276,7 +270,8 @@ def forget_routes(deployment_id: str) -> None:
 def _lookup(org_id: str, name: str) -> _Target | ConveyorError | None:
     """The deployment's serving endpoints, its 503, or None when no deployment has that name.
 
-    A deployment scaled to zero is woken here: its `scale_up` job is enqueued after the commit.
+    A deployment scaled to zero is woken here: its `scale_up` job is sent when the lookup's
+    transaction commits.
     """
     with session_scope() as session:
         dep = repository.get_by_name(session, org_id, name)
@@ -285,10 +280,8 @@ def _lookup(org_id: str, name: str) -> _Target | ConveyorError | None:
         endpoints = service.serving(dep)
         if endpoints:
             return _Target(dep.id, endpoints)
-        woken_by = service.wake(session, dep)
+        service.wake(session, dep)  # its scale_up job is sent when this commits
         error = service.unavailable(dep)
-    if woken_by is not None:
-        enqueue(woken_by, "deploy")
     return error
 
 

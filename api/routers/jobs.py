@@ -12,9 +12,10 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import Credentials, CurrentPrincipal, Db, authenticate
 from api.schemas import ERROR_RESPONSES, JobOut, ListQuery, Page, parse_statuses
-from api.views import job_to_dict, render_result
-from common import events
+from api.views import render_result
 from common.errors import NotFound
+from jobs.service import emit_job_event
+from jobs.views import job_to_dict
 from store import jobs as job_store
 from store import orgs
 from store.db import read_session
@@ -86,9 +87,8 @@ async def get_job(job_id: str, credentials: Credentials) -> Response:
 def cancel_job(db: Db, job: Job) -> bool:
     """Cancel a queued or running job (compare-and-set: loses cleanly to a finishing worker)."""
     won = job_store.transition(db, job.id, to=JobStatus.CANCELLED, from_=list(ACTIVE))
-    db.commit()
     if won:
-        events.publish("job.cancelled", job.id)
+        emit_job_event(db, "job.cancelled", job.id)
     db.refresh(job)
     return won
 
@@ -134,5 +134,4 @@ def get_result(
     ] = None,
 ) -> Response:
     job = load_job(db, principal, job_id)
-    db.commit()
     return render_result(job, request)

@@ -88,7 +88,7 @@ def list_keys(
 )
 def create_key(principal: CurrentPrincipal, db: Db, body: KeyCreate | None = None) -> JSONResponse:
     new = orgs.create_key(db, principal.org_id, name=(body.name if body else ""))
-    db.commit()
+    db.flush()
     return JSONResponse({**_view(new.key), "key": new.raw}, status_code=201)
 
 

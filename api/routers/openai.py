@@ -36,7 +36,7 @@ from api.deps import bearer
 from api.errors import error_response
 from api.routers.deployments import deployment_models, proxy_to_deployment
 from api.schemas import ERROR_RESPONSES
-from api.submit import accepted, submit_job
+from api.submit import accepted, submit_job_now
 from common.errors import ConveyorError, NotFound, Unauthorized, Unavailable
 from config import get_settings
 from inference import relay
@@ -56,6 +56,7 @@ from inference.schemas import (
 from store import orgs
 from store.db import autocommit, session_scope
 from store.jobs import ACTIVE
+from store.models import Job
 from store.orgs import Principal
 
 router = APIRouter(prefix="/v1", tags=["inference"], responses=ERROR_RESPONSES)
@@ -154,15 +155,22 @@ def _wants_async(async_: bool, prefer: str | None) -> bool:
     return async_ or (prefer is not None and "respond-async" in prefer.lower())
 
 
-async def _submit(principal: Principal, payload: InferenceJobInput) -> Any:
+async def _create(principal: Principal, payload: InferenceJobInput) -> tuple[Job, Any]:
+    """Create the inference job (sent once committed); also its per-job webhook view."""
     return await run_in_threadpool(
-        submit_job, principal, "inference", payload.model_dump(mode="json", exclude_none=True)
+        submit_job_now, principal, "inference", payload.model_dump(mode="json", exclude_none=True)
     )
+
+
+async def _submit(principal: Principal, payload: InferenceJobInput) -> JSONResponse:
+    """Create the inference job and answer 202 with it."""
+    job, webhook = await _create(principal, payload)
+    return accepted(job, webhook=webhook)
 
 
 async def _cancel(job_id: str) -> None:
     """The client went away: flag the worker (fast path) and cancel the job in the store."""
-    from common import events
+    from jobs.service import emit_job_event
     from store import jobs as job_store
     from store.jobs import JobStatus
 
@@ -175,8 +183,8 @@ async def _cancel(job_id: str) -> None:
                 won = job_store.transition(
                     session, job_id, to=JobStatus.CANCELLED, from_=list(ACTIVE)
                 )
-            if won:
-                events.publish("job.cancelled", job_id)
+                if won:
+                    emit_job_event(session, "job.cancelled", job_id)
 
         await run_in_threadpool(cancel_in_store)
 
@@ -238,7 +246,7 @@ class _ClientGone(Exception):
 
 async def _run_sync(request: Request, principal: Principal, payload: InferenceJobInput) -> Any:
     """Create the job, wait for its body (or stream it), cancel it when the client leaves."""
-    job = await _submit(principal, payload)
+    job, _ = await _create(principal, payload)
     waiter = _Waiter(job.id, request)
     headers = {"X-Conveyor-Job-Id": job.id}
     try:
@@ -436,8 +444,7 @@ async def _dispatch(
     if _wants_async(async_, prefer):
         raw["stream"] = False
         payload = InferenceJobInput(operation=operation, body=raw, relay=False)  # type: ignore[arg-type]
-        job = await _submit(principal, payload)
-        return accepted(job)
+        return await _submit(principal, payload)
     payload = InferenceJobInput(operation=operation, body=raw, relay=True)  # type: ignore[arg-type]
     return await _run_sync(request, principal, payload)
 
@@ -460,8 +467,7 @@ async def create_batch(body: BatchCreate, principal: CurrentPrincipal) -> JSONRe
         if model not in models:
             raise ModelNotFoundError(model)
     payload = InferenceJobInput(operation="batch", requests=lines, relay=False)
-    job = await _submit(principal, payload)
-    return accepted(job)
+    return await _submit(principal, payload)
 
 
 async def _read_batch_file(principal: Principal, file_id: str) -> list[BatchRequestLine]:

@@ -18,7 +18,6 @@ from api.schemas import ERROR_RESPONSES
 from common.errors import NotFound, ValidationFailed
 from plans.service import enforce_quota
 from resources import repository, service
-from resources.events import emit
 from resources.models import Resource
 from resources.repository import ResourceFilter
 from resources.schemas import (
@@ -32,7 +31,6 @@ from resources.schemas import (
     RestoreRequest,
 )
 from resources.service import Outcome
-from tasks.runner import enqueue
 
 router = APIRouter(prefix="/v1", tags=["resources"], responses=ERROR_RESPONSES)
 service.register_binding_hook()
@@ -41,17 +39,11 @@ _STATUSES = ("provisioning", "ready", "degraded", "failed", "deleting", "deleted
 _TYPES = ("postgres", "redis", "blob", "volume")
 
 
-def _commit_and_dispatch(db: Session, outcome: Outcome) -> None:
-    """Commit first: a worker must find the rows its job names."""
-    db.commit()
-    for job_id, kind in outcome.jobs:
-        enqueue(job_id, kind)
-    for event_type, org_id, data in outcome.events:
-        emit(event_type, org_id=org_id, data=data)
-
-
 def _accepted(db: Session, res: Resource, outcome: Outcome) -> JSONResponse:
-    _commit_and_dispatch(db, outcome)
+    """202 with the resource; its jobs are sent and its events delivered once the request's
+    session commits."""
+    service.record(db, outcome)
+    db.flush()
     db.refresh(res)
     return JSONResponse(
         service.view(res), status_code=202, headers={"Location": f"/v1/resources/{res.id}"}
@@ -112,7 +104,6 @@ def patch_resource(
     res, outcome = service.patch(db, res, body)
     if outcome.jobs:
         return _accepted(db, res, outcome)
-    db.commit()
     return JSONResponse(service.view(res))
 
 
@@ -161,7 +152,7 @@ def create_backup(resource_id: str, principal: CurrentPrincipal, db: Db) -> JSON
     res = service.get(db, principal.org_id, resource_id)
     enforce_quota(db, principal.org_id, "backup", {})
     backup, outcome = service.request_backup(db, res)
-    _commit_and_dispatch(db, outcome)
+    service.record(db, outcome)
     db.refresh(backup)
     return JSONResponse(
         service.backup_view(backup),
@@ -200,7 +191,6 @@ def delete_backup(
 ) -> Response:
     res = service.get(db, principal.org_id, resource_id)
     service.delete_backup(db, service.get_backup(db, res, backup_id))
-    db.commit()
     return Response(status_code=204)
 
 
@@ -243,7 +233,7 @@ def create_binding(
     deployment_id: str, body: BindingCreate, principal: CurrentPrincipal, db: Db
 ) -> JSONResponse:
     binding, outcome = service.create_binding(db, principal.org_id, deployment_id, body)
-    _commit_and_dispatch(db, outcome)
+    service.record(db, outcome)
     db.refresh(binding)
     view = service.binding_view(binding)
     view["jobs"] = [f"/v1/jobs/{job_id}" for job_id, _ in outcome.jobs]
@@ -266,5 +256,5 @@ def delete_binding(
     deployment_id: str, binding_id: str, principal: CurrentPrincipal, db: Db
 ) -> Response:
     outcome = service.delete_binding(db, principal.org_id, deployment_id, binding_id)
-    _commit_and_dispatch(db, outcome)
+    service.record(db, outcome)
     return Response(status_code=204)

@@ -11,8 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.deps import CurrentPrincipal, Db
 from api.schemas import ERROR_RESPONSES
 from common.errors import NotFound
-from webhooks import service
-from webhooks.dispatch import enqueue_deliveries
+from webhooks import events, service
 from webhooks.schemas import DeliveryList, DeliveryOut, WebhookCreate, WebhookList, WebhookOut
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], responses=ERROR_RESPONSES)
@@ -36,7 +35,7 @@ def _id(value: str) -> str:
 )
 def create_webhook(body: WebhookCreate, principal: CurrentPrincipal, db: Db) -> JSONResponse:
     endpoint, secret = service.create_endpoint(db, principal.org_id, body)
-    db.commit()
+    db.flush()
     view = service.endpoint_view(endpoint, secret)
     return JSONResponse(view.model_dump(mode="json"), status_code=201)
 
@@ -82,6 +81,6 @@ def redeliver(
     webhook_id: str, delivery_id: str, principal: CurrentPrincipal, db: Db
 ) -> JSONResponse:
     again = service.redeliver(db, principal.org_id, _id(webhook_id), _id(delivery_id))
-    db.commit()
-    enqueue_deliveries([again.id])
+    events.deliver(db, again.id)  # sent once the request commits
+    db.flush()
     return JSONResponse(service.delivery_view(again).model_dump(mode="json"), status_code=202)

@@ -59,7 +59,7 @@ def test_every_operation_honours_its_documented_contract(migrated: Any, monkeypa
     # Rate limits (tested elsewhere) would turn the unauthenticated probes into 429s.
     monkeypatch.setattr(get_settings(), "ratelimit_enabled", False)
     # Nothing generated here may run: a worker of the test session would otherwise provision,
-    # deploy and infer whatever the fuzzer asked for. Jobs created through create_and_enqueue
+    # deploy and infer whatever the fuzzer asked for. Jobs created through jobs.service.create_job
     # stop at the quota (402, documented); any other message never reaches the broker.
     monkeypatch.setattr(celery_app, "send_task", lambda *args, **kwargs: None)
     big = 10**9

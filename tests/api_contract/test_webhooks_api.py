@@ -158,10 +158,10 @@ def test_bad_per_job_webhook_is_a_field_level_422(org: OrgKey, migrated: Any) ->
     import pytest
 
     from common.errors import ValidationFailed
-    from tasks.runner import create_and_enqueue
+    from tests.helpers import create_job_now
 
     with pytest.raises(ValidationFailed) as info:
-        create_and_enqueue(
+        create_job_now(
             "diagnostics", org.org_id, {"webhook": {"url": "https://x.test/h", "events": ["nope"]}}
         )
     assert info.value.details[0]["loc"][:3] == ["body", "webhook", "events"]

@@ -22,7 +22,7 @@ from store.models import Job, ResultItem
 def _job(org_id: str, max_pages: int) -> tuple[str, CrawlRequest]:
     request = CrawlRequest(url="http://s.test/", mode="full", max_pages=max_pages)
     with session_scope() as session:
-        job = job_store.create_job(
+        job = job_store.insert_job(
             session, org_id=org_id, kind="crawl", input=request.model_dump(mode="json")
         )
         repo.insert_urls(session, job.id, [(f"http://s.test/p{i}", 1) for i in range(40)])

@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import select
 
 from crawler.models import CrawlPage
+from jobs.service import validate_input
 from store import jobs as job_store
 from store.db import session_scope
-from tasks.runner import validate_input
 from tests.helpers import WorkerProcess, wait_for_job
 from tests.sites.site import GeneratedSite
 from workers.app import celery_app
@@ -27,7 +27,7 @@ def submit_to(queue: str, org_id: str, payload: dict[str, Any]) -> str:
     """Create a crawl job and send it to a private queue: only this test's worker processes
     take it (the session's in-process worker, when running, consumes the shared queues)."""
     with session_scope() as session:
-        job = job_store.create_job(
+        job = job_store.insert_job(
             session, org_id=org_id, kind="crawl", input=validate_input("crawl", payload)
         )
         job_id = job.id

@@ -50,9 +50,9 @@ def create(client: Any, org: Any, **overrides: Any) -> dict[str, Any]:
 def logged_events(caplog: pytest.LogCaptureFixture, dep_id: str) -> list[str]:
     """The webhook events logged for one deployment, in order."""
     return [
-        r.getMessage().split()[2]
+        r.getMessage().split()[1]
         for r in caplog.records
-        if r.name == "deployments.events" and dep_id in r.getMessage()
+        if r.name == "webhooks.events" and dep_id in r.getMessage()
     ]
 
 
@@ -260,7 +260,7 @@ def test_reconciler_restarts_a_killed_replica_and_reports_events_in_order(
         headers=org.headers,
     )
     assert hook.status_code == 201, hook.text
-    caplog.set_level(logging.INFO, logger="deployments.events")
+    caplog.set_level(logging.INFO, logger="webhooks.events")
     dep = create(client, org, name="crashy")
     dep_id = dep["id"]
     wait_status(client, dep_id, org.headers, ("running",))

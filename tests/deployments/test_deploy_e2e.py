@@ -47,7 +47,7 @@ def test_local_deployment_lifecycle_with_the_real_model_server(
 ) -> None:
     from tasks.deploy import reconcile_all
 
-    caplog.set_level(logging.INFO, logger="deployments.events")
+    caplog.set_level(logging.INFO, logger="webhooks.events")
     created = client.post(
         "/v1/deployments",
         json={"name": "tiny-chat", "model": "tiny", "env": {"HF_TOKEN": "hf_e2esecretvalue42"}},

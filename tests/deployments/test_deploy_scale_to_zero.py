@@ -52,7 +52,7 @@ def test_idle_deployment_scales_to_zero_and_the_next_request_wakes_it(
 ) -> None:
     from tasks.deploy import reconcile_all, reconcile_one
 
-    caplog.set_level(logging.INFO, logger="deployments.events")
+    caplog.set_level(logging.INFO, logger="webhooks.events")
     dep = create(client, org, name="sleepy", replicas={"min": 0, "max": 1}, env={})
     dep_id = dep["id"]
     running = wait_status(client, dep_id, org.headers, ("running", "failed"), timeout=180)

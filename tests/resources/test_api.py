@@ -242,7 +242,7 @@ def test_a_backup_that_does_not_restore_to_the_same_data_fails_loudly(
 ) -> None:
     from resources.models import ResourceBackup
     from store.db import session_scope
-    from tasks.runner import create_and_enqueue
+    from tests.helpers import create_job_now
 
     res = provision(client, org, type="volume")
     path = Path(creds(client, org, res["id"])["env"]["VOLUME_PATH"])
@@ -253,10 +253,8 @@ def test_a_backup_that_does_not_restore_to_the_same_data_fails_loudly(
         row = session.get(ResourceBackup, b["id"])
         assert row is not None
         row.fingerprint = {"files": {"rows": 2, "checksum": "1"}}
-    with caplog.at_level("WARNING", logger="resources.events"):
-        job = create_and_enqueue(
-            "backup", org.org_id, {"backup_id": b["id"], "operation": "verify"}
-        )
+    with caplog.at_level("WARNING", logger="webhooks.events"):
+        job = create_job_now("backup", org.org_id, {"backup_id": b["id"], "operation": "verify"})
         done = wait_for_job(client, job.id, org.headers, timeout=60)
     assert done["status"] == "failed" and done["error"]["code"] == "verification_failed"
     after = client.get(f"/v1/resources/{res['id']}/backups/{b['id']}", headers=org.headers).json()
@@ -292,7 +290,7 @@ def test_work_abandoned_by_a_dead_job_ends_failed(client: Any, org: Any, api_env
     from tasks.provision import scheduled_backups
 
     with session_scope() as session:  # as the reaper leaves it: job failed, resource not
-        job = job_store.create_job(session, org_id=org.org_id, kind="provision", input={})
+        job = job_store.insert_job(session, org_id=org.org_id, kind="provision", input={})
         job_store.transition(
             session,
             job.id,

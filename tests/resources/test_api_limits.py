@@ -85,7 +85,7 @@ def test_volume_size_limit_enforced_by_the_usage_check(
     root = Path(creds(client, org, rid)["env"]["VOLUME_PATH"])
     (root / "data.bin").write_bytes(b"x" * 150)
     before = root.stat().st_mode
-    with caplog.at_level("WARNING", logger="resources.events"):
+    with caplog.at_level("WARNING", logger="webhooks.events"):
         check_usage()
     body = client.get(f"/v1/resources/{rid}", headers=org.headers).json()
     assert body["status"] == "degraded" and body["status_reason"] == "size_limit_exceeded"

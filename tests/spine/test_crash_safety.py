@@ -18,7 +18,7 @@ from store import jobs as job_store
 from store.db import session_scope
 from store.jobs import JobStatus
 from tests.conftest import OrgKey
-from tests.helpers import WorkerProcess, wait_for_job
+from tests.helpers import WorkerProcess, stored_job, wait_for_job
 
 pytestmark = pytest.mark.e2e
 
@@ -44,7 +44,7 @@ def submit_on(broker_url: str, org: OrgKey, **input: Any) -> dict[str, Any]:
     from workers.app import create_celery
 
     with session_scope() as session:
-        job = job_store.create_job(
+        job = job_store.insert_job(
             session,
             org_id=org.org_id,
             kind="diagnostics",
@@ -121,7 +121,7 @@ def test_500_cancel_vs_complete_races_have_one_winner(org: OrgKey) -> None:
     with session_scope() as session:
         ids = []
         for _ in range(500):
-            job = job_store.create_job(session, org_id=org.org_id, kind="diagnostics", input={})
+            job = stored_job(session, org_id=org.org_id, kind="diagnostics", input={})
             job.status = JobStatus.RUNNING
             ids.append(job.id)
     barrier = threading.Barrier(2)

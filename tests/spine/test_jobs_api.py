@@ -11,7 +11,7 @@ from common.timeutil import utcnow
 from store.db import session_scope
 from store.models import Job
 from tests.conftest import OrgKey
-from tests.helpers import wait_for_job
+from tests.helpers import stored_job, wait_for_job
 
 
 def submit(client: Any, org: OrgKey, **body: Any) -> dict[str, Any]:
@@ -117,12 +117,11 @@ def test_tenant_isolation_on_every_jobs_route(
 
 
 def test_list_pagination_filters_and_sort(client: Any, org: OrgKey) -> None:
-    from store import jobs as job_store
 
     with session_scope() as session:
         base = utcnow() - timedelta(hours=1)
         for i in range(45):
-            job = job_store.create_job(session, org_id=org.org_id, kind="diagnostics", input={})
+            job = stored_job(session, org_id=org.org_id, kind="diagnostics", input={})
             job.created_at = base + timedelta(seconds=i)
             job.status = "completed" if i % 3 == 0 else "queued"
     seen: list[str] = []

@@ -19,11 +19,12 @@ from store.db import session_scope
 from store.jobs import JobStatus
 from store.models import Job
 from tests.conftest import OrgKey
+from tests.helpers import stored_job
 
 
 def _job(org: OrgKey, **values: Any) -> str:
     with session_scope() as session:
-        job = job_store.create_job(session, org_id=org.org_id, kind="diagnostics", input={})
+        job = stored_job(session, org_id=org.org_id, kind="diagnostics", input={})
         for name, value in values.items():
             setattr(job, name, value)
         return job.id

@@ -38,11 +38,18 @@ def test_start_then_complete_is_one_statement_each(org: OrgKey) -> None:
         again, _, _ = job_store.start(connection, job_id, "delivery-2", 3, also=LISTENING_TO_JOB)
         assert again == StartOutcome.SKIP
         won = job_store.complete(
-            connection, job_id, result={"ok": True}, result_seq=0, merge_progress={"steps": 1}
+            connection,
+            job_id,
+            result={"ok": True},
+            result_seq=0,
+            delivery_id="delivery-1",
+            merge_progress={"steps": 1},
         )
         assert won
         # A second completion (or one racing a cancel) loses and writes no second result.
-        assert not job_store.complete(connection, job_id, result={"ok": 2}, result_seq=1)
+        assert not job_store.complete(
+            connection, job_id, result={"ok": 2}, result_seq=1, delivery_id="delivery-1"
+        )
     with session_scope() as session:
         row = session.get(Job, job_id)
         assert row is not None and row.status == JobStatus.COMPLETED
@@ -60,7 +67,9 @@ def test_complete_loses_to_cancel_exactly_once(org: OrgKey) -> None:
 
     def finish(job_id: str) -> None:
         with autocommit() as connection:
-            if job_store.complete(connection, job_id, result={"x": 1}, result_seq=0):
+            if job_store.complete(
+                connection, job_id, result={"x": 1}, result_seq=0, delivery_id=f"d-{job_id}"
+            ):
                 results[job_id].append("completed")
 
     def cancel(job_id: str) -> None:
