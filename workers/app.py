@@ -39,7 +39,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # A broker blip must not kill running jobs: they finish and record their outcome in the
+        # store (the truth); their unacknowledgeable message comes back after the visibility
+        # timeout and its start is skipped (the job is no longer queued).
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_proc_alive_timeout": 300.0,
         "worker_hijack_root_logger": False,
         "worker_send_task_events": True,

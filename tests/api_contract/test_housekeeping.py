@@ -48,7 +48,7 @@ def test_purge_tasks_remove_only_expired_rows(org: OrgKey) -> None:
 
 
 def test_progress_events_are_throttled_per_job() -> None:
-    from tasks.webhooks import _progress_due
+    from jobs.service import _progress_due
 
     assert _progress_due("job-a", 60)
     assert not _progress_due("job-a", 60)
