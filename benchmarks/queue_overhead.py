@@ -4,7 +4,8 @@ no-op tasks, same broker, same worker process and settings, same run.
 Conveyor's path per job: validate + insert the row + commit, enqueue
 (``jobs.service.create_job``, sent by the outbox after the commit), then in the worker the
 compare-and-set to running, the handler (one cancel check, one progress write), the result item
-and the transition to completed. The raw task only increments a Redis counter so its completion can be observed.
+and the transition to completed. The raw task only increments a Redis counter so its completion
+can be observed.
 Both sides are timed from the first submission to the last completion, the submitter running
 while the worker consumes.
 
