@@ -2,29 +2,18 @@
 one raw no-op task, so both sides share the broker, the worker process and its settings.
 
 ``celery -A benchmarks.bench_tasks worker …``
-
-With ``CONVEYOR_BENCH_NO_EVENT_SUBSCRIBERS=1`` (``queue_overhead.py --no-event-subscribers``, a
-diagnostic, never the headline figure) the worker drops the ``common.events`` subscribers
-(outgoing webhooks) so their share of a job's cost can be measured.
 """
 
 from __future__ import annotations
 
-import os
-
 import redis
 
-from common import events
 from config import get_settings
 from workers.app import celery_app
 
 app = celery_app
 DONE_KEY = "bench:noop:done"
 _client: redis.Redis | None = None
-
-if os.environ.get("CONVEYOR_BENCH_NO_EVENT_SUBSCRIBERS") == "1":
-    celery_app.loader.import_default_modules()  # the task modules subscribe on import
-    events._subscribers.clear()
 
 
 def _redis() -> redis.Redis:

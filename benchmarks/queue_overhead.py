@@ -39,11 +39,6 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (n split)")
     parser.add_argument("--timeout", type=float, default=600.0, help="per side, seconds")
-    parser.add_argument(
-        "--no-event-subscribers",
-        action="store_true",
-        help="diagnostic: the worker drops common.events subscribers (outgoing webhooks)",
-    )
     args = parser.parse_args()
 
     with harness.services() as bench:
@@ -67,8 +62,7 @@ def main() -> int:
         cmd[cmd.index("-P") + 1] = args.pool
         cmd[cmd.index("-n") + 1] = f"bench-{bench.redis_db}@%h"
         cmd[cmd.index("-l") + 1] = "WARNING"
-        env = {"CONVEYOR_BENCH_NO_EVENT_SUBSCRIBERS": "1" if args.no_event_subscribers else "0"}
-        worker = bench.start("worker", cmd, env)
+        worker = bench.start("worker", cmd, {})
         deadline = time.monotonic() + 60
         while not celery_app.control.ping(timeout=0.5):
             if worker.poll() is not None or time.monotonic() > deadline:
@@ -154,7 +148,6 @@ def main() -> int:
     print(
         f"queue_overhead n={args.n} rounds={args.rounds} pool={args.pool} "
         f"concurrency={args.concurrency}"
-        + (" (DIAGNOSTIC: no event subscribers)" if args.no_event_subscribers else "")
     )
     print(f"  anchor  raw Celery no-op tasks : {raw:8.1f} tasks/s")
     print(f"  ours    Conveyor no-op jobs    : {ours:8.1f} jobs/s")
