@@ -27,10 +27,11 @@ def get_db() -> Iterator[Session]:
     session.info[outbox.ON_SEND_FAILURE] = "reject"
     try:
         yield session
-        session.commit()
     except BaseException:
         session.rollback()
         raise
+    else:
+        session.commit()  # the outbox's 503 is raised here, after the commit itself
     finally:
         session.close()
 

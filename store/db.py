@@ -148,10 +148,11 @@ def session_scope() -> Iterator[Session]:
     session = get_sessionmaker()()
     try:
         yield session
-        session.commit()
     except BaseException:
         session.rollback()
         raise
+    else:
+        session.commit()  # an outbox send refused after the commit raises from here
     finally:
         session.close()
 
