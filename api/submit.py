@@ -36,11 +36,17 @@ def submit_job_now(principal: Principal, kind: str, payload: dict[str, Any]) -> 
     return job, webhook
 
 
+def accepted_object(view: dict[str, Any], location: str) -> JSONResponse:
+    """202 Accepted with an object whose work was queued, and where to poll it (every route
+    that answers 202 answers with this)."""
+    return JSONResponse(view, status_code=202, headers={"Location": location})
+
+
 def accepted(job: Job, db: Session | None = None, *, webhook: Any = None) -> JSONResponse:
-    """202 with the job (and its webhook's secret, shown only here) and a Location header."""
+    """202 with the job (and its webhook's secret, shown only here)."""
     body = job_to_dict(job)
     if db is not None:
         webhook = job_webhook_view(db, job.id, with_secret=True)
     if webhook is not None:
         body["webhook"] = webhook
-    return JSONResponse(body, status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
+    return accepted_object(body, f"/v1/jobs/{job.id}")

@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 
 from api.deps import CurrentPrincipal, Db
 from api.schemas import ERROR_RESPONSES, Page, parse_statuses
+from api.submit import accepted_object
 from common.errors import ConveyorError, Unavailable
 from config import get_settings
 from deployments import catalog, metrics, proxy, repository, service
@@ -70,9 +71,7 @@ def _redis() -> Redis:
 
 
 def _accepted(dep: Deployment) -> JSONResponse:
-    return JSONResponse(
-        service.view(dep), status_code=202, headers={"Location": f"/v1/deployments/{dep.id}"}
-    )
+    return accepted_object(service.view(dep), f"/v1/deployments/{dep.id}")
 
 
 def _operate(db: Db, dep: Deployment, operation: str) -> JSONResponse:
