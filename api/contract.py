@@ -9,7 +9,8 @@ carries the request id and the one error envelope). Order, outermost first:
   429 ``rate_limited`` + ``Retry-After``. Budgets per key and method class from the org's plan.
 * Body limit: ``Content-Length`` over ``CONVEYOR_MAX_BODY_BYTES`` (64 KiB) → 413 before reading;
   a chunked body is cut off (413) as soon as it passes the limit, so it is never parsed.
-  A non-empty body that is not JSON → 415 ``unsupported_media_type``.
+  A non-empty body of another media type → 415 ``unsupported_media_type`` (a body without a
+  Content-Type header is read as JSON).
 * Idempotency: a POST with ``Idempotency-Key`` runs once per organisation and key for 24 h; the
   same key and body replay the first answer (``Idempotent-Replayed: true``); another body → 409.
 """
@@ -244,16 +245,24 @@ class BodyLimitMiddleware:
         has_body = chunked or (length or 0) > 0
         content_type = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
         multipart_ok = upload and content_type == "multipart/form-data"
-        if has_body and content_type not in JSON_TYPES and not multipart_ok:
+        # A body sent with no Content-Type header at all is read as JSON (a missing header is
+        # not a wrong one); any other media type, form-encoded included, is refused.
+        wrong_type = bool(content_type) and content_type not in JSON_TYPES
+        if has_body and wrong_type and not multipart_ok:
             await _send_error(
                 scope,
                 receive,
                 send,
                 415,
                 ErrorCode.UNSUPPORTED_MEDIA_TYPE,
-                f"Send the body as application/json, not {content_type or 'no content type'}.",
+                f"Send the body as application/json, not {content_type}.",
             )
             return
+        if has_body and not content_type:  # the routes parse it as the JSON it is
+            scope = {
+                **scope,
+                "headers": [*scope["headers"], (b"content-type", b"application/json")],
+            }
         if has_body and not multipart_ok:
             await self._json_body(scope, receive, send, max_bytes)
             return

@@ -114,3 +114,14 @@ def test_usage_reports_the_plan(client: Any, free_org: OrgKey) -> None:
     assert body["pages"] == {"used": 0, "limit": 1000, "remaining": 1000}
     assert body["concurrent_jobs"]["limit"] == 20
     assert body["rate_limits"] == {"read_per_minute": 120, "write_per_minute": 60}
+
+
+def test_a_json_body_without_content_type_is_accepted(client: Any, org: OrgKey) -> None:
+    response = client.post(
+        "/v1/diagnostics/sleep",
+        content=b'{"seconds": 0}',
+        headers={k: v for k, v in org.headers.items() if k.lower() != "content-type"},
+    )
+    assert response.status_code == 202, response.text
+    assert "content-type" not in {k.lower() for k in response.request.headers}
+    assert response.json()["input"]["seconds"] == 0
