@@ -6,6 +6,7 @@ import importlib
 import logging
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from api.contract import install_contract
 from api.errors import RequestIdMiddleware, install_error_handlers
@@ -29,7 +30,8 @@ ROUTERS: list[str] = [
 def create_app() -> FastAPI:
     settings = get_settings()
     logging.basicConfig(level=settings.log_level)
-    app = FastAPI(
+    # Swagger UI and ReDoc are served from the package's own files: /docs works offline.
+    app = FastAPIOffline(
         title="Conveyor",
         version="0.1.0",
         description=(
@@ -37,6 +39,7 @@ def create_app() -> FastAPI:
             "download `GET /v1/jobs/{id}/result` (kept 24 h). Auth: `Authorization: Bearer`."
         ),
         docs_url="/docs",
+        redoc_url="/redoc",
         openapi_url="/openapi.json",
     )
     # Register every job kind's task now (not on the first submit), so a healthy API is ready.

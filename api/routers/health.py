@@ -14,10 +14,27 @@ from config import get_settings
 from store.db import session_scope
 from tasks.maintenance import queue_health
 
-router = APIRouter(prefix="/v1", tags=["health"])
+router = APIRouter(tags=["health"])
 
 
-@router.get("/health", summary="Health of the store and the broker", responses=ERROR_RESPONSES)
+@router.get("/", summary="Where things are: the API docs, health, Flower")
+def index() -> dict[str, Any]:
+    """A small index of links, so the API's root answers something useful (no key needed)."""
+    settings = get_settings()
+    return {
+        "name": "Conveyor",
+        "links": {
+            "docs": "/docs",
+            "redoc": "/redoc",
+            "openapi": "/openapi.json",
+            "health": "/v1/health",
+            "jobs": "/v1/jobs",
+            "flower": f"http://127.0.0.1:{settings.flower_port}/",
+        },
+    }
+
+
+@router.get("/v1/health", summary="Health of the store and the broker", responses=ERROR_RESPONSES)
 def health() -> dict[str, Any]:
     problems: dict[str, str] = {}
     try:
