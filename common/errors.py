@@ -44,6 +44,7 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "rate_limited"
     MODEL_NOT_FOUND = "model_not_found"
     UNAVAILABLE = "unavailable"
+    DNS_ERROR = "dns_error"
     INTERNAL_ERROR = "internal_error"
     # Job error codes (the ``error.code`` of a failed job).
     WORKER_LOST = "worker_lost"

@@ -23,7 +23,13 @@ import httpcore
 import httpx
 
 from crawler.config import CrawlConfig
-from crawler.safety import AllowList, UnsafeURLError, check_url_async, resolve_checked
+from crawler.safety import (
+    AllowList,
+    DNSError,
+    UnsafeURLError,
+    check_url_async,
+    resolve_checked,
+)
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -52,6 +58,7 @@ class PageErrorCode(StrEnum):
     HTTP_ERROR = "http_error"
     TOO_LARGE = "too_large"
     UNSAFE_URL = "unsafe_url"
+    DNS_ERROR = "dns_error"
     REDIRECT_LOOP = "redirect_loop"
     TOO_MANY_REDIRECTS = "too_many_redirects"
     TIMEOUT = "timeout"
@@ -237,6 +244,8 @@ class Fetcher:
                 await self._fetch(result, clean_headers(headers), accept)
         except TimeoutError:
             result.error, result.message = PageErrorCode.TIMEOUT, "The page took too long."
+        except DNSError as exc:
+            result.error, result.message = PageErrorCode.DNS_ERROR, exc.message
         except UnsafeURLError as exc:
             result.error, result.message = PageErrorCode.UNSAFE_URL, exc.message
         except httpx.TimeoutException as exc:

@@ -21,7 +21,7 @@ from playwright.async_api import Error as PlaywrightError
 
 from crawler.config import CHROMIUM_ARGS, CrawlConfig
 from crawler.fetch import CREDENTIAL_HEADERS, REDIRECT_STATUSES, PageErrorCode, clean_headers
-from crawler.safety import AllowList, UnsafeURLError, check_url_async
+from crawler.safety import AllowList, DNSError, UnsafeURLError, check_url_async
 
 # Not needed to read a page's content (all of them are loaded when taking a screenshot).
 HEAVY_RESOURCES = frozenset({"image", "font", "media", "stylesheet"})
@@ -130,6 +130,9 @@ class Renderer:
         result = RenderResult(url=url, final_url=url)
         try:
             await check_url_async(url, self.allowed)
+        except DNSError as exc:
+            result.error, result.message = PageErrorCode.DNS_ERROR, exc.message
+            return result
         except UnsafeURLError as exc:
             result.error, result.message = PageErrorCode.UNSAFE_URL, exc.message
             return result

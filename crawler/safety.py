@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from common.errors import UnsafeURL
+from common.errors import ErrorCode, UnsafeURL
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -43,8 +43,17 @@ _DOTTED_QUAD = re.compile(
 _NUMERIC_HOST = re.compile(r"^(0x[0-9a-f]*|[0-9]+)(\.(0x[0-9a-f]*|[0-9]*))*\.?$", re.IGNORECASE)
 
 
+ALLOW_SETTING = "CONVEYOR_CRAWL_ALLOWED_HOSTS"
+
+
 class UnsafeURLError(UnsafeURL):
     """The URL (or an address it resolves to) may not be requested: 422 ``unsafe_url``."""
+
+
+class DNSError(UnsafeURLError):
+    """The URL's host does not resolve: 422 ``dns_error`` (nothing unsafe about it)."""
+
+    code = ErrorCode.DNS_ERROR
 
 
 @dataclass(frozen=True)
@@ -168,7 +177,10 @@ def _check_name(target: Target, allowed: AllowList) -> bool:
     if target.literal is None and (
         target.host in _LOCAL_NAMES or target.host.endswith(_LOCAL_SUFFIXES)
     ):
-        raise UnsafeURLError(f"Host {target.host!r} is a local name.")
+        raise UnsafeURLError(
+            f"Host {target.host!r} is a local name; to crawl it on purpose, list it in "
+            f"{ALLOW_SETTING}."
+        )
     return False
 
 
@@ -178,7 +190,10 @@ def check_address(address: IPAddress, port: int, allowed: AllowList, host: str =
         return
     if not is_public_address(address):
         shown = f"{host} ({address})" if host and host != str(address) else str(address)
-        raise UnsafeURLError(f"{shown} is a private, loopback, link-local or reserved address.")
+        raise UnsafeURLError(
+            f"{shown} is a private, loopback, link-local or reserved address; to crawl it "
+            f"on purpose, list the host in {ALLOW_SETTING}."
+        )
 
 
 def _addresses(infos: Iterable[tuple[object, ...]]) -> list[IPAddress]:
@@ -192,7 +207,7 @@ def _addresses(infos: Iterable[tuple[object, ...]]) -> list[IPAddress]:
 
 def _check_resolved(target: Target, addresses: list[IPAddress], allowed: AllowList) -> None:
     if not addresses:
-        raise UnsafeURLError(f"Host {target.host!r} did not resolve.")
+        raise DNSError(f"Host {target.host!r} did not resolve.")
     for address in addresses:
         check_address(address, target.port, allowed, target.host)
 
@@ -220,7 +235,7 @@ def check_url(
     except (OSError, UnicodeError) as exc:
         if unresolvable_ok:
             return
-        raise UnsafeURLError(f"Host {target.host!r} did not resolve: {exc}") from exc
+        raise DNSError(f"Host {target.host!r} did not resolve: {exc}") from exc
     _check_resolved(target, _addresses(infos), allow)
 
 
@@ -248,7 +263,7 @@ async def resolve_checked(host: str, port: int, allowed: AllowList) -> list[IPAd
     try:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
-        raise UnsafeURLError(f"Host {host!r} did not resolve: {exc}") from exc
+        raise DNSError(f"Host {host!r} did not resolve: {exc}") from exc
     addresses = _addresses(infos)
     if not by_name:
         _check_resolved(target, addresses, allowed)

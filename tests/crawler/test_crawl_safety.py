@@ -119,3 +119,18 @@ def test_connect_time_check_blocks_resolved_private_address() -> None:
     finally:
         listener.close()
     assert issubclass(httpcore.ConnectError, Exception)
+
+
+def test_a_host_that_does_not_resolve_is_a_dns_error_not_unsafe() -> None:
+    from crawler.safety import DNSError
+
+    with pytest.raises(DNSError) as info:
+        check_url("http://no-such-host.invalid/")
+    assert info.value.code == "dns_error" and info.value.status_code == 422
+
+
+def test_a_refused_private_address_names_the_setting_that_allows_it() -> None:
+    with pytest.raises(UnsafeURLError) as info:
+        check_url("http://127.0.0.1:8080/")
+    assert info.value.code == "unsafe_url"
+    assert "CONVEYOR_CRAWL_ALLOWED_HOSTS" in info.value.message
