@@ -1,14 +1,21 @@
-"""``conveyor jobs``: list, show, cancel, delete and download jobs through the REST API."""
+"""``conveyor jobs``: list, show, submit, wait for, cancel, delete and download jobs through the
+REST API.
+
+``conveyor jobs wait ID`` exits by outcome: 0 completed, 1 failed, 3 cancelled, 124 still
+running when ``--timeout`` passed.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from cli.client import api_client, fail
@@ -35,7 +42,11 @@ def list_jobs(
     if as_json:
         print(json.dumps(page, indent=2))
         return
-    table = Table("id", "kind", "status", "created_at", "progress")
+    table = Table()
+    table.add_column("id", no_wrap=True, min_width=36)  # never cut: every command takes it
+    for name in ("kind", "status", "created_at"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("progress", overflow="fold")
     for job in page["data"]:
         table.add_row(
             job["id"], job["kind"], job["status"], job["created_at"], json.dumps(job["progress"])
@@ -53,6 +64,91 @@ def get_job(job_id: str) -> None:
     if response.status_code != 200:
         fail(response)
     print(json.dumps(response.json(), indent=2))
+
+
+#: Where ``jobs submit`` sends each kind a user submits directly.
+SUBMIT_ROUTES = {"crawl": "/v1/crawls", "diagnostics": "/v1/diagnostics/sleep"}
+#: ``jobs wait`` exit codes by outcome.
+EXIT_CODES = {"completed": 0, "failed": 1, "cancelled": 3}
+WAIT_TIMED_OUT = 124
+
+
+@jobs_app.command("submit")
+def submit_job(
+    kind: Annotated[str, typer.Argument(help=f"One of: {', '.join(SUBMIT_ROUTES)}.")],
+    input: Annotated[str, typer.Option("--input", help="The job's input as JSON.")] = "{}",
+) -> None:
+    """Create a job and print it as JSON (its id is `.id`)."""
+    route = SUBMIT_ROUTES.get(kind)
+    if route is None:
+        raise typer.BadParameter(
+            f"kind must be one of {', '.join(SUBMIT_ROUTES)}", param_hint="KIND"
+        )
+    try:
+        body = json.loads(input)
+    except ValueError as exc:
+        raise typer.BadParameter(f"not JSON: {exc}", param_hint="--input") from exc
+    with api_client() as client:
+        response = client.post(route, json=body)
+    if response.status_code != 202:
+        fail(response)
+    print(json.dumps(response.json(), indent=2))
+
+
+@jobs_app.command("wait")
+def wait_job(
+    job_id: str,
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 3600.0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Wait until a job ends, showing its progress; exit 0 completed, 1 failed, 3 cancelled,
+    124 when --timeout passed first."""
+    deadline = time.monotonic() + timeout
+    job: dict[str, object] = {}
+    with (
+        api_client() as client,
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[counters]}"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            disable=quiet,
+        ) as bar,
+    ):
+        task = bar.add_task(job_id, total=None, counters="")
+        while True:
+            response = client.get(f"/v1/jobs/{job_id}")
+            if response.status_code != 200:
+                fail(response)
+            job = response.json()
+            done, total = _progress_of(job.get("progress"))
+            bar.update(
+                task,
+                description=f"{job_id} {job['status']}",
+                completed=done,
+                total=total,
+                counters=json.dumps(job.get("progress") or {}),
+            )
+            if job["status"] in EXIT_CODES or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    print(json.dumps(job, indent=2))
+    raise typer.Exit(EXIT_CODES.get(str(job.get("status")), WAIT_TIMED_OUT))
+
+
+def _progress_of(progress: object) -> tuple[float, float | None]:
+    """(done, total) from a job's counters, when it reports a total."""
+    if not isinstance(progress, dict):
+        return 0.0, None
+    for done_key, total_key in (
+        ("steps_done", "steps_total"),
+        ("pages_crawled", "pages_discovered"),
+    ):
+        total = progress.get(total_key)
+        if isinstance(total, int | float) and total > 0:
+            return float(progress.get(done_key) or 0), float(total)
+    return 0.0, None
 
 
 @jobs_app.command("cancel")

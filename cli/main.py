@@ -5,6 +5,7 @@ Process commands start the embedded broker first when ``CONVEYOR_BROKER_URL`` is
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -181,6 +182,37 @@ def keys_create(
 ) -> None:
     """Create an API key and print it (alone, on stdout). It is never shown again."""
     print(_create_key(org, name))
+
+
+@keys_app.command("list")
+def keys_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw page.")] = False,
+) -> None:
+    """Your organisation's keys (through the API, with the key in use)."""
+    from cli.client import api_client, fail
+
+    with api_client() as client:
+        response = client.get("/v1/keys", params={"limit": 100})
+    if response.status_code != 200:
+        fail(response)
+    page = response.json()
+    if as_json:
+        print(json.dumps(page, indent=2))
+        return
+    for key in page["data"]:
+        print(f"{key['id']}\t{key['masked']}\t{key['name']}\t{key['created_at']}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key (effective on its next request)."""
+    from cli.client import api_client, fail
+
+    with api_client() as client:
+        response = client.delete(f"/v1/keys/{key_id}")
+    if response.status_code != 204:
+        fail(response)
+    print(f"revoked {key_id}")
 
 
 @app.command()

@@ -3,39 +3,14 @@ commands talk to a real API server (uvicorn on a free port)."""
 
 from __future__ import annotations
 
+import json
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
-import pytest
-import uvicorn
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def live_api(app: Any) -> Iterator[str]:
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
 
 
 def conveyor(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -82,3 +57,56 @@ def test_jobs_commands(live_api: str, worker: object, tmp_path: Path) -> None:
     assert missing.returncode == 1 and "not_found" in missing.stderr
     no_key = conveyor("jobs", "list", env={"CONVEYOR_API_KEY": "", "CONVEYOR_API_URL": live_api})
     assert no_key.returncode == 2
+
+
+def test_jobs_submit_wait_and_list_as_a_user_would(live_api: str, worker: object) -> None:
+    key = conveyor("keys", "create", "--org", "cli-wait-org").stdout.strip()
+    env = {"CONVEYOR_API_URL": live_api, "CONVEYOR_API_KEY": key}
+    made = conveyor("jobs", "submit", "diagnostics", "--input", '{"seconds": 0.2}', env=env)
+    assert made.returncode == 0, made.stderr
+    job_id = json.loads(made.stdout)["id"]
+    waited = conveyor("jobs", "wait", job_id, "--quiet", env=env)
+    assert waited.returncode == 0, waited.stderr
+    assert json.loads(waited.stdout)["status"] == "completed"
+    failing = conveyor(
+        "jobs", "submit", "diagnostics", "--input", '{"seconds": 0, "fail": true}', env=env
+    )
+    failed = conveyor("jobs", "wait", json.loads(failing.stdout)["id"], "-q", env=env)
+    assert failed.returncode == 1 and json.loads(failed.stdout)["status"] == "failed"
+    listed = conveyor("jobs", "list", env={**env, "COLUMNS": "60"})
+    assert job_id in listed.stdout  # never cut, even on a narrow terminal
+    bad = conveyor("jobs", "submit", "diagnostics", "--input", "{nope", env=env)
+    assert bad.returncode == 2 and "not JSON" in bad.stderr
+
+
+def test_keys_list_and_revoke(live_api: str) -> None:
+    key = conveyor("keys", "create", "--org", "cli-keys-org").stdout.strip()
+    other = conveyor("keys", "create", "--org", "cli-keys-org", "--name", "spare").stdout.strip()
+    env = {"CONVEYOR_API_URL": live_api, "CONVEYOR_API_KEY": key}
+    listed = conveyor("keys", "list", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    spare = [k for k in json.loads(listed.stdout)["data"] if k["name"] == "spare"]
+    assert len(spare) == 1
+    assert conveyor("keys", "revoke", spare[0]["id"], env=env).returncode == 0
+    refused = httpx.get(f"{live_api}/v1/jobs", headers={"Authorization": f"Bearer {other}"})
+    assert refused.status_code == 401
+
+
+def test_client_commands_read_the_credentials_file_and_say_when_the_api_is_down(
+    live_api: str, tmp_path: Path
+) -> None:
+    from cli.client import write_credentials
+
+    key = conveyor("keys", "create", "--org", "cli-creds-org").stdout.strip()
+    data_dir = tmp_path / "data"
+    path = write_credentials(live_api, key, data_dir / "credentials")
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    env = {"CONVEYOR_DATA_DIR": str(data_dir), "CONVEYOR_API_URL": "", "CONVEYOR_API_KEY": ""}
+    listed = conveyor("jobs", "list", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    write_credentials("http://127.0.0.1:9", key, data_dir / "credentials")  # nothing listens
+    down = conveyor("jobs", "list", env=env)
+    assert down.returncode == 2
+    assert down.stderr.strip().splitlines() == [
+        "cannot reach the API at http://127.0.0.1:9: connection refused"
+    ]
