@@ -31,6 +31,7 @@ class JobError(BaseModel):
 class JobLinks(BaseModel):
     self: str
     result: str
+    flower: str = Field(description="The job's first task in Flower (task id = job id).")
 
 
 class JobOut(BaseModel):

@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     api_url: str = "http://127.0.0.1:8000"
     api_key: SecretStr | None = None
     flower_port: int = 5555
+    flower_url: str = Field(default="", description="Flower's public URL (job links.flower).")
     flower_user: str = ""
     flower_password: SecretStr = SecretStr("")
     log_level: str = "INFO"

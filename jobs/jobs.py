@@ -141,7 +141,7 @@ def requeue_lapsed() -> dict[str, list[str]]:
                     emit_job_event(session, "job.failed", job_id)
                     failed.append(job_id)
             elif job_store.requeue(session, job_id, now):
-                outbox.enqueue(session, kind, job_id)
+                outbox.enqueue_message(session, outbox.job_message(kind, job_id))
                 requeued.append(job_id)
     for job_id in requeued:
         log.warning("job %s: its worker's lease lapsed; re-queued", job_id)

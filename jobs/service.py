@@ -73,8 +73,15 @@ def create_job(
     job = job_store.insert_job(session, org_id=org_id, kind=kind, input=clean, job_id=job_id)
     if hook is not None:
         webhooks.attach_job_webhook(session, org_id, job.id, hook)
-    outbox.enqueue(session, kind, job.id)
+    outbox.enqueue(session, kind, job.id, label=task_label(kind, clean))
     return job
+
+
+def task_label(kind: str, input: Mapping[str, Any]) -> str:
+    """What Flower shows for a job's task: its kind and operation (``deploy.apply``,
+    ``backup.verify``, ``crawl.full``), not the generic ``<kind>.run``."""
+    operation = input.get("operation") or input.get("mode") or "run"
+    return f"{kind}.{operation}"
 
 
 # --- lifecycle events -----------------------------------------------------------------------

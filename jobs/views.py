@@ -9,12 +9,24 @@ from __future__ import annotations
 from typing import Any
 
 from common.timeutil import isoformat_z
+from config import get_settings
 from config.queues import KINDS, resolve
 from store.models import Job
 
 
 def job_links(job_id: str) -> dict[str, str]:
-    return {"self": f"/v1/jobs/{job_id}", "result": f"/v1/jobs/{job_id}/result"}
+    """``self``, ``result``, and ``flower``: the job's first task in Flower (its task id is the
+    job's id)."""
+    return {
+        "self": f"/v1/jobs/{job_id}",
+        "result": f"/v1/jobs/{job_id}/result",
+        "flower": f"{flower_url()}/task/{job_id}",
+    }
+
+
+def flower_url() -> str:
+    settings = get_settings()
+    return settings.flower_url or f"http://127.0.0.1:{settings.flower_port}"
 
 
 def job_to_dict(job: Job) -> dict[str, Any]:

@@ -53,16 +53,37 @@ class Message:
     job_id: str | None = None
     countdown: float | None = None
     expires: float | None = None  # seconds: a message not consumed by then is dropped
+    task_id: str | None = None  # None: a fresh id
+    label: str | None = None  # the name Flower and the logs show (Celery's ``shadow``)
 
 
-def job_message(kind: str, job_id: str) -> Message:
-    """The message that runs job ``job_id`` of ``kind`` (task ``<kind>.run`` on its queue)."""
-    return Message(f"{kind}.run", (job_id,), KINDS[kind].queue, job_id=job_id)
+def job_message(
+    kind: str, job_id: str, *, first: bool = False, label: str | None = None
+) -> Message:
+    """The message that runs job ``job_id`` of ``kind`` (task ``<kind>.run`` on its queue).
+
+    A job's first message carries the job's id as its task id, so Flower finds the job by its
+    id; a later one (re-sent, re-queued) gets a fresh id, and the job's compare-and-set start
+    lets exactly one of them run it. ``label`` (e.g. ``deploy.apply``) is what Flower shows.
+    """
+    return Message(
+        f"{kind}.run",
+        (job_id,),
+        KINDS[kind].queue,
+        job_id=job_id,
+        task_id=job_id if first else None,
+        label=label,
+    )
 
 
-def enqueue(session: Session, kind: str, job_id: str) -> None:
-    """Send job ``job_id`` to its queue once ``session`` commits."""
-    _pending(session).append(job_message(kind, job_id))
+def enqueue(session: Session, kind: str, job_id: str, *, label: str | None = None) -> None:
+    """Send job ``job_id`` to its queue once ``session`` commits (its first message)."""
+    _pending(session).append(job_message(kind, job_id, first=True, label=label))
+
+
+def enqueue_message(session: Session, message: Message) -> None:
+    """Send ``message`` once ``session`` commits."""
+    _pending(session).append(message)
 
 
 def enqueue_task(
@@ -112,6 +133,8 @@ def send(messages: list[Message], *, reject: bool = False) -> None:
                 queue=message.queue,
                 countdown=message.countdown,
                 expires=message.expires,
+                task_id=message.task_id,
+                shadow=message.label,
                 retry=False,
             )
             if message.job_id is not None:

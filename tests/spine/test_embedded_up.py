@@ -87,6 +87,10 @@ def test_conveyor_up_runs_a_job_end_to_end(tmp_path: Path) -> None:
                     break
             time.sleep(1)
         assert any(t.get("name") == "diagnostics.run" for t in seen.values()), seen
+        # …and finds it by the job's id: the job's first task id is the job id.
+        assert job["links"]["flower"].endswith(f"/task/{job['id']}")
+        info = httpx.get(f"http://127.0.0.1:{flower_port}/api/task/info/{job['id']}", timeout=10)
+        assert info.status_code == 200 and info.json()["args"] == repr([job["id"]]), info.text
         children = psutil.Process(proc.pid).children(recursive=True)
         assert len(children) >= 8  # api, 5 worker groups, beat, flower (+ pool processes)
     finally:

@@ -69,6 +69,9 @@ def test_the_message_leaves_after_the_commit(client: Any, org: OrgKey, worker: o
     with session_scope() as session:
         job = create_job(session, "diagnostics", org.org_id, {"seconds": 0})
         assert outbox.in_flight([job.id]) == {}  # not before the commit
+        [message] = outbox.pending(session)
+        assert message.task_id == job.id  # Flower finds the job by its id
+        assert message.label == "diagnostics.run"
     assert job.id in outbox.in_flight([job.id])
     done = wait_for_job(client, job.id, org.headers, timeout=30)
     assert done["status"] == "completed" and done["attempts"] == 1
@@ -182,3 +185,12 @@ def test_the_lease_keeper_renews_and_notices_a_job_taken_away(org: OrgKey, migra
     keeper.release(job_id)
     with session_scope() as session:  # leave nothing queued for the session's worker
         job_store.transition(session, job_id, to=JobStatus.CANCELLED, from_=[JobStatus.QUEUED])
+
+
+def test_flower_shows_a_task_by_kind_and_operation() -> None:
+    from jobs.service import task_label
+
+    assert task_label("deploy", {"operation": "apply"}) == "deploy.apply"
+    assert task_label("backup", {"operation": "verify"}) == "backup.verify"
+    assert task_label("crawl", {"mode": "full"}) == "crawl.full"
+    assert task_label("diagnostics", {"seconds": 1}) == "diagnostics.run"
