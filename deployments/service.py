@@ -399,6 +399,22 @@ def status_events(dep: Deployment, previous: str) -> list[Event]:
     return [Event(event, dep.org_id, view(dep))]
 
 
+def begin_operation(dep: Deployment, operation: str) -> None:
+    """A deploy job starts ``operation``: an ``apply`` deploys afresh (its old reason goes), a
+    ``scale_up`` keeps the ``scaling_from_zero`` reason its wake set."""
+    if operation == "apply":
+        dep.status, dep.status_reason = "deploying", None
+    elif operation == "scale_up":
+        dep.status = "deploying"
+
+
+def record_released(dep: Deployment, obs: Observation) -> None:
+    """What a failed deployment still held was freed (``Backend.release_failed``): store the
+    backend's state; the status stays ``failed``."""
+    dep.backend_state = obs.state.model_dump(mode="json")
+    dep.ready_replicas, dep.endpoint, dep.endpoints = 0, None, []
+
+
 def mark_deleted(dep: Deployment, now: datetime | None = None) -> list[Event]:
     previous = dep.status
     dep.status = "deleted"
