@@ -255,6 +255,4 @@ def job_task(kind: str, **options: Any) -> Callable[[Handler], JobTask]:
     return decorator
 
 
-# JobCancelled and JobContext live in jobs.context; named here until every task module imports
-# them from there.
-__all__ = ["JobCancelled", "JobContext", "JobTask", "job_task", "run_job"]
+__all__ = ["JobTask", "job_task", "run_job"]
