@@ -153,7 +153,7 @@ def kube_watch() -> None:
     import logging
 
     from deployments.backends.kubernetes_watch import serve_watch
-    from tasks.deploy import reconcile_one
+    from deployments.jobs import reconcile_one
 
     logging.basicConfig(level=get_settings().log_level.upper())
     serve_watch(reconcile_one)

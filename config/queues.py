@@ -1,4 +1,5 @@
-"""Queue names, task routes, per-kind time limits, worker groups and the beat schedule."""
+"""Queue names, task routes, per-kind time limits, worker groups and the beat schedule, and the
+declarations by which one domain plugs into another (job kinds, deployment env providers)."""
 
 from __future__ import annotations
 
@@ -60,6 +61,11 @@ def resolve(path: str) -> Any:
     module, _, name = path.partition(":")
     return getattr(importlib.import_module(module), name)
 
+
+#: Other domains' variables for a deployment, read at each rollout: ``"module:name"`` paths of
+#: ``fn(session, deployment_id) -> dict[str, str]`` (resource bindings). Declared here, not
+#: registered on import, so every process (API, deploy worker, beat) rolls out the same env.
+DEPLOYMENT_ENV_PROVIDERS: tuple[str, ...] = ("resources.service:bound_env",)
 
 # Redis redelivers an unacked message after this long: keep it above the longest hard limit.
 VISIBILITY_TIMEOUT = max(k.time_limit for k in KINDS.values()) + 600

@@ -22,15 +22,15 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from common.errors import Conflict, NotFound, Unavailable, ValidationFailed
 from common.timeutil import isoformat_z, utcnow
+from config.queues import DEPLOYMENT_ENV_PROVIDERS, resolve
 from config.settings import Settings
 from deployments import repository
 from deployments.backends.base import (
@@ -135,13 +135,23 @@ def desired_replicas(dep: Deployment) -> int:
     return max(dep.replicas_min, 1)
 
 
-# Other domains' variables for a deployment, read at each rollout (resource bindings register
-# one: resources.service.provide_bound_env). The deployment's own env wins on a clash.
-ENV_PROVIDERS: list[Callable[[Deployment], dict[str, str]]] = []
+def provided_env(dep: Deployment) -> dict[str, str]:
+    """Other domains' variables for ``dep`` (``config.queues.DEPLOYMENT_ENV_PROVIDERS``: the
+    bound resources'), read in the deployment's own session at each rollout; a deployment
+    outside any session has none."""
+    session = object_session(dep)
+    if session is None:
+        return {}
+    env: dict[str, str] = {}
+    for path in DEPLOYMENT_ENV_PROVIDERS:
+        env.update(resolve(path)(session, dep.id))
+    return env
 
 
 def spec_of(dep: Deployment) -> DeploymentSpec:
-    provided = {k: v for provider in ENV_PROVIDERS for k, v in provider(dep).items()}
+    """What the backend runs: the revision's config; the deployment's own env wins a clash with
+    a provided variable."""
+    provided = provided_env(dep)
     return DeploymentSpec(
         id=dep.id,
         name=dep.name,
@@ -397,6 +407,22 @@ def status_events(dep: Deployment, previous: str) -> list[Event]:
     if event is None or dep.status == previous:
         return []
     return [Event(event, dep.org_id, view(dep))]
+
+
+def begin_operation(dep: Deployment, operation: str) -> None:
+    """A deploy job starts ``operation``: an ``apply`` deploys afresh (its old reason goes), a
+    ``scale_up`` keeps the ``scaling_from_zero`` reason its wake set."""
+    if operation == "apply":
+        dep.status, dep.status_reason = "deploying", None
+    elif operation == "scale_up":
+        dep.status = "deploying"
+
+
+def record_released(dep: Deployment, obs: Observation) -> None:
+    """What a failed deployment still held was freed (``Backend.release_failed``): store the
+    backend's state; the status stays ``failed``."""
+    dep.backend_state = obs.state.model_dump(mode="json")
+    dep.ready_replicas, dep.endpoint, dep.endpoints = 0, None, []
 
 
 def mark_deleted(dep: Deployment, now: datetime | None = None) -> list[Event]:

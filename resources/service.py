@@ -1,7 +1,7 @@
-"""The rules of the resources domain. Request-side functions take the caller's session and
-never commit; they return the ids of the jobs they created, which the caller enqueues after
-its commit. Worker-side functions (``run_*``) do the slow work with the backends outside any
-transaction and record the outcome in short transactions of their own.
+"""The rules of the resources domain, request side: create, change, delete, rotate, back up,
+restore and branch resources, bind them to deployments, and show them. Functions take the
+caller's session and never commit; the jobs they create (``jobs.service.create_job``) are sent
+once the caller commits. The slow work those jobs do, and the beat work, is ``resources.jobs``.
 
 Resource status: provisioning → ready | failed; ready ⇄ degraded (WAL archiving failing, or
 ``size_limit_exceeded``); deleting → deleted. Backups: pending → running → completed
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -21,15 +20,18 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from common.errors import Conflict, JobFailed, NotFound, NotReady, ValidationFailed
+from common.errors import Conflict, NotFound, NotReady, ValidationFailed
 from common.timeutil import isoformat_z, utcnow
 from config import get_settings
+from deployments import repository as dep_repo
+from deployments import service as deployments
+from deployments.schemas import DeploymentPatch
 from jobs.service import create_job
 from resources import repository
 from resources.backends import get_backend, supported
 from resources.backends.base import Backend, BackupResult, Handle
 from resources.credentials import CredentialBox, mask_env
-from resources.errors import NotSupported, OutsideWindow, ResourceError
+from resources.errors import OutsideWindow, ResourceError
 from resources.models import Resource, ResourceBackup, ResourceBinding
 from resources.schemas import (
     BindingCreate,
@@ -42,7 +44,6 @@ from resources.schemas import (
 )
 from resources.settings import ResourceSettings
 from store import jobs as job_store
-from webhooks import events as webhook_events
 
 log = logging.getLogger(__name__)
 PITR_BACKUP_METHOD = "pg_basebackup"
@@ -60,30 +61,6 @@ LIMITS: dict[tuple[str, str], tuple[str, ...]] = {
     ("blob", "shared"): (),
     ("volume", "shared"): ("size_bytes",),
 }
-
-
-@dataclass
-class Outcome:
-    """What an operation caused: the jobs it created (already recorded in the outbox of the
-    session that created them) and the events the caller emits (``record``)."""
-
-    jobs: list[tuple[str, str]] = field(default_factory=list)  # (job id, kind)
-    events: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
-
-
-def record(session: Session, outcome: Outcome) -> None:
-    """Emit ``outcome``'s events on ``session``: delivered once it commits."""
-    for event_type, org_id, data in outcome.events:
-        webhook_events.emit(session, event_type, org_id, data)
-
-
-class FailedWithOutcome(JobFailed):
-    """The job failed after recording it (resource/backup ``failed``): the caller emits
-    ``outcome``'s events (the alert) and lets the runner fail the job."""
-
-    def __init__(self, message: str, code: str, outcome: Outcome) -> None:
-        super().__init__(message, code=code)
-        self.outcome = outcome
 
 
 # --------------------------------------------------------------------------- plumbing ---
@@ -116,7 +93,7 @@ def handle_of(res: Resource) -> Handle:
     return Handle(dict(res.state), credential_box().decrypt(res.secret_encrypted))
 
 
-def _store_handle(res: Resource, handle: Handle) -> None:
+def store_handle(res: Resource, handle: Handle) -> None:
     res.state = handle.state
     res.secret_encrypted = credential_box().encrypt(handle.secret)
 
@@ -268,7 +245,7 @@ def _new_resource(
     return res
 
 
-def create(session: Session, org_id: str, body: ResourceCreate) -> tuple[Resource, Outcome]:
+def create(session: Session, org_id: str, body: ResourceCreate) -> Resource:
     res = _new_resource(
         session,
         org_id,
@@ -280,7 +257,7 @@ def create(session: Session, org_id: str, body: ResourceCreate) -> tuple[Resourc
         retention=(body.backup_retention_days, body.backup_retention_count),
     )
     res.job_id = _job(session, res, "provision", {"resource_id": res.id, "operation": "create"})
-    return res, Outcome(jobs=[(res.job_id, "provision")])
+    return res
 
 
 def _check_limits(type_: str, tier: str, limits: dict[str, Any]) -> None:
@@ -338,16 +315,17 @@ def _require_idle(session: Session, res: Resource) -> None:
         )
 
 
-def patch(session: Session, res: Resource, body: ResourcePatch) -> tuple[Resource, Outcome]:
+def patch(session: Session, res: Resource, body: ResourcePatch) -> tuple[Resource, str | None]:
     """Limits, backup schedule and retention. Changed limits are applied to the running
-    server by a ``provision`` job (the caller answers 202 with it); the rest is immediate.
+    server by a ``provision`` job, whose id is returned (the caller answers 202 with it); the
+    rest is immediate (None).
     A shorter ``backup_retention_days`` moves the expiry of the backups already taken."""
     changes = body.model_dump(exclude_unset=True)
     if not changes:
         raise ValidationFailed("Nothing to change.", details=[])
     if res.status in ("deleting", "deleted"):
         raise Conflict(f"Resource {res.id} is {res.status}.")
-    out = Outcome()
+    limits_job: str | None = None
     if body.limits is not None:
         asked = body.limits.model_dump(exclude_none=True)
         _check_limits(res.type, res.tier, asked)
@@ -367,7 +345,7 @@ def patch(session: Session, res: Resource, body: ResourcePatch) -> tuple[Resourc
                 "provision",
                 {"resource_id": res.id, "operation": "limits", "limits": new, "previous": previous},
             )
-            out.jobs.append((res.job_id, "provision"))
+            limits_job = res.job_id
     if "backup_schedule" in changes:
         res.backup_schedule = body.backup_schedule
         res.next_backup_at = next_run(body.backup_schedule, utcnow())
@@ -382,13 +360,13 @@ def patch(session: Session, res: Resource, body: ResourcePatch) -> tuple[Resourc
             repository.set_backup_expiry(session, res.id, timedelta(days=days))
         res.backup_retention_days, res.backup_retention_count = days, count
     res.updated_at = utcnow()
-    return res, out
+    return res, limits_job
 
 
-def delete(session: Session, res: Resource, purge_backups: bool) -> Outcome:
+def delete(session: Session, res: Resource, purge_backups: bool) -> None:
     """Idempotent: a resource already deleting/deleted gets no second job."""
     if res.status in ("deleting", "deleted"):
-        return Outcome()
+        return
     if res.job_id:
         job_store.transition(
             session,
@@ -403,7 +381,6 @@ def delete(session: Session, res: Resource, purge_backups: bool) -> Outcome:
         "provision",
         {"resource_id": res.id, "operation": "delete", "purge_backups": purge_backups},
     )
-    return Outcome(jobs=[(res.job_id, "provision")])
 
 
 def _require_ready(res: Resource) -> None:
@@ -424,13 +401,12 @@ def credentials(res: Resource) -> dict[str, Any]:
     return out
 
 
-def rotate(session: Session, res: Resource) -> Outcome:
+def rotate(session: Session, res: Resource) -> None:
     _require_ready(res)
     _require_idle(session, res)
     if res.type == "volume":
         raise ValidationFailed("A volume has no credentials to rotate.", details=[])
     res.job_id = _job(session, res, "provision", {"resource_id": res.id, "operation": "rotate"})
-    return Outcome(jobs=[(res.job_id, "provision")])
 
 
 def presign(res: Resource, body: PresignRequest) -> str:
@@ -444,9 +420,7 @@ def presign(res: Resource, body: PresignRequest) -> str:
     return backend.presign(handle_of(res), body.key, body.method, body.expires_in)
 
 
-def request_backup(
-    session: Session, res: Resource, trigger: str = "manual"
-) -> tuple[ResourceBackup, Outcome]:
+def request_backup(session: Session, res: Resource, trigger: str = "manual") -> ResourceBackup:
     _require_ready(res)
     backup = ResourceBackup(
         org_id=res.org_id,
@@ -458,7 +432,7 @@ def request_backup(
     session.add(backup)
     session.flush()
     backup.job_id = _job(session, res, "backup", {"backup_id": backup.id, "operation": "backup"})
-    return backup, Outcome(jobs=[(backup.job_id, "backup")])
+    return backup
 
 
 def get_backup(session: Session, res: Resource, backup_id: str) -> ResourceBackup:
@@ -468,7 +442,7 @@ def get_backup(session: Session, res: Resource, backup_id: str) -> ResourceBacku
     return backup
 
 
-def _remove_backup_files(backup: ResourceBackup) -> None:
+def remove_backup_files(backup: ResourceBackup) -> None:
     """Every backend keeps a backup under ``…/<backup id>/``: remove that directory."""
     if backup.location:
         path = Path(backup.location)
@@ -478,7 +452,7 @@ def _remove_backup_files(backup: ResourceBackup) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _drop_backup(session: Session, backup: ResourceBackup) -> None:
+def drop_backup(session: Session, backup: ResourceBackup) -> None:
     """A backup's files, and the backend's own record of it where it keeps one (the CNPG
     ``Backup`` object on Kubernetes: the backend's ``delete_backup`` hook). Raises when the
     backend could not delete it, so the backup is not marked deleted."""
@@ -486,13 +460,13 @@ def _drop_backup(session: Session, backup: ResourceBackup) -> None:
     drop = getattr(backend_of(res), "delete_backup", None) if res is not None else None
     if drop is not None:
         drop(backup.resource_id, backup.id)
-    _remove_backup_files(backup)
+    remove_backup_files(backup)
 
 
 def delete_backup(session: Session, backup: ResourceBackup) -> None:
     if backup.status in ("pending", "running"):
         raise Conflict(f"Backup {backup.id} is {backup.status}; delete it once it has finished.")
-    _drop_backup(session, backup)
+    drop_backup(session, backup)
     backup.deleted_at = utcnow()
 
 
@@ -549,7 +523,7 @@ def _check_window(session: Session, source: Resource, target: datetime) -> None:
 
 def _derived(
     session: Session, source: Resource, name: str, payload: dict[str, Any], origin: dict[str, Any]
-) -> tuple[Resource, Outcome]:
+) -> Resource:
     res = _new_resource(
         session,
         source.org_id,
@@ -564,10 +538,10 @@ def _derived(
     res.job_id = _job(
         session, res, "restore", {"resource_id": res.id, "source_id": source.id, **payload}
     )
-    return res, Outcome(jobs=[(res.job_id, "restore")])
+    return res
 
 
-def restore(session: Session, source: Resource, body: RestoreRequest) -> tuple[Resource, Outcome]:
+def restore(session: Session, source: Resource, body: RestoreRequest) -> Resource:
     """Always into a NEW resource, never in place."""
     name = body.name or f"{source.name[:40]}-restore-{utcnow():%Y%m%d%H%M%S}"
     if body.target_time is not None:
@@ -593,7 +567,7 @@ def restore(session: Session, source: Resource, body: RestoreRequest) -> tuple[R
     )
 
 
-def branch(session: Session, source: Resource, body: BranchRequest) -> tuple[Resource, Outcome]:
+def branch(session: Session, source: Resource, body: BranchRequest) -> Resource:
     if body.from_time is not None:
         target = body.from_time.astimezone(UTC)
         _check_window(session, source, target)
@@ -624,12 +598,11 @@ def env_for_binding(res: Resource, prefix: str) -> dict[str, str]:
 
 def create_binding(
     session: Session, org_id: str, deployment_id: str, body: BindingCreate
-) -> tuple[ResourceBinding, Outcome]:
-    """Bind: the resource's variables go into the deployment's next revision. A variable
+) -> tuple[ResourceBinding, list[str]]:
+    """Bind: the resource's variables go into the deployment's next revision (returned: the
+    deploy jobs that roll it out). A variable
     name already taken (by the deployment's own env or another binding) → 409 naming it;
     nothing is ever renamed silently — pass ``env_prefix`` to bind under other names."""
-    from deployments import service as deployments
-
     dep = deployments.get(session, org_id, deployment_id, lock=True)
     res = get(session, org_id, body.resource_id)
     _require_ready(res)
@@ -658,24 +631,20 @@ def create_binding(
     )
     session.add(binding)
     session.flush()
-    return binding, _roll(session, [dep.id], f"binding {binding.id}")
+    return binding, roll_deployments(session, [dep.id], f"binding {binding.id}")
 
 
-def delete_binding(session: Session, org_id: str, deployment_id: str, binding_id: str) -> Outcome:
-    from deployments import service as deployments
-
+def delete_binding(session: Session, org_id: str, deployment_id: str, binding_id: str) -> None:
     dep = deployments.get(session, org_id, deployment_id, lock=True)
     binding = repository.get_binding(session, dep.id, binding_id)
     if binding is None:
         raise NotFound(f"Binding {binding_id!r} not found.")
     session.delete(binding)
     session.flush()
-    return _roll(session, [dep.id], f"unbinding {binding_id}")
+    roll_deployments(session, [dep.id], f"unbinding {binding_id}")
 
 
 def list_bindings(session: Session, org_id: str, deployment_id: str) -> list[ResourceBinding]:
-    from deployments import service as deployments
-
     dep = deployments.get(session, org_id, deployment_id)
     return list(repository.bindings_of_deployment(session, dep.id))
 
@@ -691,464 +660,16 @@ def bound_env(session: Session, deployment_id: str) -> dict[str, str]:
     return env
 
 
-def _roll(session: Session, deployment_ids: list[str], reason: str) -> Outcome:
-    """A new revision (same config) and a deploy job for each deployment that runs."""
-    from deployments import repository as dep_repo
-    from deployments import service as deployments
-    from deployments.schemas import DeploymentPatch
-
-    out = Outcome()
+def roll_deployments(session: Session, deployment_ids: list[str], reason: str) -> list[str]:
+    """A new revision (same config) for each deployment, and a deploy job for each that runs
+    (returned: their ids)."""
+    jobs: list[str] = []
     for dep_id in sorted(set(deployment_ids)):
         dep = dep_repo.get_any(session, dep_id, lock=True)
         if dep is None or dep.desired == "deleted":
             continue
         deployments.patch(session, dep, DeploymentPatch(env=deployments.env_of(dep)))
         if dep.desired == "running":
-            out.jobs.append((deployments.schedule(session, dep, "apply"), "deploy"))
+            jobs.append(deployments.schedule(session, dep, "apply"))
         log.info("deployment %s rolled for %s", dep_id, reason)
-    return out
-
-
-# ------------------------------------------------------------------------ worker side ---
-def _error_of(exc: Exception) -> tuple[str, str]:
-    """(code, message) of a backend failure; unexpected ones keep their type and first line
-    (server errors name objects, never passwords)."""
-    if isinstance(exc, ResourceError):
-        return str(exc.code), exc.message
-    log.exception("resource backend failure")
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return "internal_error", f"{type(exc).__name__}: {first}"[:500]
-
-
-def _fail(session: Session, res: Resource, reason: str) -> Outcome:
-    res.status, res.status_reason = "failed", reason
-    return Outcome(events=[("resource.failed", res.org_id, {"id": res.id, "reason": reason})])
-
-
-def run_create(session_factory: Any, resource_id: str) -> Outcome:
-    """Provision a fresh resource."""
-    with session_factory() as session:
-        res = repository.get_any(session, resource_id)
-        if res is None or res.status != "provisioning":
-            return Outcome()
-        backend, ident, limits = backend_of(res), ident_of(res), dict(res.limits or {})
-    return _finish_provisioning(
-        session_factory, resource_id, lambda: backend.provision(ident, limits)
-    )
-
-
-def _finish_provisioning(session_factory: Any, resource_id: str, make: Any) -> Outcome:
-    """Run ``make`` (the backend call); record ready (or failed). A resource deleted while it
-    was being made is torn down here, whichever of the two jobs finished first."""
-    try:
-        handle: Handle = make()
-    except Exception as exc:  # any failure must end in `failed`, never a stuck `provisioning`
-        code, message = _error_of(exc)
-        with session_factory() as session:
-            res = repository.get_any(session, resource_id, lock=True)
-            assert res is not None
-            out = _fail(session, res, message)
-        raise FailedWithOutcome(message, code, out) from exc
-    with session_factory() as session:
-        res = repository.get_any(session, resource_id, lock=True)
-        assert res is not None
-        orphan = res.status != "provisioning"
-        if not orphan:
-            _store_handle(res, handle)
-            res.status, res.status_reason = "ready", None
-            return Outcome(events=[("resource.ready", res.org_id, {"id": res.id})])
-        backend = backend_of(res)
-    backend.deprovision(handle)
-    return Outcome()
-
-
-def run_delete(session_factory: Any, resource_id: str, purge_backups: bool) -> Outcome:
-    with session_factory() as session:
-        res = repository.get_any(session, resource_id)
-        if res is None or res.status == "deleted":
-            return Outcome()
-        backend = backend_of(res)
-        handle = handle_of(res) if res.state and res.secret_encrypted else None
-        backups = [b.id for b in repository.backups_of(session, res.id)]
-    if handle is not None:
-        backend.deprovision(handle)
-        if purge_backups and hasattr(backend, "purge_backups"):
-            backend.purge_backups(handle)
-    with session_factory() as session:
-        res = repository.get_any(session, resource_id, lock=True)
-        assert res is not None
-        out = Outcome()
-        bound = [b.deployment_id for b in repository.bindings_of_resource(session, res.id)]
-        for binding in repository.bindings_of_resource(session, res.id):
-            session.delete(binding)
-        session.flush()
-        out.jobs += _roll(session, bound, f"deletion of {res.id}").jobs
-        if purge_backups:
-            for backup_id in backups:
-                backup = repository.get_backup_any(session, backup_id)
-                if backup is not None:
-                    _remove_backup_files(backup)
-                    backup.deleted_at = utcnow()
-        res.status, res.deleted_at = "deleted", utcnow()
-        res.secret_encrypted = None
-        out.events.append(("resource.deleted", res.org_id, {"id": res.id}))
-        return out
-
-
-def run_rotate(session_factory: Any, resource_id: str) -> Outcome:
-    with session_factory() as session:
-        res = repository.get_any(session, resource_id)
-        if res is None or res.status not in ("ready", "degraded"):
-            return Outcome()
-        backend, handle = backend_of(res), handle_of(res)
-    new = backend.rotate(handle)
-    with session_factory() as session:
-        res = repository.get_any(session, resource_id, lock=True)
-        assert res is not None
-        _store_handle(res, new)
-        bound = [b.deployment_id for b in repository.bindings_of_resource(session, res.id)]
-        return _roll(session, bound, f"rotation of {res.id}")
-
-
-def run_apply_limits(
-    session_factory: Any, resource_id: str, limits: dict[str, Any], previous: dict[str, Any]
-) -> Outcome:
-    """Apply the resource's limits to its running server (the newest ones asked for: a later
-    PATCH supersedes ``limits``), record what the backend changed in its state, then run the
-    usage check at once (a volume goes read-only or writable again now). When they cannot be
-    applied, the resource's limits go back to ``previous`` and the job fails."""
-    with session_factory() as session:
-        res = repository.get_any(session, resource_id)
-        if res is None or res.status not in ("ready", "degraded"):
-            return Outcome()
-        backend, handle, desired = backend_of(res), handle_of(res), dict(res.limits or {})
-    apply = getattr(backend, "apply_limits", None)
-    try:
-        if apply is None:
-            raise NotSupported(f"a {res.tier} {res.type} resource cannot change limits")
-        changed: dict[str, Any] = apply(handle, desired)
-    except Exception as exc:  # the limits row must not claim what the server does not do
-        code, message = _error_of(exc)
-        with session_factory() as session:
-            res = repository.get_any(session, resource_id, lock=True)
-            if res is not None and res.limits == limits:
-                res.limits = previous
-        raise FailedWithOutcome(f"The limits were not applied: {message}", code, Outcome()) from exc
-    with session_factory() as session:
-        res = repository.get_any(session, resource_id, lock=True)
-        assert res is not None
-        res.state = {**(res.state or {}), **changed}
-    return check_usage_of(session_factory, resource_id)
-
-
-def run_backup(session_factory: Any, backup_id: str) -> Outcome:
-    with session_factory() as session:
-        backup = repository.get_backup_any(session, backup_id)
-        if backup is None or backup.status not in ("pending", "running"):
-            return Outcome()
-        res = repository.get_any(session, backup.resource_id)
-        assert res is not None
-        backup.status = "running"
-        backend, handle = backend_of(res), handle_of(res)
-        retention = res.backup_retention_days
-    try:
-        result = backend.backup(handle, backup_id)
-    except Exception as exc:  # any failure must end in `failed`, never a stuck `running`
-        code, message = _error_of(exc)
-        with session_factory() as session:
-            backup = repository.get_backup_any(session, backup_id)
-            assert backup is not None
-            backup.status, backup.error = "failed", {"code": code, "message": message}
-            event = {"id": backup.resource_id, "backup_id": backup_id, "reason": message}
-        out = Outcome(events=[("resource.backup_failed", backup.org_id, event)])
-        raise FailedWithOutcome(message, code, out) from exc
-    with session_factory() as session:
-        backup = repository.get_backup_any(session, backup_id)
-        assert backup is not None
-        now = utcnow()
-        backup.status, backup.completed_at = "completed", now
-        backup.expires_at = now + timedelta(days=retention)
-        backup.location, backup.size_bytes = result.location, result.size_bytes
-        backup.fingerprint, backup.method, backup.meta = (
-            result.fingerprint,
-            result.method,
-            result.meta,
-        )
-        verify = _job_for(session, backup, {"backup_id": backup_id, "operation": "verify"})
-        return Outcome(jobs=[(verify, "backup")])
-
-
-def _job_for(session: Session, backup: ResourceBackup, payload: dict[str, Any]) -> str:
-    return create_job(session, "backup", backup.org_id, payload, quota=False).id
-
-
-def run_verify(session_factory: Any, backup_id: str) -> tuple[Outcome, dict[str, Any]]:
-    """Restore the backup into a scratch copy, compare per table, drop the copy."""
-    with session_factory() as session:
-        backup = repository.get_backup_any(session, backup_id)
-        if backup is None or backup.status != "completed" or backup.deleted_at is not None:
-            return Outcome(), {"skipped": True}
-        res = repository.get_any(session, backup.resource_id)
-        assert res is not None
-        backend, result = backend_of(res), backup_result(backup)
-        handle = (
-            handle_of(res) if res.state and res.secret_encrypted else Handle(res.state or {}, {})
-        )
-    try:
-        verdict = backend.verify(handle, result)
-        mismatches = verdict.mismatches
-    except Exception as exc:  # a backup that cannot be restored failed verification
-        mismatches = [f"restore failed: {_error_of(exc)[1]}"]
-    with session_factory() as session:
-        backup = repository.get_backup_any(session, backup_id)
-        assert backup is not None
-        if not mismatches:
-            backup.verified_at = utcnow()
-            return Outcome(
-                events=[
-                    (
-                        "resource.backup_completed",
-                        backup.org_id,
-                        {"id": backup.resource_id, "backup_id": backup.id},
-                    )
-                ]
-            ), {"verified": True, "tables": len(result.fingerprint)}
-        backup.status = "failed"
-        backup.error = {"code": "verification_failed", "message": "; ".join(mismatches)[:2000]}
-        out = Outcome(
-            events=[
-                (
-                    "resource.backup_failed",
-                    backup.org_id,
-                    {
-                        "id": backup.resource_id,
-                        "backup_id": backup.id,
-                        "reason": backup.error["message"],
-                    },
-                )
-            ]
-        )
-    return out, {"verified": False, "mismatches": mismatches}
-
-
-def run_restore(session_factory: Any, job: dict[str, Any]) -> Outcome:
-    """Fill the new resource ``resource_id`` from ``source_id``."""
-    with session_factory() as session:
-        res = repository.get_any(session, job["resource_id"])
-        source = repository.get_any(session, job["source_id"])
-        if res is None or res.status != "provisioning":
-            return Outcome()
-        if source is None or not source.state or not source.secret_encrypted:
-            out = _fail(session, res, "the source resource no longer exists")
-            session.commit()
-            raise FailedWithOutcome("The source resource no longer exists.", "not_found", out)
-        backend, ident, source_handle = backend_of(res), ident_of(res), handle_of(source)
-        bases = [
-            backup_result(b)
-            for b in repository.completed_backups(session, source.id)
-            if b.method == PITR_BACKUP_METHOD
-        ]
-        backup = (
-            repository.get_backup_any(session, job["backup_id"]) if job.get("backup_id") else None
-        )
-        result = backup_result(backup) if backup is not None else None
-    if result is not None:
-        make = lambda: backend.restore(result, source_handle, ident)  # noqa: E731
-    elif job.get("target_time"):
-        target = datetime.fromisoformat(job["target_time"])
-        make = lambda: backend.pitr(source_handle, bases, target, ident)  # noqa: E731
-    else:
-        make = lambda: backend.branch(source_handle, ident)  # noqa: E731
-    return _finish_provisioning(session_factory, job["resource_id"], make)
-
-
-# ------------------------------------------------------------------- periodic (beat) ---
-def schedule_due_backups(session: Session, now: datetime) -> Outcome:
-    out = Outcome()
-    for res in repository.due_for_backup(session, now):
-        res.next_backup_at = next_run(res.backup_schedule, now)
-        out.jobs += request_backup(session, res, trigger="scheduled")[1].jobs
-    return out
-
-
-def fail_abandoned(session: Session) -> Outcome:
-    """Resources still ``provisioning`` and backups still ``pending``/``running`` whose job
-    ended without finishing them (reaped after a worker died, cancelled) become ``failed``."""
-    out = Outcome()
-    for res in repository.in_progress(session):
-        status = job_store.status_of(session, res.job_id) if res.job_id else None
-        if status in ("failed", "cancelled", None):
-            out.events += _fail(
-                session, res, f"the provisioning job ended {status or 'missing'}"
-            ).events
-    for backup in repository.backups_in_progress(session):
-        status = job_store.status_of(session, backup.job_id) if backup.job_id else None
-        if status in ("failed", "cancelled", None):
-            backup.status = "failed"
-            backup.error = {
-                "code": "job_" + (status or "missing"),
-                "message": "the backup job ended",
-            }
-            out.events.append(
-                (
-                    "resource.backup_failed",
-                    backup.org_id,
-                    {"id": backup.resource_id, "backup_id": backup.id},
-                )
-            )
-    return out
-
-
-def expire_backups(session: Session, now: datetime) -> int:
-    """Delete backups past their retention — older than ``backup_retention_days`` (their
-    ``expires_at``) or beyond the newest ``backup_retention_count`` completed ones — then the
-    WAL no kept base backup needs."""
-    expired = list(repository.expired_backups(session, now))
-    for resource_id, keep in repository.over_backup_count(session):
-        expired += list(repository.completed_backups(session, resource_id))[:-keep]
-    dropped = 0
-    for backup in expired:
-        try:
-            _drop_backup(session, backup)
-        except Exception:  # kept (not marked deleted): the next run tries again
-            log.exception("deleting expired backup %s failed", backup.id)
-            continue
-        backup.deleted_at = now
-        dropped += 1
-    session.flush()
-    for resource_id in sorted({b.resource_id for b in expired}):
-        res = repository.get_any(session, resource_id)
-        if res is not None and res.state and res.secret_encrypted:
-            kept = [
-                backup_result(b)
-                for b in repository.completed_backups(session, res.id)
-                if b.method == PITR_BACKUP_METHOD
-            ]
-            backend_of(res).prune_archive(handle_of(res), kept)
-    return dropped
-
-
-def check_archiving(session_factory: Any) -> Outcome:
-    """Every dedicated postgres: commit a heartbeat (keeps quiet databases restorable) and
-    read pg_stat_archiver; failing archiving → degraded + alert, recovered → ready."""
-    out = Outcome()
-    with session_factory() as session:
-        targets = [
-            (r.id, handle_of(r)) for r in repository.live_of(session, "postgres", "dedicated")
-        ]
-    backend = get_backend("postgres", "dedicated", resource_settings())
-    for resource_id, handle in targets:
-        try:
-            backend.heartbeat(handle)
-            health = backend.health(handle)
-        except Exception as exc:
-            health = {"status": "failing", "last_failed_wal": None, "error": str(exc)[:300]}
-        with session_factory() as session:
-            res = repository.get_any(session, resource_id, lock=True)
-            if res is None:
-                continue
-            if health["status"] == "failing" and res.status == "ready":
-                reason = f"WAL archiving is failing: {health}"
-                res.status, res.status_reason = "degraded", reason
-                out.events.append(
-                    ("resource.degraded", res.org_id, {"id": res.id, "reason": reason})
-                )
-            elif (
-                health["status"] == "ok"
-                and res.status == "degraded"
-                and (res.status_reason or "").startswith("WAL archiving")
-            ):
-                res.status, res.status_reason = "ready", None
-                out.events.append(("resource.ready", res.org_id, {"id": res.id}))
-    return out
-
-
-#: (type, tier) whose size the usage check measures against ``size_bytes``.
-USAGE_CHECKED = (("volume", "shared"), ("postgres", "shared"), ("postgres", "dedicated"))
-
-
-def check_usage(session_factory: Any) -> Outcome:
-    """Every volume and size-limited postgres: usage against the size limit. Past it →
-    ``degraded`` (``size_limit_exceeded``) + an alert, and a volume becomes read-only; back
-    under it (data removed, limit raised) → ``ready`` and writable again."""
-    out = Outcome()
-    with session_factory() as session:
-        ids = [r.id for t in USAGE_CHECKED for r in repository.live_of(session, *t)]
-    for resource_id in ids:
-        try:
-            found = check_usage_of(session_factory, resource_id)
-        except Exception:  # one broken resource must not stop the others' checks
-            log.exception("usage check of %s failed", resource_id)
-            continue
-        out.events += found.events
-    return out
-
-
-def check_usage_of(session_factory: Any, resource_id: str) -> Outcome:
-    """One resource's usage check, under its row lock (so a limits job and the beat check
-    do not interleave their read-only switches)."""
-    with session_factory() as session:
-        res = repository.get_any(session, resource_id, lock=True)
-        if res is None or res.status not in ("ready", "degraded") or not res.state:
-            return Outcome()
-        backend, handle = backend_of(res), handle_of(res)
-        limit = (res.limits or {}).get("size_bytes") or res.state.get("limit_bytes")
-        usage = getattr(backend, "usage_bytes", None)
-        if limit is None or usage is None:
-            return Outcome()
-        measured = usage(handle)
-        if measured is None:  # unknown (e.g. a Kubernetes volume no pod mounts): no verdict
-            return Outcome()
-        used = int(measured)
-        over = used > int(limit)
-        if hasattr(backend, "set_read_only"):
-            backend.set_read_only(handle, over)
-        data = {
-            "id": res.id,
-            "reason": SIZE_LIMIT_EXCEEDED,
-            "used_bytes": used,
-            "limit_bytes": limit,
-        }
-        if over and res.status == "ready":
-            res.status, res.status_reason = "degraded", SIZE_LIMIT_EXCEEDED
-            return Outcome(events=[("resource.degraded", res.org_id, data)])
-        if not over and res.status == "degraded" and res.status_reason == SIZE_LIMIT_EXCEEDED:
-            res.status, res.status_reason = "ready", None
-            return Outcome(events=[("resource.ready", res.org_id, {"id": res.id})])
-    return Outcome()
-
-
-def reconcile_access(session_factory: Any) -> int:
-    """Re-apply every shared Redis resource's ACL user from the store (a Redis restart
-    forgets users made with ACL SETUSER). Returns how many had to be rewritten."""
-    with session_factory() as session:
-        targets = [(r.id, handle_of(r)) for r in repository.live_of(session, "redis", "shared")]
-    reconcile = getattr(get_backend("redis", "shared", resource_settings()), "reconcile", None)
-    if reconcile is None:  # another backend (Kubernetes) keeps its own users
-        return 0
-    fixed = 0
-    for resource_id, handle in targets:
-        try:
-            if reconcile(handle):
-                log.warning("ACL user of %s was missing or had drifted: re-applied", resource_id)
-                fixed += 1
-        except Exception:
-            log.exception("ACL reconcile of %s failed", resource_id)
-    return fixed
-
-
-def provide_bound_env(dep: Any) -> dict[str, str]:
-    """``deployments.service.ENV_PROVIDERS`` hook: the bound resources' variables, read in the
-    deployment's own session at rollout time (a deployment outside any session has none)."""
-    from sqlalchemy.orm import object_session
-
-    session = object_session(dep)
-    return bound_env(session, dep.id) if session is not None else {}
-
-
-def register_binding_hook() -> None:
-    """Plug bindings into deployments (idempotent; called where resources are loaded)."""
-    from deployments import service as deployments
-
-    if provide_bound_env not in deployments.ENV_PROVIDERS:
-        deployments.ENV_PROVIDERS.append(provide_bound_env)
+    return jobs

@@ -1,6 +1,6 @@
 """Beat tasks on the ``maintenance`` queue: result expiry, metadata purge, the job sweeps (leases,
-queued jobs without a message, time limits) and the broker canary that notices a queue nobody
-consumes."""
+queued jobs without a message, time limits), the broker canary that notices a queue nobody
+consumes, and the idempotency-key and webhook-delivery housekeeping."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from config.queues import QUEUES
 from jobs import jobs as job_sweeps
 from store import jobs as job_store
 from store.db import session_scope
+from webhooks import jobs as webhook_jobs
 from workers import outbox
 from workers.app import celery_app
 
@@ -60,6 +61,26 @@ def sweep_jobs() -> dict[str, Any]:
 def reap_stuck_jobs() -> list[str]:
     """Fail jobs still ``running`` past their kind's hard time limit (``timed_out``)."""
     return job_sweeps.reap_timed_out()
+
+
+@celery_app.task(name="maintenance.purge_idempotency_keys", acks_late=True)
+def purge_idempotency_keys() -> int:
+    """Forget idempotency keys older than their TTL (24 h)."""
+    from idempotency.service import purge_expired
+
+    return purge_expired(get_settings().idempotency_ttl_seconds)
+
+
+@celery_app.task(name="maintenance.purge_webhook_deliveries", acks_late=True)
+def purge_webhook_deliveries() -> int:
+    """Delete webhook delivery log entries older than the job metadata TTL (30 days)."""
+    return webhook_jobs.purge_old_deliveries()
+
+
+@celery_app.task(name="maintenance.requeue_stale_webhook_deliveries", acks_late=True)
+def requeue_stale_webhook_deliveries() -> int:
+    """Re-send pending webhook deliveries whose message was lost."""
+    return webhook_jobs.requeue_stale_deliveries()
 
 
 def _redis() -> redis.Redis:

@@ -8,7 +8,8 @@ runs (``jobs.jobs.LeaseKeeper``), calls the handler with a ``JobContext`` and re
 fenced by its delivery: a job re-queued after its lease lapsed is no longer this delivery's to end.
 A store that cannot be reached never consumes the message: the delivery is retried with backoff.
 ``JobTask.submit`` is the Python entry point; it creates jobs through ``jobs.service.create_job``,
-the same function every REST route uses.
+the same function every REST route uses. What a handler gets (``JobContext``, ``JobCancelled``)
+is ``jobs/context.py``; the handlers themselves are each domain's ``jobs.py``.
 """
 
 from __future__ import annotations
@@ -18,17 +19,16 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, NoReturn, cast
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy.orm import Session
 
-from common.errors import ConveyorError, JobFailed, NotFound
+from common.errors import ConveyorError, NotFound
 from config import get_settings
 from config.queues import KINDS
 from jobs import jobs as job_leases
+from jobs.context import Handler, JobCancelled, JobContext
 from jobs.service import create_job, emit_job_event
 from store import jobs as job_store
 from store import orgs
@@ -47,130 +47,6 @@ from workers import outbox
 from workers.app import celery_app
 
 log = logging.getLogger(__name__)
-
-
-PROGRESS_FLUSH_SECONDS = 0.5
-
-
-class JobCancelled(Exception):
-    """Raised inside a handler when the job was cancelled; the runner stops quietly."""
-
-
-@dataclass
-class JobContext:
-    """What a handler gets: the job's input and ways to report progress and results."""
-
-    job_id: str
-    org_id: str
-    kind: str
-    input: dict[str, Any]
-    attempt: int
-    delivery_id: str = ""
-    _next_seq: int = 0
-    # The job was running when the context was made: no need to ask the store again at once.
-    _last_cancel_check: float = field(default_factory=time.monotonic)
-    _cancelled: bool = False
-    # Whether any webhook listens to this job's events (checked at start and at the end).
-    listening: bool = False
-    # ``progress`` counters not written yet: written at most every PROGRESS_FLUSH_SECONDS, and
-    # with the job's final transition, so a short job costs no progress transaction at all.
-    _pending: dict[str, Any] = field(default_factory=dict)
-    _last_flush: float = field(default_factory=time.monotonic)
-    started_monotonic: float = field(default_factory=time.monotonic)
-
-    def take_pending_progress(self) -> dict[str, Any]:
-        pending, self._pending = self._pending, {}
-        return pending
-
-    def progress(self, **counters: Any) -> None:
-        """Set counters (merged into ``progress``); visible to pollers within half a second."""
-        self._pending.update(counters)
-        if time.monotonic() - self._last_flush >= PROGRESS_FLUSH_SECONDS:
-            self.flush_progress()
-
-    def flush_progress(self) -> None:
-        if not self._pending:
-            return
-        counters = self.take_pending_progress()
-        self._last_flush = time.monotonic()
-        with session_scope() as own:
-            job_store.relax_commit_durability(own)  # progress only: no disk flush wait
-            job_store.set_progress(own, self.job_id, counters)
-            if self.listening:
-                emit_job_event(own, "job.progress", self.job_id)
-
-    def increment(self, **deltas: int) -> dict[str, Any]:
-        """Add to counters at once and exactly (many workers may share one job)."""
-        with session_scope() as session:
-            job_store.relax_commit_durability(session)
-            merged = job_store.increment_progress(session, self.job_id, deltas)
-            if self.listening:
-                emit_job_event(session, "job.progress", self.job_id)
-        return merged
-
-    def cancelled(self, min_interval: float = 0.0) -> bool:
-        """True once the job was cancelled (or deleted), or is no longer this delivery's (its
-        lease lapsed and it was re-queued); checks the store at most every ``min_interval``
-        seconds."""
-        if self._cancelled:
-            return True
-        if self.delivery_id and job_leases.lease_keeper.lost(self.job_id):
-            self._cancelled = True
-            return True
-        now = time.monotonic()
-        if now - self._last_cancel_check < min_interval:
-            return False
-        self._last_cancel_check = now
-        with session_scope() as session:
-            status = job_store.status_of(session, self.job_id)
-        self._cancelled = status in (None, JobStatus.CANCELLED)
-        return self._cancelled
-
-    def check_cancelled(self, min_interval: float = 0.0) -> None:
-        if self.cancelled(min_interval):
-            raise JobCancelled(self.job_id)
-
-    def reserve_seq(self) -> int:
-        """The next result item's sequence number."""
-        seq = self._next_seq
-        self._next_seq += 1
-        return seq
-
-    def add_result(
-        self,
-        *,
-        data: dict[str, Any] | None = None,
-        body: str | None = None,
-        name: str = "",
-        content_type: str = "application/json",
-        session: Session | None = None,
-    ) -> int:
-        seq = self.reserve_seq()
-        if session is not None:
-            job_store.add_result_item(
-                session,
-                self.job_id,
-                seq=seq,
-                name=name,
-                content_type=content_type,
-                body=body,
-                data=data,
-            )
-        else:
-            with session_scope() as own:
-                job_store.add_result_item(
-                    own,
-                    self.job_id,
-                    seq=seq,
-                    name=name,
-                    content_type=content_type,
-                    body=body,
-                    data=data,
-                )
-        return seq
-
-
-Handler = Callable[[JobContext], dict[str, Any] | None]
 
 
 class JobTask(Task):  # type: ignore[misc]
@@ -305,6 +181,7 @@ def run_job(task: Task, job_id: str, handler: Handler) -> None:
         input=job.input,
         attempt=job.attempts,
         delivery_id=delivery_id,
+        queue=_delivery_queue(task) or KINDS[job.kind].queue,
         listening=bool(listening),
     )
     job_leases.lease_keeper.hold(job_id, delivery_id)
@@ -312,6 +189,13 @@ def run_job(task: Task, job_id: str, handler: Handler) -> None:
         _run_handler(task, ctx, handler)
     finally:
         job_leases.lease_keeper.release(job_id)
+
+
+def _delivery_queue(task: Task) -> str | None:
+    """The queue this delivery came from (a job routed elsewhere keeps its helpers there)."""
+    info = getattr(task.request, "delivery_info", None) or {}
+    queue = info.get("routing_key")
+    return str(queue) if queue else None
 
 
 def _run_handler(task: Task, ctx: JobContext, handler: Handler) -> None:
@@ -371,10 +255,4 @@ def job_task(kind: str, **options: Any) -> Callable[[Handler], JobTask]:
     return decorator
 
 
-__all__ = [
-    "JobCancelled",
-    "JobContext",
-    "JobFailed",
-    "JobTask",
-    "job_task",
-]
+__all__ = ["JobTask", "job_task", "run_job"]

@@ -1,8 +1,9 @@
 """`/v1/resources` (provision, credentials, rotation, backups, restores, branches, metrics,
 presigned URLs) and `/v1/deployments/{id}/bindings`.
 
-Every slow operation is a job on the `provision` queue: the route changes the rows and
-creates the job in one transaction, commits, and only then enqueues (202 + the object).
+Every slow operation is a job on the `provision` queue: the route's service call changes the
+rows and creates the job on the request's session, which commits once; the job and the events
+are sent after that commit (202 + the object).
 """
 
 from __future__ import annotations
@@ -30,19 +31,16 @@ from resources.schemas import (
     ResourcePatch,
     RestoreRequest,
 )
-from resources.service import Outcome
 
 router = APIRouter(prefix="/v1", tags=["resources"], responses=ERROR_RESPONSES)
-service.register_binding_hook()
 
 _STATUSES = ("provisioning", "ready", "degraded", "failed", "deleting", "deleted")
 _TYPES = ("postgres", "redis", "blob", "volume")
 
 
-def _accepted(db: Session, res: Resource, outcome: Outcome) -> JSONResponse:
+def _accepted(db: Session, res: Resource) -> JSONResponse:
     """202 with the resource; its jobs are sent and its events delivered once the request's
     session commits."""
-    service.record(db, outcome)
     db.flush()
     db.refresh(res)
     return JSONResponse(
@@ -64,8 +62,7 @@ def _csv(raw: str | None, allowed: tuple[str, ...], name: str) -> tuple[str, ...
 @router.post("/resources", status_code=202, summary="Provision a resource (202, then poll)")
 def create_resource(body: ResourceCreate, principal: CurrentPrincipal, db: Db) -> JSONResponse:
     enforce_quota(db, principal.org_id, "provision", {})
-    res, outcome = service.create(db, principal.org_id, body)
-    return _accepted(db, res, outcome)
+    return _accepted(db, service.create(db, principal.org_id, body))
 
 
 @router.get("/resources", summary="List resources (cursor pages; credentials masked)")
@@ -101,9 +98,9 @@ def patch_resource(
     res = service.get(db, principal.org_id, resource_id, lock=True)
     if body.limits is not None:
         enforce_quota(db, principal.org_id, "provision", {})
-    res, outcome = service.patch(db, res, body)
-    if outcome.jobs:
-        return _accepted(db, res, outcome)
+    res, limits_job = service.patch(db, res, body)
+    if limits_job is not None:
+        return _accepted(db, res)
     return JSONResponse(service.view(res))
 
 
@@ -114,7 +111,8 @@ def delete_resource(
     res = repository.get(db, principal.org_id, resource_id, lock=True)
     if res is None:  # a deleted resource answers 202 again (idempotent); a missing one 404
         raise NotFound(f"Resource {resource_id!r} not found.")
-    return _accepted(db, res, service.delete(db, res, purge_backups))
+    service.delete(db, res, purge_backups)
+    return _accepted(db, res)
 
 
 @router.get("/resources/{resource_id}/credentials", summary="Full credentials (unmasked)")
@@ -130,7 +128,8 @@ def get_credentials(resource_id: str, principal: CurrentPrincipal, db: Db) -> di
 def rotate_credentials(resource_id: str, principal: CurrentPrincipal, db: Db) -> JSONResponse:
     res = service.get(db, principal.org_id, resource_id, lock=True)
     enforce_quota(db, principal.org_id, "provision", {})
-    return _accepted(db, res, service.rotate(db, res))
+    service.rotate(db, res)
+    return _accepted(db, res)
 
 
 @router.post("/resources/{resource_id}/presign", summary="A presigned GET/PUT URL (blob)")
@@ -151,8 +150,7 @@ def get_metrics(resource_id: str, principal: CurrentPrincipal, db: Db) -> dict[s
 def create_backup(resource_id: str, principal: CurrentPrincipal, db: Db) -> JSONResponse:
     res = service.get(db, principal.org_id, resource_id)
     enforce_quota(db, principal.org_id, "backup", {})
-    backup, outcome = service.request_backup(db, res)
-    service.record(db, outcome)
+    backup = service.request_backup(db, res)
     db.refresh(backup)
     return JSONResponse(
         service.backup_view(backup),
@@ -204,8 +202,7 @@ def restore(
 ) -> JSONResponse:
     source = service.get(db, principal.org_id, resource_id)
     enforce_quota(db, principal.org_id, "restore", {})
-    res, outcome = service.restore(db, source, body)
-    return _accepted(db, res, outcome)
+    return _accepted(db, service.restore(db, source, body))
 
 
 @router.post(
@@ -218,8 +215,7 @@ def create_branch(
 ) -> JSONResponse:
     source = service.get(db, principal.org_id, resource_id)
     enforce_quota(db, principal.org_id, "restore", {})
-    res, outcome = service.branch(db, source, body)
-    return _accepted(db, res, outcome)
+    return _accepted(db, service.branch(db, source, body))
 
 
 # ---------------------------------------------------------------------------- bindings ---
@@ -232,11 +228,10 @@ def create_branch(
 def create_binding(
     deployment_id: str, body: BindingCreate, principal: CurrentPrincipal, db: Db
 ) -> JSONResponse:
-    binding, outcome = service.create_binding(db, principal.org_id, deployment_id, body)
-    service.record(db, outcome)
+    binding, jobs = service.create_binding(db, principal.org_id, deployment_id, body)
     db.refresh(binding)
     view = service.binding_view(binding)
-    view["jobs"] = [f"/v1/jobs/{job_id}" for job_id, _ in outcome.jobs]
+    view["jobs"] = [f"/v1/jobs/{job_id}" for job_id in jobs]
     return JSONResponse(view, status_code=202)
 
 
@@ -255,6 +250,5 @@ def list_bindings(deployment_id: str, principal: CurrentPrincipal, db: Db) -> di
 def delete_binding(
     deployment_id: str, binding_id: str, principal: CurrentPrincipal, db: Db
 ) -> Response:
-    outcome = service.delete_binding(db, principal.org_id, deployment_id, binding_id)
-    service.record(db, outcome)
+    service.delete_binding(db, principal.org_id, deployment_id, binding_id)
     return Response(status_code=204)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import time
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -132,6 +133,19 @@ class Backend(abc.ABC):
     def reset_failures(self, state: BackendState | None) -> BackendState | None:
         """Forget crash counts: an explicit operation (create, start, update) tries afresh."""
         return state
+
+    def release_failed(
+        self, spec: DeploymentSpec, state: BackendState | None
+    ) -> Observation | None:
+        """Free what a failed rollout still holds and return what is left; None (the default)
+        when the backend holds nothing worth freeing (a Kubernetes Deployment stays for its
+        events and logs). The local backend stops the replica processes."""
+        return None
+
+    def remove_orphans(self, stored: Iterable[BackendState | None]) -> list[str]:
+        """Remove what this backend runs that no stored state knows (``stored``: the states of
+        every live deployment on it); return what was removed. The default removes nothing."""
+        return []
 
     def wait_for_change(self, spec: DeploymentSpec, timeout_s: float) -> None:
         """Block until the deployment's replicas may have changed, at most `timeout_s`.

@@ -322,7 +322,7 @@ def serve_watch(reconcile: Callable[[str], int], stop: threading.Event | None = 
     """`conveyor kube-watch`: keep observed status true from watch events until interrupted
     (or until `stop` is set).
 
-    `reconcile` is the reconciler's per-deployment step (`tasks.deploy.reconcile_one`); it uses
+    `reconcile` is the reconciler's per-deployment step (`deployments.jobs.reconcile_one`); it uses
     this process's backend, which reads the watch cache once the watcher has synced.
     """
     from config.settings import get_settings

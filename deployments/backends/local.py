@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
@@ -262,6 +262,18 @@ class LocalBackend(Backend):
         """Log files of a deployment, oldest first (one per replica process lineage)."""
         files = list((self._dir(deployment_id) / "logs").glob("*.log"))
         return sorted(files, key=lambda p: p.stat().st_mtime)
+
+    def release_failed(
+        self, spec: DeploymentSpec, state: BackendState | None
+    ) -> Observation | None:
+        """A failed rollout keeps no replica process."""
+        return self.stop(spec, state)
+
+    def remove_orphans(self, stored: Iterable[BackendState | None]) -> list[str]:
+        known: set[str] = set()
+        for state in stored:
+            known |= replica_ids(state)
+        return self.sweep_orphans(known)
 
     def sweep_orphans(self, known_replica_ids: set[str]) -> list[str]:
         """Kill replica processes that no stored deployment knows; return their ids."""

@@ -15,7 +15,7 @@ from webhooks.models import WebhookDelivery
 
 
 def test_purge_tasks_remove_only_expired_rows(org: OrgKey) -> None:
-    from tasks.webhooks import purge_idempotency_keys, purge_webhook_deliveries
+    from tasks.maintenance import purge_idempotency_keys, purge_webhook_deliveries
 
     old = utcnow() - timedelta(days=40)
     with session_scope() as session:
@@ -92,7 +92,7 @@ def test_lost_pending_deliveries_are_requeued_and_delivered(
     import standardwebhooks
 
     from config import get_settings
-    from tasks.webhooks import requeue_stale_webhook_deliveries
+    from tasks.maintenance import requeue_stale_webhook_deliveries
     from webhooks import service
     from webhooks.schemas import WebhookCreate
 

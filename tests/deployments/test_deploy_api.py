@@ -248,7 +248,7 @@ def test_reconciler_restarts_a_killed_replica_and_reports_events_in_order(
     monkeypatch: pytest.MonkeyPatch,
     deploy_settings: Any,
 ) -> None:
-    from tasks.deploy import reconcile_all
+    from deployments.jobs import reconcile_all
 
     monkeypatch.setattr(deploy_settings, "crawl_allowed_hosts", "127.0.0.1")
     hook = client.post(
@@ -291,7 +291,7 @@ def test_reconciler_restarts_a_killed_replica_and_reports_events_in_order(
 
 
 def test_gpu_seconds_accrue_while_running(client: Any, org: Any) -> None:
-    from tasks.deploy import reconcile_one
+    from deployments.jobs import reconcile_one
 
     dep = create(client, org, name="metered")
     wait_status(client, dep["id"], org.headers, ("running",))
@@ -334,7 +334,7 @@ def test_a_rollout_past_its_deadline_fails_the_job(
 def test_a_cancelled_rollout_does_not_stay_deploying_forever(
     client: Any, org: Any, unhealthy_backend: Any, deploy_settings: Any, monkeypatch: Any
 ) -> None:
-    from tasks.deploy import reconcile_one
+    from deployments.jobs import reconcile_one
 
     monkeypatch.setattr(deploy_settings, "deploy_rollout_deadline_seconds", 2.0)
     dep = create(client, org, name="cancelled")

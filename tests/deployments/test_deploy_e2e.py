@@ -45,7 +45,7 @@ def port_free(port: int) -> bool:
 def test_local_deployment_lifecycle_with_the_real_model_server(
     client: Any, org: Any, real_backend: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from tasks.deploy import reconcile_all
+    from deployments.jobs import reconcile_all
 
     caplog.set_level(logging.INFO, logger="webhooks.events")
     created = client.post(

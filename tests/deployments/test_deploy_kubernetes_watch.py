@@ -236,7 +236,7 @@ def test_kube_watch_process_keeps_the_stored_status_true(
     reconciler's step) sees its pod vanish and its replacement get OOM-killed, and the stored
     status follows: degraded, then failed with oom_killed."""
     from deployments.backends.kubernetes_watch import serve_watch
-    from tasks.deploy import reconcile_one
+    from deployments.jobs import reconcile_one
     from tests.deployments.test_deploy_api import create, wait_status
 
     fake = kube_runtime

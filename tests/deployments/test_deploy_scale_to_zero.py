@@ -50,7 +50,7 @@ def job_of(body: dict[str, Any]) -> str:
 def test_idle_deployment_scales_to_zero_and_the_next_request_wakes_it(
     client: Any, org: Any, model_backend: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from tasks.deploy import reconcile_all, reconcile_one
+    from deployments.jobs import reconcile_all, reconcile_one
 
     caplog.set_level(logging.INFO, logger="webhooks.events")
     dep = create(client, org, name="sleepy", replicas={"min": 0, "max": 1}, env={})
@@ -129,7 +129,7 @@ def test_idle_deployment_scales_to_zero_and_the_next_request_wakes_it(
 def test_a_deployment_with_min_replicas_never_scales_to_zero(
     client: Any, org: Any, idle_settings: Any
 ) -> None:
-    from tasks.deploy import reconcile_all
+    from deployments.jobs import reconcile_all
 
     dep = create(client, org, name="steady", replicas={"min": 1, "max": 1})
     wait_status(client, dep["id"], org.headers, ("running",))
@@ -145,7 +145,7 @@ def test_a_deployment_with_min_replicas_never_scales_to_zero(
 def test_stop_and_start_of_a_deployment_scaled_to_zero(
     client: Any, org: Any, idle_settings: Any
 ) -> None:
-    from tasks.deploy import reconcile_all
+    from deployments.jobs import reconcile_all
 
     dep = create(client, org, name="nap", replicas={"min": 0, "max": 1})
     dep_id = dep["id"]

@@ -115,7 +115,7 @@ def test_volume_size_limit_enforced_by_the_usage_check(
 def test_backup_retention_bounded_by_the_plan_and_pruned_by_beat(
     client: Any, org: Any, api_env: Any
 ) -> None:
-    from resources import service
+    from resources.jobs import expire_backups
     from store.db import session_scope
     from tasks.provision import scheduled_backups
 
@@ -142,7 +142,7 @@ def test_backup_retention_bounded_by_the_plan_and_pruned_by_beat(
     for b in client.get(f"/v1/resources/{rid}/backups", headers=org.headers).json()["data"]:
         assert _ts(b["expires_at"]) - _ts(b["completed_at"]) == timedelta(days=1)
     with session_scope() as session:  # two days later, as beat would see it
-        assert service.expire_backups(session, datetime.now().astimezone() + timedelta(days=2)) >= 2
+        assert expire_backups(session, datetime.now().astimezone() + timedelta(days=2)) >= 2
     assert client.get(f"/v1/resources/{rid}/backups", headers=org.headers).json()["data"] == []
     delete(client, org, rid)
 

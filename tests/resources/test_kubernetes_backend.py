@@ -498,11 +498,11 @@ def test_provision_backup_restore_and_delete_through_the_jobs(
     r = client.delete(f"/v1/resources/{rid}/backups/{bid}", headers=org.headers)
     assert r.status_code == 204, r.text
     assert first_object not in fake.kinds("backups") and second_object in fake.kinds("backups")
-    from resources import service
+    from resources.jobs import expire_backups
     from store.db import session_scope
 
     with session_scope() as session:  # past the default 7-day retention, as beat would see it
-        assert service.expire_backups(session, datetime.now(UTC) + timedelta(days=8)) >= 1
+        assert expire_backups(session, datetime.now(UTC) + timedelta(days=8)) >= 1
     assert second_object not in fake.kinds("backups")
 
     for resource_id in (rid, new):

@@ -117,6 +117,7 @@ def test_a_job_survives_its_pooled_connections_dying_inside_the_bypass_window(
     connection killed: start and completion reconnect and the job completes."""
     import types
 
+    from jobs.context import JobContext
     from tasks import runner
 
     monkeypatch.setattr(db, "PING_BYPASS_SECONDS", 3600.0)
@@ -132,7 +133,7 @@ def test_a_job_survives_its_pooled_connections_dying_inside_the_bypass_window(
                 (db.get_engine().url.database,),
             )
 
-    def handler(ctx: runner.JobContext) -> dict[str, int]:
+    def handler(ctx: JobContext) -> dict[str, int]:
         kill_pooled()  # again between start and completion
         return {"done": 1}
 

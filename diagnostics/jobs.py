@@ -1,25 +1,22 @@
-"""Run a diagnostics sleep: sleep in steps, report progress, honour cancel between steps."""
+"""The diagnostics job's work: sleep in steps, report progress, honour cancel between steps."""
 
 from __future__ import annotations
 
 import os
 import signal
 import time
-from typing import Any, Protocol
+from typing import Any
 
 from common.errors import JobFailed
+from config import get_settings
 from diagnostics.schemas import SleepInput
+from jobs.context import JobContext
 
 
-class SleepContext(Protocol):
-    attempt: int
-
-    def progress(self, **counters: Any) -> None: ...
-
-    def check_cancelled(self, min_interval: float = 0.0) -> None: ...
-
-
-def run_sleep(ctx: SleepContext, params: SleepInput, *, allow_crash: bool) -> dict[str, Any]:
+def run_sleep(ctx: JobContext) -> dict[str, Any]:
+    """Sleep ``seconds`` in ``steps``; a test may ask it to crash its worker or to fail."""
+    params = SleepInput.model_validate(ctx.input)
+    allow_crash = get_settings().diagnostics_allow_crash
     step = params.seconds / params.steps
     started = time.monotonic()
     for done in range(1, params.steps + 1):

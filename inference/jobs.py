@@ -1,0 +1,69 @@
+"""The inference job's work: build this process's engines from the settings, run one request
+(or a batch) on them and record the organisation's usage."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from config import get_settings
+from inference.engines import EngineOptions
+from inference.registry import configured_models
+from inference.schemas import InferenceJobInput
+from inference.service import Meter
+from inference.worker import InferenceRuntime, JobWasCancelled, close_runtime, execute, get_runtime
+from jobs.context import JobCancelled, JobContext
+from store.db import session_scope
+
+
+def build_runtime() -> InferenceRuntime:
+    settings = get_settings()
+    specs = configured_models(
+        settings.models, default_embedding=settings.inference_default_embedding
+    )
+    options = EngineOptions(
+        engine=settings.inference_engine,  # type: ignore[arg-type]
+        device=settings.inference_device,
+        max_batch_size=settings.inference_max_batch_size,
+        batch_wait_ms=settings.inference_batch_wait_ms,
+        default_max_tokens=settings.inference_default_max_tokens,
+        tensor_parallel_size=settings.inference_tensor_parallel_size,
+    )
+    return InferenceRuntime(specs, options, settings.resolved_redis_url())
+
+
+def usage_recorder(org_id: str) -> Callable[[Meter, float], None]:
+    """Per-organisation usage counters for quotas (engine seconds count as GPU seconds)."""
+
+    def record(meter: Meter, seconds: float) -> None:
+        from plans.service import record_usage as add
+
+        with session_scope() as session:
+            add(session, org_id, "gpu_seconds", math.ceil(seconds))
+            add(session, org_id, "inference_prompt_tokens", meter.prompt_tokens)
+            add(session, org_id, "inference_completion_tokens", meter.completion_tokens)
+
+    return record
+
+
+def run_inference(ctx: JobContext) -> dict[str, Any] | None:
+    """Run a chat/completion/embedding request or a batch on this process's engines."""
+    runtime = get_runtime(build_runtime)
+    payload = InferenceJobInput.model_validate(ctx.input)
+    try:
+        outcome = runtime.run(
+            execute(runtime, ctx.job_id, payload, ctx, usage_recorder(ctx.org_id))
+        )
+    except JobWasCancelled as exc:
+        raise JobCancelled(ctx.job_id) from exc
+    return outcome.result
+
+
+def load_models() -> None:
+    """Load the configured models now (a worker's start-up), not on the first request."""
+    get_runtime(build_runtime)
+
+
+def close_models() -> None:
+    close_runtime()
