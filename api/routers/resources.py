@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from api.deps import CurrentPrincipal, Db
 from api.schemas import ERROR_RESPONSES
+from api.submit import accepted_object
 from common.errors import NotFound, ValidationFailed
 from plans.service import enforce_quota
 from resources import repository, service
@@ -43,9 +44,7 @@ def _accepted(db: Session, res: Resource) -> JSONResponse:
     session commits."""
     db.flush()
     db.refresh(res)
-    return JSONResponse(
-        service.view(res), status_code=202, headers={"Location": f"/v1/resources/{res.id}"}
-    )
+    return accepted_object(service.view(res), f"/v1/resources/{res.id}")
 
 
 def _csv(raw: str | None, allowed: tuple[str, ...], name: str) -> tuple[str, ...]:
@@ -152,10 +151,8 @@ def create_backup(resource_id: str, principal: CurrentPrincipal, db: Db) -> JSON
     enforce_quota(db, principal.org_id, "backup", {})
     backup = service.request_backup(db, res)
     db.refresh(backup)
-    return JSONResponse(
-        service.backup_view(backup),
-        status_code=202,
-        headers={"Location": f"/v1/resources/{res.id}/backups/{backup.id}"},
+    return accepted_object(
+        service.backup_view(backup), f"/v1/resources/{res.id}/backups/{backup.id}"
     )
 
 
