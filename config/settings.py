@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     flower_user: str = ""
     flower_password: SecretStr = SecretStr("")
     log_level: str = "INFO"
+    default_plan: str = Field(
+        default="", description="Plan of new organisations; empty: unlimited when embedded."
+    )
     result_ttl_seconds: int = 24 * 3600
     metadata_ttl_days: int = 30
     max_deliveries: int = Field(default=3, description="Deliveries before worker_lost.")
@@ -178,6 +181,13 @@ class Settings(BaseSettings):
     resources_kube_backup_secret: str = "conveyor-backup-s3"  # ACCESS_KEY_ID, ACCESS_SECRET_KEY
     resources_kube_ready_timeout_seconds: float = 900.0
     resources_kube_poll_seconds: float = 2.0
+
+    def resolved_default_plan(self) -> str:
+        """The plan of a new organisation: ``CONVEYOR_DEFAULT_PLAN``, else ``unlimited`` on the
+        embedded default (a self-hosted box has no SaaS quotas) and ``free`` in production."""
+        if self.default_plan:
+            return self.default_plan
+        return "unlimited" if not self.database_url else "free"
 
     def resolved_database_url(self) -> str:
         if self.database_url:

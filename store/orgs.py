@@ -10,6 +10,7 @@ from sqlalchemy import Connection, and_, bindparam, select
 from sqlalchemy.orm import Session
 
 from common.timeutil import utcnow
+from config import get_settings
 from store.models import ApiKey, Job, Organization
 
 KEY_PREFIX = "cvy_live_"
@@ -19,10 +20,12 @@ def hash_key(raw_key: str) -> str:
     return hashlib.sha256(raw_key.encode()).hexdigest()
 
 
-def get_or_create_org(session: Session, name: str, plan: str = "free") -> Organization:
+def get_or_create_org(session: Session, name: str, plan: str | None = None) -> Organization:
+    """The organisation called ``name``; a new one gets ``plan`` or the configured default
+    (``Settings.resolved_default_plan``: ``unlimited`` on a self-hosted embedded box)."""
     org = session.scalar(select(Organization).where(Organization.name == name))
     if org is None:
-        org = Organization(name=name, plan=plan)
+        org = Organization(name=name, plan=plan or get_settings().resolved_default_plan())
         session.add(org)
         session.flush()
     return org
