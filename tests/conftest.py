@@ -194,10 +194,10 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def live_api(app: Any) -> Iterator[str]:
     """The session's API served by a real uvicorn on a free port (for subprocesses and
-    browsers); yields its base URL."""
+    browsers) while one test module runs; yields its base URL."""
     import uvicorn
 
     port = _free_port()
