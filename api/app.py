@@ -11,6 +11,7 @@ from fastapi_offline import FastAPIOffline
 from api.contract import install_contract
 from api.errors import RequestIdMiddleware, install_error_handlers
 from config import get_settings
+from monitoring.metrics import HttpMetricsMiddleware
 
 # Router modules, each exposing ``router`` (add one line per resource group).
 ROUTERS: list[str] = [
@@ -24,6 +25,7 @@ ROUTERS: list[str] = [
     "api.routers.resources",
     "api.routers.deployments",
     "api.routers.openai",
+    "api.routers.monitoring",
 ]
 
 
@@ -55,4 +57,5 @@ def create_app() -> FastAPI:
     app.add_middleware(DeploymentFastPath)
     install_contract(app)  # rate limits, body limits, idempotency, CORS, OpenAPI extras
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(HttpMetricsMiddleware)  # outermost: times everything, 4xx/5xx included
     return app

@@ -71,3 +71,6 @@ def _fresh_connections_in_child(**_: Any) -> None:
     from store.db import reset_engine
 
     reset_engine()
+
+
+import monitoring.jobs  # noqa: E402, F401  (worker metrics and heartbeats: Celery signals)
