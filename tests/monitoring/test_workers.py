@@ -1,0 +1,134 @@
+"""Real ``celery worker`` subprocesses: heartbeats make the runner list (a SIGKILLed worker is
+offline within 30 s), and a worker SIGTERMed mid-job (a Kubernetes rollout) loses nothing and
+never finishes a job twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from monitoring import service
+from store.db import session_scope
+from store.models import ResultItem
+from tests.conftest import OrgKey
+from tests.helpers import WorkerProcess, wait_for_job
+from tests.spine.test_crash_safety import private_broker, submit_on
+
+pytestmark = pytest.mark.e2e
+__all__ = ["private_broker"]  # the fixture, shared with the crash-safety tests
+
+# A queue no job uses: the worker under test announces itself without taking anyone's jobs.
+IDLE_QUEUE = "monitoring-test"
+
+
+def runner(name_part: str) -> dict[str, Any] | None:
+    for item in service.runners_report().runners:
+        if name_part in item.name:
+            return item.model_dump()
+    return None
+
+
+def wait_until(predicate: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"{what} not seen within {timeout} s")
+
+
+def test_heartbeats_list_a_worker_and_sigkill_turns_it_offline(client: Any, org: OrgKey) -> None:
+    worker = WorkerProcess(
+        [IDLE_QUEUE], concurrency=2, env={"CONVEYOR_HEARTBEAT_SECONDS": "1"}, name=None
+    )
+    tag = worker.name.split("@")[0]
+    try:
+        seen = wait_until(lambda: runner(tag), 60, "the worker's heartbeat")
+        assert seen["status"] == "idle"
+        assert seen["queues"] == [IDLE_QUEUE]
+        assert seen["concurrency"] == 2
+        response = client.get("/v1/health/runners", headers=org.headers)
+        assert response.status_code == 200
+        body = response.json()
+        assert any(tag in r["name"] for r in body["runners"])
+        assert body["summary"]["idle"] >= 1
+        worker.kill_all()
+        killed_at = time.monotonic()
+        wait_until(
+            lambda: (runner(tag) or {}).get("status") == "offline", 30, "offline after SIGKILL"
+        )
+        assert time.monotonic() - killed_at <= 30
+    finally:
+        worker.stop()
+
+
+def test_a_stopped_worker_is_offline_at_once() -> None:
+    worker = WorkerProcess([IDLE_QUEUE], concurrency=1, env={"CONVEYOR_HEARTBEAT_SECONDS": "1"})
+    tag = worker.name.split("@")[0]
+    try:
+        wait_until(lambda: runner(tag), 60, "the worker's heartbeat")
+    finally:
+        worker.stop()  # SIGTERM: a warm shutdown says goodbye
+    assert (runner(tag) or {}).get("status") == "offline"
+
+
+def _result_rows(job_id: str) -> int:
+    with session_scope() as session:
+        return int(session.scalar(select(func.count()).where(ResultItem.job_id == job_id)) or 0)
+
+
+def test_sigterm_mid_job_finishes_the_job_once(
+    client: Any, org: OrgKey, private_broker: str
+) -> None:
+    """SIGTERM (what Kubernetes sends first) starts Celery's warm shutdown: the running job
+    completes, the worker exits 0, and the job ran once."""
+    worker = WorkerProcess(
+        ["maintenance"], concurrency=1, env={"CONVEYOR_BROKER_URL": private_broker}
+    )
+    try:
+        job = submit_on(private_broker, org, seconds=2, steps=20)
+        wait_for_job(client, job["id"], org.headers, statuses=("running",), timeout=60)
+        os.kill(worker.proc.pid, signal.SIGTERM)  # the main process, as the kubelet does
+        assert worker.proc.wait(timeout=60) == 0
+        done = client.get(f"/v1/jobs/{job['id']}", headers=org.headers).json()
+    finally:
+        worker.stop()
+    assert done["status"] == "completed", done
+    assert done["attempts"] == 1
+    assert _result_rows(job["id"]) == 1
+
+
+def test_sigterm_then_sigkill_past_the_grace_period_redelivers_once(
+    client: Any, org: OrgKey, private_broker: str
+) -> None:
+    """A job longer than the grace period: SIGTERM, then SIGKILL (the grace period ran out).
+    Acks late keep the message; the next worker completes the job, exactly once."""
+    env = {"CONVEYOR_VISIBILITY_TIMEOUT": "3", "CONVEYOR_BROKER_URL": private_broker}
+    first = WorkerProcess(["maintenance"], concurrency=1, env=env)
+    try:
+        job = submit_on(private_broker, org, seconds=3, steps=30)
+        wait_for_job(client, job["id"], org.headers, statuses=("running",), timeout=60)
+        os.kill(first.proc.pid, signal.SIGTERM)
+        time.sleep(0.5)  # the grace period (short here) runs out mid-job
+        assert first.proc.poll() is None, "warm shutdown waits for the running job"
+        first.kill_all()
+    finally:
+        first.stop()
+    assert client.get(f"/v1/jobs/{job['id']}", headers=org.headers).json()["status"] == "running"
+    second = WorkerProcess(["maintenance"], concurrency=1, env=env)
+    try:
+        done = wait_for_job(client, job["id"], org.headers, timeout=90)
+        time.sleep(4)  # past another visibility timeout: no second delivery finishes it again
+        again = client.get(f"/v1/jobs/{job['id']}", headers=org.headers).json()
+    finally:
+        second.stop()
+    assert done["status"] == "completed", done
+    assert done["attempts"] == 2
+    assert again["completed_at"] == done["completed_at"]
+    assert _result_rows(job["id"]) == 1
