@@ -103,7 +103,7 @@ def test_dependency_conditions(services: dict[str, dict[str, Any]]) -> None:
 
 def test_production_environment(services: dict[str, dict[str, Any]]) -> None:
     for name, service in services.items():
-        if name in ("redis", "postgres"):
+        if name in ("redis", "postgres") or "monitoring" in service.get("profiles", []):
             continue
         env = service["environment"]
         assert env["CONVEYOR_DATABASE_URL"].startswith("postgresql+psycopg://"), name
@@ -178,7 +178,7 @@ def test_compose_client_validates_the_file() -> None:
     if cli is None:
         pytest.skip("no compose client installed (docker compose plugin or docker-compose)")
     env = {**os.environ, "CONVEYOR_FLOWER_PASSWORD": "test-password"}
-    for profile in ([], ["--profile", "gpu"], ["--profile", "cpu"]):
+    for profile in ([], ["--profile", "gpu"], ["--profile", "cpu"], ["--profile", "monitoring"]):
         result = subprocess.run(
             [*cli, "-f", str(COMPOSE), *profile, "config", "-q"],
             capture_output=True,
