@@ -132,3 +132,37 @@ def test_sigterm_then_sigkill_past_the_grace_period_redelivers_once(
     assert done["attempts"] == 2
     assert again["completed_at"] == done["completed_at"]
     assert _result_rows(job["id"]) == 1
+
+
+def test_prefork_children_add_their_job_metrics_up(
+    client: Any, org: OrgKey, private_broker: str
+) -> None:
+    """Jobs run by two prefork children reach the shared totals that GET /metrics reads (the
+    worker's broker is private; its monitoring Redis is the session's)."""
+    from config import get_settings
+    from monitoring.repository import read_worker_metrics
+
+    done_key = ("conveyor_jobs_total", (("kind", "diagnostics"), ("status", "completed")))
+    before = read_worker_metrics().get(done_key, 0.0)
+    worker = WorkerProcess(
+        ["maintenance"],
+        concurrency=2,
+        env={
+            "CONVEYOR_BROKER_URL": private_broker,
+            "CONVEYOR_REDIS_URL": get_settings().resolved_broker_url(),
+            "CONVEYOR_METRICS_FLUSH_SECONDS": "0.5",
+        },
+    )
+    try:
+        jobs = [submit_on(private_broker, org, seconds=0.3, steps=1) for _ in range(6)]
+        for job in jobs:
+            assert wait_for_job(client, job["id"], org.headers, timeout=60)["status"] == "completed"
+        wait_until(
+            lambda: read_worker_metrics().get(done_key, 0.0) >= before + len(jobs),
+            20,
+            "the prefork children's job counts",
+        )
+        children = worker.children()
+    finally:
+        worker.stop()
+    assert len(children) == 2
