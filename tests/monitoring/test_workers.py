@@ -43,6 +43,23 @@ def wait_until(predicate: Any, timeout: float, what: str) -> Any:
     raise AssertionError(f"{what} not seen within {timeout} s")
 
 
+def _job_on_queue(org: OrgKey, queue: str, **input: Any) -> str:
+    """A diagnostics job whose message goes to ``queue`` (not its kind's usual queue)."""
+    from diagnostics.schemas import SleepInput
+    from store import jobs as job_store
+    from workers.app import celery_app
+
+    with session_scope() as session:
+        job = job_store.create_job(
+            session,
+            org_id=org.org_id,
+            kind="diagnostics",
+            input=SleepInput.model_validate(input).model_dump(mode="json", exclude={"webhook"}),
+        )
+    celery_app.send_task("diagnostics.run", args=[job.id], queue=queue)
+    return str(job.id)
+
+
 def test_heartbeats_list_a_worker_and_sigkill_turns_it_offline(client: Any, org: OrgKey) -> None:
     worker = WorkerProcess(
         [IDLE_QUEUE], concurrency=2, env={"CONVEYOR_HEARTBEAT_SECONDS": "1"}, name=None
@@ -58,12 +75,21 @@ def test_heartbeats_list_a_worker_and_sigkill_turns_it_offline(client: Any, org:
         body = response.json()
         assert any(tag in r["name"] for r in body["runners"])
         assert body["summary"]["idle"] >= 1
+        # A running job makes it busy (the main process counts its pool's active requests).
+        job = _job_on_queue(org, IDLE_QUEUE, seconds=4, steps=40)
+        wait_for_job(client, job, org.headers, statuses=("running",), timeout=60)
+        busy = wait_until(
+            lambda: (runner(tag) or {}).get("status") == "busy" and runner(tag), 10, "busy"
+        )
+        assert busy["active"] == 1
         worker.kill_all()
         killed_at = time.monotonic()
         wait_until(
             lambda: (runner(tag) or {}).get("status") == "offline", 30, "offline after SIGKILL"
         )
         assert time.monotonic() - killed_at <= 30
+        # Leave nothing running behind (the killed worker's message waits in the unacked set).
+        assert client.post(f"/v1/jobs/{job}/cancel", headers=org.headers).status_code == 200
     finally:
         worker.stop()
 
