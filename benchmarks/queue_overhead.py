@@ -187,15 +187,18 @@ def compare_metrics(
     """Conveyor jobs with worker metrics off (anchor) and on, alternating rounds, same run."""
     from sqlalchemy import func, select
 
+    from jobs.service import create_job
     from store.db import session_scope
     from store.models import Job
-    from tasks.runner import create_and_enqueue
+    from workers import outbox
 
     def run(n: int, worker: Any) -> float:
         org = harness.make_org()
         t0 = time.perf_counter()
-        for _ in range(n):
-            create_and_enqueue("diagnostics", org.org_id, dict(NOOP_INPUT))
+        for _ in range(n):  # the same submission as the default mode's Conveyor side
+            with session_scope() as session:
+                session.info[outbox.ON_SEND_FAILURE] = "reject"
+                create_job(session, "diagnostics", org.org_id, dict(NOOP_INPUT))
         while True:
             with session_scope() as session:
                 done = session.scalar(

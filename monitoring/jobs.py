@@ -51,7 +51,7 @@ from monitoring.metrics import (
 )
 from monitoring.settings import get_monitoring_settings
 from store.db import session_scope
-from webhooks.dispatch import DELIVER_TASK
+from webhooks.events import DELIVER_TASK
 
 log = logging.getLogger(__name__)
 

@@ -50,7 +50,7 @@ def _job_on_queue(org: OrgKey, queue: str, **input: Any) -> str:
     from workers.app import celery_app
 
     with session_scope() as session:
-        job = job_store.create_job(
+        job = job_store.insert_job(
             session,
             org_id=org.org_id,
             kind="diagnostics",
