@@ -23,7 +23,8 @@ class HealthStatus(BaseModel):
 
     status: OverallState
     services: dict[str, ServiceHealth] = Field(
-        description="database, broker, workers and storage (the embedded data dir's disk)"
+        description="database, broker, workers, storage (the data dir's disk) and, when a "
+        "backend runs on Kubernetes, kubernetes (its API server)"
     )
     timestamp: datetime
 

@@ -88,6 +88,27 @@ def _ping_broker() -> None:
     repo.redis_client().ping()
 
 
+def _ping_kubernetes() -> None:
+    """The API server's ``/version`` (when a backend deploys or provisions on Kubernetes)."""
+    from kubernetes import client
+
+    from common.kube import new_api_client
+
+    settings = get_settings()
+    api = new_api_client(
+        settings.kube_config or None, settings.kube_context or None, settings.kube_in_cluster
+    )
+    try:
+        client.VersionApi(api).get_code(_request_timeout=2)
+    finally:
+        api.close()
+
+
+def _uses_kubernetes() -> bool:
+    settings = get_settings()
+    return "kubernetes" in (settings.deploy_backend, settings.resources_backend)
+
+
 def _workers_health(runners: list[Runner]) -> ServiceHealth:
     online = [r for r in runners if r.status != "offline"]
     if not online:
@@ -117,6 +138,8 @@ def check_health() -> HealthStatus:
         services["workers"] = _workers_health(list_runners())
     else:
         services["workers"] = ServiceHealth(status="down", message="The broker is unreachable.")
+    if _uses_kubernetes():  # down here degrades deployments and resources, not the platform
+        services["kubernetes"] = _timed(_ping_kubernetes)
     services["storage"] = _storage_health()
     overall: OverallState
     if services["database"].status == "down" or services["broker"].status == "down":

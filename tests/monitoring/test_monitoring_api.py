@@ -3,11 +3,16 @@
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitoring import service
@@ -154,3 +159,72 @@ def test_metrics_count_jobs_and_requests(
     for queue in ("crawl", "maintenance"):
         assert ("conveyor_queue_depth", frozenset({("queue", queue)})) in now
         assert ("conveyor_workers", frozenset({("queue", queue), ("state", "offline")})) in now
+
+
+class _KubeVersion(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = json.dumps(
+            {
+                "major": "1",
+                "minor": "33",
+                "gitVersion": "v1.33.0",
+                "gitCommit": "0" * 40,
+                "gitTreeState": "clean",
+                "buildDate": "2026-01-01T00:00:00Z",
+                "goVersion": "go1.24.0",
+                "compiler": "gc",
+                "platform": "linux/amd64",
+            }
+        ).encode()
+        self.send_response(200 if self.path == "/version/" or self.path == "/version" else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_health_status_checks_kubernetes_when_a_backend_uses_it(
+    client: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A real local HTTP server answers the API server's /version; once it is gone the
+    platform is degraded (deployments and resources suffer), not unhealthy."""
+    from config import get_settings
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _KubeVersion)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {"name": "c", "cluster": {"server": f"http://127.0.0.1:{server.server_port}"}}
+                ],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    monkeypatch.setenv("CONVEYOR_DEPLOY_BACKEND", "kubernetes")
+    monkeypatch.setenv("CONVEYOR_KUBE_CONFIG", str(kubeconfig))
+    get_settings.cache_clear()
+    try:
+        service._health.clear()
+        up = client.get("/v1/health/status").json()
+        server.shutdown()
+        server.server_close()
+        service._health.clear()
+        down = client.get("/v1/health/status")
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+        service._health.clear()
+    assert up["services"]["kubernetes"]["status"] == "ok", up
+    assert down.status_code == 200
+    assert down.json()["services"]["kubernetes"]["status"] == "down"
+    assert down.json()["status"] == "degraded"
