@@ -217,12 +217,15 @@ def compare_metrics(
         args.n // args.rounds + (1 if i < args.n % args.rounds else 0) for i in range(args.rounds)
     ]
     seconds = {"off": 0.0, "on": 0.0}
+    cpu = {"off": 0.0, "on": 0.0}  # the worker's CPU (main process and pool children)
     for i, size in enumerate(sizes):
         # Alternate which side goes first, so a drift in the machine's load hits both alike.
         for mode in ("off", "on") if i % 2 == 0 else ("on", "off"):
             worker = start_worker({"CONVEYOR_METRICS_ENABLED": "1" if mode == "on" else "0"})
             run(args.warmup, worker)
+            cpu0 = harness.cpu_seconds(worker.pid)
             took = run(size, worker)
+            cpu[mode] += harness.cpu_seconds(worker.pid) - cpu0
             seconds[mode] += took
             harness.log(f"round {i + 1}: metrics {mode:3}: {size / took:.0f} jobs/s")
             bench.stop(worker)
@@ -234,6 +237,10 @@ def compare_metrics(
     )
     print(f"  anchor  Conveyor jobs, metrics off : {off:8.1f} jobs/s")
     print(f"  ours    Conveyor jobs, metrics on  : {on:8.1f} jobs/s")
+    print(
+        f"  worker CPU ms per job: metrics off {cpu['off'] * 1000 / args.n:.2f}, "
+        f"on {cpu['on'] * 1000 / args.n:.2f}"
+    )
     print(f"  target  ratio >= 0.97 : {'met' if ratio >= 0.97 else 'MISSED'}")
     print(f"metrics_ratio={ratio:.3f}")
     return 0
