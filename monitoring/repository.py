@@ -34,27 +34,26 @@ WORKER_METRICS_KEY = PREFIX + "worker-metrics"
 # A worker that stopped heartbeating is listed (offline) this long, then forgotten.
 RUNNER_RETENTION_SECONDS = 3600
 
-_clients: dict[int, redis.Redis] = {}
+_clients: dict[tuple[int, str], redis.Redis] = {}
 _clients_lock = threading.Lock()
 
 
-def redis_client() -> redis.Redis:
-    """This process's client (a forked child makes its own), with short timeouts: a health
-    check or a heartbeat must never hang on a dead Redis."""
-    pid = os.getpid()
-    client = _clients.get(pid)
+def redis_client(url: str | None = None) -> redis.Redis:
+    """This process's client for ``url`` (default: the platform's Redis, where heartbeats and
+    metric totals live); a forked child makes its own. Short timeouts: a health check or a
+    heartbeat must never hang on a dead Redis."""
+    key = (os.getpid(), url or get_settings().resolved_redis_url())
+    client = _clients.get(key)
     if client is None:
         with _clients_lock:
-            client = _clients.get(pid)
+            client = _clients.get(key)
             if client is None:
                 client = redis.Redis.from_url(
-                    get_settings().resolved_redis_url(),
-                    socket_connect_timeout=1.0,
-                    socket_timeout=1.0,
-                    decode_responses=True,
+                    key[1], socket_connect_timeout=1.0, socket_timeout=1.0, decode_responses=True
                 )
-                _clients.clear()  # a parent's client is useless after fork
-                _clients[pid] = client
+                for stale in [k for k in _clients if k[0] != key[0]]:
+                    del _clients[stale]  # a parent's clients are useless after fork
+                _clients[key] = client
     return client
 
 
