@@ -17,13 +17,15 @@ Needs PostgreSQL and Redis on 127.0.0.1 (creates and drops its own database). La
 ``--metrics-compare`` measures what metrics cost the job path instead: the same Conveyor jobs
 on a worker with ``CONVEYOR_METRICS_ENABLED=0`` (the anchor) and on one with metrics on (the
 signal handlers, the per-process flush thread, the Redis totals), in alternating rounds of one
-run, each round on a freshly started worker after an untimed warm-up. Last line:
+run: two workers stay up and take turns on the queue in many short ABBA rounds, after an untimed
+warm-up of each. Last line:
 ``metrics_ratio=<jobs/s with metrics ÷ jobs/s without>`` (target ≥ 0.97).
 """
 
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -75,19 +77,10 @@ def main() -> int:
         cmd[cmd.index("-n") + 1] = f"bench-{bench.redis_db}@%h"
         cmd[cmd.index("-l") + 1] = "WARNING"
 
-        def start_worker(extra: dict[str, str]) -> Any:
-            proc = bench.start("worker", cmd, extra)
-            deadline = time.monotonic() + 60
-            while not celery_app.control.ping(timeout=0.5):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    harness.log(bench.log_tail("worker"))
-                    raise RuntimeError("the worker did not start")
-            harness.log(f"worker up: pool={args.pool} concurrency={args.concurrency} {extra}")
-            return proc
-
         if args.metrics_compare:
-            return compare_metrics(args, bench, start_worker)
-        worker = start_worker({})
+            return compare_metrics(args, bench, cmd)
+        worker = start_worker(bench, cmd, "worker", {})
+        harness.log(f"worker up: pool={args.pool} concurrency={args.concurrency}")
 
         def wait(done: Callable[[], int], n: int, what: str, started: float) -> float:
             while True:
@@ -181,18 +174,57 @@ def main() -> int:
     return 0
 
 
-def compare_metrics(
-    args: argparse.Namespace, bench: harness.Bench, start_worker: Callable[[dict[str, str]], Any]
-) -> int:
-    """Conveyor jobs with worker metrics off (anchor) and on, alternating rounds, same run."""
+def start_worker(bench: harness.Bench, cmd: list[str], name: str, env: dict[str, str]) -> Any:
+    """Start the benchmark's worker process and wait until it answers a ping."""
+    from workers.app import celery_app
+
+    proc = bench.start(name, cmd, env)
+    node = cmd[cmd.index("-n") + 1].replace("%h", socket.gethostname())
+    deadline = time.monotonic() + 60
+    while not celery_app.control.ping(destination=[node], timeout=0.5):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            harness.log(bench.log_tail(name))
+            raise RuntimeError(f"the worker {node} did not start")
+    return proc
+
+
+def compare_metrics(args: argparse.Namespace, bench: harness.Bench, cmd: list[str]) -> int:
+    """Conveyor jobs with worker metrics off (the anchor) and on, same run.
+
+    Both workers stay up for the whole run; only one consumes the queue at a time (Celery's
+    ``cancel_consumer``/``add_consumer``), so the sides swap in a fraction of a second and many
+    short rounds in ABBA order put each pair of measurements under nearly the same machine load.
+    The "on" worker flushes every second (5x the default), so its flushes land in its own
+    rounds and their cost is counted on its side.
+    """
+    import statistics
+
     from sqlalchemy import func, select
 
     from jobs.service import create_job
     from store.db import session_scope
     from store.models import Job
     from workers import outbox
+    from workers.app import celery_app
 
-    def run(n: int, worker: Any) -> float:
+    host = socket.gethostname()
+    nodes, procs = {}, {}
+    for mode, enabled in (("off", "0"), ("on", "1")):
+        mode_cmd = list(cmd)
+        mode_cmd[mode_cmd.index("-n") + 1] = f"bench-{bench.redis_db}-{mode}@%h"
+        nodes[mode] = f"bench-{bench.redis_db}-{mode}@{host}"
+        env = {"CONVEYOR_METRICS_ENABLED": enabled, "CONVEYOR_METRICS_FLUSH_SECONDS": "1"}
+        procs[mode] = start_worker(bench, mode_cmd, f"worker-{mode}", env)
+    harness.log(f"workers up: pool={args.pool} concurrency={args.concurrency} x 2 (off, on)")
+
+    def consume_with(mode: str) -> None:
+        other = "on" if mode == "off" else "off"
+        control = celery_app.control
+        control.cancel_consumer("maintenance", destination=[nodes[other]], reply=True, timeout=5)
+        control.add_consumer("maintenance", destination=[nodes[mode]], reply=True, timeout=5)
+
+    def run(n: int, mode: str) -> float:
+        consume_with(mode)
         org = harness.make_org()
         t0 = time.perf_counter()
         for _ in range(n):  # the same submission as the default mode's Conveyor side
@@ -206,29 +238,29 @@ def compare_metrics(
                 )
             if (done or 0) >= n:
                 return time.perf_counter() - t0
-            if worker.poll() is not None:
-                harness.log(bench.log_tail("worker"))
-                raise RuntimeError("the worker died")
+            if any(proc.poll() is not None for proc in procs.values()):
+                raise RuntimeError("a worker died")
             if time.perf_counter() - t0 > args.timeout:
                 raise TimeoutError(f"{done}/{n} jobs done after {args.timeout} s")
-            time.sleep(0.05)
+            time.sleep(0.01)
 
+    for mode in ("off", "on"):
+        run(args.warmup, mode)
     sizes = [
         args.n // args.rounds + (1 if i < args.n % args.rounds else 0) for i in range(args.rounds)
     ]
+    harness.log(f"warmed up; measuring {args.n} jobs a side in {args.rounds} rounds (ABBA)")
     seconds = {"off": 0.0, "on": 0.0}
-    cpu = {"off": 0.0, "on": 0.0}  # the worker's CPU (main process and pool children)
+    cpu = {"off": 0.0, "on": 0.0}  # each worker's CPU (main process and pool children)
+    pair_ratios = []
     for i, size in enumerate(sizes):
-        # Alternate which side goes first, so a drift in the machine's load hits both alike.
+        took = {}
         for mode in ("off", "on") if i % 2 == 0 else ("on", "off"):
-            worker = start_worker({"CONVEYOR_METRICS_ENABLED": "1" if mode == "on" else "0"})
-            run(args.warmup, worker)
-            cpu0 = harness.cpu_seconds(worker.pid)
-            took = run(size, worker)
-            cpu[mode] += harness.cpu_seconds(worker.pid) - cpu0
-            seconds[mode] += took
-            harness.log(f"round {i + 1}: metrics {mode:3}: {size / took:.0f} jobs/s")
-            bench.stop(worker)
+            cpu0 = harness.cpu_seconds(procs[mode].pid)
+            took[mode] = run(size, mode)
+            cpu[mode] += harness.cpu_seconds(procs[mode].pid) - cpu0
+            seconds[mode] += took[mode]
+        pair_ratios.append(took["off"] / took["on"])
     off, on = args.n / seconds["off"], args.n / seconds["on"]
     ratio = on / off
     print(
@@ -237,6 +269,10 @@ def compare_metrics(
     )
     print(f"  anchor  Conveyor jobs, metrics off : {off:8.1f} jobs/s")
     print(f"  ours    Conveyor jobs, metrics on  : {on:8.1f} jobs/s")
+    print(
+        f"  median of the {len(pair_ratios)} round pairs' ratios: "
+        f"{statistics.median(pair_ratios):.3f}"
+    )
     print(
         f"  worker CPU ms per job: metrics off {cpu['off'] * 1000 / args.n:.2f}, "
         f"on {cpu['on'] * 1000 / args.n:.2f}"
