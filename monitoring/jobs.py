@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 # completion is at most this much older than the delivery's start (clock skew between hosts).
 CLOCK_SKEW_SECONDS = 1.0
 PENDING_CAP = 100_000  # past this (Redis down for long) the oldest notes are dropped
-WEBHOOK_OUTCOMES = frozenset({"delivered", "failed", "skipped"})
+WEBHOOK_OUTCOMES = frozenset({"succeeded", "failed", "skipped"})  # delivery statuses
 CRAWL_PROGRESS = {"pages_crawled": "crawled", "pages_failed": "failed", "pages_skipped": "skipped"}
 
 

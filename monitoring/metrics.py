@@ -108,7 +108,7 @@ CRAWL_PAGES = WorkerMetric(
 WEBHOOK_DELIVERIES = WorkerMetric(
     "conveyor_webhook_deliveries_total",
     "counter",
-    "Webhook delivery attempts, by outcome (delivered, retry, failed, skipped).",
+    "Webhook delivery attempts, by outcome (succeeded, retry, failed, skipped, error).",
     ("outcome",),
 )
 WORKER_METRICS: tuple[WorkerMetric, ...] = (

@@ -228,3 +228,50 @@ def test_health_status_checks_kubernetes_when_a_backend_uses_it(
     assert down.status_code == 200
     assert down.json()["services"]["kubernetes"]["status"] == "down"
     assert down.json()["status"] == "degraded"
+
+
+def test_webhook_deliveries_are_counted_by_outcome(
+    client: Any, org: OrgKey, worker: object, metrics_token: dict[str, str], monkeypatch: Any
+) -> None:
+    """A delivery that fails once (retry) then succeeds, through the session's real worker and
+    a real local receiver."""
+    from config import get_settings
+    from monitoring.jobs import recorder
+    from tests.api_contract.receiver import start_receiver
+
+    receiver = start_receiver()
+    port = receiver.server.server_address[1]
+    monkeypatch.setattr(get_settings(), "crawl_allowed_hosts", f"127.0.0.1:{port}")
+    monkeypatch.setattr(get_settings(), "webhook_backoff_base_seconds", 0.2)
+    receiver.script = [503]
+
+    def outcomes() -> dict[str, float]:
+        recorder().flush()
+        text = client.get("/metrics", headers=metrics_token).text
+        return {
+            dict(labels)["outcome"]: value
+            for (name, labels), value in samples(text).items()
+            if name == "conveyor_webhook_deliveries_total"
+        }
+
+    try:
+        before = outcomes()
+        hook = client.post(
+            "/v1/webhooks",
+            json={"url": receiver.url, "events": ["job.completed"]},
+            headers=org.headers,
+        )
+        assert hook.status_code == 201, hook.text
+        job = client.post("/v1/diagnostics/sleep", json={"seconds": 0}, headers=org.headers)
+        wait_for_job(client, job.json()["id"], org.headers)
+        deadline = time.monotonic() + 30
+        while True:
+            now = outcomes()
+            grew = {k for k in ("retry", "succeeded") if now.get(k, 0) >= before.get(k, 0) + 1}
+            if grew == {"retry", "succeeded"}:
+                break
+            assert time.monotonic() < deadline, (before, now, len(receiver.requests))
+            time.sleep(0.2)
+    finally:
+        receiver.server.shutdown()
+        receiver.server.server_close()
