@@ -13,9 +13,9 @@ concurrency and active tasks); ``GET /v1/health/runners`` reads them, so a worke
 without a word turns ``offline`` once its heartbeat is older than
 ``runner_offline_after_seconds``.
 
-What is counted here: jobs finished by a worker (completed, failed, cancelled while running).
-Jobs cancelled while still queued and jobs the reaper fails (``worker_lost``, ``timed_out``)
-never ran to an end on a worker and are not in ``conveyor_jobs_total``.
+What is counted here: jobs finished by a worker (completed, failed, cancelled while running),
+and any job passed to ``note_job_finished`` (for the sweeper's ``worker_lost``/``timed_out``).
+Jobs cancelled while still queued never ran and are not in ``conveyor_jobs_total``.
 """
 
 from __future__ import annotations
@@ -168,6 +168,12 @@ def recorder() -> Recorder:
             if current is None or current.pid != os.getpid():
                 current = _recorder = Recorder()
     return current
+
+
+def note_job_finished(job_id: str, kind: str) -> None:
+    """Count a job that reached its final state outside a job task (the sweeper failing a job
+    whose lease lapsed past the cap, or one past its time limit): one call after the commit."""
+    recorder().notes.append(("job", job_id, kind, "0"))
 
 
 def _note_start(task_id: str, task: Any, **_: Any) -> None:

@@ -275,3 +275,26 @@ def test_webhook_deliveries_are_counted_by_outcome(
     finally:
         receiver.server.shutdown()
         receiver.server.server_close()
+
+
+def test_a_job_failed_outside_a_task_is_counted_once_noted(org: OrgKey) -> None:
+    """What the sweeper's one call does: a job failed with worker_lost is counted."""
+    from monitoring.jobs import note_job_finished, recorder
+    from monitoring.repository import read_worker_metrics
+    from store import jobs as job_store
+    from store.db import session_scope
+    from store.jobs import JobStatus
+
+    failed = ("conveyor_jobs_total", (("kind", "diagnostics"), ("status", "failed")))
+    before = read_worker_metrics().get(failed, 0.0)
+    with session_scope() as session:
+        job = job_store.insert_job(session, org_id=org.org_id, kind="diagnostics", input={})
+        job_id = job.id
+    with session_scope() as session:
+        for to, from_ in ((JobStatus.RUNNING, ["queued"]), (JobStatus.FAILED, ["running"])):
+            assert job_store.transition(
+                session, job_id, to=to, from_=from_, error={"code": "worker_lost", "message": ""}
+            )
+    note_job_finished(job_id, "diagnostics")
+    recorder().flush()
+    assert read_worker_metrics().get(failed, 0.0) >= before + 1
