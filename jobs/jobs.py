@@ -33,6 +33,7 @@ from common.timeutil import utcnow
 from config import get_settings
 from config.queues import KINDS
 from jobs.service import emit_job_event
+from monitoring.jobs import note_job_finished
 from store import jobs as job_store
 from store.db import autocommit, session_scope
 from store.jobs import JobStatus
@@ -147,6 +148,7 @@ def requeue_lapsed() -> dict[str, list[str]]:
         log.warning("job %s: its worker's lease lapsed; re-queued", job_id)
     for job_id in failed:
         log.error("job %s: worker lost too many times; failed (worker_lost)", job_id)
+        note_job_finished(job_id, next(k for i, k, _ in lapsed if i == job_id))
     return {"requeued": requeued, "failed": failed}
 
 
@@ -234,10 +236,12 @@ def reap_timed_out() -> list[str]:
         reaped = job_store.reap_stuck(
             session, utcnow(), limits, get_settings().reaper_grace_seconds
         )
+        kinds = job_store.kinds_of(session, reaped)
         for job_id in reaped:
             emit_job_event(session, "job.failed", job_id)
     for job_id in reaped:
         log.warning("reaped stuck job %s (timed_out)", job_id)
+        note_job_finished(job_id, kinds.get(job_id, ""))
     return reaped
 
 

@@ -715,3 +715,11 @@ def statuses(session: Session | Connection, job_ids: Sequence[str]) -> dict[str,
         return {}
     rows = session.execute(select(Job.id, Job.status).where(Job.id.in_(list(job_ids))))
     return {row.id: row.status for row in rows}
+
+
+def kinds_of(session: Session | Connection, job_ids: Sequence[str]) -> dict[str, str]:
+    """The kind of each of ``job_ids`` that still exists."""
+    if not job_ids:
+        return {}
+    rows = session.execute(select(Job.id, Job.kind).where(Job.id.in_(list(job_ids))))
+    return {row.id: row.kind for row in rows}
