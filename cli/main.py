@@ -104,7 +104,7 @@ def api_command() -> list[str]:
 
 def beat_command() -> list[str]:
     settings = get_settings()
-    return _celery("beat", "-S", "redbeat.RedBeatScheduler", "-l", settings.log_level)
+    return _celery("beat", "-S", "workers.beat:ResilientRedBeatScheduler", "-l", settings.log_level)
 
 
 def _exec(cmd: list[str], env: dict[str, str] | None = None) -> None:

@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     canary_max_age_seconds: int = 180
     diagnostics_allow_crash: bool = False  # lets a diagnostics job SIGKILL its worker (tests)
     worker_concurrency: int = 0  # 0: the queue group's default (config.queues.WORKER_GROUPS)
+    # Beat wakes at least this often; its redbeat lock (renewed every tick) lapses after
+    # beat_lock_timeout, so a beat that died is replaced within that time, not redbeat's 300 s.
+    beat_max_loop_interval: float = 5.0
+    beat_lock_timeout: int = 20
 
     # --- inference --------------------------------------------------------------------------
     models: str = Field(default="", description="Served models: name=path,… (local dirs).")

@@ -17,6 +17,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return {
         "broker_url": broker,
         "broker_connection_retry_on_startup": True,
+        # A worker whose broker went away reconnects for as long as it takes (2, 4, 6 … up to
+        # 30 s apart), never giving up and exiting after kombu's 100 tries.
+        "broker_connection_retry": True,
+        "broker_connection_max_retries": None,
+        "broker_channel_error_retry": True,
         "broker_transport_options": {
             "visibility_timeout": settings.visibility_timeout or VISIBILITY_TIMEOUT,
             # Sweep for messages abandoned by a dead worker every 5 s (one cheap ZRANGE),
@@ -43,6 +48,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # store (the truth); their unacknowledgeable message comes back after the visibility
         # timeout and its start is skipped (the job is no longer queued).
         "worker_cancel_long_running_tasks_on_connection_loss": False,
+        # Survives kombu's failing channel close on a broker connection loss (workers.consumer).
+        "worker_consumer": "workers.consumer:BrokerLossTolerantConsumer",
         "worker_proc_alive_timeout": 300.0,
         "worker_hijack_root_logger": False,
         "worker_send_task_events": True,
@@ -50,7 +57,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_schedule": beat_schedule(),
         "redbeat_redis_url": settings.resolved_redis_url(),
         "redbeat_key_prefix": "conveyor:redbeat:",
-        "redbeat_lock_timeout": 300,
+        # Beat ticks at least every beat_max_loop_interval and renews its lock on each tick; a
+        # beat that died leaves a lock that lapses after redbeat_lock_timeout (see workers.beat).
+        "beat_max_loop_interval": settings.beat_max_loop_interval,
+        "redbeat_lock_timeout": settings.beat_lock_timeout,
     }
 
 

@@ -96,7 +96,7 @@ def test_only_one_beat_schedules(migrated: dict[str, object]) -> None:
         "workers.app",
         "beat",
         "-S",
-        "redbeat.RedBeatScheduler",
+        "workers.beat:ResilientRedBeatScheduler",
         "-l",
         "DEBUG",
         "--max-interval",
