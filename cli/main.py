@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -19,7 +20,7 @@ from rich.console import Console
 from cli.crawl import crawl as crawl_command
 from cli.jobs import jobs_app
 from cli.orgs import app as orgs_app
-from config import get_settings
+from config import Settings, get_settings
 from config.queues import QUEUES, WORKER_GROUPS
 
 app = typer.Typer(help="Conveyor: a self-hosted job platform.", no_args_is_help=True)
@@ -217,25 +218,39 @@ def keys_revoke(key_id: str) -> None:
 
 @app.command()
 def up() -> None:
-    """The whole platform in one process tree: API, a worker per queue group, beat, Flower."""
+    """The whole platform in one process tree: API, a worker per queue group, beat, Flower.
+
+    A process that exits is restarted with backoff (workers.supervisor), so a crash or a
+    broker that blinks never stops the platform; Ctrl-C or SIGTERM stops everything."""
+    import logging
+
     from store.migrate import upgrade
-    from workers.embedded import broker_running, stop_embedded_broker
+    from workers.embedded import broker_running, ensure_embedded_broker, stop_embedded_broker
+    from workers.supervisor import Child, Supervisor
 
     settings = get_settings()
     own_broker = settings.embedded_broker and not broker_running(settings)
     _prepare()
     upgrade()
     key = _create_key("default", "conveyor up")
-    procs: list[subprocess.Popen[bytes]] = []
     flower_cmd, flower_env = flower_command()
-    commands: list[tuple[list[str], dict[str, str] | None]] = [
-        (api_command(), None),
-        *((worker_command(group, None, None), None) for group in WORKER_GROUPS),
-        (beat_command(), None),
-        (flower_cmd, flower_env),
-    ]
-    for cmd, env in commands:
-        procs.append(subprocess.Popen(cmd, env=env))
+    supervisor = Supervisor(
+        [
+            Child("api", api_command()),
+            *(
+                Child(f"worker {group}", worker_command(group, None, None))
+                for group in WORKER_GROUPS
+            ),
+            Child("beat", beat_command()),
+            Child("flower", flower_cmd, flower_env),
+        ],
+        backoff_max=settings.up_restart_backoff_max_seconds,
+    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s conveyor up: %(message)s"))
+    logging.getLogger("conveyor.up").addHandler(handler)
+    logging.getLogger("conveyor.up").setLevel(logging.INFO)
+    supervisor.start()
     err.print(
         f"[bold green]Conveyor is up[/bold green]: API http://{settings.api_host}:"
         f"{settings.api_port} (docs /docs), Flower http://127.0.0.1:{settings.flower_port}, "
@@ -251,25 +266,26 @@ def up() -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    next_broker_check = time.monotonic()
     try:
-        while not stopping and all(p.poll() is None for p in procs):
+        while not stopping:
+            supervisor.poll()
+            if own_broker and time.monotonic() >= next_broker_check:
+                next_broker_check = time.monotonic() + 5
+                _keep_embedded_broker(ensure_embedded_broker, settings)
             time.sleep(0.5)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        for p in procs:
-            try:
-                p.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
+        supervisor.stop()
         if own_broker:
             stop_embedded_broker(settings)
-    failed = [p.args for p in procs if p.returncode not in (0, -signal.SIGTERM, None)]
-    if failed and not stopping:
-        err.print(f"[red]a process exited[/red]: {failed[0]!r}")
-        raise typer.Exit(1)
+
+
+def _keep_embedded_broker(ensure: Callable[[Settings], str], settings: Settings) -> None:
+    """Start the embedded Redis again if it stopped (it is a daemon, not a child)."""
+    try:
+        ensure(settings)
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+        err.print(f"[red]the embedded Redis is down and did not restart[/red]: {exc}")
 
 
 if __name__ == "__main__":

@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     # beat_lock_timeout, so a beat that died is replaced within that time, not redbeat's 300 s.
     beat_max_loop_interval: float = 5.0
     beat_lock_timeout: int = 20
+    # `conveyor up` restarts a child that died after 1, 2, 4 … seconds, at most this long.
+    up_restart_backoff_max_seconds: float = 30.0
 
     # --- inference --------------------------------------------------------------------------
     models: str = Field(default="", description="Served models: name=path,… (local dirs).")
