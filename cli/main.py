@@ -115,10 +115,18 @@ def _exec(cmd: list[str], env: dict[str, str] | None = None) -> None:
 
 @app.command()
 def migrate() -> None:
-    """Create or upgrade the store's tables."""
-    from store.migrate import upgrade
+    """Create or upgrade the store's tables (and its PostgreSQL database when missing)."""
+    from common.errors import Unavailable
+    from store.migrate import ensure_database, upgrade
 
     get_settings().data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        created = ensure_database()
+    except Unavailable as exc:
+        err.print(f"[red]error:[/red] {exc.message}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    if created:
+        err.print(f"created database {created!r}")
     upgrade()
     err.print("[green]store migrated[/green]")
 
@@ -224,13 +232,14 @@ def up() -> None:
     broker that blinks never stops the platform; Ctrl-C or SIGTERM stops everything."""
     import logging
 
-    from store.migrate import upgrade
+    from store.migrate import ensure_database, upgrade
     from workers.embedded import broker_running, ensure_embedded_broker, stop_embedded_broker
     from workers.supervisor import Child, Supervisor
 
     settings = get_settings()
     own_broker = settings.embedded_broker and not broker_running(settings)
     _prepare()
+    ensure_database()
     upgrade()
     key = _create_key("default", "conveyor up")
     flower_cmd, flower_env = flower_command()

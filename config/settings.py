@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 
 class Settings(BaseSettings):
@@ -158,12 +159,16 @@ class Settings(BaseSettings):
     crawl_per_host_delay_s: float = 0.0  # least gap between requests to a host (or crawl-delay)
 
     # --- resources (resources/settings.py maps these onto the backends) ----------------------
-    resources_pg_admin_dsn: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    resources_pg_admin_dsn: str = Field(
+        default="", description="Empty: the platform's own PostgreSQL (CONVEYOR_DATABASE_URL)."
+    )
     resources_pg_public_host: str = "127.0.0.1"
     resources_pg_bin_dir: Path = Path("/usr/lib/postgresql/15/bin")
     resources_pg_os_user: str = "postgres"  # dedicated instances run as this user when root
     resources_pg_archive_timeout_s: int = 60
-    resources_redis_admin_url: str = "redis://127.0.0.1:6379/0"
+    resources_redis_admin_url: str = Field(
+        default="", description="Empty: the platform's own Redis (resolved_redis_url())."
+    )
     resources_redis_public_host: str = "127.0.0.1"
     resources_redis_server_bin: Path = Path("/usr/bin/redis-server")
     resources_s3_endpoint_url: str = ""  # empty: AWS; locally moto's server
@@ -207,6 +212,21 @@ class Settings(BaseSettings):
 
     def resolved_redis_url(self) -> str:
         return self.redis_url or self.resolved_broker_url()
+
+    def resolved_resources_pg_admin_dsn(self) -> str:
+        """The shared PostgreSQL tier's admin DSN: the setting, else the platform's own server
+        (its configured database and credentials, as a libpq URL). Empty when neither is set
+        (the SQLite store): the shared tier then refuses instead of guessing a local server."""
+        if self.resources_pg_admin_dsn:
+            return self.resources_pg_admin_dsn
+        if self.is_sqlite:
+            return ""
+        url = make_url(self.resolved_database_url())
+        return url.set(drivername=url.get_backend_name()).render_as_string(hide_password=False)
+
+    def resolved_resources_redis_admin_url(self) -> str:
+        """The shared Redis tier's admin URL: the setting, else the platform's own Redis."""
+        return self.resources_redis_admin_url or self.resolved_redis_url()
 
     @property
     def embedded_broker(self) -> bool:

@@ -73,12 +73,12 @@ class ResourceSettings:
     def from_platform(cls, settings: Settings) -> ResourceSettings:
         keys = settings.resources_credentials_keys.get_secret_value()
         return cls(
-            pg_admin_dsn=settings.resources_pg_admin_dsn,
+            pg_admin_dsn=settings.resolved_resources_pg_admin_dsn(),
             pg_public_host=settings.resources_pg_public_host,
             pg_bin_dir=_pg_bin_dir(settings.resources_pg_bin_dir),
             pg_os_user=settings.resources_pg_os_user,
             pg_archive_timeout_s=settings.resources_pg_archive_timeout_s,
-            redis_admin_url=settings.resources_redis_admin_url,
+            redis_admin_url=settings.resolved_resources_redis_admin_url(),
             redis_public_host=settings.resources_redis_public_host,
             redis_server_bin=settings.resources_redis_server_bin,
             s3_endpoint_url=settings.resources_s3_endpoint_url or None,

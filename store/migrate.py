@@ -1,11 +1,18 @@
-"""Run the store's Alembic migrations programmatically (``conveyor migrate``, ``conveyor up``)."""
+"""Run the store's Alembic migrations programmatically (``conveyor migrate``, ``conveyor up``),
+creating the PostgreSQL database first when it does not exist yet."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import psycopg
 from alembic import command
 from alembic.config import Config
+from psycopg import sql
+from sqlalchemy.engine import URL, make_url
+
+from common.errors import Unavailable
+from config import get_settings
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -60,6 +67,42 @@ def wait_until_current(timeout: float = 900.0, interval: float = 2.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"store not migrated after {timeout} s ({last})")
         time.sleep(interval)
+
+
+def _libpq(url: URL, database: str | None = None) -> str:
+    if database is not None:
+        url = url.set(database=database)
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def ensure_database(database_url: str | None = None) -> str | None:
+    """Create the configured PostgreSQL database when it is missing, from the server's
+    ``postgres`` maintenance database; return its name when it was created. Raises
+    ``Unavailable`` with a one-line how-to when it is missing and cannot be created."""
+    url = make_url(database_url or get_settings().resolved_database_url())
+    if url.get_backend_name() != "postgresql" or not url.database:
+        return None  # SQLite creates its file itself
+    try:
+        psycopg.connect(_libpq(url), connect_timeout=10).close()
+        return None
+    except psycopg.OperationalError as missing:
+        first_error = missing
+    name = url.database
+    try:
+        with psycopg.connect(_libpq(url, "postgres"), autocommit=True, connect_timeout=10) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if exists.fetchone() is not None:
+                raise first_error  # it exists: the first error was about something else
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    except psycopg.Error as exc:
+        how = f"createdb -h {url.host or 'localhost'} -p {url.port or 5432}"
+        how += f" -U {url.username} {name}" if url.username else f" {name}"
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise Unavailable(
+            f"Cannot use or create PostgreSQL database {name!r} ({reason}); "
+            f"if it does not exist, create it with: {how}"
+        ) from exc
+    return name
 
 
 if __name__ == "__main__":  # python -m store.migrate --wait

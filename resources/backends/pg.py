@@ -35,12 +35,22 @@ def new_password() -> str:
     return secrets.token_urlsafe(24)
 
 
+def configured(admin_dsn: str) -> str:
+    """``admin_dsn``, refusing an empty one: libpq would pick a local server on its own."""
+    if not admin_dsn:
+        raise BackendError(
+            "No PostgreSQL server is configured for resources: set "
+            "CONVEYOR_RESOURCES_PG_ADMIN_DSN (or run the store on PostgreSQL)."
+        )
+    return admin_dsn
+
+
 def dsn_for(admin_dsn: str, dbname: str) -> str:
-    return make_conninfo(admin_dsn, dbname=dbname)
+    return make_conninfo(configured(admin_dsn), dbname=dbname)
 
 
 def connect(admin_dsn: str, dbname: str | None = None) -> psycopg.Connection[Any]:
-    dsn = dsn_for(admin_dsn, dbname) if dbname else admin_dsn
+    dsn = dsn_for(admin_dsn, dbname) if dbname else configured(admin_dsn)
     return psycopg.connect(dsn, autocommit=True, connect_timeout=10)
 
 
