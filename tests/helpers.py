@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
+import subprocess
+import sys
 import time
+import uuid
+from pathlib import Path
 from typing import Any
+
+import psutil
 
 
 def wait_for_job(
@@ -28,7 +36,71 @@ def wait_for_job(
     raise AssertionError(f"job {job_id} still {job.get('status')} after {timeout}s: {job}")
 
 
-class WorkerProcess:
+class ServiceProcess:
+    """A real server or worker subprocess in its own session (process group), so a test can
+    SIGKILL its main process alone or the whole tree. Output goes to ``log`` when given (else
+    stdout is dropped and stderr kept in a pipe)."""
+
+    def __init__(
+        self,
+        cmd: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        log: Path | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.cmd = cmd
+        self.log = log
+        out = log.open("ab") if log is not None else None
+        self.proc = subprocess.Popen(
+            cmd,
+            env=env if env is not None else dict(os.environ),
+            cwd=cwd,
+            start_new_session=True,
+            stdout=out or subprocess.DEVNULL,
+            stderr=out or subprocess.PIPE,
+        )
+        if out is not None:
+            out.close()  # the child holds its own descriptor
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def children(self) -> list[int]:
+        try:
+            return [c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def kill_main(self) -> None:
+        """SIGKILL the main process only (its children are orphaned, still in the group)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def kill_all(self) -> None:
+        """SIGKILL the whole process group (main process and children): no chance to clean up."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self, timeout: float = 20) -> None:
+        """SIGTERM the group, SIGKILL what is left after ``timeout`` (or orphaned)."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=timeout)
+        self.kill_all()  # what is left of the group (orphaned pool children included)
+        if self.proc.stderr:
+            self.proc.stderr.close()
+
+
+class WorkerProcess(ServiceProcess):
     """A real ``celery worker`` subprocess (its own process group) for end-to-end tests."""
 
     def __init__(
@@ -40,11 +112,6 @@ class WorkerProcess:
         env: dict[str, str] | None = None,
         name: str | None = None,
     ) -> None:
-        import os
-        import subprocess
-        import sys
-        import uuid
-
         self.name = name or f"test-{uuid.uuid4().hex[:8]}@%h"
         cmd = [
             sys.executable,
@@ -67,44 +134,7 @@ class WorkerProcess:
             "--without-mingle",
             "--without-heartbeat",
         ]
-        self.proc = subprocess.Popen(
-            cmd,
-            env={**os.environ, **(env or {})},
-            start_new_session=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-
-    def children(self) -> list[int]:
-        import psutil
-
-        try:
-            return [c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
-
-    def kill_all(self) -> None:
-        """SIGKILL the whole worker (main process and pool children): no chance to clean up."""
-        import os
-        import signal
-
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        import os
-        import signal
-        import subprocess
-
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill_all()
-        if self.proc.stderr:
-            self.proc.stderr.close()
+        super().__init__(cmd, env={**os.environ, **(env or {})})
 
 
 def create_job_now(kind: str, org_id: str, payload: dict[str, Any]) -> Any:
