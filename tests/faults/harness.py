@@ -343,6 +343,7 @@ class Load:
         self.codes: Counter[int] = Counter()
         self.bad: list[tuple[int, str]] = []  # 5xx other than 503, and unexpected 4xx
         self.transport_errors = 0
+        self.slowest = 0.0  # seconds of the slowest answer (how long a client waited)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="load", daemon=True)
 
@@ -368,6 +369,7 @@ class Load:
                 except httpx.TransportError:
                     self.transport_errors += 1
                 else:
+                    self.slowest = max(self.slowest, time.monotonic() - started)
                     self.codes[response.status_code] += 1
                     if response.status_code == 202:
                         self.accepted.append(str(response.json()["id"]))

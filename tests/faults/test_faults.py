@@ -40,14 +40,19 @@ LONG_JOB = {"seconds": 3, "steps": 30}  # surely in flight when the fault strike
 
 
 def drain_and_report(
-    platform: Platform, fault: str, load: Load, extra: list[str], recovery: float | None
+    platform: Platform,
+    fault: str,
+    load: Load,
+    extra: list[str],
+    recovery: float | None,
+    measured: str,
 ) -> None:
     """Wait for every accepted job, record the table line, then assert: nothing lost, each
     completed exactly once, and no 5xx but 503 from the API."""
     accepted = [*load.accepted, *extra]
     rows, _ = platform.ledger().wait(accepted, timeout=DRAIN_SECONDS)
     completed, lost = tally(rows, accepted)
-    note = f"codes {dict(load.codes)}"
+    note = f"{measured}; codes {dict(load.codes)}, slowest answer {load.slowest:.1f} s"
     if load.transport_errors:
         note += f", {load.transport_errors} refused"
     record(FaultReport(fault, len(accepted), completed, lost, recovery, note))
@@ -79,7 +84,7 @@ def sigkilled_worker_case(platform: Platform, fault: str, *, whole_main: bool) -
         time.sleep(3)
     rows, rerun_at = ledger.wait(in_flight, ("completed",), timeout=RERUN_SECONDS + 30)
     recovery = None if rerun_at is None else rerun_at - killed_at
-    drain_and_report(platform, fault, load, long_jobs, recovery)
+    drain_and_report(platform, fault, load, long_jobs, recovery, "kill → in-flight jobs done")
     assert rerun_at is not None and recovery is not None and recovery <= RERUN_SECONDS, (
         f"jobs in flight at the kill did not run again within {RERUN_SECONDS}s: {rows}"
     )
@@ -114,7 +119,9 @@ def test_redis_restart_mid_load(platform: Platform) -> None:
         time.sleep(2)
     rows, flowing_at = ledger.wait([probe], ("completed",), timeout=DRAIN_SECONDS)
     recovery = None if flowing_at is None else flowing_at - answering_at
-    drain_and_report(platform, "2  Redis restart (down 3 s)", load, [probe], recovery)
+    drain_and_report(
+        platform, "2  Redis restart (down 3 s)", load, [probe], recovery, "Redis up → new job done"
+    )
     dead = [name for name, process in survivors.items() if not process.alive()]
     assert not dead, f"exited on the Redis restart: {dead}\n{platform.log_tail(dead[0])}"
     assert recovery is not None and recovery <= FLOW_SECONDS, (
@@ -185,7 +192,7 @@ def test_postgres_stopped_for_15_s_with_a_backlog(platform: Platform) -> None:
             completed,
             lost,
             recovery,
-            f"{len(wrong)} non-503 answers during the outage",
+            f"PostgreSQL up → backlog done; {len(wrong)} non-503 answers during the outage",
         )
     )
     assert not wrong, f"answers during the outage other than 503 unavailable: {wrong[:5]}"
@@ -234,7 +241,12 @@ def test_api_sigkilled_between_insert_and_send(platform: Platform) -> None:
     recovery = None if done_at is None else done_at - killed_at
     record(
         FaultReport(
-            "4  API SIGKILL between insert and send", 0, completed, lost, recovery, "1 orphan row"
+            "4  API SIGKILL between insert and send",
+            0,
+            completed,
+            lost,
+            recovery,
+            "kill → orphan done",
         )
     )
     assert_exactly_once(rows, orphans)
@@ -257,5 +269,14 @@ def test_beat_sigkilled_then_restarted_takes_over_its_lock_promptly(platform: Pl
             taken_at = time.monotonic()
         time.sleep(0.2)
     recovery = None if taken_at is None else taken_at - killed_at
-    record(FaultReport("5  beat SIGKILL, restarted at once", 0, 0, 0, recovery, "lock taken over"))
+    record(
+        FaultReport(
+            "5  beat SIGKILL, restarted at once",
+            0,
+            0,
+            0,
+            recovery,
+            "kill → new beat holds the lock",
+        )
+    )
     assert recovery is not None and recovery <= 20 + 5 + 10, platform.log_tail("beat")
