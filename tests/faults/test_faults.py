@@ -112,6 +112,10 @@ def test_redis_restart_mid_load(platform: Platform) -> None:
     survivors = {name: platform.processes[name] for name in ("api", "worker", "beat")}
     with Load(platform) as load:
         time.sleep(2)
+        # A job that finishes while Redis is down (its ack waits for the reconnect); the other
+        # pool process stays free, so the consumer is polling Redis when it goes.
+        across = [platform.submit_accepted(seconds=2, steps=10)]
+        ledger.wait_running(across)
         platform.redis.stop()
         time.sleep(3)
         answering_at = platform.redis.start()
@@ -120,7 +124,12 @@ def test_redis_restart_mid_load(platform: Platform) -> None:
     rows, flowing_at = ledger.wait([probe], ("completed",), timeout=DRAIN_SECONDS)
     recovery = None if flowing_at is None else flowing_at - answering_at
     drain_and_report(
-        platform, "2  Redis restart (down 3 s)", load, [probe], recovery, "Redis up → new job done"
+        platform,
+        "2  Redis restart (down 3 s)",
+        load,
+        [probe, *across],
+        recovery,
+        "Redis up → new job done",
     )
     dead = [name for name, process in survivors.items() if not process.alive()]
     assert not dead, f"exited on the Redis restart: {dead}\n{platform.log_tail(dead[0])}"
