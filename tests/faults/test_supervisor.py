@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -78,6 +79,7 @@ def external_redis() -> Iterator[PrivateRedis]:
     server.start()
     yield server
     server.stop()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _child_running(up: ServiceProcess, word: str) -> psutil.Process | None:
