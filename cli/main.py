@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -233,7 +232,7 @@ def up() -> None:
     import logging
 
     from store.migrate import ensure_database, upgrade
-    from workers.embedded import broker_running, ensure_embedded_broker, stop_embedded_broker
+    from workers.embedded import broker_running, stop_embedded_broker
     from workers.supervisor import Child, Supervisor
 
     settings = get_settings()
@@ -281,7 +280,7 @@ def up() -> None:
             supervisor.poll()
             if own_broker and time.monotonic() >= next_broker_check:
                 next_broker_check = time.monotonic() + 5
-                _keep_embedded_broker(ensure_embedded_broker, settings)
+                _keep_embedded_broker(settings)
             time.sleep(0.5)
     finally:
         supervisor.stop()
@@ -289,10 +288,12 @@ def up() -> None:
             stop_embedded_broker(settings)
 
 
-def _keep_embedded_broker(ensure: Callable[[Settings], str], settings: Settings) -> None:
+def _keep_embedded_broker(settings: Settings) -> None:
     """Start the embedded Redis again if it stopped (it is a daemon, not a child)."""
+    from workers.embedded import ensure_embedded_broker
+
     try:
-        ensure(settings)
+        ensure_embedded_broker(settings)
     except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
         err.print(f"[red]the embedded Redis is down and did not restart[/red]: {exc}")
 
