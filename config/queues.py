@@ -122,6 +122,8 @@ def beat_schedule() -> dict[str, dict[str, Any]]:
         "sweep-jobs": {  # leases, queued jobs without a message, time limits
             "task": "maintenance.sweep_jobs",
             "schedule": timedelta(seconds=_setting("sweep_interval_seconds")),
+            # Behind a backlog, a sweep not started before the next one is sent is dropped.
+            "options": {"expires": _setting("sweep_interval_seconds")},
         },
         "broker-canary": {"task": "maintenance.broker_canary", "schedule": timedelta(minutes=1)},
         "resources-scheduled-backups": {
