@@ -188,7 +188,7 @@ def main() -> None:
         stack.stop()
         asyncio.run(engine.close())
         if not args.broker_url:
-            stop_embedded_broker(settings)
+            stop_embedded_broker(settings.data_dir)
 
     print(f"logs in {work / 'logs'}")
     print(

@@ -11,7 +11,8 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -32,12 +33,14 @@ err = Console(stderr=True)
 
 
 def _prepare() -> None:
-    """Data dir and embedded broker (when no broker URL is configured)."""
-    from workers.embedded import ensure_embedded_broker
+    """Data dir and, when no broker URL is configured, the data dir's own embedded broker,
+    whose URL this process and its children then use."""
+    from workers.embedded import ensure_embedded_broker, use_broker
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    ensure_embedded_broker(settings)
+    if settings.embedded_broker:
+        use_broker(ensure_embedded_broker(settings))
 
 
 def _celery(*args: str) -> list[str]:
@@ -224,33 +227,55 @@ def keys_revoke(key_id: str) -> None:
 
 
 @app.command()
-def up() -> None:
+def up(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="Worker banners and task lines on the terminal.")
+    ] = False,
+) -> None:
     """The whole platform in one process tree: API, a worker per queue group, beat, Flower.
 
-    A process that exits is restarted with backoff (workers.supervisor), so a crash or a
-    broker that blinks never stops the platform; Ctrl-C or SIGTERM stops everything."""
+    The data dir is this instance's alone (a second `up` on it is refused); a taken API or
+    Flower port fails before anything starts. A process that exits is restarted with backoff
+    (workers.supervisor), so a crash or a broker that blinks never stops the platform; Ctrl-C or
+    SIGTERM stops everything. The processes' output goes to <data dir>/logs unless --verbose."""
     import logging
 
+    from cli.client import write_credentials
     from store.migrate import ensure_database, upgrade
-    from workers.embedded import broker_running, stop_embedded_broker
+    from workers.embedded import stop_embedded_broker
     from workers.supervisor import Child, Supervisor
 
     settings = get_settings()
-    own_broker = settings.embedded_broker and not broker_running(settings)
+    data_dir = settings.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock = _lock_data_dir(data_dir)  # held until this process exits
+    _require_free_port(settings.api_host, settings.api_port, "CONVEYOR_API_PORT")
+    _require_free_port("127.0.0.1", settings.flower_port, "CONVEYOR_FLOWER_PORT")
+    own_broker = settings.embedded_broker
     _prepare()
     ensure_database()
     upgrade()
     key = _create_key("default", "conveyor up")
+    logs = data_dir / "logs"
+    logs.mkdir(exist_ok=True)
+
+    def log_of(name: str) -> Path | None:
+        return None if verbose else logs / f"{name.replace(' ', '-')}.log"
+
     flower_cmd, flower_env = flower_command()
     supervisor = Supervisor(
         [
-            Child("api", api_command()),
+            Child("api", api_command(), log=log_of("api")),
             *(
-                Child(f"worker {group}", worker_command(group, None, None))
+                Child(
+                    f"worker {group}",
+                    worker_command(group, None, None),
+                    log=log_of(f"worker {group}"),
+                )
                 for group in WORKER_GROUPS
             ),
-            Child("beat", beat_command()),
-            Child("flower", flower_cmd, flower_env),
+            Child("beat", beat_command(), log=log_of("beat")),
+            Child("flower", flower_cmd, flower_env, log=log_of("flower")),
         ],
         backoff_max=settings.up_restart_backoff_max_seconds,
     )
@@ -258,14 +283,6 @@ def up() -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s conveyor up: %(message)s"))
     logging.getLogger("conveyor.up").addHandler(handler)
     logging.getLogger("conveyor.up").setLevel(logging.INFO)
-    supervisor.start()
-    err.print(
-        f"[bold green]Conveyor is up[/bold green]: API http://{settings.api_host}:"
-        f"{settings.api_port} (docs /docs), Flower http://127.0.0.1:{settings.flower_port}, "
-        f"data in {settings.data_dir.resolve()}"
-    )
-    err.print("API key for organisation 'default' (shown once):")
-    print(key, flush=True)
     stopping = False
 
     def stop(*_: object) -> None:
@@ -274,8 +291,25 @@ def up() -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    api_url = f"http://{settings.api_host}:{settings.api_port}"
+    flower_url = f"http://127.0.0.1:{settings.flower_port}"
     next_broker_check = time.monotonic()
     try:
+        supervisor.start()
+        if not _wait_healthy(api_url, supervisor, lambda: stopping):
+            if not stopping:
+                err.print(f"[red]The API did not become healthy; see {logs}[/red]")
+            return
+        credentials = write_credentials(api_url, key, data_dir / "credentials")
+        print(key, flush=True)  # alone on stdout: `KEY=$(conveyor up | head -1)` works
+        err.print(
+            "[bold green]Conveyor is up[/bold green]\n"
+            f"  API      {api_url}   docs {api_url}/docs\n"
+            f"  Flower   {flower_url}\n"
+            f"  API key  {key}  (organisation 'default'; also in {credentials})\n"
+            f"  Data     {data_dir}   logs {logs if not verbose else 'on this terminal'}\n"
+            "  Stop     Ctrl-C"
+        )
         while not stopping:
             supervisor.poll()
             if own_broker and time.monotonic() >= next_broker_check:
@@ -285,7 +319,58 @@ def up() -> None:
     finally:
         supervisor.stop()
         if own_broker:
-            stop_embedded_broker(settings)
+            stop_embedded_broker(data_dir)
+        lock.close()
+
+
+def _lock_data_dir(data_dir: Path) -> Any:
+    """Hold ``<data dir>/conveyor.lock`` (an exclusive flock, released when the process ends,
+    however it ends); exit with one line naming the holder when another `up` has it."""
+    import fcntl
+
+    handle = (data_dir / "conveyor.lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        err.print(
+            f"[red]The data dir {data_dir} is in use by a running `conveyor up` ({holder}); "
+            "stop it, or give this one its own CONVEYOR_DATA_DIR.[/red]"
+        )
+        raise typer.Exit(1) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def _require_free_port(host: str, port: int, setting: str) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            err.print(f"[red]Port {port} on {host} is taken; set {setting} to a free port.[/red]")
+            raise typer.Exit(1) from None
+
+
+def _wait_healthy(api_url: str, supervisor: Any, stopping: Any, timeout: float = 180.0) -> bool:
+    """Wait until the API answers /v1/health (the store and broker checked)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not stopping():
+        supervisor.poll()
+        try:
+            if httpx.get(f"{api_url}/v1/health", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    return False
 
 
 def _keep_embedded_broker(settings: Settings) -> None:

@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 log = logging.getLogger("conveyor.up")
 
@@ -25,6 +26,7 @@ class Child:
     name: str
     command: list[str]
     env: dict[str, str] | None = None
+    log: Path | None = None  # its stdout and stderr go here (appended); None: the terminal
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     restarts: int = 0
@@ -32,7 +34,13 @@ class Child:
     restart_at: float | None = field(default=None, repr=False)
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.command, env=self.env)
+        if self.log is None:
+            self.proc = subprocess.Popen(self.command, env=self.env)
+        else:
+            with self.log.open("ab") as sink:
+                self.proc = subprocess.Popen(
+                    self.command, env=self.env, stdout=sink, stderr=subprocess.STDOUT
+                )
         self.started_at = time.monotonic()
         self.restart_at = None
 

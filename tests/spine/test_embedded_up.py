@@ -91,6 +91,25 @@ def test_conveyor_up_runs_a_job_end_to_end(tmp_path: Path) -> None:
         assert job["links"]["flower"].endswith(f"/task/{job['id']}")
         info = httpx.get(f"http://127.0.0.1:{flower_port}/api/task/info/{job['id']}", timeout=10)
         assert info.status_code == 200 and info.json()["args"] == repr([job["id"]]), info.text
+        # The instance's credentials, for client commands, readable by its owner only.
+        credentials = tmp_path / "data" / "credentials"
+        assert f"CONVEYOR_API_KEY={key}" in credentials.read_text()
+        assert credentials.stat().st_mode & 0o777 == 0o600
+        # A second `up` on the same data dir is refused at once, and so is one whose API port
+        # is taken; neither disturbs the running instance.
+        again = subprocess.run(
+            [sys.executable, "-m", "cli.main", "up"], env=env, capture_output=True, text=True,
+            timeout=60,
+        )  # fmt: skip
+        assert again.returncode == 1 and "in use by a running `conveyor up`" in again.stderr
+        assert not again.stdout.strip()  # no key printed
+        elsewhere = {**env, "CONVEYOR_DATA_DIR": str(tmp_path / "other")}
+        taken = subprocess.run(
+            [sys.executable, "-m", "cli.main", "up"], env=elsewhere, capture_output=True,
+            text=True, timeout=60,
+        )  # fmt: skip
+        assert taken.returncode == 1 and f"Port {api_port}" in taken.stderr, taken.stderr
+        assert httpx.get(f"{base}/v1/health", timeout=10).status_code == 200
         children = psutil.Process(proc.pid).children(recursive=True)
         assert len(children) >= 8  # api, 5 worker groups, beat, flower (+ pool processes)
     finally:
