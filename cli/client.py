@@ -18,7 +18,7 @@ from rich.console import Console
 
 from config import get_settings
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one message, one line
 CREDENTIALS_FILE = "credentials"
 
 

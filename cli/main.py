@@ -20,6 +20,7 @@ from rich.console import Console
 from cli.crawl import crawl as crawl_command
 from cli.jobs import jobs_app
 from cli.orgs import app as orgs_app
+from cli.orgs import require_store
 from config import Settings, get_settings
 from config.queues import QUEUES, WORKER_GROUPS
 
@@ -29,7 +30,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(orgs_app, name="orgs")
 app.command(name="crawl")(crawl_command)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one message, one line
 
 
 def _prepare() -> None:
@@ -192,6 +193,7 @@ def keys_create(
     name: Annotated[str, typer.Option(help="A label for the key.")] = "cli",
 ) -> None:
     """Create an API key and print it (alone, on stdout). It is never shown again."""
+    require_store()
     print(_create_key(org, name))
 
 

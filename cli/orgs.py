@@ -13,8 +13,26 @@ from plans import service as plans
 from plans.schemas import PlanLimits
 from store.db import session_scope
 
-app = typer.Typer(help="Organisations and plans (admin).", no_args_is_help=True)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one message, one line
+
+
+def require_store() -> None:
+    """Admin commands read and write the store directly: a missing or unmigrated one is one
+    line saying what to run (exit 2), never a traceback."""
+    from store.migrate import NotMigrated, require_migrated
+
+    try:
+        require_migrated()
+    except NotMigrated as exc:
+        err.print(f"[red]{exc.message}[/red]")
+        raise typer.Exit(2) from None
+
+
+app = typer.Typer(
+    help="Organisations and plans (admin).",
+    no_args_is_help=True,
+    callback=require_store,
+)
 
 
 def _fail(exc: ConveyorError) -> None:

@@ -8,6 +8,7 @@ production shape with the same code.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -16,11 +17,21 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
 
+def default_data_dir() -> Path:
+    """One well-defined place, whatever the current folder: ``$XDG_DATA_HOME/conveyor``."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "conveyor"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CONVEYOR_", extra="ignore")
 
     # --- core / spine -----------------------------------------------------------------------
-    data_dir: Path = Field(default=Path(".data"), description="Embedded store, broker and logs.")
+    data_dir: Path = Field(
+        default_factory=lambda: default_data_dir(),
+        description="Embedded store, broker and logs; default: $XDG_DATA_HOME/conveyor "
+        "(~/.local/share/conveyor), the same from any folder.",
+    )
     database_url: str = Field(default="", description="Empty: SQLite file in data_dir.")
     broker_url: str = Field(default="", description="Empty: the embedded Redis in data_dir.")
     redis_url: str = Field(default="", description="Redis for limits/streams; default: broker.")

@@ -28,6 +28,38 @@ def upgrade() -> None:
     command.upgrade(alembic_config(), "heads")
 
 
+_checked: set[str] = set()
+
+
+def require_migrated() -> None:
+    """Raise ``NotMigrated`` (one line saying what to run) unless the store exists and is at
+    every head; never creates an empty SQLite file on the way. Checked once per process."""
+    url = get_settings().resolved_database_url()
+    if url in _checked:
+        return
+    parsed = make_url(url)
+    sqlite_file = parsed.database if parsed.get_backend_name() == "sqlite" else None
+    if sqlite_file and not Path(sqlite_file).exists():
+        raise NotMigrated(f"No store at {sqlite_file}: run `conveyor migrate` first.")
+    try:
+        current = is_current()
+    except Exception as exc:
+        raise NotMigrated(
+            f"The store at {parsed.render_as_string(hide_password=True)} cannot be read "
+            f"({type(exc).__name__}): run `conveyor migrate`, or check CONVEYOR_DATABASE_URL."
+        ) from exc
+    if not current:
+        raise NotMigrated(
+            f"The store at {parsed.render_as_string(hide_password=True)} is not migrated: "
+            "run `conveyor migrate` first."
+        )
+    _checked.add(url)
+
+
+class NotMigrated(Unavailable):
+    """The store is missing or behind the code's migrations (503 ``unavailable`` over HTTP)."""
+
+
 def is_current() -> bool:
     """Whether the store is at every head revision (what ``upgrade()`` brings it to)."""
     from alembic.runtime.migration import MigrationContext

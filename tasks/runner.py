@@ -42,6 +42,7 @@ from store.db import (
     store_retry,
 )
 from store.jobs import JobStatus, StartedJob, StartOutcome
+from store.migrate import require_migrated
 from webhooks.repository import LISTENING_TO_JOB, has_targets
 from workers import outbox
 from workers.app import celery_app
@@ -58,6 +59,7 @@ class JobTask(Task):  # type: ignore[misc]
         """Create the job for organisation ``org`` (name or id) and return its id; it is sent
         when the creating transaction commits (the REST path's very function and checks)."""
         payload = {**(input or {}), **fields}
+        require_migrated()  # a missing or unmigrated store: one line saying what to run
         with session_scope() as session:
             session.info[outbox.ON_SEND_FAILURE] = "reject"
             organisation = orgs.find_org(session, org)

@@ -110,3 +110,34 @@ def test_client_commands_read_the_credentials_file_and_say_when_the_api_is_down(
     assert down.stderr.strip().splitlines() == [
         "cannot reach the API at http://127.0.0.1:9: connection refused"
     ]
+
+
+def test_admin_commands_on_a_store_that_is_not_there_say_what_to_run(tmp_path: Path) -> None:
+    empty = tmp_path / "nothing-here"
+    env = {"CONVEYOR_DATA_DIR": str(empty), "CONVEYOR_DATABASE_URL": ""}
+    for args in (("keys", "create", "--org", "x"), ("orgs", "plans")):
+        done = subprocess.run(
+            [sys.executable, "-m", "cli.main", *args],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,  # run from another folder
+        )
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and "run `conveyor migrate`" in lines[0], done.stderr
+    assert not (empty / "conveyor.db").exists() and not (tmp_path / ".data").exists()
+
+
+def test_the_default_data_dir_does_not_depend_on_the_current_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from config.settings import Settings
+
+    monkeypatch.delenv("CONVEYOR_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.chdir(tmp_path)
+    assert Settings().data_dir == tmp_path / "xdg" / "conveyor"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    assert Settings().data_dir == Path.home() / ".local" / "share" / "conveyor"
