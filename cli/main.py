@@ -5,6 +5,7 @@ Process commands start the embedded broker first when ``CONVEYOR_BROKER_URL`` is
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -77,7 +78,8 @@ def worker_command(
 
 def flower_command() -> tuple[list[str], dict[str, str]]:
     settings = get_settings()
-    args = ["flower", f"--port={settings.flower_port}"]
+    # A busy box answers Flower's remote-control inspect slowly: give it time (ms).
+    args = ["flower", f"--port={settings.flower_port}", "--inspect_timeout=5000"]
     env = dict(os.environ)
     password = settings.flower_password.get_secret_value()
     if settings.flower_user or password:
@@ -277,7 +279,6 @@ def up(
                 for group in WORKER_GROUPS
             ),
             Child("beat", beat_command(), log=log_of("beat")),
-            Child("flower", flower_cmd, flower_env, log=log_of("flower")),
         ],
         backoff_max=settings.up_restart_backoff_max_seconds,
     )
@@ -302,6 +303,10 @@ def up(
             if not stopping:
                 err.print(f"[red]The API did not become healthy; see {logs}[/red]")
             return
+        # Flower inspects the workers when it starts: start it once they all answer, so its
+        # workers page and API list every one of them from the first minute.
+        _wait_workers(len(WORKER_GROUPS), supervisor, lambda: stopping)
+        supervisor.add(Child("flower", flower_cmd, flower_env, log=log_of("flower")))
         credentials = write_credentials(api_url, key, data_dir / "credentials")
         print(key, flush=True)  # alone on stdout: `KEY=$(conveyor up | head -1)` works
         err.print(
@@ -373,6 +378,19 @@ def _wait_healthy(api_url: str, supervisor: Any, stopping: Any, timeout: float =
             pass
         time.sleep(0.3)
     return False
+
+
+def _wait_workers(count: int, supervisor: Any, stopping: Any, timeout: float = 60.0) -> None:
+    """Wait until ``count`` workers answer a ping (best effort: Flower starts anyway)."""
+    from workers.app import celery_app
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not stopping():
+        supervisor.poll()
+        with contextlib.suppress(Exception):
+            if len(celery_app.control.ping(timeout=1.0)) >= count:
+                return
+        time.sleep(0.3)
 
 
 def _keep_embedded_broker(settings: Settings) -> None:

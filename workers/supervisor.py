@@ -72,6 +72,11 @@ class Supervisor:
         for child in self.children:
             child.start()
 
+    def add(self, child: Child) -> None:
+        """Start one more child (one that must wait for others, e.g. Flower for the workers)."""
+        self.children.append(child)
+        child.start()
+
     def delay(self, failures_in_a_row: int) -> float:
         """Seconds before the next start after this many exits in a row (1, 2, 4 … max)."""
         return float(min(self.backoff_max, self.backoff_base * 2 ** (failures_in_a_row - 1)))

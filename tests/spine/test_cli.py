@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 
 def conveyor(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

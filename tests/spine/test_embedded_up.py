@@ -3,6 +3,7 @@ processes, beat and Flower, with nothing configured but a data directory and por
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -10,10 +11,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
 import pytest
+
+from config.queues import WORKER_GROUPS
 
 pytestmark = pytest.mark.e2e
 
@@ -48,8 +52,20 @@ def test_conveyor_up_runs_a_job_end_to_end(tmp_path: Path) -> None:
     )
     try:
         assert proc.stdout is not None
-        key = proc.stdout.readline().strip()
+        key = proc.stdout.readline().strip()  # printed with "Conveyor is up"
         assert key.startswith("cvy_live_"), key
+        up_at = time.monotonic()
+        # Flower's workers API lists every worker, with its queues and tasks, within 10 s.
+        workers: dict[str, Any] = {}
+        while time.monotonic() - up_at < 10:
+            with contextlib.suppress(httpx.HTTPError):
+                workers = httpx.get(f"http://127.0.0.1:{flower_port}/api/workers", timeout=5).json()
+            if len(workers) >= len(WORKER_GROUPS):
+                break
+            time.sleep(0.5)
+        assert len(workers) == len(WORKER_GROUPS), sorted(workers)
+        for info in workers.values():
+            assert info["active_queues"] and "diagnostics.run" in info["registered"]
         headers = {"Authorization": f"Bearer {key}"}
         base = f"http://127.0.0.1:{api_port}"
         deadline = time.monotonic() + 180
