@@ -161,6 +161,14 @@ def beat_schedule() -> dict[str, dict[str, Any]]:
     }
 
 
+#: Beat entries sent only while there is something for their task to do: entry name →
+#: ``"module:function"`` (a cheap read-only check run by beat), so an idle platform's Flower is
+#: not filled with no-op runs. A check that fails sends the task anyway.
+BEAT_SEND_ONLY_IF: dict[str, str] = {
+    "reconcile-deployments": "deployments.repository:any_live",
+}
+
+
 def _setting(name: str) -> float:
     from config.settings import get_settings
 

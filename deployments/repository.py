@@ -101,6 +101,16 @@ def list_page(
     return rows, next_cursor
 
 
+def any_live() -> bool:
+    """Whether any deployment is not deleted (beat sends the reconciler only then; see
+    ``config.queues.BEAT_SEND_ONLY_IF``)."""
+    from store.db import read_session
+
+    with read_session() as session:
+        found = session.scalar(select(Deployment.id).where(Deployment.status != "deleted").limit(1))
+    return found is not None
+
+
 def to_reconcile(session: Session, limit: int = 200) -> Sequence[str]:
     """Ids of deployments the reconciler looks after (desired running, not failed)."""
     return session.scalars(

@@ -17,6 +17,8 @@ from celery.utils.log import get_logger
 from redbeat.schedulers import LUA_EXTEND_TO_SCRIPT, RedBeatScheduler, get_redis
 from redis import exceptions as redis_errors
 
+from config.queues import BEAT_SEND_ONLY_IF, resolve
+
 logger = get_logger("celery.beat")
 
 #: Redis errors that mean "not reachable now" (a restart, a failover, an AOF being loaded).
@@ -50,6 +52,25 @@ class ResilientRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
                 self.retry_interval,
             )
             return self.retry_interval
+
+    def apply_async(
+        self, entry: Any, producer: Any = None, advance: bool = True, **kwargs: Any
+    ) -> Any:
+        """Send a due entry, unless its ``BEAT_SEND_ONLY_IF`` check says there is nothing to
+        do (then only its schedule advances)."""
+        check = BEAT_SEND_ONLY_IF.get(entry.name)
+        if check is not None:
+            try:
+                needed = bool(resolve(check)())
+            except Exception as exc:  # cannot tell: send it
+                logger.warning("beat: check %s failed (%s); sending %s", check, exc, entry.name)
+                needed = True
+            if not needed:
+                logger.info("beat: %s not sent: nothing to do (%s)", entry.name, check)
+                if advance:
+                    self.reserve(entry)
+                return None
+        return super().apply_async(entry, producer, advance, **kwargs)
 
     def _holds_lock(self) -> bool:
         """Whether this beat holds the lock, taking it if it is free (never blocking)."""

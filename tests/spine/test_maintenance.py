@@ -116,4 +116,9 @@ def test_only_one_beat_schedules(migrated: dict[str, object]) -> None:
         logs = [beat.communicate(timeout=30)[1] for beat in beats]
     senders = [log for log in logs if "Sending due task" in log]
     assert len(senders) == 1, [log[-2000:] for log in logs]
+    # The reconciler is sent only while a deployment exists (an idle Flower stays quiet).
+    from deployments.repository import any_live
+
+    skipped = "reconcile-deployments not sent: nothing to do" in senders[0]
+    assert skipped == (not any_live()), senders[0][-3000:]
     assert client.exists("conveyor:redbeat::lock") or "Acquiring lock" in "".join(logs)
