@@ -177,3 +177,9 @@ class Stack:
                 proc.wait()
         if self._logs is not None:
             self._logs.cleanup()
+
+
+if __name__ == "__main__":  # python -m inference.testing DIR: a tiny chat model, offline
+    import sys
+
+    print(build_tiny_model(sys.argv[1] if len(sys.argv) > 1 else "tiny-gpt2"))
