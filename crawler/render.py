@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -97,6 +98,12 @@ class Renderer:
         async with self._lock:
             if self._browser is not None and self._browser.is_connected():
                 return self._browser
+            if not os.path.exists(self.config.chromium_path):
+                raise PlaywrightError(
+                    f"Chromium is not installed at {self.config.chromium_path}: install it with "
+                    "`apt-get install chromium` (`make run` does not; `make test` does), or set "
+                    "CONVEYOR_CRAWL_CHROMIUM_PATH. Crawls with render=never need no browser."
+                )
             if self._playwright is None:
                 self._playwright = await async_playwright().start()
             self._browser = await self._playwright.chromium.launch(

@@ -92,3 +92,26 @@ def test_tabs_are_reused_within_a_session_only(runtime: CrawlRuntime, site: Gene
     assert runtime.run(contexts()) == before + 2  # another session never gets crawl-a's tab
     assert render(runtime, f"{site.base}/articles/5").ok
     assert runtime.run(contexts()) == before + 2  # no session: a throwaway context
+
+
+def test_a_missing_browser_says_how_to_install_it(site: GeneratedSite) -> None:
+    import asyncio
+    import dataclasses
+
+    from crawler.config import CrawlConfig
+    from crawler.render import Renderer
+
+    config = dataclasses.replace(
+        CrawlConfig(allowed_hosts=site.host), chromium_path="/nonexistent/chromium"
+    )
+
+    async def go():  # type: ignore[no-untyped-def]
+        renderer = Renderer(config)
+        try:
+            return await renderer.render(f"{site.base}/js/2")
+        finally:
+            await renderer.close()
+
+    result = asyncio.run(go())
+    assert result.error == PageErrorCode.RENDER_FAILED
+    assert "apt-get install chromium" in (result.message or "")
