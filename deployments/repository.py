@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from deployments.models import Deployment, DeploymentRevision
-from store.jobs import decode_cursor, encode_cursor
+from store import pagination
 
 LIVE_EXCLUDED = ("deleted",)
 
@@ -72,33 +72,9 @@ def list_page(
         query = query.where(Deployment.created_at > flt.created_after)
     if flt.created_before is not None:
         query = query.where(Deployment.created_at < flt.created_before)
-    if cursor:
-        at, last_id = decode_cursor(cursor)
-        if flt.descending:
-            query = query.where(
-                or_(
-                    Deployment.created_at < at,
-                    and_(Deployment.created_at == at, Deployment.id < last_id),
-                )
-            )
-        else:
-            query = query.where(
-                or_(
-                    Deployment.created_at > at,
-                    and_(Deployment.created_at == at, Deployment.id > last_id),
-                )
-            )
-    order = (
-        (Deployment.created_at.desc(), Deployment.id.desc())
-        if flt.descending
-        else (Deployment.created_at.asc(), Deployment.id.asc())
+    return pagination.list_page(
+        session, query, Deployment, limit=limit, cursor=cursor, descending=flt.descending
     )
-    rows = list(session.scalars(query.order_by(*order).limit(limit + 1)))
-    next_cursor = None
-    if len(rows) > limit:
-        rows = rows[:limit]
-        next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id)
-    return rows, next_cursor
 
 
 def any_live() -> bool:

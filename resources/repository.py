@@ -5,13 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from resources.models import Resource, ResourceBackup, ResourceBinding
-from store.jobs import decode_cursor, encode_cursor
+from store import pagination
 
 LIVE = ("provisioning", "ready", "degraded", "failed", "deleting")
 
@@ -48,33 +47,6 @@ class ResourceFilter:
     descending: bool = True
 
 
-def _keyset(query: Any, model: Any, cursor: str | None, descending: bool) -> Any:
-    if cursor:
-        at, last_id = decode_cursor(cursor)
-        if descending:
-            query = query.where(
-                or_(model.created_at < at, and_(model.created_at == at, model.id < last_id))
-            )
-        else:
-            query = query.where(
-                or_(model.created_at > at, and_(model.created_at == at, model.id > last_id))
-            )
-    order = (
-        (model.created_at.desc(), model.id.desc())
-        if descending
-        else (model.created_at.asc(), model.id.asc())
-    )
-    return query.order_by(*order)
-
-
-def _page(session: Session, query: Any, limit: int) -> tuple[list[Any], str | None]:
-    rows = list(session.scalars(query.limit(limit + 1)))
-    if len(rows) > limit:
-        rows = rows[:limit]
-        return rows, encode_cursor(rows[-1].created_at, rows[-1].id)
-    return rows, None
-
-
 def list_page(
     session: Session, org_id: str, flt: ResourceFilter, *, limit: int, cursor: str | None
 ) -> tuple[list[Resource], str | None]:
@@ -86,7 +58,9 @@ def list_page(
         query = query.where(Resource.created_at > flt.created_after)
     if flt.created_before is not None:
         query = query.where(Resource.created_at < flt.created_before)
-    return _page(session, _keyset(query, Resource, cursor, flt.descending), limit)
+    return pagination.list_page(
+        session, query, Resource, limit=limit, cursor=cursor, descending=flt.descending
+    )
 
 
 def get_backup(session: Session, resource_id: str, backup_id: str) -> ResourceBackup | None:
@@ -109,7 +83,7 @@ def list_backups(
     query = select(ResourceBackup).where(
         ResourceBackup.resource_id == resource_id, ResourceBackup.deleted_at.is_(None)
     )
-    return _page(session, _keyset(query, ResourceBackup, cursor, True), limit)
+    return pagination.list_page(session, query, ResourceBackup, limit=limit, cursor=cursor)
 
 
 def completed_backups(session: Session, resource_id: str) -> Sequence[ResourceBackup]:

@@ -6,9 +6,6 @@ Functions take the caller's session and never commit (the caller owns the transa
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,16 +26,15 @@ from sqlalchemy import (
     literal,
     select,
     text,
-    tuple_,
     union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, aliased
 
-from common.errors import ValidationFailed
 from common.timeutil import utcnow
 from config import get_settings
+from store import pagination
 from store.db import session_scope
 from store.models import Job, ResultItem, new_id
 
@@ -492,23 +488,6 @@ class JobFilter:
     descending: bool = True
 
 
-def encode_cursor(created_at: datetime, job_id: str) -> str:
-    raw = json.dumps({"t": created_at.isoformat(), "id": job_id}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        return datetime.fromisoformat(data["t"]), str(data["id"])
-    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
-        raise ValidationFailed(
-            "Invalid cursor.",
-            details=[{"loc": ["query", "cursor"], "msg": "invalid cursor", "type": "value_error"}],
-        ) from exc
-
-
 def _page_query(
     org_id: str, flt: JobFilter, status: str | None, after: tuple[datetime, str] | None, limit: int
 ) -> Select[Job]:
@@ -521,10 +500,9 @@ def _page_query(
         conditions.append(Job.created_at > flt.created_after)
     if flt.created_before:
         conditions.append(Job.created_at < flt.created_before)
-    key = tuple_(Job.created_at, Job.id)
     if after is not None:
-        conditions.append(key < after if flt.descending else key > after)
-    order = (Job.created_at.desc(), Job.id.desc()) if flt.descending else (Job.created_at, Job.id)
+        conditions.append(pagination.after(Job, after, descending=flt.descending))
+    order = pagination.order(Job, descending=flt.descending)
     return select(Job).where(and_(*conditions)).order_by(*order).limit(limit)
 
 
@@ -536,7 +514,7 @@ def list_jobs(
     Several statuses are fetched as one UNION ALL of per-status index walks, each limited, so
     the cost of a page never depends on the size of the table.
     """
-    after = decode_cursor(cursor) if cursor else None
+    after = pagination.decode_cursor(cursor)
     fetch = limit + 1
     if len(flt.statuses) <= 1:
         status = flt.statuses[0] if flt.statuses else None
@@ -548,19 +526,11 @@ def list_jobs(
         ]
         union = union_all(*parts).subquery()
         job_alias = aliased(Job, union)
-        order = (
-            (job_alias.created_at.desc(), job_alias.id.desc())
-            if flt.descending
-            else (job_alias.created_at, job_alias.id)
-        )
+        order = pagination.order(job_alias, descending=flt.descending)
         rows = cast(
             list[Job], list(session.scalars(select(job_alias).order_by(*order).limit(fetch)))
         )
-    next_cursor = None
-    if len(rows) > limit:
-        rows = rows[:limit]
-        next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id)
-    return rows, next_cursor
+    return pagination.page(rows, limit)
 
 
 # --- maintenance ---------------------------------------------------------------------------

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, exists, or_, select, tuple_
+from sqlalchemy import ColumnElement, Select, exists, or_, select
 from sqlalchemy.orm import Session
 
 from store.models import Job
@@ -21,15 +20,9 @@ def get_endpoint(session: Session, org_id: str, endpoint_id: str) -> WebhookEndp
     )
 
 
-def list_endpoints(
-    session: Session, org_id: str, limit: int, after: tuple[datetime, str] | None
-) -> Sequence[WebhookEndpoint]:
-    """Newest first, keyset-paginated on (created_at, id)."""
-    query = select(WebhookEndpoint).where(WebhookEndpoint.org_id == org_id)
-    if after is not None:
-        query = query.where(tuple_(WebhookEndpoint.created_at, WebhookEndpoint.id) < after)
-    query = query.order_by(WebhookEndpoint.created_at.desc(), WebhookEndpoint.id.desc())
-    return session.scalars(query.limit(limit)).all()
+def endpoints_query(org_id: str) -> Select[WebhookEndpoint]:
+    """An organisation's endpoints (listed newest first by ``store.pagination``)."""
+    return select(WebhookEndpoint).where(WebhookEndpoint.org_id == org_id)
 
 
 def endpoints_for_org(session: Session, org_id: str) -> Sequence[WebhookEndpoint]:
@@ -69,17 +62,8 @@ def get_delivery(session: Session, org_id: str, delivery_id: str) -> WebhookDeli
     )
 
 
-def list_deliveries(
-    session: Session,
-    org_id: str,
-    endpoint_id: str,
-    limit: int,
-    after: tuple[datetime, str] | None,
-) -> Sequence[WebhookDelivery]:
-    query = select(WebhookDelivery).where(
+def deliveries_query(org_id: str, endpoint_id: str) -> Select[WebhookDelivery]:
+    """An endpoint's delivery log (listed newest first by ``store.pagination``)."""
+    return select(WebhookDelivery).where(
         WebhookDelivery.org_id == org_id, WebhookDelivery.endpoint_id == endpoint_id
     )
-    if after is not None:
-        query = query.where(tuple_(WebhookDelivery.created_at, WebhookDelivery.id) < after)
-    query = query.order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id.desc())
-    return session.scalars(query.limit(limit)).all()

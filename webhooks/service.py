@@ -8,8 +8,6 @@ Target URLs go through the crawler's SSRF guard (``crawler.safety.check_url``, g
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -23,6 +21,7 @@ from common.errors import NotFound, ValidationFailed
 from common.timeutil import isoformat_z, utcnow
 from crawler.config import CrawlConfig
 from crawler.safety import check_url
+from store import pagination
 from webhooks import repository, secretbox
 from webhooks.delivery import DeliveryOutcome
 from webhooks.models import JobWebhook, WebhookDelivery, WebhookEndpoint
@@ -68,44 +67,19 @@ def delete_endpoint(session: Session, org_id: str, endpoint_id: str) -> None:
     session.flush()
 
 
-def encode_cursor(created_at: datetime, row_id: str) -> str:
-    raw = f"{isoformat_z(created_at)}|{row_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str | None) -> tuple[datetime, str] | None:
-    if not cursor:
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        stamp, _, row_id = raw.partition("|")
-        return datetime.fromisoformat(stamp.replace("Z", "+00:00")), row_id
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise ValidationFailed(
-            "Invalid cursor.",
-            details=[{"loc": ["query", "cursor"], "msg": "invalid cursor", "type": "value_error"}],
-        ) from None
-
-
 def list_endpoints(
     session: Session, org_id: str, limit: int, cursor: str | None
 ) -> tuple[Sequence[WebhookEndpoint], str | None]:
-    rows = repository.list_endpoints(session, org_id, limit + 1, decode_cursor(cursor))
-    page = rows[:limit]
-    more = len(rows) > limit
-    return page, encode_cursor(page[-1].created_at, page[-1].id) if more and page else None
+    query = repository.endpoints_query(org_id)
+    return pagination.list_page(session, query, WebhookEndpoint, limit=limit, cursor=cursor)
 
 
 def list_deliveries(
     session: Session, org_id: str, endpoint_id: str, limit: int, cursor: str | None
 ) -> tuple[Sequence[WebhookDelivery], str | None]:
     get_endpoint(session, org_id, endpoint_id)
-    rows = repository.list_deliveries(
-        session, org_id, endpoint_id, limit + 1, decode_cursor(cursor)
-    )
-    page = rows[:limit]
-    more = len(rows) > limit
-    return page, encode_cursor(page[-1].created_at, page[-1].id) if more and page else None
+    query = repository.deliveries_query(org_id, endpoint_id)
+    return pagination.list_page(session, query, WebhookDelivery, limit=limit, cursor=cursor)
 
 
 def redeliver(session: Session, org_id: str, endpoint_id: str, delivery_id: str) -> WebhookDelivery:

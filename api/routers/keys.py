@@ -7,15 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select, tuple_
+from sqlalchemy import select
 
 from api.deps import CurrentPrincipal, Db
 from api.schemas import ERROR_RESPONSES
 from common.errors import NotFound
 from common.timeutil import isoformat_z
-from store import orgs
+from store import orgs, pagination
 from store.models import ApiKey
-from webhooks.service import decode_cursor, encode_cursor
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"], responses=ERROR_RESPONSES)
 
@@ -69,14 +68,7 @@ def list_keys(
     principal: CurrentPrincipal, db: Db, query: Annotated[KeyListQuery, Query()]
 ) -> dict[str, object]:
     stmt = select(ApiKey).where(ApiKey.org_id == principal.org_id, ApiKey.revoked_at.is_(None))
-    after = decode_cursor(query.cursor)
-    if after is not None:
-        stmt = stmt.where(tuple_(ApiKey.created_at, ApiKey.id) < after)
-    stmt = stmt.order_by(ApiKey.created_at.desc(), ApiKey.id.desc()).limit(query.limit + 1)
-    rows = db.scalars(stmt).all()
-    page = rows[: query.limit]
-    more = len(rows) > query.limit
-    cursor = encode_cursor(page[-1].created_at, page[-1].id) if more and page else None
+    page, cursor = pagination.list_page(db, stmt, ApiKey, limit=query.limit, cursor=query.cursor)
     return {"data": [_view(k) for k in page], "next_cursor": cursor}
 
 
