@@ -17,7 +17,13 @@ them as the job's ``error`` (``{code, message}``).
     ├── QuotaExceeded             402 quota_exceeded
     ├── RateLimited               429 rate_limited
     ├── Unavailable               503 unavailable
+    ├── BackendError              500 internal_error: a backend (Kubernetes, a database
+    │                             server, a binary) did not do what was asked
     └── JobFailed                 a job's own failure (code chosen by the domain)
+
+Domain packages subclass these in their ``errors.py`` (``resources.errors.ResourceError``,
+``inference.errors.InferenceError``); a code is always an ``ErrorCode`` value
+(``tests/common/test_error_codes.py`` walks the code to keep it so).
 """
 
 from __future__ import annotations
@@ -46,10 +52,42 @@ class ErrorCode(StrEnum):
     UNAVAILABLE = "unavailable"
     DNS_ERROR = "dns_error"
     INTERNAL_ERROR = "internal_error"
+    INVALID_JSON = "invalid_json"
+    CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
     # Job error codes (the ``error.code`` of a failed job).
     WORKER_LOST = "worker_lost"
     TIMED_OUT = "timed_out"
     CANCELLED = "cancelled"
+    DIAGNOSTICS_FAILURE = "diagnostics_failure"
+    # A crawl that produced no page: ``no_pages``, or the first page's reason.
+    NO_PAGES = "no_pages"
+    CRAWL_FAILED = "crawl_failed"
+    HTTP_ERROR = "http_error"
+    TOO_LARGE = "too_large"
+    REDIRECT_LOOP = "redirect_loop"
+    TOO_MANY_REDIRECTS = "too_many_redirects"
+    TIMEOUT = "timeout"
+    CONNECTION_ERROR = "connection_error"
+    RENDER_FAILED = "render_failed"
+    UNSUPPORTED_CONTENT_TYPE = "unsupported_content_type"
+    ROBOTS_BLOCKED = "robots_blocked"
+    DUPLICATE_CONTENT = "duplicate_content"
+    OUT_OF_SCOPE = "out_of_scope"
+    # A deployment that failed (``deployments.backends.base.ReasonCode``).
+    ROLLOUT_TIMEOUT = "rollout_timeout"
+    UNSCHEDULABLE = "unschedulable"
+    IMAGE_PULL_FAILED = "image_pull_failed"
+    OOM_KILLED = "oom_killed"
+    CRASH_LOOP = "crash_loop"
+    REPLICA_CRASHED = "replica_crashed"
+    HEALTH_CHECK_FAILED = "health_check_failed"
+    REPLICAS_NOT_READY = "replicas_not_ready"
+    BACKEND_ERROR = "backend_error"
+    # A failed backup (``error.code`` of a resource backup).
+    VERIFICATION_FAILED = "verification_failed"
+    JOB_FAILED = "job_failed"
+    JOB_CANCELLED = "job_cancelled"
+    JOB_MISSING = "job_missing"
 
 
 class ConveyorError(Exception):
@@ -130,6 +168,10 @@ class RateLimited(ConveyorError):
 class Unavailable(ConveyorError):
     status_code = 503
     code = ErrorCode.UNAVAILABLE
+
+
+class BackendError(ConveyorError):
+    """A backend did not do what was asked; the message says what failed (never a secret)."""
 
 
 class JobFailed(ConveyorError):

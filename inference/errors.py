@@ -15,14 +15,14 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from common.errors import ConveyorError
+from common.errors import ConveyorError, ErrorCode
 
 
 class InferenceError(ConveyorError):
     """Base class of inference errors; carries both Conveyor's and OpenAI's error fields."""
 
     status_code = 500
-    code = "internal_error"
+    code = ErrorCode.INTERNAL_ERROR
     openai_type: ClassVar[str] = "server_error"
 
     def __init__(self, message: str, *, param: str | None = None, details: Any = None) -> None:
@@ -43,7 +43,7 @@ class InferenceError(ConveyorError):
 
 class ModelNotFoundError(InferenceError):
     status_code = 404
-    code = "model_not_found"
+    code = ErrorCode.MODEL_NOT_FOUND
     openai_type = "invalid_request_error"
 
     def __init__(self, model: str) -> None:
@@ -55,7 +55,7 @@ class ModelNotFoundError(InferenceError):
 
 class ContextLengthError(InferenceError):
     status_code = 400
-    code = "context_length_exceeded"
+    code = ErrorCode.CONTEXT_LENGTH_EXCEEDED
     openai_type = "invalid_request_error"
 
     def __init__(self, *, limit: int, prompt_tokens: int, max_tokens: int) -> None:
@@ -71,17 +71,17 @@ class ContextLengthError(InferenceError):
 
 class InvalidRequestError(InferenceError):
     status_code = 400
-    code = "validation_error"
+    code = ErrorCode.VALIDATION_ERROR
     openai_type = "invalid_request_error"
 
 
 class EngineUnavailableError(InferenceError):
     status_code = 503
-    code = "unavailable"
+    code = ErrorCode.UNAVAILABLE
     openai_type = "server_error"
 
 
 class RequestCancelledError(InferenceError):
     status_code = 499
-    code = "cancelled"
+    code = ErrorCode.CANCELLED
     openai_type = "invalid_request_error"

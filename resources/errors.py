@@ -4,8 +4,9 @@ Hierarchy (each carries an HTTP status and a code from the API's error enum):
 
 - ``ResourceError`` (500 ``internal_error``, a ``common.errors.ConveyorError``): base of
   every resources error.
-  - ``BackendError`` (500 ``internal_error``): a server/binary did not do what was asked;
-    the message says which command failed and the tail of its output (never a secret).
+  - ``BackendError`` (500 ``internal_error``, also a ``common.errors.BackendError``): a
+    server/binary did not do what was asked; the message says which command failed and the
+    tail of its output (never a secret).
   - ``NotSupported`` (422 ``validation_error``): the operation does not exist for this
     type/tier (e.g. PITR on the shared tier).
   - ``OutsideWindow`` (422 ``validation_error``): a PITR target outside the restorable window;
@@ -16,6 +17,7 @@ Hierarchy (each carries an HTTP status and a code from the API's error enum):
 
 from __future__ import annotations
 
+from common import errors
 from common.errors import ConveyorError, ErrorCode
 
 
@@ -24,7 +26,7 @@ class ResourceError(ConveyorError):
     code = ErrorCode.INTERNAL_ERROR
 
 
-class BackendError(ResourceError):
+class BackendError(ResourceError, errors.BackendError):
     pass
 
 

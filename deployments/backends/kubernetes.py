@@ -34,6 +34,7 @@ from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import MaxRetryError, ProtocolError, ReadTimeoutError
 
+from common.errors import BackendError
 from common.kube import call_api, new_api_client
 from deployments.backends.base import (
     Backend,
@@ -45,7 +46,6 @@ from deployments.backends.base import (
     ReasonCode,
     reason,
 )
-from deployments.errors import BackendError
 from deployments.masking import mask_secrets
 
 if TYPE_CHECKING:
