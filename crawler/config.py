@@ -1,46 +1,41 @@
-"""Tunables of the crawl engine, in one frozen dataclass built from the settings class."""
+"""Tunables of the crawl engine: the ``crawl_*`` settings narrowed into one frozen dataclass."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
-DEFAULT_USER_AGENT = "ConveyorBot/0.1 (+https://github.com/conveyor/conveyor; crawl-to-markdown)"
+from config import Settings, default, get_settings
+
 ROBOTS_AGENT = "ConveyorBot"
 
 
 @dataclass(frozen=True)
 class CrawlConfig:
-    """Everything the fetcher, renderer and frontier need; defaults match config.settings."""
+    """Everything the fetcher, renderer and frontier need. Field ``x`` is setting ``crawl_x``;
+    the defaults are the settings' own (tests build one without the environment)."""
 
-    allowed_hosts: str = ""
-    user_agent: str = DEFAULT_USER_AGENT
-    max_body_bytes: int = 10 * 1024 * 1024
-    connect_timeout_s: float = 10.0
-    read_timeout_s: float = 20.0
-    max_redirects: int = 10
-    max_retries: int = 2
-    retry_backoff_s: float = 0.5
-    max_retry_after_s: float = 30.0
-    max_connections: int = 64
-    per_host_concurrency: int = 8
-    global_concurrency: int = 32
-    per_host_delay_s: float = 0.0
-    render_pool_size: int = 4
-    render_timeout_ms: int = 30_000
-    chromium_path: str = "/usr/bin/chromium"
+    allowed_hosts: str = default("crawl_allowed_hosts")
+    user_agent: str = default("crawl_user_agent")
+    max_body_bytes: int = default("crawl_max_body_bytes")
+    connect_timeout_s: float = default("crawl_connect_timeout_s")
+    read_timeout_s: float = default("crawl_read_timeout_s")
+    max_redirects: int = default("crawl_max_redirects")
+    max_retries: int = default("crawl_max_retries")
+    retry_backoff_s: float = default("crawl_retry_backoff_s")
+    max_retry_after_s: float = default("crawl_max_retry_after_s")
+    max_connections: int = default("crawl_max_connections")
+    per_host_concurrency: int = default("crawl_per_host_concurrency")
+    global_concurrency: int = default("crawl_global_concurrency")
+    per_host_delay_s: float = default("crawl_per_host_delay_s")
+    render_pool_size: int = default("crawl_render_pool_size")
+    render_timeout_ms: int = default("crawl_render_timeout_ms")
+    chromium_path: str = default("crawl_chromium_path")
 
     @classmethod
-    def from_settings(cls) -> CrawlConfig:
-        """Build from ``config.settings`` (the ``crawl_*`` fields), falling back to defaults."""
-        from config.settings import get_settings
-
-        settings = get_settings()
-        values = {}
-        for name in cls.__dataclass_fields__:
-            attr = f"crawl_{name}"
-            if hasattr(settings, attr):
-                values[name] = getattr(settings, attr)
-        return cls(**values)
+    def from_settings(cls, settings: Settings | None = None) -> CrawlConfig:
+        """The ``crawl_*`` fields of ``settings`` (default: this process's settings)."""
+        settings = settings or get_settings()
+        return cls(**{f.name: getattr(settings, f"crawl_{f.name}") for f in fields(cls)})
 
 
 CHROMIUM_ARGS: tuple[str, ...] = (

@@ -22,7 +22,7 @@ class InferenceError(ConveyorError):
     """Base class of inference errors; carries both Conveyor's and OpenAI's error fields."""
 
     status_code = 500
-    code = ErrorCode.INTERNAL_ERROR
+    code: str = ErrorCode.INTERNAL_ERROR
     openai_type: ClassVar[str] = "server_error"
 
     def __init__(self, message: str, *, param: str | None = None, details: Any = None) -> None:

@@ -22,14 +22,7 @@ def build_runtime() -> InferenceRuntime:
     specs = configured_models(
         settings.models, default_embedding=settings.inference_default_embedding
     )
-    options = EngineOptions(
-        engine=settings.inference_engine,  # type: ignore[arg-type]
-        device=settings.inference_device,
-        max_batch_size=settings.inference_max_batch_size,
-        batch_wait_ms=settings.inference_batch_wait_ms,
-        default_max_tokens=settings.inference_default_max_tokens,
-        tensor_parallel_size=settings.inference_tensor_parallel_size,
-    )
+    options = EngineOptions.from_settings(settings)
     return InferenceRuntime(specs, options, settings.resolved_redis_url())
 
 

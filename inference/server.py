@@ -206,13 +206,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     if not specs:
         raise SystemExit("no models: pass --model NAME=PATH or set CONVEYOR_MODELS")
-    options = EngineOptions(
-        engine=args.engine or settings.inference_engine,  # type: ignore[arg-type]
-        device=args.device or settings.inference_device,
-        max_batch_size=settings.inference_max_batch_size,
-        batch_wait_ms=settings.inference_batch_wait_ms,
-        default_max_tokens=settings.inference_default_max_tokens,
-        tensor_parallel_size=settings.inference_tensor_parallel_size,
+    options = EngineOptions.from_settings(
+        settings, engine=args.engine or None, device=args.device or None
     )
     logging.basicConfig(level=args.log_level.upper())
     logger.info("serving %s", json.dumps({s.name: str(s.path) for s in specs}))

@@ -1,61 +1,65 @@
 """Settings the resources backends need, as one frozen dataclass.
 
 The values come from the platform's settings class (``config.settings``) through
-``ResourceSettings.from_platform()``; the defaults here are the embedded/local ones.
+``ResourceSettings.from_platform()``; the defaults are that class's own.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from config.settings import Settings
+from config import Settings, default
 
 
 @dataclass(frozen=True)
 class ResourceSettings:
+    """The ``resources_*`` settings (and the Kubernetes connection), narrowed for the backends:
+    optional strings become ``None``, secrets plain strings, key lists tuples. The defaults are
+    the settings' own (``config.default``), so a test can build one without the environment."""
+
     # Shared PostgreSQL tier: the platform's server (superuser DSN) and the host apps use.
+    # (Defaults: the local servers; ``from_platform`` resolves the settings, which default to
+    # the platform's own servers.)
     pg_admin_dsn: str = "postgresql://postgres@127.0.0.1:5432/postgres"
-    pg_public_host: str = "127.0.0.1"
-    pg_bin_dir: Path = Path("/usr/lib/postgresql/15/bin")
+    pg_public_host: str = default("resources_pg_public_host")
+    pg_bin_dir: Path = default("resources_pg_bin_dir")
     # initdb refuses to run as root: dedicated instances run as this OS user when we are root.
-    pg_os_user: str = "postgres"
-    pg_archive_timeout_s: int = 60
-    pg_shared_buffers: str = "32MB"
-    pg_dump_compression: int = 1  # pg_dump -Z level of shared-tier backups
+    pg_os_user: str = default("resources_pg_os_user")
+    pg_archive_timeout_s: int = default("resources_pg_archive_timeout_s")
+    pg_shared_buffers: str = default("resources_pg_shared_buffers")
+    pg_dump_compression: int = default("resources_pg_dump_compression")
     # Shared Redis tier: the platform's Redis (an admin URL) and the redis-server binary.
     redis_admin_url: str = "redis://127.0.0.1:6379/0"
-    redis_public_host: str = "127.0.0.1"
-    redis_server_bin: Path = Path("/usr/bin/redis-server")
+    redis_public_host: str = default("resources_redis_public_host")
+    redis_server_bin: Path = default("resources_redis_server_bin")
     # Blob: any S3 endpoint (moto's server locally).
-    s3_endpoint_url: str | None = None
-    s3_region: str = "us-east-1"
-    s3_access_key_id: str = "conveyor"
-    s3_secret_access_key: str = "conveyor"
+    s3_endpoint_url: str | None = default("resources_s3_endpoint_url") or None
+    s3_region: str = default("resources_s3_region")
+    s3_access_key_id: str = default("resources_s3_access_key_id")
+    s3_secret_access_key: str = default("resources_s3_secret_access_key").get_secret_value()
     # Create an IAM user + key per bucket (real S3-compatible IAM or moto); else share admin keys.
-    s3_use_iam: bool = True
+    s3_use_iam: bool = default("resources_s3_use_iam")
     # Where instances, archives, backups and volumes live.
-    data_dir: Path = Path(".data/resources")
+    data_dir: Path = default("data_dir") / "resources"
     # Prefix of every database, role, key prefix and bucket the platform creates.
-    name_prefix: str = "cvy_"
+    name_prefix: str = default("resources_name_prefix")
     # Fernet keys (comma-separated, first encrypts); empty = a key file under data_dir.
     credentials_keys: tuple[str, ...] = field(default_factory=tuple)
     # Seconds a backend waits for a server to start / a recovery to finish.
-    start_timeout_s: float = 120.0
+    start_timeout_s: float = default("resources_start_timeout_seconds")
     # "kubernetes": dedicated postgres/redis and volumes on a cluster (resources.backends.kube).
-    backend: str = "local"
-    kube_namespace: str = "conveyor-resources"
-    kube_storage_class: str | None = None
-    kube_backup_destination: str = "s3://conveyor-backups"  # CNPG WAL + base backups, per id
-    kube_backup_endpoint_url: str = ""
-    kube_backup_secret: str = "conveyor-backup-s3"
-    kube_ready_timeout_s: float = 900.0
-    kube_poll_s: float = 2.0
-    kube_config: str | None = None
-    kube_context: str | None = None
-    kube_in_cluster: bool = False
+    backend: str = default("resources_backend")
+    kube_namespace: str = default("resources_kube_namespace")
+    kube_storage_class: str | None = default("resources_kube_storage_class") or None
+    kube_backup_destination: str = default("resources_kube_backup_destination")
+    kube_backup_endpoint_url: str = default("resources_kube_backup_endpoint_url")
+    kube_backup_secret: str = default("resources_kube_backup_secret")
+    kube_ready_timeout_s: float = default("resources_kube_ready_timeout_seconds")
+    kube_poll_s: float = default("resources_kube_poll_seconds")
+    kube_config: str | None = default("kube_config") or None
+    kube_context: str | None = default("kube_context") or None
+    kube_in_cluster: bool = default("kube_in_cluster")
 
     @property
     def backups_dir(self) -> Path:
@@ -78,6 +82,8 @@ class ResourceSettings:
             pg_bin_dir=_pg_bin_dir(settings.resources_pg_bin_dir),
             pg_os_user=settings.resources_pg_os_user,
             pg_archive_timeout_s=settings.resources_pg_archive_timeout_s,
+            pg_shared_buffers=settings.resources_pg_shared_buffers,
+            pg_dump_compression=settings.resources_pg_dump_compression,
             redis_admin_url=settings.resolved_resources_redis_admin_url(),
             redis_public_host=settings.resources_redis_public_host,
             redis_server_bin=settings.resources_redis_server_bin,
@@ -89,6 +95,7 @@ class ResourceSettings:
             data_dir=settings.data_dir / "resources",
             name_prefix=settings.resources_name_prefix,
             credentials_keys=tuple(k.strip() for k in keys.split(",") if k.strip()),
+            start_timeout_s=settings.resources_start_timeout_seconds,
             backend=settings.resources_backend,
             kube_namespace=settings.resources_kube_namespace,
             kube_storage_class=settings.resources_kube_storage_class or None,

@@ -36,6 +36,7 @@ from urllib3.exceptions import MaxRetryError, ProtocolError, ReadTimeoutError
 
 from common.errors import BackendError
 from common.kube import call_api, new_api_client
+from config import default
 from deployments.backends.base import (
     Backend,
     BackendState,
@@ -65,26 +66,27 @@ IMAGE_PULL_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "E
 
 @dataclass(frozen=True)
 class KubernetesBackendConfig:
-    """Knobs of the Kubernetes backend (built from `config.settings.Settings`)."""
+    """Knobs of the Kubernetes backend: the ``kube_*`` settings narrowed
+    (``deployments.runtime.build_backend``), with the settings' own defaults."""
 
-    namespace: str = "conveyor"
-    image: str = "vllm/vllm-openai:v0.11.0"
-    image_pull_policy: str = "IfNotPresent"
+    namespace: str = default("kube_namespace")
+    image: str = default("kube_image")
+    image_pull_policy: str = default("kube_image_pull_policy")
     # GPU type → node selector; a type not listed selects on the GPU product label.
     gpu_node_selectors: dict[str, dict[str, str]] = field(default_factory=dict)
-    gpu_product_label: str = "nvidia.com/gpu.product"
-    cache_size: str = "50Gi"
-    cache_storage_class: str | None = None
-    cache_access_mode: str = "ReadWriteOnce"
-    startup_budget_s: int = 600
-    startup_initial_delay_s: int = 15
-    startup_period_s: int = 10
-    rollout_deadline_s: int = 900
-    shm_size: str = "8Gi"
-    service_domain: str = "svc.cluster.local"
-    kubeconfig: str | None = None
-    context: str | None = None
-    in_cluster: bool = False
+    gpu_product_label: str = default("kube_gpu_product_label")
+    cache_size: str = default("kube_cache_size")
+    cache_storage_class: str | None = default("kube_cache_storage_class") or None
+    cache_access_mode: str = default("kube_cache_access_mode")
+    startup_budget_s: int = default("kube_startup_budget_seconds")
+    startup_initial_delay_s: int = default("kube_startup_initial_delay_seconds")
+    startup_period_s: int = default("kube_startup_period_seconds")
+    rollout_deadline_s: int = int(default("deploy_rollout_deadline_seconds"))
+    shm_size: str = default("kube_shm_size")
+    service_domain: str = default("kube_service_domain")
+    kubeconfig: str | None = default("kube_config") or None
+    context: str | None = default("kube_context") or None
+    in_cluster: bool = default("kube_in_cluster")
 
 
 def id_slug(deployment_id: str) -> str:

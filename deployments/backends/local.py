@@ -36,6 +36,7 @@ import httpx
 import psutil
 from pydantic import BaseModel
 
+from config import default
 from deployments.backends.base import (
     Backend,
     BackendState,
@@ -55,19 +56,20 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 @dataclass(frozen=True)
 class LocalBackendConfig:
-    """Knobs of the local backend (built from `config.settings.Settings`)."""
+    """Knobs of the local backend: the ``deploy_*`` settings narrowed (``deployments.runtime.
+    local_config``), with the settings' own defaults."""
 
     runtime_dir: Path
-    host: str = "127.0.0.1"
+    host: str = default("deploy_local_host")
     python: str = sys.executable
-    startup_timeout_s: float = 600.0
-    stop_grace_s: float = 10.0
-    max_crashes: int = 3
-    backoff_base_s: float = 1.0
-    backoff_max_s: float = 30.0
-    health_timeout_s: float = 30.0
-    orphan_grace_s: float = 120.0
-    stable_s: float = 60.0  # a replica ready this long has its crash count reset
+    startup_timeout_s: float = default("deploy_startup_timeout_seconds")
+    stop_grace_s: float = default("deploy_stop_grace_seconds")
+    max_crashes: int = default("deploy_max_crashes")
+    backoff_base_s: float = default("deploy_backoff_base_seconds")
+    backoff_max_s: float = default("deploy_backoff_max_seconds")
+    health_timeout_s: float = default("deploy_health_timeout_seconds")
+    orphan_grace_s: float = default("deploy_orphan_grace_seconds")
+    stable_s: float = default("deploy_stable_seconds")  # ready this long: crash count reset
     # A command template replacing the model server, e.g. for tests:
     # ["python", "server.py", "--port", "{port}"]; placeholders: port host name model_path.
     command: Sequence[str] | None = None

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, Literal
 
+from config import Settings, default
 from inference.engines.base import (
     ChatEngine,
     Completion,
@@ -41,14 +42,21 @@ __all__ = [
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """How engines are built in this process (filled from settings by the caller)."""
+    """How engines are built in this process: the ``inference_*`` settings narrowed, with the
+    settings' own defaults."""
 
-    engine: Literal["auto", "transformers", "vllm"] = "auto"
-    device: str = "auto"
-    max_batch_size: int = 32
-    batch_wait_ms: float = 5.0
-    default_max_tokens: int = 256
-    tensor_parallel_size: int = 1
+    engine: Literal["auto", "transformers", "vllm"] = default("inference_engine")
+    device: str = default("inference_device")
+    max_batch_size: int = default("inference_max_batch_size")
+    batch_wait_ms: float = default("inference_batch_wait_ms")
+    default_max_tokens: int = default("inference_default_max_tokens")
+    tensor_parallel_size: int = default("inference_tensor_parallel_size")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> EngineOptions:
+        """Field ``x`` is setting ``inference_x``; ``overrides`` win (e.g. command-line flags)."""
+        values = {f.name: getattr(settings, f"inference_{f.name}") for f in fields(cls)}
+        return cls(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
 
 
 def create_engine(spec: ModelSpec, options: EngineOptions | None = None) -> Engine:
