@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
+from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from api.contract import install_contract
 from api.errors import RequestIdMiddleware, install_error_handlers
+from common import redis_clients
 from config import get_settings
 from monitoring.metrics import HttpMetricsMiddleware
 
@@ -29,6 +32,14 @@ ROUTERS: list[str] = [
 ]
 
 
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """The API's Redis clients are created on first use; shutdown closes them."""
+    yield
+    await redis_clients.aclose_clients()
+    redis_clients.close_clients()
+
+
 def create_app() -> FastAPI:
     settings = get_settings()
     logging.basicConfig(level=settings.log_level)
@@ -43,6 +54,7 @@ def create_app() -> FastAPI:
         docs_url="/docs",
         redoc_url="/redoc",
         openapi_url="/openapi.json",
+        lifespan=lifespan,
     )
     # Register every job kind's task now (not on the first submit), so a healthy API is ready.
     from workers.app import celery_app

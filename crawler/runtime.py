@@ -3,18 +3,18 @@
 Celery runs task bodies synchronously; crawls are asyncio. Each worker process gets one event
 loop in a background thread (created lazily, after fork), and every crawl task of that process
 runs its coroutine there, so the httpx client's connection pool and the Chromium browser are
-shared by all the crawls the process runs. ``shutdown_runtime()`` (worker_process_shutdown)
-closes them.
+shared by all the crawls the process runs. ``RUNTIME`` (a ``common.process.ProcessResource``)
+holds it: the worker's lifecycle hooks start and close it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from common.process import ProcessResource
 from crawler.config import CrawlConfig
 from crawler.fetch import Fetcher
 from crawler.render import Renderer
@@ -25,7 +25,6 @@ T = TypeVar("T")
 class CrawlRuntime:
     def __init__(self, config: CrawlConfig) -> None:
         self.config = config
-        self.pid = os.getpid()
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self.loop.run_forever, name="crawl-loop", daemon=True
@@ -84,29 +83,22 @@ class CrawlRuntime:
             self.loop.close()
 
 
-_RUNTIME: CrawlRuntime | None = None
-_LOCK = threading.Lock()
+#: This process's runtime: started by the worker's start-up hook (``workers.lifecycle``) or on
+#: the first crawl, closed by its shutdown hook.
+RUNTIME: ProcessResource[CrawlRuntime] = ProcessResource(
+    "crawl runtime", lambda: CrawlRuntime(CrawlConfig.from_settings()), CrawlRuntime.close
+)
 
 
 def get_runtime() -> CrawlRuntime:
     """This process's runtime (a forked child never reuses its parent's)."""
-    global _RUNTIME
-    with _LOCK:
-        if _RUNTIME is None or _RUNTIME.pid != os.getpid():
-            _RUNTIME = CrawlRuntime(CrawlConfig.from_settings())
-        return _RUNTIME
+    return RUNTIME.get()
 
 
 def shutdown_runtime() -> None:
-    global _RUNTIME
-    with _LOCK:
-        if _RUNTIME is not None and _RUNTIME.pid == os.getpid():
-            _RUNTIME.close()
-        _RUNTIME = None
+    RUNTIME.close()
 
 
 def install_runtime(runtime: CrawlRuntime) -> None:
     """Make ``runtime`` this process's runtime (tests share one browser this way)."""
-    global _RUNTIME
-    with _LOCK:
-        _RUNTIME = runtime
+    RUNTIME.install(runtime)

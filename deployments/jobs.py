@@ -13,12 +13,12 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any
 
 import redis
 from sqlalchemy.orm import Session
 
+from common import redis_clients
 from common.errors import JobFailed
 from common.timeutil import utcnow
 from config import get_settings
@@ -169,7 +169,7 @@ def reconcile_one(deployment_id: str) -> int:
 
 def _scale_down_if_idle(session: Session, dep: Deployment, idle_limit_s: float) -> None:
     try:
-        last = metrics.last_request_at(_redis(), dep.id)
+        last = metrics.last_request_at(redis_clients.client(), dep.id)
     except redis.RedisError:  # no idle clock: never scale down a deployment that may be busy
         log.warning("cannot read the idle clock of deployment %s", dep.id, exc_info=True)
         return
@@ -179,12 +179,3 @@ def _scale_down_if_idle(session: Session, dep: Deployment, idle_limit_s: float) 
     if idle >= idle_limit_s:
         service.scale_to_zero(dep, idle, now)
         log.info("deployment %s idle for %.0f s: scaled to zero", dep.id, idle)
-
-
-def _redis() -> redis.Redis:
-    return _redis_for(get_settings().resolved_redis_url())
-
-
-@lru_cache(maxsize=4)
-def _redis_for(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=5.0)

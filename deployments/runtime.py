@@ -1,16 +1,18 @@
-"""The backend this process uses (`CONVEYOR_DEPLOY_BACKEND`), created once per process."""
+"""The backend this process uses (`CONVEYOR_DEPLOY_BACKEND`): one per process, held by
+``BACKEND`` (a ``common.process.ProcessResource``) that the worker's lifecycle hooks start and
+close."""
 
 from __future__ import annotations
 
 import json
-import threading
 
+from common.process import ProcessResource
 from config.environment import child_environment
 from config.settings import Settings, get_settings
 from deployments.backends.base import Backend
 from deployments.backends.local import LocalBackend, LocalBackendConfig
 
-_lock = threading.Lock()
+#: A backend set here directly (tests: ``runtime._backend = fake``) wins over ``BACKEND``'s.
 _backend: Backend | None = None
 
 
@@ -69,18 +71,21 @@ def build_backend(settings: Settings) -> Backend:
     return LocalBackend(local_config(settings))
 
 
+def _build() -> Backend:
+    return build_backend(get_settings())
+
+
+BACKEND: ProcessResource[Backend] = ProcessResource("deploy backend", _build, Backend.close)
+
+
 def get_backend() -> Backend:
-    global _backend
-    with _lock:
-        if _backend is None:
-            _backend = build_backend(get_settings())
-        return _backend
+    return _backend if _backend is not None else BACKEND.get()
 
 
 def reset_backend() -> None:
     """Close and forget this process's backend (worker shutdown, tests)."""
     global _backend
-    with _lock:
-        if _backend is not None:
-            _backend.close()
-        _backend = None
+    installed, _backend = _backend, None
+    if installed is not None:
+        installed.close()
+    BACKEND.close()

@@ -1,5 +1,5 @@
-"""The inference job's work: build this process's engines from the settings, run one request
-(or a batch) on them and record the organisation's usage."""
+"""The inference job's work: run one request (or a batch) on this process's engines
+(``inference.worker.RUNTIME``) and record the organisation's usage."""
 
 from __future__ import annotations
 
@@ -7,23 +7,11 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from config import get_settings
-from inference.engines import EngineOptions
-from inference.registry import configured_models
 from inference.schemas import InferenceJobInput
 from inference.service import Meter
-from inference.worker import InferenceRuntime, JobWasCancelled, close_runtime, execute, get_runtime
+from inference.worker import RUNTIME, JobWasCancelled, execute
 from jobs.context import JobCancelled, JobContext
 from store.db import session_scope
-
-
-def build_runtime() -> InferenceRuntime:
-    settings = get_settings()
-    specs = configured_models(
-        settings.models, default_embedding=settings.inference_default_embedding
-    )
-    options = EngineOptions.from_settings(settings)
-    return InferenceRuntime(specs, options, settings.resolved_redis_url())
 
 
 def usage_recorder(org_id: str) -> Callable[[Meter, float], None]:
@@ -42,7 +30,7 @@ def usage_recorder(org_id: str) -> Callable[[Meter, float], None]:
 
 def run_inference(ctx: JobContext) -> dict[str, Any] | None:
     """Run a chat/completion/embedding request or a batch on this process's engines."""
-    runtime = get_runtime(build_runtime)
+    runtime = RUNTIME.get()
     payload = InferenceJobInput.model_validate(ctx.input)
     try:
         outcome = runtime.run(
@@ -51,12 +39,3 @@ def run_inference(ctx: JobContext) -> dict[str, Any] | None:
     except JobWasCancelled as exc:
         raise JobCancelled(ctx.job_id) from exc
     return outcome.result
-
-
-def load_models() -> None:
-    """Load the configured models now (a worker's start-up), not on the first request."""
-    get_runtime(build_runtime)
-
-
-def close_models() -> None:
-    close_runtime()

@@ -23,10 +23,13 @@ from typing import Any, Protocol, TypeVar
 
 from redis.asyncio import Redis
 
+from common import redis_clients
+from common.process import ProcessResource
+from config import Settings, get_settings
 from inference import relay, service
 from inference.engines import EngineOptions, create_engine
 from inference.errors import InferenceError
-from inference.registry import ModelPool, ModelSpec
+from inference.registry import ModelPool, ModelSpec, configured_models
 from inference.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -77,7 +80,7 @@ class InferenceRuntime:
         self.run(self._start())
 
     async def _start(self) -> None:
-        self.redis = Redis.from_url(self.redis_url)
+        self.redis = redis_clients.async_client(self.redis_url)
         await self.pool.start()
         worker = f"{socket.gethostname()}:{os.getpid()}"
         await relay.announce_models(self.redis, [(s.name, s.kind) for s in self.specs], worker)
@@ -90,8 +93,7 @@ class InferenceRuntime:
     def close(self) -> None:
         async def _close() -> None:
             await self.pool.close()
-            if self.redis is not None:
-                await self.redis.aclose()
+            await redis_clients.aclose_clients()  # the engine loop's clients
 
         if self._thread.is_alive():
             self.run(_close())
@@ -99,27 +101,26 @@ class InferenceRuntime:
             self._thread.join(timeout=10)
 
 
-_runtime: InferenceRuntime | None = None
-_runtime_lock = threading.Lock()
+def build_runtime(settings: Settings) -> InferenceRuntime:
+    """The runtime of the configured models (``CONVEYOR_MODELS`` and the default embedding)."""
+    specs = configured_models(
+        settings.models, default_embedding=settings.inference_default_embedding
+    )
+    options = EngineOptions.from_settings(settings)
+    return InferenceRuntime(specs, options, settings.resolved_redis_url())
 
 
-def get_runtime(factory: Callable[[], InferenceRuntime]) -> InferenceRuntime:
-    """The process's runtime, created and started on first use (thread-safe)."""
-    global _runtime
-    with _runtime_lock:
-        if _runtime is None:
-            runtime = factory()
-            runtime.start()
-            _runtime = runtime
-        return _runtime
+def _started_runtime() -> InferenceRuntime:
+    runtime = build_runtime(get_settings())
+    runtime.start()
+    return runtime
 
 
-def close_runtime() -> None:
-    global _runtime
-    with _runtime_lock:
-        runtime, _runtime = _runtime, None
-    if runtime is not None:
-        runtime.close()
+#: This process's engines: loaded by the worker's start-up hook (threads/solo pools) or by the
+#: first job, closed by its shutdown hook.
+RUNTIME: ProcessResource[InferenceRuntime] = ProcessResource(
+    "inference runtime", _started_runtime, InferenceRuntime.close
+)
 
 
 async def execute(

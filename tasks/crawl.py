@@ -7,13 +7,8 @@ org="acme")`` (``crawl.delay(job_id)`` runs an existing job).
 
 from __future__ import annotations
 
-from typing import Any
-
-from celery.signals import worker_process_shutdown
-
 from config.queues import KINDS
 from crawler.jobs import BATCH_TASK, help_crawl, run_crawl
-from crawler.runtime import shutdown_runtime
 from jobs.context import JobContext
 from tasks.runner import job_task
 from workers.app import celery_app
@@ -35,8 +30,3 @@ def crawl(ctx: JobContext) -> None:
 def crawl_batch(job_id: str) -> None:
     """Help crawl a running job's frontier; returns when it is exhausted or the job stopped."""
     help_crawl(job_id)
-
-
-@worker_process_shutdown.connect
-def _close_runtime(**_: Any) -> None:
-    shutdown_runtime()

@@ -8,8 +8,7 @@ import logging
 import time
 from typing import Any
 
-import redis
-
+from common import redis_clients
 from common.timeutil import utcnow
 from config import get_settings
 from config.queues import QUEUES
@@ -83,27 +82,27 @@ def requeue_stale_webhook_deliveries() -> int:
     return webhook_jobs.requeue_stale_deliveries()
 
 
-def _redis() -> redis.Redis:
-    return redis.Redis.from_url(get_settings().resolved_redis_url(), decode_responses=True)
+def _text(raw: bytes | str | None) -> str | None:
+    return raw.decode() if isinstance(raw, bytes) else raw
 
 
 @celery_app.task(name="maintenance.canary_ping", ignore_result=True)
 def canary_ping(queue: str, sent_at: float) -> None:
     """Runs on each queue: proves a worker consumed from it."""
-    _redis().set(CANARY_KEY.format(queue=queue), f"{time.time()}:{sent_at}")
+    redis_clients.client().set(CANARY_KEY.format(queue=queue), f"{time.time()}:{sent_at}")
 
 
 @celery_app.task(name="maintenance.broker_canary")
 def broker_canary() -> dict[str, float | None]:
     """Send a canary to every queue; report (and log) queues whose last canary is stale."""
     settings = get_settings()
-    client = _redis()
+    client = redis_clients.client()
     now = time.time()
     ages: dict[str, float | None] = {}
     for queue in QUEUES:
-        raw = client.get(CANARY_KEY.format(queue=queue))
-        sent = client.get(CANARY_SENT_KEY.format(queue=queue))
-        consumed_at = float(str(raw).split(":")[0]) if raw else None
+        raw = _text(client.get(CANARY_KEY.format(queue=queue)))
+        sent = _text(client.get(CANARY_SENT_KEY.format(queue=queue)))
+        consumed_at = float(raw.split(":")[0]) if raw else None
         ages[queue] = None if consumed_at is None else round(now - consumed_at, 1)
         if (
             sent
@@ -129,11 +128,11 @@ def broker_canary() -> dict[str, float | None]:
 
 def queue_health() -> dict[str, dict[str, float | int | None]]:
     """Queue depths and canary ages, for ``GET /v1/health``."""
-    client = _redis()
+    client = redis_clients.client()
     now = time.time()
     report: dict[str, dict[str, float | int | None]] = {}
     for queue in QUEUES:
-        raw = client.get(CANARY_KEY.format(queue=queue))
-        age = round(now - float(str(raw).split(":")[0]), 1) if raw else None
+        raw = _text(client.get(CANARY_KEY.format(queue=queue)))
+        age = round(now - float(raw.split(":")[0]), 1) if raw else None
         report[queue] = {"depth": int(client.llen(queue)), "canary_age_s": age}
     return report

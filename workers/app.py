@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init
 from kombu.entity import Queue
 
 from config import Settings, get_settings
@@ -74,13 +73,5 @@ def create_celery(settings: Settings | None = None, *, set_as_current: bool = Tr
 
 celery_app = create_celery()
 
-
-@worker_process_init.connect
-def _fresh_connections_in_child(**_: Any) -> None:
-    """A forked pool child must not share its parent's database connections."""
-    from store.db import reset_engine
-
-    reset_engine()
-
-
 import monitoring.jobs  # noqa: E402, F401  (worker metrics and heartbeats: Celery signals)
+import workers.lifecycle  # noqa: E402, F401  (start and close each process's shared resources)

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import json
 import time
-import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -16,12 +15,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from redis.asyncio import Redis
 
 from api.deps import CurrentPrincipal, Db
 from api.schemas import ERROR_RESPONSES, Page, parse_statuses
 from api.submit import accepted_object
 from common.errors import ConveyorError, Unavailable
+from common.redis_clients import async_client
 from config import get_settings
 from deployments import catalog, metrics, proxy, repository, service
 from deployments.models import Deployment
@@ -48,26 +47,13 @@ async def _lifespan(app: Any) -> AsyncIterator[None]:
     """On shutdown: write this process's buffered metrics, close the replicas' connections."""
     yield
     with contextlib.suppress(Exception):
-        await metrics.buffer(_redis).aclose()
+        await metrics.buffer(async_client).aclose()
     await proxy.close_sessions()
 
 
 router = APIRouter(
     prefix="/v1", tags=["deployments"], responses=ERROR_RESPONSES, lifespan=_lifespan
 )
-
-_redis_by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Redis] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _redis() -> Redis:
-    """One async Redis client per event loop (metrics)."""
-    loop = asyncio.get_running_loop()
-    client = _redis_by_loop.get(loop)
-    if client is None:
-        client = _redis_by_loop[loop] = Redis.from_url(get_settings().resolved_redis_url())
-    return client
 
 
 def _accepted(dep: Deployment) -> JSONResponse:
@@ -233,8 +219,8 @@ async def deployment_metrics(deployment_id: str, principal: CurrentPrincipal) ->
 
     gpu_seconds, ready, desired = await run_in_threadpool(load)
     try:
-        await metrics.buffer(_redis).flush()  # this process's latest requests count too
-        counters = await metrics.read(_redis(), deployment_id)
+        await metrics.buffer(async_client).flush()  # this process's latest requests count too
+        counters = await metrics.read(async_client(), deployment_id)
     except Exception as exc:
         raise Unavailable("The metrics store is unavailable.") from exc
     return {
@@ -326,7 +312,7 @@ async def proxy_to_deployment(
     if target is None:
         return None
     deployment_id = target.deployment_id
-    counted = metrics.buffer(_redis)
+    counted = metrics.buffer(async_client)
 
     def finish(latency_ms: float, tokens: int, error: bool) -> None:
         counted.add(deployment_id, latency_ms=latency_ms, tokens=tokens, error=error)

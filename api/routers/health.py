@@ -9,6 +9,7 @@ from fastapi import APIRouter
 from sqlalchemy import text
 
 from api.schemas import ERROR_RESPONSES
+from common import redis_clients
 from common.errors import Unavailable
 from config import get_settings
 from store.db import session_scope
@@ -44,10 +45,7 @@ def health() -> dict[str, Any]:
         problems["store"] = type(exc).__name__
     queues: dict[str, Any] = {}
     try:
-        client = redis.Redis.from_url(
-            get_settings().resolved_broker_url(), socket_connect_timeout=2, socket_timeout=2
-        )
-        client.ping()
+        redis_clients.client(get_settings().resolved_broker_url()).ping()
         queues = queue_health()
     except redis.RedisError as exc:
         problems["broker"] = type(exc).__name__

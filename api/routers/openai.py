@@ -27,7 +27,6 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ValidationError
-from redis.asyncio import Redis
 from starlette.requests import Request as StarletteRequest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -38,6 +37,7 @@ from api.routers.deployments import deployment_models, proxy_to_deployment
 from api.schemas import ERROR_RESPONSES
 from api.submit import accepted, submit_job_now
 from common.errors import ConveyorError, NotFound, Unauthorized, Unavailable
+from common.redis_clients import async_client
 from config import get_settings
 from inference import relay
 from inference.errors import InferenceError, InvalidRequestError, ModelNotFoundError
@@ -111,18 +111,6 @@ class RelayedError(InferenceError):
 
 # -- shared helpers ------------------------------------------------------------------------
 
-_redis_by_loop: dict[int, tuple[asyncio.AbstractEventLoop, Redis]] = {}
-
-
-def _redis() -> Redis:
-    """One async Redis client per event loop (the relay and the file store)."""
-    loop = asyncio.get_running_loop()
-    entry = _redis_by_loop.get(id(loop))
-    if entry is None or entry[0] is not loop:  # a new loop may reuse a dead loop's id
-        entry = (loop, Redis.from_url(get_settings().resolved_redis_url()))
-        _redis_by_loop[id(loop)] = entry
-    return entry[1]
-
 
 @lru_cache(maxsize=4)
 def _configured(models: str, default_embedding: bool) -> dict[str, str]:
@@ -134,7 +122,7 @@ async def served_models() -> dict[str, str]:
     settings = get_settings()
     models = dict(_configured(settings.models, settings.inference_default_embedding))
     try:
-        models.update(await relay.announced_models(_redis()))
+        models.update(await relay.announced_models(async_client()))
     except Exception as exc:  # the broker's Redis is down: the config still answers
         raise Unavailable("The inference broker is unavailable.") from exc
     return models
@@ -175,7 +163,7 @@ async def _cancel(job_id: str) -> None:
     from store.jobs import JobStatus
 
     try:
-        await relay.request_cancel(_redis(), job_id)
+        await relay.request_cancel(async_client(), job_id)
     finally:
 
         def cancel_in_store() -> None:
@@ -214,7 +202,7 @@ class _Waiter:
 
     async def next_events(self) -> list[relay.RelayEvent]:
         while True:
-            events = await relay.read(_redis(), self.job_id, self.after, block_ms=250)
+            events = await relay.read(async_client(), self.job_id, self.after, block_ms=250)
             if self.gone.is_set():
                 raise _ClientGone()
             if events:
@@ -471,7 +459,7 @@ async def create_batch(body: BatchCreate, principal: CurrentPrincipal) -> JSONRe
 
 
 async def _read_batch_file(principal: Principal, file_id: str) -> list[BatchRequestLine]:
-    raw = await _redis().get(_file_key(principal.org_id, file_id))
+    raw = await async_client().get(_file_key(principal.org_id, file_id))
     if raw is None:
         raise NotFound(f"File {file_id!r} not found (files are kept 24 h).")
     content = json.loads(raw)["content"]
@@ -519,7 +507,7 @@ async def upload_file(
         "purpose": purpose,
         "status": "processed",
     }
-    await _redis().set(
+    await async_client().set(
         _file_key(principal.org_id, file_id),
         json.dumps({**record, "content": content}),
         ex=FILE_TTL_SECONDS,
