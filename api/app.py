@@ -12,6 +12,7 @@ from fastapi_offline import FastAPIOffline
 
 from api.contract import install_contract
 from api.errors import RequestIdMiddleware, install_error_handlers
+from api.openapi_docs import document_contract
 from common import redis_clients
 from config import get_settings
 from monitoring.metrics import HttpMetricsMiddleware
@@ -67,7 +68,8 @@ def create_app() -> FastAPI:
 
     # Innermost: completions for a deployment skip the routing (every contract middleware applies).
     app.add_middleware(DeploymentFastPath)
-    install_contract(app)  # rate limits, body limits, idempotency, CORS, OpenAPI extras
+    install_contract(app)  # rate limits, body limits, idempotency, CORS
+    document_contract(app)  # the contract in the OpenAPI document
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(HttpMetricsMiddleware)  # outermost: times everything, 4xx/5xx included
     return app

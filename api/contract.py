@@ -568,9 +568,6 @@ def install_contract(app: FastAPI) -> None:
         )
         app.state.rate_limiter = limiter
         app.add_middleware(RateLimitMiddleware, limiter=limiter, lookup=lookup)
-    from api.openapi_docs import document_contract
-
-    document_contract(app)
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:
         app.add_middleware(

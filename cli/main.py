@@ -166,8 +166,8 @@ def kube_watch() -> None:
     """
     import logging
 
-    from deployments.backends.kubernetes_watch import serve_watch
     from deployments.jobs import reconcile_one
+    from deployments.watch import serve_watch
 
     logging.basicConfig(level=get_settings().log_level.upper())
     serve_watch(reconcile_one)

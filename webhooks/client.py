@@ -9,8 +9,8 @@ from __future__ import annotations
 import httpx
 
 from common.process import ProcessResource
+from common.urlsafety import AllowList
 from config import get_settings
-from crawler.safety import AllowList
 from webhooks.transport import GuardedSyncTransport
 
 

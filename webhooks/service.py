@@ -2,7 +2,7 @@
 
 Functions take the caller's session and never commit. Enqueueing deliveries after the commit is
 the caller's job (``webhooks.events.emit`` does both, on the caller's session).
-Target URLs go through the crawler's SSRF guard (``crawler.safety.check_url``, governed by
+Target URLs go through the platform's SSRF guard (``common.urlsafety.check_url``, governed by
 ``CONVEYOR_CRAWL_ALLOWED_HOSTS``) when they are registered and again before every attempt.
 """
 
@@ -19,8 +19,8 @@ from sqlalchemy.orm import Session
 
 from common.errors import NotFound, ValidationFailed
 from common.timeutil import isoformat_z, utcnow
-from crawler.config import CrawlConfig
-from crawler.safety import check_url
+from common.urlsafety import check_url
+from config import get_settings
 from store import pagination
 from webhooks import repository, secretbox
 from webhooks.delivery import DeliveryOutcome
@@ -31,7 +31,7 @@ from webhooks.signing import generate_secret
 
 def guard_url(url: str) -> None:
     """Raise 422 ``unsafe_url`` unless ``url`` may receive webhooks (SSRF allow-list aware)."""
-    check_url(url, CrawlConfig.from_settings().allowed_hosts)
+    check_url(url, get_settings().crawl_allowed_hosts)
 
 
 # --- organisation endpoints -------------------------------------------------------------------

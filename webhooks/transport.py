@@ -2,7 +2,7 @@
 
 The URL is checked before a delivery (``service.guard_url``), but a name can resolve to another
 address a moment later (DNS rebinding). This transport resolves the host itself, checks every
-address with the crawler's guard (``crawler.safety``), and connects only to a checked address,
+address with the platform's guard (``common.urlsafety``), and connects only to a checked address,
 so what was checked is what is connected to. TLS still verifies the host name. The allow-list is
 read on every connection, so a changed ``CONVEYOR_CRAWL_ALLOWED_HOSTS`` applies at once.
 """
@@ -17,7 +17,7 @@ from typing import Any
 import httpcore
 import httpx
 
-from crawler.safety import AllowList, UnsafeURLError, check_address
+from common.urlsafety import AllowList, UnsafeURLError, check_address
 
 
 class _GuardedSyncBackend(httpcore.NetworkBackend):

@@ -11,9 +11,9 @@ Objects are written with server-side apply (field manager `conveyor`) through th
 client's `ApiClient`; the typed `*Api.patch_*` methods cannot send `application/apply-patch+yaml`.
 Observed state comes from the Deployment, its pods and their events: `Unschedulable`,
 `ErrImagePull`/`ImagePullBackOff`, `OOMKilled` and `CrashLoopBackOff` become `status_reason`
-codes, and `ProgressDeadlineExceeded` fails the rollout. In the `conveyor kube-watch` process
-they are read from the watch cache (`kubernetes_watch.ObservedCluster`) and every change is
-reconciled at once; elsewhere (deploy jobs, the beat resync) they are listed, and a rollout
+codes, and `ProgressDeadlineExceeded` fails the rollout. In the `conveyor kube-watch` process they
+are read from the watch cache (a `WatchCache`: `kubernetes_watch.ObservedCluster`) and every change
+is reconciled at once; elsewhere (deploy jobs, the beat resync) they are listed, and a rollout
 waits on a short watch of its pods between reconciles.
 
 Connect with a kubeconfig (`CONVEYOR_KUBE_CONFIG`, `CONVEYOR_KUBE_CONTEXT`) or, inside a pod,
@@ -27,7 +27,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
 from kubernetes import client as k8s
 from kubernetes import watch as k8s_watch
@@ -48,9 +48,6 @@ from deployments.backends.base import (
     reason,
 )
 from deployments.masking import mask_secrets
-
-if TYPE_CHECKING:
-    from deployments.backends.kubernetes_watch import ObservedCluster
 
 Manifest = dict[str, Any]
 
@@ -87,6 +84,21 @@ class KubernetesBackendConfig:
     kubeconfig: str | None = default("kube_config") or None
     context: str | None = default("kube_context") or None
     in_cluster: bool = default("kube_in_cluster")
+
+
+class WatchCache(Protocol):
+    """What the backend reads from a watch cache (``kubernetes_watch.ObservedCluster``)."""
+
+    @property
+    def synced(self) -> bool: ...
+
+    def deployment(self, name: str) -> dict[str, Any] | None: ...
+
+    def pods_of(self, slug: str) -> list[dict[str, Any]]: ...
+
+    def events_for(self, pod_names: set[str]) -> list[dict[str, Any]]: ...
+
+    def wait_for(self, slug: str, timeout_s: float) -> bool: ...
 
 
 def id_slug(deployment_id: str) -> str:
@@ -290,13 +302,13 @@ class KubernetesBackend(Backend):
         self.renderer = ManifestRenderer(config)
         self.api = api_client or load_api_client(config)
         self._pods_version: dict[str, str] = {}  # deployment id → resourceVersion of its pods
-        self.cache: ObservedCluster | None = None  # set by the watch process (`attach`)
+        self.cache: WatchCache | None = None  # set by the watch process (`attach`)
 
-    def attach(self, cache: ObservedCluster) -> None:
+    def attach(self, cache: WatchCache) -> None:
         """Observe from a watch cache (kept by `KubeWatcher`) instead of listing."""
         self.cache = cache
 
-    def _cached(self) -> ObservedCluster | None:
+    def _cached(self) -> WatchCache | None:
         return self.cache if self.cache is not None and self.cache.synced else None
 
     # ---------------------------------------------------------------- API plumbing ---

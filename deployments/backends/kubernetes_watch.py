@@ -7,13 +7,13 @@ closes watches after `timeoutSeconds`), and lists again when the server answers 
 version was compacted away). What the streams see lands in an `ObservedCluster`, and the ids of
 the deployments whose pods, pod events or Deployment changed are handed, batched, to a callback.
 
-Where it runs: `conveyor kube-watch` (`serve_watch`), one long-lived process per cluster (one
-replica, like any controller), whose callback reconciles each changed deployment at once with
-the backend reading this cache instead of the API server. Not in the Celery workers: a watch is
-a stream held for minutes, which would pin a worker slot (and every prefork child would hold a
-duplicate); and not as a bounded watch inside the beat task, whose windows would either overlap
-or leave gaps. The beat reconciler still re-lists every `CONVEYOR_DEPLOY_RECONCILE_SECONDS` as the
-safety net (an informer's resync), and deploy jobs keep their own short watch of one
+Where it runs: `conveyor kube-watch` (`deployments.watch.serve_watch`), one long-lived process per
+cluster (one replica, like any controller), whose callback reconciles each changed deployment at
+once with the backend reading this cache instead of the API server. Not in the Celery workers: a
+watch is a stream held for minutes, which would pin a worker slot (and every prefork child would
+hold a duplicate); and not as a bounded watch inside the beat task, whose windows would either
+overlap or leave gaps. The beat reconciler still re-lists every `CONVEYOR_DEPLOY_RECONCILE_SECONDS`
+as the safety net (an informer's resync), and deploy jobs keep their own short watch of one
 deployment's pods while they wait for a rollout. Two watch processes by mistake only duplicate
 work: reconciling takes the deployment's row lock and is idempotent.
 """
@@ -316,42 +316,3 @@ def reconcile_changed(
                 log.exception("reconciling deployment %s failed", deployment_id)
 
     return on_change
-
-
-def serve_watch(reconcile: Callable[[str], int], stop: threading.Event | None = None) -> None:
-    """`conveyor kube-watch`: keep observed status true from watch events until interrupted
-    (or until `stop` is set).
-
-    `reconcile` is the reconciler's per-deployment step (`deployments.jobs.reconcile_one`); it uses
-    this process's backend, which reads the watch cache once the watcher has synced.
-    """
-    from config.settings import get_settings
-    from deployments import repository
-    from deployments.backends.kubernetes import KubernetesBackend
-    from deployments.runtime import get_backend
-    from store.db import session_scope
-
-    backend = get_backend()
-    if not isinstance(backend, KubernetesBackend):
-        raise SystemExit("kube-watch needs CONVEYOR_DEPLOY_BACKEND=kubernetes")
-
-    def live_ids() -> list[str]:
-        with session_scope() as session:
-            return list(repository.to_reconcile(session, limit=10_000))
-
-    watcher = KubeWatcher(
-        backend.api,
-        get_settings().kube_namespace,
-        reconcile_changed(reconcile, live_ids),
-        timeout_s=get_settings().kube_watch_timeout_seconds,
-    )
-    backend.attach(watcher.cache)
-    watcher.start()
-    log.info("watching deployments, pods and events in namespace %s", backend.config.namespace)
-    stop = stop or threading.Event()
-    try:
-        while not stop.is_set() and all(thread.is_alive() for thread in watcher.threads):
-            stop.wait(0.5)
-    finally:
-        watcher.stop()
-        backend.cache = None

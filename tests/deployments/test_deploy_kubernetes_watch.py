@@ -235,8 +235,8 @@ def test_kube_watch_process_keeps_the_stored_status_true(
     """A deploy job brings the deployment up; then `conveyor kube-watch` (serve_watch with the
     reconciler's step) sees its pod vanish and its replacement get OOM-killed, and the stored
     status follows: degraded, then failed with oom_killed."""
-    from deployments.backends.kubernetes_watch import serve_watch
     from deployments.jobs import reconcile_one
+    from deployments.watch import serve_watch
     from tests.deployments.test_deploy_api import create, wait_status
 
     fake = kube_runtime
