@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from common.errors import Unauthorized
 from store import orgs
-from store.db import get_sessionmaker
+from store.db import session_scope
 from store.orgs import Principal
 from workers import outbox
 
@@ -23,17 +23,9 @@ def get_db() -> Iterator[Session]:
     and before the response is sent (``scope="function"``), so a failed commit (store down: 503)
     or a refused send of the jobs it created (broker down: 503, the jobs failed) is the answer,
     never a 2xx for work that was not accepted. Routers never commit."""
-    session = get_sessionmaker()()
-    session.info[outbox.ON_SEND_FAILURE] = "reject"
-    try:
+    with session_scope() as session:  # the outbox's 503 is raised by its commit
+        session.info[outbox.ON_SEND_FAILURE] = "reject"
         yield session
-    except BaseException:
-        session.rollback()
-        raise
-    else:
-        session.commit()  # the outbox's 503 is raised here, after the commit itself
-    finally:
-        session.close()
 
 
 Db = Annotated[Session, Depends(get_db, scope="function")]

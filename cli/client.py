@@ -87,6 +87,17 @@ def api_client() -> httpx.Client:
     )
 
 
+def page_or_print(response: httpx.Response, *, as_json: bool) -> dict[str, Any] | None:
+    """A list page's body, or None once it was printed raw (``--json``); an error exits 1."""
+    if response.status_code != 200:
+        fail(response)
+    page: dict[str, Any] = response.json()
+    if as_json:
+        print(json.dumps(page, indent=2))
+        return None
+    return page
+
+
 def fail(response: httpx.Response) -> NoReturn:
     """Print the error envelope's code and message and exit 1."""
     try:

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cli.client import api_client, fail
+from cli.client import api_client, fail, page_or_print
 
 jobs_app = typer.Typer(help="Jobs: list, show, cancel, delete, download results.")
 out = Console()
@@ -36,11 +36,8 @@ def list_jobs(
     params = {k: v for k, v in {"status": status, "kind": kind, "cursor": cursor}.items() if v}
     with api_client() as client:
         response = client.get("/v1/jobs", params={**params, "limit": limit})
-    if response.status_code != 200:
-        fail(response)
-    page = response.json()
-    if as_json:
-        print(json.dumps(page, indent=2))
+    page = page_or_print(response, as_json=as_json)
+    if page is None:
         return
     table = Table()
     table.add_column("id", no_wrap=True, min_width=36)  # never cut: every command takes it

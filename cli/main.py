@@ -6,7 +6,6 @@ Process commands start the embedded broker first when ``CONVEYOR_BROKER_URL`` is
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -204,15 +203,12 @@ def keys_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw page.")] = False,
 ) -> None:
     """Your organisation's keys (through the API, with the key in use)."""
-    from cli.client import api_client, fail
+    from cli.client import api_client, page_or_print
 
     with api_client() as client:
         response = client.get("/v1/keys", params={"limit": 100})
-    if response.status_code != 200:
-        fail(response)
-    page = response.json()
-    if as_json:
-        print(json.dumps(page, indent=2))
+    page = page_or_print(response, as_json=as_json)
+    if page is None:
         return
     for key in page["data"]:
         print(f"{key['id']}\t{key['masked']}\t{key['name']}\t{key['created_at']}")

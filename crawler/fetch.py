@@ -22,6 +22,7 @@ from urllib.parse import urljoin, urlsplit
 import httpcore
 import httpx
 
+from common.errors import ErrorCode
 from crawler.config import CrawlConfig
 from crawler.safety import (
     AllowList,
@@ -53,21 +54,22 @@ CREDENTIAL_HEADERS = frozenset({"cookie", "authorization", "proxy-authorization"
 
 
 class PageErrorCode(StrEnum):
-    """Why a page produced no content (the ``reason`` listed by ``/errors``)."""
+    """Why a page produced no content (the ``reason`` listed by ``/errors``); a crawl with no
+    page fails with its first page's reason, so these are ``ErrorCode`` values."""
 
-    HTTP_ERROR = "http_error"
-    TOO_LARGE = "too_large"
-    UNSAFE_URL = "unsafe_url"
-    DNS_ERROR = "dns_error"
-    REDIRECT_LOOP = "redirect_loop"
-    TOO_MANY_REDIRECTS = "too_many_redirects"
-    TIMEOUT = "timeout"
-    CONNECTION_ERROR = "connection_error"
-    UNSUPPORTED_CONTENT_TYPE = "unsupported_content_type"
-    ROBOTS_BLOCKED = "robots_blocked"
-    RENDER_FAILED = "render_failed"
-    DUPLICATE_CONTENT = "duplicate_content"
-    OUT_OF_SCOPE = "out_of_scope"
+    HTTP_ERROR = ErrorCode.HTTP_ERROR.value
+    TOO_LARGE = ErrorCode.TOO_LARGE.value
+    UNSAFE_URL = ErrorCode.UNSAFE_URL.value
+    DNS_ERROR = ErrorCode.DNS_ERROR.value
+    REDIRECT_LOOP = ErrorCode.REDIRECT_LOOP.value
+    TOO_MANY_REDIRECTS = ErrorCode.TOO_MANY_REDIRECTS.value
+    TIMEOUT = ErrorCode.TIMEOUT.value
+    CONNECTION_ERROR = ErrorCode.CONNECTION_ERROR.value
+    UNSUPPORTED_CONTENT_TYPE = ErrorCode.UNSUPPORTED_CONTENT_TYPE.value
+    ROBOTS_BLOCKED = ErrorCode.ROBOTS_BLOCKED.value
+    RENDER_FAILED = ErrorCode.RENDER_FAILED.value
+    DUPLICATE_CONTENT = ErrorCode.DUPLICATE_CONTENT.value
+    OUT_OF_SCOPE = ErrorCode.OUT_OF_SCOPE.value
 
 
 # Codes that mean "not crawled on purpose" rather than "failed".

@@ -127,16 +127,8 @@ def requeue_lapsed() -> dict[str, list[str]]:
     for job_id, kind, attempts in lapsed:
         with session_scope() as session:
             if attempts >= settings.max_deliveries:
-                won = job_store.transition(
-                    session,
-                    job_id,
-                    to=JobStatus.FAILED,
-                    from_=[JobStatus.RUNNING],
-                    error={
-                        "code": "worker_lost",
-                        "message": f"The worker running this job was lost {attempts} times; "
-                        "giving up.",
-                    },
+                won = job_store.fail_worker_lost(
+                    session, job_id, f"The worker running this job was lost {attempts} times"
                 )
                 if won:
                     emit_job_event(session, "job.failed", job_id)

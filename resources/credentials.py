@@ -8,43 +8,22 @@ Fernet tokens and shown in full only by the credentials endpoint; everywhere els
 from __future__ import annotations
 
 import json
-import os
 import re
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from cryptography.fernet import Fernet, MultiFernet
-
+from common.crypto import key_ring
 from resources.settings import ResourceSettings
 
 MASK = "****"
 _SECRET_NAMES = re.compile(r"(PASSWORD|SECRET|TOKEN|KEY)(?!_ID)", re.IGNORECASE)
 
 
-def _key_file_key(path: Path) -> str:
-    """The local key file's key, created once (0600) when no key is configured."""
-    if path.exists():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = Fernet.generate_key().decode()
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process created it first
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as fh:
-        fh.write(key)
-    return key
-
-
 class CredentialBox:
     """Encrypts and decrypts secrets with the configured keys (the first key encrypts)."""
 
     def __init__(self, settings: ResourceSettings) -> None:
-        keys = list(settings.credentials_keys) or [
-            _key_file_key(settings.data_dir / "credentials.key")
-        ]
-        self._fernet = MultiFernet([Fernet(k.encode()) for k in keys])
+        self._fernet = key_ring(settings.credentials_keys, settings.data_dir / "credentials.key")
 
     def encrypt(self, secret: dict[str, Any]) -> str:
         return self._fernet.encrypt(json.dumps(secret, sort_keys=True).encode()).decode()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.crypto import split_keys
 from config import Settings, default
 
 
@@ -75,7 +76,6 @@ class ResourceSettings:
 
     @classmethod
     def from_platform(cls, settings: Settings) -> ResourceSettings:
-        keys = settings.resources_credentials_keys.get_secret_value()
         return cls(
             pg_admin_dsn=settings.resolved_resources_pg_admin_dsn(),
             pg_public_host=settings.resources_pg_public_host,
@@ -94,7 +94,9 @@ class ResourceSettings:
             s3_use_iam=settings.resources_s3_use_iam,
             data_dir=settings.data_dir / "resources",
             name_prefix=settings.resources_name_prefix,
-            credentials_keys=tuple(k.strip() for k in keys.split(",") if k.strip()),
+            credentials_keys=tuple(
+                split_keys(settings.resources_credentials_keys.get_secret_value())
+            ),
             start_timeout_s=settings.resources_start_timeout_seconds,
             backend=settings.resources_backend,
             kube_namespace=settings.resources_kube_namespace,

@@ -32,6 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, aliased
 
+from common.errors import ErrorCode
 from common.timeutil import utcnow
 from config import get_settings
 from store import pagination
@@ -128,6 +129,17 @@ def transition(
     stmt = stmt.values(**changes)
     result = session.execute(stmt.execution_options(synchronize_session=False))
     return bool(getattr(result, "rowcount", 0) == 1)
+
+
+def fail_worker_lost(session: Session | Connection, job_id: str, why: str) -> bool:
+    """Fail a running job whose worker was lost too often (``worker_lost``); True if it won."""
+    return transition(
+        session,
+        job_id,
+        to=JobStatus.FAILED,
+        from_=[JobStatus.RUNNING],
+        error={"code": ErrorCode.WORKER_LOST.value, "message": f"{why}; giving up."},
+    )
 
 
 class StartOutcome(StrEnum):
@@ -313,16 +325,8 @@ def _redeliver(
     if row is None or row.status != JobStatus.RUNNING or row.delivery_id != delivery_id:
         return StartOutcome.SKIP
     if row.attempts >= max_deliveries:
-        transition(
-            session,
-            job_id,
-            to=JobStatus.FAILED,
-            from_=[JobStatus.RUNNING],
-            error={
-                "code": "worker_lost",
-                "message": f"The worker died while running this job {row.attempts} times; "
-                "giving up.",
-            },
+        fail_worker_lost(
+            session, job_id, f"The worker died while running this job {row.attempts} times"
         )
         return StartOutcome.EXHAUSTED
     stmt = (

@@ -16,22 +16,25 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from common.errors import ErrorCode
+
 Runtime = Literal["vllm", "transformers"]
 ObservedStatus = Literal["deploying", "running", "degraded", "failed", "stopped"]
 
 
 class ReasonCode:
-    """Machine-readable prefixes of `status_reason` (`"<code>: <human message>"`)."""
+    """Machine-readable prefixes of `status_reason` (`"<code>: <human message>"`); a failed
+    deployment's code is its deploy job's error code, so those are `ErrorCode` values."""
 
-    UNSCHEDULABLE = "unschedulable"
-    IMAGE_PULL_FAILED = "image_pull_failed"
-    OOM_KILLED = "oom_killed"
-    CRASH_LOOP = "crash_loop"
-    REPLICA_CRASHED = "replica_crashed"
-    HEALTH_CHECK_FAILED = "health_check_failed"
-    ROLLOUT_TIMEOUT = "rollout_timeout"
-    REPLICAS_NOT_READY = "replicas_not_ready"
-    BACKEND_ERROR = "backend_error"
+    UNSCHEDULABLE = ErrorCode.UNSCHEDULABLE.value
+    IMAGE_PULL_FAILED = ErrorCode.IMAGE_PULL_FAILED.value
+    OOM_KILLED = ErrorCode.OOM_KILLED.value
+    CRASH_LOOP = ErrorCode.CRASH_LOOP.value
+    REPLICA_CRASHED = ErrorCode.REPLICA_CRASHED.value
+    HEALTH_CHECK_FAILED = ErrorCode.HEALTH_CHECK_FAILED.value
+    ROLLOUT_TIMEOUT = ErrorCode.ROLLOUT_TIMEOUT.value
+    REPLICAS_NOT_READY = ErrorCode.REPLICAS_NOT_READY.value
+    BACKEND_ERROR = ErrorCode.BACKEND_ERROR.value
     SCALED_TO_ZERO = "scaled_to_zero"
     SCALING_FROM_ZERO = "scaling_from_zero"
 

@@ -12,12 +12,12 @@ import contextlib
 import logging
 import queue
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from inference.engines import batching
 from inference.engines.base import EmbeddingEngine, EmbeddingOutput
 from inference.engines.transformers_engine import resolve_device
 from inference.errors import EngineUnavailableError, InvalidRequestError
@@ -107,9 +107,7 @@ class SentenceTransformerEngine(EmbeddingEngine):
 
     async def close(self) -> None:
         thread, self._thread = self._thread, None
-        if thread is not None:
-            self._queue.put(None)
-            await asyncio.to_thread(thread.join)
+        await batching.stop(self._queue, thread)
         self._model = None
 
     async def embed(self, texts: Sequence[str]) -> EmbeddingOutput:
@@ -141,20 +139,13 @@ class SentenceTransformerEngine(EmbeddingEngine):
                     return
 
     def _collect(self, first: _EmbedCall) -> tuple[list[_EmbedCall], bool]:
-        calls = [first]
-        size = len(first.texts)
-        deadline = time.monotonic() + self.batch_wait_s
-        while size < self.max_batch_texts:
-            timeout = deadline - time.monotonic()
-            try:
-                item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is None:
-                return calls, True
-            calls.append(item)
-            size += len(item.texts)
-        return calls, False
+        return batching.collect(
+            self._queue,
+            first,
+            size=lambda call: len(call.texts),
+            capacity=self.max_batch_texts,
+            wait_s=self.batch_wait_s,
+        )
 
     def _encode(self, calls: list[_EmbedCall]) -> None:
         texts = [t for call in calls for t in call.texts]

@@ -16,12 +16,12 @@ import contextlib
 import logging
 import queue
 import threading
-import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from inference.engines import batching
 from inference.engines.base import (
     ChatEngine,
     ChatMessage,
@@ -197,9 +197,7 @@ class TransformersEngine(ChatEngine):
 
     async def close(self) -> None:
         thread, self._thread = self._thread, None
-        if thread is not None:
-            self._queue.put(None)
-            await asyncio.to_thread(thread.join)
+        await batching.stop(self._queue, thread)
         self._model = None
 
     # -- request side (caller's event loop) ---------------------------------------------
@@ -333,20 +331,13 @@ class TransformersEngine(ChatEngine):
 
     def _collect(self, first: _Pending) -> tuple[list[_Pending], bool]:
         """Gather requests arriving within the batching window (up to the batch size)."""
-        jobs = [first]
-        rows = first.request.params.n
-        deadline = time.monotonic() + self.batch_wait_s
-        while rows < self.max_batch_size:
-            timeout = deadline - time.monotonic()
-            try:
-                item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is None:
-                return jobs, True
-            jobs.append(item)
-            rows += item.request.params.n
-        return jobs, False
+        return batching.collect(
+            self._queue,
+            first,
+            size=lambda pending: pending.request.params.n,
+            capacity=self.max_batch_size,
+            wait_s=self.batch_wait_s,
+        )
 
     def _drain(self, capacity: int) -> tuple[list[_Pending], bool]:
         """Requests already waiting, up to ``capacity`` rows (never blocks)."""
