@@ -30,8 +30,8 @@ test: install system-deps services
 	@bash scripts/run-tests.sh
 
 # The packages (pyproject's setuptools list): the duplicate-code check reads them all at once.
-PACKAGES := api cli common config crawler deployments diagnostics idempotency inference jobs plans \
-	resources store tasks webhooks workers
+PACKAGES := api cli common config crawler deployments diagnostics idempotency inference jobs \
+	monitoring plans resources store tasks webhooks workers
 
 lint: install
 	$(VENV)/bin/ruff check .

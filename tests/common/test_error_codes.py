@@ -19,7 +19,8 @@ from deployments.backends.base import ReasonCode
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = (
     "api", "cli", "common", "config", "crawler", "deployments", "diagnostics", "idempotency",
-    "inference", "jobs", "plans", "resources", "store", "tasks", "webhooks", "workers",
+    "inference", "jobs", "monitoring", "plans", "resources", "store", "tasks", "webhooks",
+    "workers",
 )  # fmt: skip
 #: Status reasons of a deployment that is not failing (never a job's error code).
 NOT_FAILURES = {ReasonCode.SCALED_TO_ZERO, ReasonCode.SCALING_FROM_ZERO}
