@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,6 +15,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from common.retry import RetryPolicy
 from config import get_settings
 
 log = logging.getLogger(__name__)
@@ -180,18 +181,15 @@ def store_reachable() -> bool:
 
 @dataclass(frozen=True)
 class StoreRetry:
-    """The retry policy for a write that must reach the store (a job's completion): while the
-    store cannot be reached, try again after 0.5, 1, 2, 4, 5, 5 … s, for at most
+    """Retrying a write that must reach the store (a job's completion): while the store cannot
+    be reached, try again after 0.5, 1, 2, 4, 5, 5 … s (``policy``) for at most
     ``give_up_after`` seconds, then let the error through (the job's lease then lapses and the
     job is re-queued: its outcome is never recorded twice)."""
 
-    base: float = 0.5
-    factor: float = 2.0
-    cap: float = 5.0
+    policy: RetryPolicy = field(
+        default_factory=lambda: RetryPolicy(attempts=None, base=0.5, factor=2.0, cap=5.0)
+    )
     give_up_after: float = 60.0
-
-    def delay(self, attempt: int) -> float:
-        return float(min(self.cap, self.base * self.factor ** (attempt - 1)))
 
     def call(self, work: Callable[[], T]) -> T:
         deadline = time.monotonic() + self.give_up_after
@@ -201,11 +199,13 @@ class StoreRetry:
             try:
                 return work()
             except Exception as exc:
-                wait = self.delay(attempt)
-                if not is_unreachable(exc) or time.monotonic() + wait > deadline:
+                decision = self.policy.next(attempt, retryable=is_unreachable(exc))
+                if decision.delay is None or time.monotonic() + decision.delay > deadline:
                     raise
-                log.warning("the store is unreachable (%s); trying again in %.1f s", exc, wait)
-                time.sleep(wait)
+                log.warning(
+                    "the store is unreachable (%s); trying again in %.1f s", exc, decision.delay
+                )
+                time.sleep(decision.delay)
 
 
 store_retry = StoreRetry()

@@ -25,6 +25,7 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from common.errors import ConveyorError, NotFound
+from common.retry import RetryPolicy
 from config import get_settings
 from config.queues import KINDS
 from jobs import jobs as job_leases
@@ -72,7 +73,8 @@ class JobTask(Task):  # type: ignore[misc]
 def _store_retry_delay(task: Task) -> float:
     """Backoff between deliveries while the store cannot be reached: 1, 2, 4 … s, capped."""
     retries = int(getattr(task.request, "retries", 0) or 0)
-    return float(min(get_settings().store_retry_max_seconds, 2.0**retries))
+    policy = RetryPolicy(attempts=None, base=1.0, cap=get_settings().store_retry_max_seconds)
+    return policy.delay(retries + 1)
 
 
 def _retry_later(task: Task, job_id: str, exc: BaseException) -> NoReturn:

@@ -72,6 +72,3 @@ def create_celery(settings: Settings | None = None, *, set_as_current: bool = Tr
 
 
 celery_app = create_celery()
-
-import monitoring.jobs  # noqa: E402, F401  (worker metrics and heartbeats: Celery signals)
-import workers.lifecycle  # noqa: E402, F401  (start and close each process's shared resources)

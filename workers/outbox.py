@@ -20,7 +20,6 @@ back).
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import redis
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
+from common import redis_clients
 from common.errors import Unavailable
 from config import get_settings
 from config.queues import KINDS
@@ -178,26 +178,9 @@ def _fail_unsent(job_ids: list[str]) -> None:
         log.exception("could not fail %d unsent job(s)", len(job_ids))
 
 
-_client: redis.Redis | None = None
-_client_lock = threading.Lock()
-
-
 def broker_redis() -> redis.Redis:
-    """A client of the broker's Redis server (one per process)."""
-    global _client
-    with _client_lock:
-        if _client is None:
-            _client = redis.Redis.from_url(
-                get_settings().resolved_broker_url(), socket_timeout=5, socket_connect_timeout=5
-            )
-        return _client
-
-
-def reset_client() -> None:
-    """Forget the client (forked children, tests that restart the broker)."""
-    global _client
-    with _client_lock:
-        _client = None
+    """The process's client of the broker's Redis server (the notes live beside the queues)."""
+    return redis_clients.client(get_settings().resolved_broker_url())
 
 
 def _note_in_flight(job_ids: list[str]) -> None:
