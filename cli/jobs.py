@@ -39,15 +39,16 @@ def list_jobs(
     page = page_or_print(response, as_json=as_json)
     if page is None:
         return
-    table = Table()
-    table.add_column("id", no_wrap=True, min_width=36)  # never cut: every command takes it
-    for name in ("kind", "status", "created_at"):
-        table.add_column(name, no_wrap=True)
+    table = Table(box=None, pad_edge=False)  # ids first and never cut: fits 80 columns
+    table.add_column("id", no_wrap=True, min_width=36)
+    table.add_column("kind", no_wrap=True, min_width=11)
+    table.add_column("status", no_wrap=True, min_width=9)
+    table.add_column("created", no_wrap=True, min_width=16)
     table.add_column("progress", overflow="fold")
     for job in page["data"]:
-        table.add_row(
-            job["id"], job["kind"], job["status"], job["created_at"], json.dumps(job["progress"])
-        )
+        created = str(job["created_at"]).replace("T", " ")[:16]
+        progress = json.dumps(job["progress"], separators=(",", ":"))
+        table.add_row(job["id"], job["kind"], job["status"], created, progress)
     out.print(table)
     if page["next_cursor"]:
         out.print(f"next page: --cursor {page['next_cursor']}")
