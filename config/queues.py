@@ -32,6 +32,10 @@ class KindLimits:
     input_model: str | None = None
     #: ``fn(job) -> dict`` of extra top-level fields of the job view (Syttra's crawl counters).
     extras: str | None = None
+    #: ``fn(input) -> None`` run on the validated input by every creation path (REST, Python's
+    #: ``submit``, a domain service) before the job exists; raises a ``ConveyorError`` to refuse
+    #: it (crawls: the submit-time SSRF check, 422 ``unsafe_url``).
+    check: str | None = None
 
 
 # Every job kind: its queue and limits. A kind's task is named "<kind>.run".
@@ -43,6 +47,7 @@ KINDS: dict[str, KindLimits] = {
         3 * 3600 + 60,
         "crawler.schemas:CrawlRequest",
         extras="crawler.views:crawl_fields",
+        check="crawler.service:check_submission",
     ),
     "crawl_batch": KindLimits(CRAWL, 1800, 1860),
     "deploy": KindLimits(DEPLOY, 1800, 1860, "deployments.schemas:DeployJobInput"),

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -27,6 +28,7 @@ from urllib.parse import urlsplit
 from sqlalchemy.orm import Session
 
 from common.timeutil import utcnow
+from config import get_settings
 from crawler import repository as repo
 from crawler.engine import PageOutcome, crawl_page
 from crawler.fetch import PageErrorCode
@@ -34,6 +36,7 @@ from crawler.frontier import Scope, normalize_url
 from crawler.render import Renderer
 from crawler.robots import RobotsCache, sitemap_urls
 from crawler.runtime import CrawlRuntime
+from crawler.safety import AllowList, check_url
 from crawler.schemas import CrawlRequest
 from store import jobs as job_store
 from store.db import session_scope
@@ -64,6 +67,25 @@ def make_scope(request: CrawlRequest) -> Scope:
 
 def _norm(request: CrawlRequest, url: str) -> str:
     return normalize_url(url, ignore_query_params=request.ignore_query_params)
+
+
+# --- submission ----------------------------------------------------------------------------
+
+
+def check_submission(input: Mapping[str, Any]) -> None:
+    """422 ``unsafe_url`` for a start URL that points at a private address (once per origin).
+
+    Declared as the ``crawl`` and ``map`` kinds' check (``config.queues.KINDS``), so every
+    creation path runs it; a name that does not resolve yet passes (each fetch checks again).
+    """
+    allowed = AllowList.parse(get_settings().crawl_allowed_hosts)
+    urls = [input["url"]] if input.get("url") else list(input.get("urls") or [])
+    seen: set[str] = set()
+    for url in urls:
+        origin = re.sub(r"^(https?://[^/?#]+).*$", r"\1", url, flags=re.IGNORECASE).lower()
+        if origin not in seen:
+            seen.add(origin)
+            check_url(url, allowed, unresolvable_ok=True)
 
 
 # --- seeding -----------------------------------------------------------------------------

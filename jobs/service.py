@@ -3,9 +3,9 @@
 Everything that creates a job, wherever it runs (a REST route, Python's ``submit``, a domain
 service creating a deploy or provision job, the reaper re-queuing one), calls
 :func:`create_job` on the caller's session: it validates the input against the kind's declared
-model, applies the plan's quota, inserts the row, stores a per-job webhook apart, and records the
-job's message in the outbox, which sends it once the caller's transaction commits. Functions here
-never commit.
+model, runs the kind's declared submit-time check (a crawl's SSRF guard), applies the plan's
+quota, inserts the row, stores a per-job webhook apart, and records the job's message in the
+outbox, which sends it once the caller's transaction commits. Functions here never commit.
 """
 
 from __future__ import annotations
@@ -33,21 +33,25 @@ from workers import outbox
 
 
 def validate_input(kind: str, payload: Mapping[str, Any]) -> dict[str, Any]:
-    """The kind's input, validated and normalised (422 ``validation_error`` when it is not)."""
+    """The kind's input, validated, normalised (422 ``validation_error`` when it is not) and
+    passed through the kind's declared submit-time check (e.g. 422 ``unsafe_url``)."""
     declared = KINDS.get(kind)
     if declared is None:
         raise NotFound(f"Unknown job kind {kind!r}.")
-    if declared.input_model is None:
-        return dict(payload)
-    model: type[BaseModel] = resolve(declared.input_model)
-    try:
-        return model.model_validate(dict(payload)).model_dump(mode="json")
-    except ValidationError as exc:
-        details = [
-            {"loc": ["body", *map(str, err["loc"])], "msg": err["msg"], "type": err["type"]}
-            for err in exc.errors()
-        ]
-        raise ValidationFailed("The job input is invalid.", details=details) from exc
+    clean = dict(payload)
+    if declared.input_model is not None:
+        model: type[BaseModel] = resolve(declared.input_model)
+        try:
+            clean = model.model_validate(clean).model_dump(mode="json")
+        except ValidationError as exc:
+            details = [
+                {"loc": ["body", *map(str, err["loc"])], "msg": err["msg"], "type": err["type"]}
+                for err in exc.errors()
+            ]
+            raise ValidationFailed("The job input is invalid.", details=details) from exc
+    if declared.check is not None:
+        resolve(declared.check)(clean)
+    return clean
 
 
 def create_job(

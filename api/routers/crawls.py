@@ -23,9 +23,7 @@ from api.schemas import ERROR_RESPONSES, JobOut, Page
 from api.submit import accepted, submit_job
 from api.views import ensure_result_available, result_renderers
 from common.errors import NotFound, ValidationFailed
-from config import get_settings
 from crawler import repository as repo
-from crawler.safety import AllowList, check_url
 from crawler.schemas import EXPORT_FORMATS, CrawlProblem, CrawlRequest, PageRecord
 from store import jobs as job_store
 from store.models import Job
@@ -57,17 +55,6 @@ def _decode(cursor: str | None) -> int:
         ) from exc
 
 
-def check_urls_safe(request: CrawlRequest) -> None:
-    """422 ``unsafe_url`` for a start URL that points at a private address (once per host)."""
-    allowed = AllowList.parse(get_settings().crawl_allowed_hosts)
-    seen: set[str] = set()
-    for url in [request.url] if request.url else request.urls:
-        origin = re.sub(r"^(https?://[^/?#]+).*$", r"\1", url, flags=re.IGNORECASE).lower()
-        if origin not in seen:
-            seen.add(origin)
-            check_url(url, allowed, unresolvable_ok=True)
-
-
 @router.post(
     "/v1/crawls",
     status_code=202,
@@ -75,7 +62,6 @@ def check_urls_safe(request: CrawlRequest) -> None:
     summary="Start a crawl (single page, full site or selected URLs)",
 )
 def create_crawl(body: CrawlRequest, principal: CurrentPrincipal, db: Db) -> JSONResponse:
-    check_urls_safe(body)
     job = submit_job(db, principal, "crawl", body.model_dump(mode="json"))
     return accepted(job, db)
 
