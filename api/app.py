@@ -26,6 +26,7 @@ ROUTERS: list[str] = [
     "api.routers.usage",
     "api.routers.webhooks",
     "api.routers.crawls",
+    "api.routers.firecrawl",
     "api.routers.resources",
     "api.routers.deployments",
     "api.routers.openai",

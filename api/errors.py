@@ -86,6 +86,10 @@ OPENAI_PATHS = (
 )
 
 
+# Firecrawl-compatible routes: their errors also carry Firecrawl's ``success: false``.
+FIRECRAWL_PATHS = ("/v1/scrape", "/v1/map", "/v1/crawl/", "/v2/")
+
+
 def _openai_type(status: int) -> str:
     if status >= 500:
         return "server_error"
@@ -114,7 +118,7 @@ def error_response(
     param: str | None = None,
 ) -> JSONResponse:
     request_id = request_id_of(request)
-    body: dict[str, dict[str, Any]] = {
+    body: dict[str, Any] = {
         "error": {
             "code": str(code),
             "message": message,
@@ -125,6 +129,9 @@ def error_response(
     if request.url.path.startswith(OPENAI_PATHS):  # OpenAI clients parse type/param too
         body["error"]["type"] = openai_type or _openai_type(status)
         body["error"]["param"] = param if param is not None else _param_of(details)
+    path = request.url.path
+    if path.startswith(FIRECRAWL_PATHS) or path == "/v1/crawl":
+        body["success"] = False
     return JSONResponse(
         body, status_code=status, headers={**(headers or {}), REQUEST_ID_HEADER: request_id}
     )

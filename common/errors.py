@@ -54,6 +54,7 @@ class ErrorCode(StrEnum):
     INTERNAL_ERROR = "internal_error"
     INVALID_JSON = "invalid_json"
     CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+    SCRAPE_FAILED = "scrape_failed"
     # Job error codes (the ``error.code`` of a failed job).
     WORKER_LOST = "worker_lost"
     TIMED_OUT = "timed_out"

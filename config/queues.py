@@ -50,6 +50,9 @@ KINDS: dict[str, KindLimits] = {
         check="crawler.service:check_submission",
     ),
     "crawl_batch": KindLimits(CRAWL, 1800, 1860),
+    "map": KindLimits(
+        CRAWL, 300, 360, "crawler.schemas:MapRequest", check="crawler.service:check_submission"
+    ),
     "deploy": KindLimits(DEPLOY, 1800, 1860, "deployments.schemas:DeployJobInput"),
     "provision": KindLimits(
         PROVISION, 3 * 3600, 3 * 3600 + 60, "resources.schemas:ProvisionJobInput"

@@ -22,7 +22,7 @@ from crawler.convert import Document, convert
 from crawler.fetch import SKIP_CODES, Fetcher, PageErrorCode
 from crawler.render import Renderer
 from crawler.robots import RobotsCache
-from crawler.schemas import CrawlRequest, PageRecord
+from crawler.schemas import CrawlRequest, PageMetadata, PageRecord
 
 Status = Literal["crawled", "failed", "skipped"]
 RendererFactory = Callable[[], Awaitable[Renderer]]
@@ -91,6 +91,7 @@ class _Page:
     fetched_at: datetime
     rendered: bool = False
     screenshot: bytes | None = None
+    content_type: str = "text/html"
 
 
 async def crawl_page(
@@ -128,7 +129,13 @@ async def crawl_page(
         if not fetched.is_html:
             body = f"<pre>{html_lib.escape(fetched.text())}</pre>"
         doc = await _convert(request, body, fetched.final_url, fetched.charset, executor)
-        page = _Page(doc, fetched.final_url, fetched.status_code, fetched.fetched_at)
+        page = _Page(
+            doc,
+            fetched.final_url,
+            fetched.status_code,
+            fetched.fetched_at,
+            content_type=fetched.content_type,
+        )
     needs_browser = page is None or (request.render == "auto" and page.doc.needs_render)
     if needs_browser and request.render != "never" and renderer is not None:
         browser = await renderer()
@@ -169,6 +176,15 @@ async def crawl_page(
         fetched_at=isoformat_z(page.fetched_at) or "",
         rendered=page.rendered,
         depth=depth,
+        metadata=PageMetadata(
+            title=page.doc.title,
+            description=page.doc.description,
+            language=page.doc.language,
+            source_url=url,
+            url=page.final_url,
+            status_code=page.status_code,
+            content_type=page.content_type,
+        ),
     )
     return PageOutcome(
         url=url,

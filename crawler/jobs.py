@@ -1,5 +1,5 @@
 """The crawl job's work: ``run_crawl`` (seed, crawl, finish) and ``help_crawl`` (a helper that
-crawls a running job's frontier beside it).
+crawls a running job's frontier beside it); the map job's: ``run_map``.
 
 A full or select crawl of at least ``crawl_split_threshold`` pages also sends
 ``crawl_split_workers - 1`` ``crawl.batch`` helper messages (through the outbox) to the queue the
@@ -17,8 +17,9 @@ from common.errors import JobFailed
 from config import get_settings
 from config.queues import CRAWL
 from crawler.runtime import get_runtime
-from crawler.schemas import CrawlRequest
+from crawler.schemas import CrawlRequest, MapRequest
 from crawler.service import WorkerOptions, empty_result_error, run_worker, seed, seed_sitemap
+from crawler.site_map import map_site
 from jobs.context import JobContext
 from store import jobs as job_store
 from store.db import session_scope
@@ -89,3 +90,12 @@ def help_crawl(job_id: str) -> None:
     runtime.run(
         run_worker(job_id, request, runtime, cancelled=cancelled, options=_options("batch"))
     )
+
+
+def run_map(ctx: JobContext) -> dict[str, Any]:
+    """List a site's URLs from its sitemaps and links (``POST /v1/map``)."""
+    request = MapRequest.model_validate(ctx.input)
+    runtime = get_runtime()
+    links = runtime.run(map_site(request, runtime, lambda: ctx.cancelled(min_interval=1.0)))
+    ctx.check_cancelled()
+    return {"links": links}

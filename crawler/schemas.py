@@ -128,6 +128,42 @@ class CrawlRequest(WithWebhook):
         return fmt in self.export_formats
 
 
+MAX_MAP_LINKS = 30_000
+
+
+class MapRequest(BaseModel):
+    """The ``map`` job's input: a site's URLs from its sitemaps and its links (no conversion)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(description="Where discovery starts.")
+    search: str | None = Field(
+        default=None, max_length=500, description="Keep only URLs containing this text."
+    )
+    include_subdomains: bool = False
+    limit: int = Field(default=5000, ge=1, le=MAX_MAP_LINKS)
+    use_sitemap: bool = True
+    ignore_query_params: bool = True
+    timeout_ms: int = Field(default=30_000, ge=1_000, le=120_000)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _http_url(value)
+
+
+class PageMetadata(BaseModel):
+    """What a page is, on every page record (Firecrawl's ``metadata``, snake_case)."""
+
+    title: str = ""
+    description: str = ""
+    language: str = ""
+    source_url: str = Field(description="The URL that was asked for.")
+    url: str = Field(description="The URL the page was served from (after redirects).")
+    status_code: int | None = None
+    content_type: str = ""
+
+
 class PageRecord(BaseModel):
     """One crawled page as stored and as streamed by ``format=json``."""
 
@@ -145,6 +181,7 @@ class PageRecord(BaseModel):
     fetched_at: str
     rendered: bool = False
     depth: int = 0
+    metadata: PageMetadata | None = None
 
     def public(self) -> dict[str, Any]:
         """The NDJSON record: requested formats only (None fields dropped)."""

@@ -72,13 +72,21 @@ def _records(job_id: str) -> Iterator[dict[str, Any]]:
             yield item.data
 
 
-def _joined(job_id: str, field: str) -> Iterator[bytes]:
+def _joined(job_id: str, field: str, *, headers: bool = False) -> Iterator[bytes]:
+    """The pages' ``field`` one after the other, ``---``-separated; with ``headers`` (the
+    Markdown export of a multi-page crawl) each page starts with ``<!-- source: URL -->``."""
     first = True
     for record in _records(job_id):
         if not first:
             yield SEPARATOR
         first = False
+        if headers:
+            yield f"<!-- source: {_comment_safe(record['url'])} -->\n\n".encode()
         yield str(record.get(field) or "").encode("utf-8")
+
+
+def _comment_safe(text: str) -> str:
+    return text.replace("--", "%2D%2D")
 
 
 def _ndjson(job_id: str, fields: tuple[str, ...] | None = None) -> Iterator[bytes]:
@@ -137,7 +145,7 @@ def render_crawl_result(job: Job, request: Request) -> Response:
         ext = {"markdown": "md", "html": "html", "text": "txt"}[fmt]
         media = {"markdown": "text/markdown", "html": "text/html", "text": "text/plain"}[fmt]
         return StreamingResponse(
-            _joined(job.id, fmt),
+            _joined(job.id, fmt, headers=fmt == "markdown" and not single),
             media_type=f"{media}; charset=utf-8",
             headers={"Content-Disposition": f'attachment; filename="{stem}.{ext}"'},
         )

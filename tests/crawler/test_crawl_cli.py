@@ -62,7 +62,9 @@ def test_cli_full_crawl_writes_markdown(
     assert "completed: 12 crawled" in done.stderr
     assert "12/" in done.stderr  # the progress bar: crawled / discovered
     text = out.read_text()
-    assert text.startswith("# Articles, page 5") and text.count("\n\n---\n\n") == 11
+    # Each page starts with a header naming its URL (the joined Markdown export).
+    assert text.startswith(f"<!-- source: {site.base}/list/5 -->\n\n# Articles, page 5")
+    assert text.count("\n\n---\n\n") == 11 and text.count("<!-- source: ") == 12
 
 
 def test_cli_reports_api_errors(api_url: str, org: Any) -> None:
