@@ -31,6 +31,7 @@ ROUTERS: list[str] = [
     "api.routers.deployments",
     "api.routers.openai",
     "api.routers.monitoring",
+    "api.routers.batches",
 ]
 
 

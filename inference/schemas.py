@@ -278,3 +278,7 @@ class InferenceJobInput(BaseModel):
     body: dict[str, Any] = Field(default_factory=dict)
     requests: list[BatchRequestLine] = Field(default_factory=list)
     relay: bool = Field(default=False, description="Stream events to the API through Redis.")
+    # A batch's OpenAI fields, shown by ``GET /v1/batches/{id}``.
+    input_file_id: str | None = None
+    endpoint: str | None = None
+    metadata: dict[str, str] | None = None

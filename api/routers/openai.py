@@ -1,4 +1,5 @@
-"""OpenAI-compatible routes: models, chat/completions, completions, embeddings, batches, files.
+"""OpenAI-compatible routes: models, chat/completions, completions, embeddings (the Batch API
+and its files are ``api.routers.batches``).
 
 The API never loads a model: each request becomes an ``inference`` job; the API waits for it
 (like a ``runsync``) and relays what the worker writes to the job's Redis stream — SSE chunks as
@@ -16,13 +17,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator
 from functools import lru_cache
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials
@@ -36,7 +36,7 @@ from api.errors import error_response
 from api.routers.deployments import deployment_models, proxy_to_deployment
 from api.schemas import ERROR_RESPONSES
 from api.submit import accepted, submit_job_now
-from common.errors import ConveyorError, NotFound, Unauthorized, Unavailable
+from common.errors import ConveyorError, Unauthorized, Unavailable
 from common.redis_clients import async_client
 from config import get_settings
 from inference import relay
@@ -44,8 +44,6 @@ from inference.errors import InferenceError, InvalidRequestError, ModelNotFoundE
 from inference.registry import configured_models
 from inference.schemas import (
     SSE_DONE,
-    BatchCreate,
-    BatchRequestLine,
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
@@ -91,8 +89,6 @@ def _authenticate(raw_key: str) -> Principal | None:
 
 CurrentPrincipal = Annotated[Principal, Depends(short_lived_principal)]
 VERIFIED_PRINCIPAL = "deployment_fast_path_principal"
-
-FILE_TTL_SECONDS = 24 * 3600
 
 
 class RelayedError(InferenceError):
@@ -150,13 +146,13 @@ async def _create(principal: Principal, payload: InferenceJobInput) -> tuple[Job
     )
 
 
-async def _submit(principal: Principal, payload: InferenceJobInput) -> JSONResponse:
+async def submit_inference(principal: Principal, payload: InferenceJobInput) -> JSONResponse:
     """Create the inference job and answer 202 with it."""
     job, webhook = await _create(principal, payload)
     return accepted(job, webhook=webhook)
 
 
-async def _cancel(job_id: str) -> None:
+async def cancel_inference(job_id: str) -> None:
     """The client went away: flag the worker (fast path) and cancel the job in the store."""
     from jobs.service import emit_job_event
     from store import jobs as job_store
@@ -210,7 +206,7 @@ class _Waiter:
                 self.started = True
                 return events
             if time.monotonic() > self.deadline:
-                await _cancel(self.job_id)
+                await cancel_inference(self.job_id)
                 raise Unavailable(
                     "No inference worker answered in time; the job was cancelled.",
                     details={"job_id": self.job_id},
@@ -241,12 +237,12 @@ async def _run_sync(request: Request, principal: Principal, payload: InferenceJo
         first = await waiter.first_answer()
     except _ClientGone:
         waiter.close()
-        await _cancel(job.id)
+        await cancel_inference(job.id)
         return Response(status_code=499)
     except BaseException:
         waiter.close()
         if not waiter.started:
-            await _cancel(job.id)
+            await cancel_inference(job.id)
         raise
     if first.type == "result":
         waiter.close()
@@ -284,7 +280,7 @@ async def _relay_sse(waiter: _Waiter, first: relay.RelayEvent) -> AsyncIterator[
         if not finished:
             # The server cancels this generator when the client leaves: shield the cancel.
             with anyio.CancelScope(shield=True):
-                await _cancel(waiter.job_id)
+                await cancel_inference(waiter.job_id)
 
 
 # -- the deployment fast path -------------------------------------------------------------
@@ -432,84 +428,6 @@ async def _dispatch(
     if _wants_async(async_, prefer):
         raw["stream"] = False
         payload = InferenceJobInput(operation=operation, body=raw, relay=False)  # type: ignore[arg-type]
-        return await _submit(principal, payload)
+        return await submit_inference(principal, payload)
     payload = InferenceJobInput(operation=operation, body=raw, relay=True)  # type: ignore[arg-type]
     return await _run_sync(request, principal, payload)
-
-
-@router.post("/batches", status_code=202, summary="Run OpenAI batch requests as one job")
-async def create_batch(body: BatchCreate, principal: CurrentPrincipal) -> JSONResponse:
-    if body.requests is not None:
-        lines = body.requests
-    elif body.input_file_id:
-        lines = await _read_batch_file(principal, body.input_file_id)
-    else:
-        raise InvalidRequestError("Give `requests` or `input_file_id`.", param="requests")
-    if not lines:
-        raise InvalidRequestError("The batch holds no requests.", param="requests")
-    if body.endpoint and any(line.url != body.endpoint for line in lines):
-        raise InvalidRequestError("Every line's url must equal `endpoint`.", param="endpoint")
-    models = await served_models()
-    for line in lines:
-        model = str(line.body.get("model", ""))
-        if model not in models:
-            raise ModelNotFoundError(model)
-    payload = InferenceJobInput(operation="batch", requests=lines, relay=False)
-    return await _submit(principal, payload)
-
-
-async def _read_batch_file(principal: Principal, file_id: str) -> list[BatchRequestLine]:
-    raw = await async_client().get(_file_key(principal.org_id, file_id))
-    if raw is None:
-        raise NotFound(f"File {file_id!r} not found (files are kept 24 h).")
-    content = json.loads(raw)["content"]
-    lines: list[BatchRequestLine] = []
-    for number, text in enumerate(str(content).splitlines(), start=1):
-        if not text.strip():
-            continue
-        try:
-            lines.append(BatchRequestLine.model_validate_json(text))
-        except ValidationError as exc:
-            raise InvalidRequestError(
-                f"Line {number} of the input file is not a valid batch request.",
-                param="input_file_id",
-                details=[{"line": number, "msg": e["msg"]} for e in exc.errors()],
-            ) from exc
-    return lines
-
-
-def _file_key(org_id: str, file_id: str) -> str:
-    return f"conveyor:inference:file:{org_id}:{file_id}"
-
-
-@router.post("/files", summary="Upload a batch input file (JSONL, kept 24 h)")
-async def upload_file(
-    principal: CurrentPrincipal,
-    file: Annotated[UploadFile, File()],
-    purpose: Annotated[str, Form()] = "batch",
-) -> dict[str, Any]:
-    if purpose != "batch":
-        raise InvalidRequestError("Only purpose=batch files are accepted.", param="purpose")
-    data = await file.read()
-    try:
-        content = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidRequestError("The file must be UTF-8 JSONL.", param="file") from exc
-    file_id = "file-" + uuid.uuid4().hex[:24]
-    created = int(time.time())
-    record = {
-        "id": file_id,
-        "object": "file",
-        "bytes": len(data),
-        "created_at": created,
-        "expires_at": created + FILE_TTL_SECONDS,
-        "filename": file.filename or "batch.jsonl",
-        "purpose": purpose,
-        "status": "processed",
-    }
-    await async_client().set(
-        _file_key(principal.org_id, file_id),
-        json.dumps({**record, "content": content}),
-        ex=FILE_TTL_SECONDS,
-    )
-    return record
