@@ -162,7 +162,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         return error_response(
             request,
             400,
-            ErrorCode.VALIDATION_ERROR,
+            ErrorCode.INVALID_JSON,
             "The request body is not valid JSON.",
             [{"loc": _clean_loc(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in errors],
         )

@@ -49,7 +49,10 @@ RETRY_AFTER = {
 
 #: status → (codes, description) for the errors every route may answer.
 COMMON_ERRORS: dict[str, tuple[str, str]] = {
-    "400": ("validation_error", "Malformed JSON or a malformed header."),
+    "400": (
+        "invalid_json, validation_error",
+        "The body is not valid JSON (`invalid_json`), or a header is malformed.",
+    ),
     "401": ("unauthorized", "Missing, invalid or revoked API key."),
     "404": ("not_found", "No such route, or no such object in your organisation."),
     "422": (

@@ -7,13 +7,13 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from common.errors import ValidationFailed
+from common.errors import ErrorCode, ValidationFailed
 
 T = TypeVar("T")
 
 
 class ErrorBody(BaseModel):
-    code: str = Field(description="A documented error code (see common.errors.ErrorCode).")
+    code: ErrorCode = Field(description="What went wrong, one of the documented codes.")
     message: str
     details: Any = None
     request_id: str = Field(description="Starts with req_; equals the X-Request-ID header.")
@@ -30,7 +30,11 @@ class JobError(BaseModel):
 
 class JobLinks(BaseModel):
     self: str
-    result: str
+    result: str | None = Field(
+        default=None,
+        exclude_if=lambda value: value is None,
+        description="Absent once the result expired or was deleted.",
+    )
     flower: str = Field(description="The job's first task in Flower (task id = job id).")
 
 
@@ -85,7 +89,7 @@ def parse_statuses(raw: str | None, allowed: tuple[str, ...]) -> tuple[str, ...]
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorEnvelope, "description": desc}
     for code, desc in {
-        400: "validation_error (malformed JSON)",
+        400: "invalid_json (malformed JSON)",
         401: "unauthorized",
         404: "not_found",
         422: "validation_error",

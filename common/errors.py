@@ -33,9 +33,11 @@ from typing import Any
 
 
 class ErrorCode(StrEnum):
-    """Every error code a client can see (documented in the OpenAPI spec)."""
+    """Every code an error envelope can carry: the OpenAPI document's ``ErrorBody.code`` enum
+    (``tests/api_contract/test_error_codes.py`` checks that every code raised is one)."""
 
     VALIDATION_ERROR = "validation_error"
+    INVALID_JSON = "invalid_json"
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN = "forbidden"
     NOT_FOUND = "not_found"
@@ -55,6 +57,8 @@ class ErrorCode(StrEnum):
     INVALID_JSON = "invalid_json"
     CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
     SCRAPE_FAILED = "scrape_failed"
+    CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+    BACKEND_ERROR = "backend_error"
     # Job error codes (the ``error.code`` of a failed job).
     WORKER_LOST = "worker_lost"
     TIMED_OUT = "timed_out"

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from common.timeutil import utcnow
 from crawler.models import CrawlPage
 from store import jobs as job_store
-from store.models import ResultItem
+from store.models import Job, ResultItem
 
 QUEUED, CLAIMED, CRAWLED, FAILED, SKIPPED = "queued", "claimed", "crawled", "failed", "skipped"
 
@@ -60,9 +60,12 @@ def insert_urls(session: Session, job_id: str, items: Iterable[tuple[str, int]])
     return len(session.execute(stmt).all())
 
 
-def lock_job(session: Session, job_id: str) -> dict[str, Any]:
-    """Serialise with every other writer of this crawl; returns the job's progress."""
-    return job_store._lock_progress(session, job_id)
+def lock_job(session: Session, job_id: str) -> dict[str, Any] | None:
+    """Serialise with every other writer of this crawl; returns the job's progress, or None
+    once the job is no longer running (a terminal crawl's pages and counters never change)."""
+    if not job_store.hold_running(session, job_id):
+        return None
+    return dict(session.scalar(select(Job.progress).where(Job.id == job_id)) or {})
 
 
 def claim(
@@ -70,6 +73,8 @@ def claim(
 ) -> list[Claimed]:
     """Hand out up to ``limit`` queued URLs while ``crawled + claimed < max_pages``."""
     progress = lock_job(session, job_id)
+    if progress is None:
+        return []
     in_flight = (
         session.scalar(
             select(func.count()).where(CrawlPage.job_id == job_id, CrawlPage.status == CLAIMED)

@@ -111,7 +111,8 @@ async def seed_sitemap(job_id: str, request: CrawlRequest, runtime: CrawlRuntime
 
 def _seed_rows(job_id: str, items: list[tuple[str, int]]) -> int:
     with session_scope() as session:
-        repo.lock_job(session, job_id)
+        if repo.lock_job(session, job_id) is None:
+            return 0
         added = repo.insert_urls(session, job_id, items)
         total = sum(repo.counts(session, job_id).values())
         job_store.set_progress(
@@ -139,7 +140,8 @@ def record(job_id: str, request: CrawlRequest, scope: Scope, batch: list[Finishe
     """Store a batch of outcomes in one transaction, with exact counters."""
     follow = request.mode == "full"
     with session_scope() as session:
-        repo.lock_job(session, job_id)
+        if repo.lock_job(session, job_id) is None:
+            return  # cancelled (or ended) meanwhile: pages finished after that are discarded
         deltas = {"pages_crawled": 0, "pages_failed": 0, "pages_skipped": 0, "pages_discovered": 0}
         for done in batch:
             out, page = done.outcome, done.page

@@ -68,16 +68,17 @@ class JobContext:
         self._last_flush = time.monotonic()
         with session_scope() as own:
             job_store.relax_commit_durability(own)  # progress only: no disk flush wait
-            job_store.set_progress(own, self.job_id, counters)
-            if self.listening:
+            written = job_store.set_progress(own, self.job_id, counters)
+            if written and self.listening:
                 emit_job_event(own, "job.progress", self.job_id)
 
-    def increment(self, **deltas: int) -> dict[str, Any]:
-        """Add to counters at once and exactly (many workers may share one job)."""
+    def increment(self, **deltas: int) -> dict[str, Any] | None:
+        """Add to counters at once and exactly (many workers may share one job); None when the
+        job is no longer running (nothing written)."""
         with session_scope() as session:
             job_store.relax_commit_durability(session)
             merged = job_store.increment_progress(session, self.job_id, deltas)
-            if self.listening:
+            if merged is not None and self.listening:
                 emit_job_event(session, "job.progress", self.job_id)
         return merged
 

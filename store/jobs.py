@@ -377,33 +377,59 @@ def _merged_progress(session: Session | Connection, job_id: str, counters: dict[
     return {**_lock_progress(session, job_id), **counters}
 
 
-def set_progress(session: Session, job_id: str, counters: dict[str, Any]) -> None:
-    """Merge counters into a running job's progress (shallow merge, atomic).
+def hold_running(session: Session | Connection, job_id: str) -> bool:
+    """Take the job row's write lock if and only if the job is ``running``; True then.
 
-    PostgreSQL: one ``UPDATE … SET progress = progress || :counters`` (the row lock orders
-    concurrent merges). Elsewhere: read-modify-write under the row's write lock.
+    Every write of a job's progress or result rows goes through it (or through the same
+    ``status = 'running'`` condition in its own UPDATE), in the writer's transaction: it orders
+    with the compare-and-set that ends the job, so once a job is terminal nothing of it changes
+    (work that finishes after a cancel is discarded, never counted).
+    """
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING.value)
+        .values(attempts=Job.attempts)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(result, "rowcount", 0) == 1)
+
+
+def set_progress(session: Session, job_id: str, counters: dict[str, Any]) -> bool:
+    """Merge counters into a running job's progress (shallow merge, atomic); False (nothing
+    written) once the job is no longer running.
+
+    PostgreSQL: one ``UPDATE … SET progress = progress || :counters WHERE status = 'running'``
+    (the row lock orders concurrent merges). Elsewhere: read-modify-write under the row's lock.
     """
     if session.get_bind().dialect.name == "postgresql":
         merged = Job.progress.op("||")(literal(counters, type_=postgresql.JSONB))
-        session.execute(
+        result = session.execute(
             update(Job)
-            .where(Job.id == job_id)
+            .where(Job.id == job_id, Job.status == JobStatus.RUNNING.value)
             .values(progress=merged)
             .execution_options(synchronize_session=False)
         )
-        return
-    current = _lock_progress(session, job_id)
+        return bool(getattr(result, "rowcount", 0) == 1)
+    if not hold_running(session, job_id):
+        return False
+    current = dict(session.scalar(select(Job.progress).where(Job.id == job_id)) or {})
     session.execute(
         update(Job)
         .where(Job.id == job_id)
         .values(progress={**current, **counters})
         .execution_options(synchronize_session=False)
     )
+    return True
 
 
-def increment_progress(session: Session, job_id: str, deltas: dict[str, int]) -> dict[str, Any]:
-    """Add to counters exactly, even with many workers updating one job at once."""
-    current = _lock_progress(session, job_id)
+def increment_progress(
+    session: Session, job_id: str, deltas: dict[str, int]
+) -> dict[str, Any] | None:
+    """Add to a running job's counters exactly, even with many workers updating one job at
+    once; the merged counters, or None (nothing written) once the job is no longer running."""
+    if not hold_running(session, job_id):
+        return None
+    current = dict(session.scalar(select(Job.progress).where(Job.id == job_id)) or {})
     merged = dict(current)
     for name, delta in deltas.items():
         merged[name] = int(merged.get(name, 0)) + delta
@@ -428,12 +454,16 @@ def add_result_item(
     content_type: str = "application/json",
     body: str | None = None,
     data: dict[str, Any] | None = None,
-) -> None:
+) -> bool:
+    """Add a result row to a running job; False (nothing added) once it is terminal."""
+    if not hold_running(session, job_id):
+        return False
     session.add(
         ResultItem(
             job_id=job_id, seq=seq, name=name, content_type=content_type, body=body, data=data
         )
     )
+    return True
 
 
 def iter_result_items(job_id: str, *, batch: int = 200) -> Iterator[ResultItem]:

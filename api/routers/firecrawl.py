@@ -39,12 +39,12 @@ router = APIRouter(tags=["firecrawl"], responses=ERROR_RESPONSES)
 
 #: Documents per crawl-status page (the rest follows ``next``).
 STATUS_PAGE_SIZE = 100
-_WAITS = {
+_WAITS: dict[int | str, dict[str, Any]] = {
     200: {"description": "`{success: true, data}`: the job finished within `timeout`."},
     202: {"description": "(`/v1`) the job did not finish within `timeout`: the job."},
     402: {"description": "quota_exceeded"},
-    408: {"description": "timed_out: (`/v2`) the job did not finish within `timeout`."},
-    502: {"description": "scrape_failed: the page could not be fetched or converted."},
+    408: {"description": "timed_out (on `/v2`) the job did not finish within `timeout`."},
+    502: {"description": "scrape_failed the page could not be fetched or converted."},
 }
 
 
@@ -103,7 +103,11 @@ def _failed(job: Job, what: str) -> ConveyorError:
     )
 
 
-@router.post("/v1/scrape", summary="Scrape one page (synchronous; Firecrawl-compatible)")
+@router.post(
+    "/v1/scrape",
+    summary="Scrape one page (synchronous; Firecrawl-compatible)",
+    responses=_WAITS,
+)
 @router.post("/v2/scrape", summary="Scrape one page (Firecrawl v2)", include_in_schema=False)
 async def scrape(
     body: compat.ScrapeBody, request: Request, principal: WaitingPrincipal
@@ -118,7 +122,11 @@ async def scrape(
     return JSONResponse({"success": True, "data": data})
 
 
-@router.post("/v1/map", summary="List a site's URLs, fast (Firecrawl-compatible)")
+@router.post(
+    "/v1/map",
+    summary="List a site's URLs, fast (Firecrawl-compatible)",
+    responses=_WAITS,
+)
 @router.post("/v2/map", summary="List a site's URLs (Firecrawl v2)", include_in_schema=False)
 async def map_site(
     body: compat.MapBody, request: Request, principal: WaitingPrincipal

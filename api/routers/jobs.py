@@ -13,7 +13,8 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import Credentials, CurrentPrincipal, Db, authenticate
 from api.schemas import ERROR_RESPONSES, JobOut, ListQuery, Page, parse_statuses
 from api.views import render_result
-from common.errors import NotFound
+from common.errors import NotFound, ValidationFailed
+from config.queues import KINDS
 from jobs.service import emit_job_event
 from jobs.views import job_to_dict
 from store import jobs as job_store
@@ -30,11 +31,21 @@ class JobListQuery(ListQuery):
     status: str | None = Field(
         default=None, description="Comma-separated: queued,running,completed,failed,cancelled"
     )
-    kind: str | None = Field(default=None, max_length=40)
+    kind: str | None = Field(default=None, max_length=40, description="One job kind.")
 
 
 def _statuses(raw: str | None) -> tuple[str, ...]:
     return parse_statuses(raw, ALL_STATUSES)
+
+
+def _kind(raw: str | None) -> str | None:
+    """The ``kind`` filter; 422 naming the allowed kinds, like an unknown status."""
+    if raw is None or raw in KINDS:
+        return raw
+    raise ValidationFailed(
+        f"Unknown kind {raw!r}; use one of {', '.join(KINDS)}.",
+        details=[{"loc": ["query", "kind"], "msg": "unknown kind", "type": "enum"}],
+    )
 
 
 @router.get("", response_model=Page[JobOut], summary="List jobs (cursor pagination)")
@@ -43,7 +54,7 @@ def list_jobs(
 ) -> dict[str, object]:
     flt = JobFilter(
         statuses=_statuses(query.status),
-        kind=query.kind,
+        kind=_kind(query.kind),
         created_after=query.created_after,
         created_before=query.created_before,
         descending=query.sort == "-created_at",

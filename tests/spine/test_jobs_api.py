@@ -166,7 +166,7 @@ def test_errors_use_the_envelope(client: Any, org: OrgKey) -> None:
                 headers={**org.headers, "Content-Type": "application/json"},
             ),
             400,
-            "validation_error",
+            "invalid_json",
         ),
         (
             client.post("/v1/diagnostics/sleep", json={"seconds": -1}, headers=org.headers),
