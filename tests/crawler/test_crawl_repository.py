@@ -26,6 +26,10 @@ def _job(org_id: str, max_pages: int) -> tuple[str, CrawlRequest]:
             session, org_id=org_id, kind="crawl", input=request.model_dump(mode="json")
         )
         repo.insert_urls(session, job.id, [(f"http://s.test/p{i}", 1) for i in range(40)])
+        # A crawl's frontier is worked only while the job runs (a terminal job is frozen).
+        job_store.transition(
+            session, job.id, to=job_store.JobStatus.RUNNING, from_=[job_store.JobStatus.QUEUED]
+        )
         return job.id, request
 
 
@@ -90,3 +94,20 @@ def test_stale_claims_return_to_the_queue(org: Any) -> None:
         assert repo.release_stale(session, job_id, utcnow() - timedelta(seconds=60)) == 0
         assert repo.release_stale(session, job_id, utcnow() + timedelta(seconds=1)) == 4
         assert repo.counts(session, job_id).get("claimed", 0) == 0
+
+
+def test_a_cancelled_crawls_frontier_is_frozen(org: Any) -> None:
+    job_id, request = _job(org.org_id, max_pages=10)
+    with session_scope() as session:
+        (page,) = repo.claim(session, job_id, limit=1, max_pages=10, worker="w")
+    with session_scope() as session:
+        job_store.transition(
+            session, job_id, to=job_store.JobStatus.CANCELLED, from_=list(job_store.ACTIVE)
+        )
+    # The page in flight finishes after the cancel: nothing of it is recorded.
+    record(job_id, request, make_scope(request), [Finished(page, _outcome(page.url, 1))])
+    with session_scope() as session:
+        assert repo.claim(session, job_id, limit=5, max_pages=10, worker="w") == []
+        job = session.get(Job, job_id)
+        assert job is not None and "pages_crawled" not in job.progress
+        assert session.scalars(select(ResultItem).where(ResultItem.job_id == job_id)).all() == []
