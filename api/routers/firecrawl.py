@@ -27,6 +27,7 @@ from api.schemas import ERROR_RESPONSES
 from api.submit import accepted, submit_job, submit_job_now
 from api.views import ensure_result_available
 from common.errors import Conflict, ConveyorError, ErrorCode, NotFound
+from common.timeutil import isoformat_z
 from crawler import compat
 from crawler import repository as repo
 from jobs.views import job_to_dict
@@ -39,6 +40,8 @@ router = APIRouter(tags=["firecrawl"], responses=ERROR_RESPONSES)
 
 #: Documents per crawl-status page (the rest follows ``next``).
 STATUS_PAGE_SIZE = 100
+#: At most this many URLs in ``/v2/crawl/{id}/errors`` (``/v1/jobs/{id}/errors`` pages them all).
+MAX_LISTED_ERRORS = 10_000
 _WAITS: dict[int | str, dict[str, Any]] = {
     200: {"description": "`{success: true, data}`: the job finished within `timeout`."},
     202: {"description": "(`/v1`) the job did not finish within `timeout`: the job."},
@@ -193,6 +196,34 @@ def crawl_status(
         "next": f"{_status_url(request, job.id)}?after={rows[-1].seq}" if more else None,
         "data": [compat.document(row.data or {}, formats) for row in rows],
     }
+
+
+@router.get("/v2/crawl/{job_id}/errors", summary="A crawl's failed and robots-blocked URLs")
+@router.get("/v1/crawl/{job_id}/errors", include_in_schema=False)
+def crawl_errors(job_id: str, principal: CurrentPrincipal, db: Db) -> dict[str, Any]:
+    job = _crawl_job(db, principal, job_id)
+    errors: list[dict[str, Any]] = []
+    blocked: list[str] = []
+    after = 0
+    while len(errors) + len(blocked) < MAX_LISTED_ERRORS:
+        rows = repo.list_problems(db, job.id, after_id=after, limit=500)
+        for row in rows:
+            if row.reason == "robots_blocked":
+                blocked.append(row.url)
+            else:
+                errors.append(
+                    {
+                        "id": str(row.id),
+                        "timestamp": isoformat_z(row.updated_at),
+                        "url": row.url,
+                        "code": row.reason,
+                        "error": row.message or row.reason or "failed",
+                    }
+                )
+        if len(rows) < 500:
+            break
+        after = rows[-1].id
+    return {"success": True, "errors": errors, "robotsBlocked": blocked}
 
 
 @router.delete("/v2/crawl/{job_id}", summary="Cancel a crawl (Firecrawl v2)")

@@ -30,7 +30,10 @@ def api_url(app: Any) -> Iterator[str]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    # The asyncio loop, not uvloop: uvloop in a second thread of the test process has crashed
+    # in its garbage collection (segfault) under this module's load.
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", loop="asyncio")
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
@@ -95,6 +98,13 @@ def test_sdk_readme_crawl_and_status(firecrawl: Firecrawl, site: GeneratedSite) 
     assert status.status == "completed" and status.total == 1 and len(status.data) == 1
     # README: firecrawl.cancel_crawl(id): False once the crawl completed (HTTP 409).
     assert firecrawl.cancel_crawl(crawl_job.id) is False
+    # README: get_crawl_errors(crawl_status.id) after the crawl.
+    missing = firecrawl.crawl(
+        f"{site.base}/status/404", limit=1, sitemap="skip", poll_interval=1, timeout=60
+    )
+    assert missing.status == "failed" and missing.id
+    (error,) = firecrawl.get_crawl_errors(missing.id).errors
+    assert error.url == f"{site.base}/status/404" and error.code == "http_error"
 
 
 def test_sdk_cancel_and_paginated_status(
