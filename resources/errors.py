@@ -13,6 +13,9 @@ Hierarchy (each carries an HTTP status and a code from the API's error enum):
     the message names the window.
   - ``SourceBusy`` (409 ``conflict``): another operation holds the source.
   - ``VerificationFailed`` (500 ``internal_error``): a backup did not restore to the same data.
+  - ``MachineNotReady`` (503 ``unavailable``): this machine cannot run the resource as
+    configured (e.g. the server's OS user cannot reach the data dir); the message says what to
+    change. Raised before any resource or job is created.
 """
 
 from __future__ import annotations
@@ -47,3 +50,8 @@ class SourceBusy(ResourceError):
 
 class VerificationFailed(ResourceError):
     pass
+
+
+class MachineNotReady(ResourceError):
+    status_code = 503
+    code = ErrorCode.UNAVAILABLE

@@ -221,6 +221,9 @@ def _new_resource(
             details=[{"loc": ["body", "tier"], "msg": "unsupported tier", "type": "value_error"}],
         )
     _check_limits(type_, tier, limits)
+    preflight = getattr(get_backend(type_, tier, resource_settings()), "preflight", None)
+    if preflight is not None:
+        preflight()  # 503 with what to change, before anything is created
     days, count = _retention(session, org_id, *retention)
     if repository.get_by_name(session, org_id, name) is not None:
         raise Conflict(f"A resource named {name!r} already exists.")

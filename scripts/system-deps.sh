@@ -2,7 +2,8 @@
 # System packages the tests and benchmarks need: Debian's Chromium (Playwright drives it; never
 # `playwright install`), PostgreSQL and Redis servers, the docker-compose client (the compose
 # file is validated with `docker-compose config`; no engine is needed) and wrk (the HTTP
-# benchmarks' load generator). Only what is missing is installed.
+# benchmarks' load generator) and acl (setfacl: the postgres OS user may enter a data dir's
+# parents). Only what is missing is installed.
 set -euo pipefail
 need=()
 command -v chromium >/dev/null || need+=(chromium)
@@ -11,6 +12,7 @@ command -v redis-server >/dev/null || need+=(redis-server)
 command -v psql >/dev/null || need+=(postgresql-client)
 command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || need+=(docker-compose)
 command -v wrk >/dev/null || need+=(wrk)
+command -v setfacl >/dev/null || need+=(acl)  # dedicated servers reach a data dir under /root
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then SUDO=sudo; else SUDO=; fi
   echo "installing system packages: ${need[*]}"

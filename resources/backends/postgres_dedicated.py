@@ -35,7 +35,7 @@ from resources.backends.base import (
     compare_fingerprints,
     free_port,
 )
-from resources.backends.proc import chown_tree, run
+from resources.backends.proc import chown_tree, ensure_reachable, run
 from resources.errors import BackendError, NotSupported, OutsideWindow
 from resources.settings import ResourceSettings
 
@@ -65,6 +65,7 @@ class PostgresDedicated:
     def __init__(self, settings: ResourceSettings) -> None:
         self.settings = settings
         self.user = settings.pg_os_user
+        self._reachable = False
 
     # -- paths and plumbing -------------------------------------------------------------
     def _bin(self, name: str) -> str:
@@ -156,10 +157,21 @@ class PostgresDedicated:
         )
 
     # -- lifecycle ----------------------------------------------------------------------
+    def preflight(self) -> None:
+        """Before a resource or job exists: the server's OS user can reach its directories
+        (parents made enterable when we are root; else 503 saying what to change)."""
+        if self._reachable:
+            return
+        for root in (self.settings.instances_dir, self.settings.backups_dir):
+            root.mkdir(parents=True, exist_ok=True)
+            ensure_reachable(root / "x", self.user)
+        self._reachable = True
+
     def provision(self, ident: str, limits: dict[str, Any]) -> Handle:
         inst, archive = self._instance_dir(ident), self._archive_dir(ident)
         if inst.exists():
             raise BackendError(f"instance directory {inst} already exists")
+        self.preflight()
         limit = int(limits.get("connection_limit", DEFAULT_CONNECTION_LIMIT))
         self._mkdirs(inst, inst / "sock", archive)
         data, port = inst / "data", free_port()

@@ -170,3 +170,36 @@ def test_archive_pruned_to_the_oldest_kept_base_backup(
     assert all(s >= start(second) for s in segments())
     assert len(segments()) < len(kept)
     assert backend.verify(instance, second).ok  # what b2 needs is still there
+
+
+def test_a_data_dir_under_a_0700_parent(ident: str) -> None:
+    """The platform runs as root with its checkout in /root (0700): the postgres OS user gets
+    search access to the parents (ACL ``u:postgres:x``) and the instance starts."""
+    import secrets
+    import shutil
+    import subprocess
+
+    from tests.resources.conftest import PG_DSN, REDIS_URL
+
+    private = Path(f"/tmp/cvy_private_{secrets.token_hex(4)}")
+    private.mkdir(mode=0o700)
+    try:
+        settings = ResourceSettings(
+            pg_admin_dsn=PG_DSN,
+            redis_admin_url=REDIS_URL,
+            data_dir=private / "checkout" / ".data" / "resources",
+            name_prefix="cvy_res_",
+            pg_archive_timeout_s=1,
+        )
+        backend = PostgresDedicated(settings)
+        handle = backend.provision(ident, {"connection_limit": 5})
+        try:
+            _exec(handle.env["DATABASE_URL"], "CREATE TABLE t (id int)", "INSERT INTO t VALUES (7)")
+            assert _ids(handle.env["DATABASE_URL"]) == [7]
+        finally:
+            backend._destroy(settings.instances_dir / f"pg_{ident}")
+        assert private.stat().st_mode & 0o007 == 0  # others still locked out: one user's ACL
+        acl = subprocess.run(["getfacl", "-p", str(private)], capture_output=True, text=True)
+        assert f"user:{settings.pg_os_user}:--x" in acl.stdout
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
