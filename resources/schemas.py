@@ -102,7 +102,8 @@ class ResourcePatch(BaseModel):
 
 
 class RestoreRequest(BaseModel):
-    """``backup_id`` (every tier) or ``target_time`` (dedicated postgres: PITR)."""
+    """``backup_id`` (every tier) or ``target_time``: PITR on dedicated postgres; elsewhere the
+    newest verified backup taken at or before it (answered as ``restored_to``, ``backup_id``)."""
 
     model_config = ConfigDict(extra="forbid")
 

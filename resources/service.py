@@ -544,9 +544,52 @@ def _derived(
     return res
 
 
+def _has_pitr(res: Resource) -> bool:
+    return res.type == "postgres" and res.tier == "dedicated"
+
+
+def _newest_verified_at_or_before(
+    session: Session, source: Resource, target: datetime
+) -> ResourceBackup:
+    """Without PITR, ``target_time`` restores the newest verified backup taken at or before it
+    (422 naming the earliest one when there is none)."""
+    _require_ready(source)
+    verified = [b for b in repository.completed_backups(session, source.id) if b.verified_at]
+    chosen = [b for b in verified if b.created_at <= target]
+    if not chosen:
+        earliest = isoformat_z(verified[0].created_at) if verified else None
+        raise ValidationFailed(
+            f"No verified backup of {source.id} was taken at or before {isoformat_z(target)}"
+            + (f"; the earliest is from {earliest}." if earliest else "; it has none yet."),
+            details=[
+                {
+                    "loc": ["body", "target_time"],
+                    "msg": f"no verified backup at or before it (earliest: {earliest})",
+                    "type": "value_error",
+                }
+            ],
+        )
+    return chosen[-1]
+
+
 def restore(session: Session, source: Resource, body: RestoreRequest) -> Resource:
     """Always into a NEW resource, never in place."""
     name = body.name or f"{source.name[:40]}-restore-{utcnow():%Y%m%d%H%M%S}"
+    if body.target_time is not None and not _has_pitr(source):
+        target = body.target_time.astimezone(UTC)
+        backup = _newest_verified_at_or_before(session, source, target)
+        return _derived(
+            session,
+            source,
+            name,
+            {"backup_id": backup.id},
+            {
+                "restored_from": source.id,
+                "target_time": isoformat_z(target),
+                "backup_id": backup.id,
+                "restored_to": isoformat_z(backup.created_at),
+            },
+        )
     if body.target_time is not None:
         target = body.target_time.astimezone(UTC)
         _check_window(session, source, target)

@@ -39,12 +39,12 @@ _STATUSES = ("provisioning", "ready", "degraded", "failed", "deleting", "deleted
 _TYPES = ("postgres", "redis", "blob", "volume")
 
 
-def _accepted(db: Session, res: Resource) -> JSONResponse:
-    """202 with the resource; its jobs are sent and its events delivered once the request's
-    session commits."""
+def _accepted(db: Session, res: Resource, extra: dict[str, Any] | None = None) -> JSONResponse:
+    """202 with the resource (and ``extra`` fields); its jobs are sent and its events delivered
+    once the request's session commits."""
     db.flush()
     db.refresh(res)
-    return accepted_object(service.view(res), f"/v1/resources/{res.id}")
+    return accepted_object({**service.view(res), **(extra or {})}, f"/v1/resources/{res.id}")
 
 
 def _csv(raw: str | None, allowed: tuple[str, ...], name: str) -> tuple[str, ...]:
@@ -192,14 +192,19 @@ def delete_backup(
 @router.post(
     "/resources/{resource_id}/restore",
     status_code=202,
-    summary="Restore a backup_id (any tier) or a target_time (dedicated) into a NEW resource",
+    summary="Restore a backup_id, or the state at target_time, into a NEW resource",
 )
 def restore(
     resource_id: str, body: RestoreRequest, principal: CurrentPrincipal, db: Db
 ) -> JSONResponse:
+    """``target_time``: point-in-time on dedicated PostgreSQL; elsewhere the newest verified
+    backup taken at or before it, answered as ``restored_to`` (its time) and ``backup_id``."""
     source = service.get(db, principal.org_id, resource_id)
     enforce_quota(db, principal.org_id, "restore", {})
-    return _accepted(db, service.restore(db, source, body))
+    res = service.restore(db, source, body)
+    origin = res.source or {}
+    extra = {k: origin[k] for k in ("restored_to", "backup_id") if "restored_to" in origin}
+    return _accepted(db, res, extra)
 
 
 @router.post(

@@ -81,6 +81,54 @@ def test_postgres_shared_end_to_end(client: Any, org: Any, other_org: Any, api_e
         connect_url(new_url)
 
 
+def test_shared_tier_restores_the_newest_verified_backup_at_target_time(
+    client: Any, org: Any, api_env: Any
+) -> None:
+    """Sylphx restores by ``targetTime`` on every database: on the shared tier that is the newest
+    verified backup taken at or before it, answered with ``restored_to`` and its id."""
+    rid = provision(client, org, type="postgres", tier="shared")["id"]
+    url = creds(client, org, rid)["env"]["DATABASE_URL"]
+    with connect_url(url) as conn:
+        conn.execute("CREATE TABLE items (id int)")
+        conn.execute("INSERT INTO items SELECT generate_series(1, 3)")
+    first = backup(client, org, rid)
+    with connect_url(url) as conn:
+        conn.execute("INSERT INTO items SELECT generate_series(4, 5)")
+    second = backup(client, org, rid)
+    assert first["verified_at"] and second["verified_at"]
+    between = datetime.fromisoformat(second["created_at"].replace("Z", "+00:00")) - timedelta(
+        microseconds=1
+    )
+    r = client.post(
+        f"/v1/resources/{rid}/restore",
+        json={"target_time": between.isoformat()},
+        headers=org.headers,
+    )
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert (body["backup_id"], body["restored_to"]) == (first["id"], first["created_at"])
+    assert body["source"]["restored_to"] == first["created_at"]
+    restored = wait_resource(client, body["id"], org.headers)
+    assert restored["status"] == "ready", restored
+    with connect_url(creds(client, org, restored["id"])["env"]["DATABASE_URL"]) as conn:
+        assert conn.execute("SELECT count(*) FROM items").fetchone() == (3,)
+    latest = client.post(
+        f"/v1/resources/{rid}/restore",
+        json={"target_time": datetime.now(UTC).isoformat()},
+        headers=org.headers,
+    )
+    assert latest.status_code == 202 and latest.json()["backup_id"] == second["id"]
+    wait_resource(client, latest.json()["id"], org.headers)
+    early = client.post(
+        f"/v1/resources/{rid}/restore",
+        json={"target_time": "2026-01-01T00:00:00Z"},
+        headers=org.headers,
+    )
+    assert early.status_code == 422 and first["created_at"] in early.json()["error"]["message"]
+    for res_id in (rid, restored["id"], latest.json()["id"]):
+        delete(client, org, res_id)
+
+
 def test_redis_blob_volume_through_the_api(client: Any, org: Any, api_env: Any) -> None:
     rds = provision(client, org, type="redis", tier="shared")
     c = creds(client, org, rds["id"])
