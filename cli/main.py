@@ -107,6 +107,16 @@ def api_command() -> list[str]:
     ]
 
 
+def embedded_s3_command() -> list[str] | None:
+    """The embedded default's S3 server for blob resources (``resources.s3server``), when no
+    ``CONVEYOR_RESOURCES_S3_ENDPOINT_URL`` is set: the API and the workers find its URL in the
+    data dir. None when an endpoint is configured."""
+    settings = get_settings()
+    if settings.resources_s3_endpoint_url:
+        return None
+    return [sys.executable, "-m", "resources.s3server", "--data-dir", str(settings.data_dir)]
+
+
 def beat_command() -> list[str]:
     settings = get_settings()
     return _celery("beat", "-S", "workers.beat:ResilientRedBeatScheduler", "-l", settings.log_level)
@@ -262,9 +272,12 @@ def up(
     def log_of(name: str) -> Path | None:
         return None if verbose else logs / f"{name.replace(' ', '-')}.log"
 
+    s3_command = embedded_s3_command()
     flower_cmd, flower_env = flower_command()
     supervisor = Supervisor(
         [
+            # First: blob resources' S3 server (its URL recorded in the data dir; same port again).
+            *([Child("s3", s3_command, log=log_of("s3"))] if s3_command else []),
             Child("api", api_command(), log=log_of("api")),
             *(
                 Child(

@@ -54,10 +54,8 @@ class ErrorCode(StrEnum):
     UNAVAILABLE = "unavailable"
     DNS_ERROR = "dns_error"
     INTERNAL_ERROR = "internal_error"
-    INVALID_JSON = "invalid_json"
     CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
     SCRAPE_FAILED = "scrape_failed"
-    CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
     BACKEND_ERROR = "backend_error"
     # Job error codes (the ``error.code`` of a failed job).
     WORKER_LOST = "worker_lost"
@@ -87,7 +85,6 @@ class ErrorCode(StrEnum):
     REPLICA_CRASHED = "replica_crashed"
     HEALTH_CHECK_FAILED = "health_check_failed"
     REPLICAS_NOT_READY = "replicas_not_ready"
-    BACKEND_ERROR = "backend_error"
     # A failed backup (``error.code`` of a resource backup).
     VERIFICATION_FAILED = "verification_failed"
     JOB_FAILED = "job_failed"

@@ -205,7 +205,9 @@ class Settings(BaseSettings):
     )
     resources_redis_public_host: str = "127.0.0.1"
     resources_redis_server_bin: Path = Path("/usr/bin/redis-server")
-    resources_s3_endpoint_url: str = ""  # empty: AWS; locally moto's server
+    # Empty: the embedded S3 server `conveyor up` runs (blob resources refused with 503 when
+    # none runs); AWS must be named (https://s3.amazonaws.com), never reached by default.
+    resources_s3_endpoint_url: str = ""
     resources_s3_region: str = "us-east-1"
     resources_s3_access_key_id: str = "conveyor"
     resources_s3_secret_access_key: SecretStr = SecretStr("conveyor")

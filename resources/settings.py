@@ -11,6 +11,7 @@ from pathlib import Path
 
 from common.crypto import split_keys
 from config import Settings, default
+from resources.s3server import recorded_endpoint
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,10 @@ class ResourceSettings:
             redis_admin_url=settings.resolved_resources_redis_admin_url(),
             redis_public_host=settings.resources_redis_public_host,
             redis_server_bin=settings.resources_redis_server_bin,
-            s3_endpoint_url=settings.resources_s3_endpoint_url or None,
+            # Not set: the embedded server of this data dir when it runs (``conveyor up``);
+            # never an implicit public endpoint.
+            s3_endpoint_url=settings.resources_s3_endpoint_url
+            or recorded_endpoint(settings.data_dir),
             s3_region=settings.resources_s3_region,
             s3_access_key_id=settings.resources_s3_access_key_id,
             s3_secret_access_key=settings.resources_s3_secret_access_key.get_secret_value(),

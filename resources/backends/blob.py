@@ -11,10 +11,12 @@ import hashlib
 import io
 import json
 import secrets
+import socket
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
 from botocore.client import BaseClient
@@ -22,7 +24,7 @@ from botocore.config import Config
 
 from resources.backends import files
 from resources.backends.base import BackupResult, Handle, NoPitr, VerifyResult, compare_fingerprints
-from resources.errors import NotSupported
+from resources.errors import MachineNotReady, NotSupported
 from resources.settings import ResourceSettings
 
 
@@ -44,6 +46,26 @@ class Blob(NoPitr):
             aws_secret_access_key=secret or self.settings.s3_secret_access_key,
             config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
         )
+
+    def preflight(self) -> None:
+        """Before a blob resource or job exists: an S3 endpoint is configured and answers (else
+        503 naming the setting; the public internet is never tried by default)."""
+        endpoint = self.settings.s3_endpoint_url
+        if not endpoint:
+            raise MachineNotReady(
+                "Blob resources need an S3 endpoint and none is configured or running here: "
+                "set CONVEYOR_RESOURCES_S3_ENDPOINT_URL (https://s3.amazonaws.com for AWS), or "
+                "run the embedded default with `conveyor up`, which serves one."
+            )
+        parts = urlsplit(endpoint)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            socket.create_connection((parts.hostname or "", port), timeout=3).close()
+        except OSError as exc:
+            raise MachineNotReady(
+                f"The S3 endpoint {endpoint} (CONVEYOR_RESOURCES_S3_ENDPOINT_URL, or the "
+                f"embedded server of `conveyor up`) does not answer: {exc}."
+            ) from exc
 
     def _bucket(self, ident: str) -> str:
         return f"{self.settings.name_prefix}{ident}".replace("_", "-").lower()
@@ -77,6 +99,7 @@ class Blob(NoPitr):
         return str(key["AccessKeyId"]), str(key["SecretAccessKey"])
 
     def _create(self, ident: str) -> Handle:
+        self.preflight()
         bucket = self._bucket(ident)
         self._client("s3").create_bucket(Bucket=bucket)
         if not self.settings.s3_use_iam:

@@ -103,13 +103,24 @@ def test_dependency_conditions(services: dict[str, dict[str, Any]]) -> None:
 
 def test_production_environment(services: dict[str, dict[str, Any]]) -> None:
     for name, service in services.items():
-        if name in ("redis", "postgres") or "monitoring" in service.get("profiles", []):
+        if name in ("redis", "postgres", "minio") or "monitoring" in service.get("profiles", []):
             continue
         env = service["environment"]
         assert env["CONVEYOR_DATABASE_URL"].startswith("postgresql+psycopg://"), name
         assert "@postgres:5432/" in env["CONVEYOR_DATABASE_URL"], name
         assert env["CONVEYOR_BROKER_URL"] == "redis://redis:6379/0", name
     assert services["api"]["environment"]["CONVEYOR_API_HOST"] == "0.0.0.0"
+
+
+def test_blob_resources_have_a_real_s3_server(services: dict[str, dict[str, Any]]) -> None:
+    minio = services["minio"]
+    assert minio["image"].startswith("minio/minio:") and "minio-data:/data" in minio["volumes"]
+    assert "ready" in minio["healthcheck"]["test"]
+    for name in ("api", "worker-provision", "beat"):
+        env = services[name]["environment"]
+        assert env["CONVEYOR_RESOURCES_S3_ENDPOINT_URL"] == "http://minio:9000", name
+        assert env["CONVEYOR_RESOURCES_S3_USE_IAM"] == "false", name  # MinIO: no AWS IAM API
+        assert services[name]["depends_on"]["minio"]["condition"] == "service_healthy", name
 
 
 def test_inference_worker_reserves_a_gpu_under_a_profile(
