@@ -126,8 +126,10 @@ def test_conveyor_up_runs_a_job_end_to_end(tmp_path: Path) -> None:
         )  # fmt: skip
         assert taken.returncode == 1 and f"Port {api_port}" in taken.stderr, taken.stderr
         assert httpx.get(f"{base}/v1/health", timeout=10).status_code == 200
+        # Blob resources are served by the embedded S3 server (nothing configured).
+        blob_id = _blob_with_object(base, headers)
         children = psutil.Process(proc.pid).children(recursive=True)
-        assert len(children) >= 8  # api, 5 worker groups, beat, flower (+ pool processes)
+        assert len(children) >= 9  # api, 5 worker groups, beat, flower, S3 (+ pool processes)
     finally:
         os.kill(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
@@ -136,3 +138,51 @@ def test_conveyor_up_runs_a_job_end_to_end(tmp_path: Path) -> None:
         assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, child
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{api_port}/v1/health", timeout=2)
+    # Up again on the same data dir: the object is still there.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "up"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        headers = {"Authorization": f"Bearer {proc.stdout.readline().strip()}"}
+        get = httpx.post(
+            f"{base}/v1/resources/{blob_id}/presign",
+            json={"key": "notes/hello.txt", "method": "GET"},
+            headers=headers,
+            timeout=30,
+        )
+        assert get.status_code == 200, get.text
+        assert httpx.get(get.json()["url"], timeout=30).content == b"kept across restarts"
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+def _blob_with_object(base: str, headers: dict[str, str]) -> str:
+    """A blob resource on the embedded S3 server, with one object PUT by plain HTTP."""
+    created = httpx.post(
+        f"{base}/v1/resources",
+        json={"type": "blob", "tier": "shared", "name": "files"},
+        headers=headers,
+        timeout=30,
+    )
+    assert created.status_code == 202, created.text
+    blob = created.json()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and blob["status"] == "provisioning":
+        time.sleep(0.2)
+        blob = httpx.get(f"{base}/v1/resources/{blob['id']}", headers=headers, timeout=30).json()
+    assert blob["status"] == "ready", blob
+    put = httpx.post(
+        f"{base}/v1/resources/{blob['id']}/presign",
+        json={"key": "notes/hello.txt", "method": "PUT"},
+        headers=headers,
+        timeout=30,
+    ).json()
+    assert httpx.put(put["url"], content=b"kept across restarts", timeout=30).status_code == 200
+    return str(blob["id"])
