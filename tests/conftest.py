@@ -201,7 +201,10 @@ def live_api(app: Any) -> Iterator[str]:
     import uvicorn
 
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    # The asyncio loop, not uvloop: uvloop in a second thread of the test process has crashed
+    # (a segfault in its garbage collection) under the Firecrawl SDK test's load.
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", loop="asyncio")
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -7,15 +7,10 @@ joined Markdown export names each page."""
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
-import uvicorn
 from firecrawl import Firecrawl
 from firecrawl.types import ScrapeOptions
 
@@ -25,33 +20,9 @@ from tests.sites.site import GeneratedSite
 pytestmark = pytest.mark.usefixtures("crawl_settings", "worker")
 
 
-@pytest.fixture(scope="module")
-def api_url(app: Any) -> Iterator[str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    # The asyncio loop, not uvloop: uvloop in a second thread of the test process has crashed
-    # in its garbage collection (segfault) under this module's load.
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", loop="asyncio")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    yield url
-    server.should_exit = True
-    thread.join(timeout=10)
-
-
 @pytest.fixture
-def firecrawl(api_url: str, org: Any) -> Firecrawl:
-    return Firecrawl(api_key=org.key, api_url=api_url)
+def firecrawl(live_api: str, org: Any) -> Firecrawl:
+    return Firecrawl(api_key=org.key, api_url=live_api)
 
 
 def _meta_ok(meta: Any, url: str) -> None:
