@@ -27,6 +27,7 @@ def _first_org_objects(client: Any, org: OrgKey, worker: Any) -> dict[str, tuple
     ).json()
     wait_for_job(client, job["id"], org.headers)
     key = client.post("/v1/keys", json={"name": "victim"}, headers=org.headers).json()
+    batch = _finished_batch(org)
     with session_scope() as session:
         dep = Deployment(
             org_id=org.org_id,
@@ -74,7 +75,39 @@ def _first_org_objects(client: Any, org: OrgKey, worker: Any) -> dict[str, tuple
             "binding_id": (ResourceBinding, binding.id),
             "webhook_id": (WebhookEndpoint, hook.id),
             "delivery_id": (WebhookDelivery, delivery.id),
+            "batch_id": (Job, batch),
         }
+
+
+def _finished_batch(org: OrgKey) -> str:
+    """An OpenAI batch (an inference job) of the first organisation, completed with one line,
+    so its output file exists too."""
+    from store import jobs as job_store
+    from store.db import session_scope
+    from store.jobs import JobStatus
+
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/embeddings", "body": {"model": "m"}}
+    with session_scope() as session:
+        job = job_store.insert_job(
+            session,
+            org_id=org.org_id,
+            kind="inference",
+            input={"operation": "batch", "requests": [line], "relay": False},
+        )
+        job_store.transition(session, job.id, to=JobStatus.RUNNING, from_=[JobStatus.QUEUED])
+        job_store.add_result_item(
+            session, job.id, seq=0, name="line", data={"custom_id": "a", "error": None}
+        )
+        job_store.set_progress(session, job.id, {"requests_total": 1, "requests_completed": 1})
+        job_store.transition(session, job.id, to=JobStatus.COMPLETED, from_=[JobStatus.RUNNING])
+    return job.id
+
+
+def _uploaded_file(client: Any, org: OrgKey) -> str:
+    files = {"file": ("isolation.jsonl", b'{"custom_id": "x"}\n')}
+    r = client.post("/v1/files", files=files, data={"purpose": "batch"}, headers=org.headers)
+    assert r.status_code == 200, r.text
+    return str(r.json()["id"])
 
 
 def _snapshot(objects: dict[str, tuple[Any, str]]) -> dict[str, dict[str, Any]]:
@@ -96,6 +129,7 @@ def test_a_second_org_sees_and_changes_nothing_on_any_route(
 ) -> None:
     objects = _first_org_objects(client, org, worker)
     ids = {name: row_id for name, (_, row_id) in objects.items()}
+    ids["file_id"] = _uploaded_file(client, org)  # kept in Redis, not a row
     before = _snapshot(objects)
     secrets_of_a = [
         *ids.values(),
@@ -130,6 +164,11 @@ def test_a_second_org_sees_and_changes_nothing_on_any_route(
     # Nothing of the first organisation changed: every row is exactly as it was.
     assert _snapshot(objects) == before
     assert client.get(f"/v1/jobs/{ids['job_id']}/result", headers=org.headers).status_code == 200
+    assert client.get(f"/v1/files/{ids['file_id']}", headers=org.headers).status_code == 200
+    output = client.get(f"/v1/batches/{ids['batch_id']}", headers=org.headers).json()
+    assert (
+        client.get(f"/v1/files/{output['output_file_id']}", headers=org.headers).status_code == 200
+    )
 
 
 HOSTILE_BODIES = [
@@ -152,7 +191,7 @@ def test_hostile_bodies_get_clear_4xx(client: Any, org: OrgKey, body: bytes) -> 
     )
     assert 400 <= response.status_code < 500, (body[:40], response.status_code)
     error = response.json()["error"]
-    assert error["code"] in ("validation_error", "unsafe_url", "dns_error")
+    assert error["code"] in ("validation_error", "invalid_json", "unsafe_url", "dns_error")
     assert error["request_id"].startswith("req_")
 
 
