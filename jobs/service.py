@@ -33,25 +33,29 @@ from workers import outbox
 
 
 def validate_input(kind: str, payload: Mapping[str, Any]) -> dict[str, Any]:
-    """The kind's input, validated, normalised (422 ``validation_error`` when it is not) and
-    passed through the kind's declared submit-time check (e.g. 422 ``unsafe_url``)."""
+    """The kind's input, validated and normalised (422 ``validation_error`` when it is not)."""
     declared = KINDS.get(kind)
     if declared is None:
         raise NotFound(f"Unknown job kind {kind!r}.")
-    clean = dict(payload)
-    if declared.input_model is not None:
-        model: type[BaseModel] = resolve(declared.input_model)
-        try:
-            clean = model.model_validate(clean).model_dump(mode="json")
-        except ValidationError as exc:
-            details = [
-                {"loc": ["body", *map(str, err["loc"])], "msg": err["msg"], "type": err["type"]}
-                for err in exc.errors()
-            ]
-            raise ValidationFailed("The job input is invalid.", details=details) from exc
-    if declared.check is not None:
-        resolve(declared.check)(clean)
-    return clean
+    if declared.input_model is None:
+        return dict(payload)
+    model: type[BaseModel] = resolve(declared.input_model)
+    try:
+        return model.model_validate(dict(payload)).model_dump(mode="json")
+    except ValidationError as exc:
+        details = [
+            {"loc": ["body", *map(str, err["loc"])], "msg": err["msg"], "type": err["type"]}
+            for err in exc.errors()
+        ]
+        raise ValidationFailed("The job input is invalid.", details=details) from exc
+
+
+def check_input(kind: str, input: Mapping[str, Any]) -> None:
+    """The kind's declared submit-time check on its validated input (a crawl's SSRF guard:
+    422 ``unsafe_url``), run by every creation path through :func:`create_job`."""
+    declared = KINDS.get(kind)
+    if declared is not None and declared.check is not None:
+        resolve(declared.check)(input)
 
 
 def create_job(
@@ -72,6 +76,7 @@ def create_job(
     hook = webhooks.parse_job_webhook(hook_value) if hook_value is not None else None
     clean = validate_input(kind, clean)
     clean.pop("webhook", None)  # a model's WithWebhook default: kept apart, never in the input
+    check_input(kind, clean)
     if quota:
         plans.enforce_quota(session, org_id, kind, clean)  # 402 quota_exceeded
     job = job_store.insert_job(session, org_id=org_id, kind=kind, input=clean, job_id=job_id)
