@@ -7,6 +7,7 @@ that builds the context and records the outcome is ``tasks/runner.py``.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -120,9 +121,10 @@ class JobContext:
         session: Session | None = None,
     ) -> int:
         seq = self.reserve_seq()
-        if session is not None:
+        with contextlib.ExitStack() as stack:
+            target = session if session is not None else stack.enter_context(session_scope())
             job_store.add_result_item(
-                session,
+                target,
                 self.job_id,
                 seq=seq,
                 name=name,
@@ -130,17 +132,6 @@ class JobContext:
                 body=body,
                 data=data,
             )
-        else:
-            with session_scope() as own:
-                job_store.add_result_item(
-                    own,
-                    self.job_id,
-                    seq=seq,
-                    name=name,
-                    content_type=content_type,
-                    body=body,
-                    data=data,
-                )
         return seq
 
 
