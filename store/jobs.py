@@ -301,7 +301,7 @@ def complete(
         params["progress"] = merge_progress
     if result is not None:
         params["seq"] = result_seq
-        params["data"] = result
+        params["data"] = storable(result)
     statement = _complete_statement(bool(merge_progress), result is not None)
     return bool(executor.execute(statement, params).scalar_one() == 1)
 
@@ -460,10 +460,31 @@ def add_result_item(
         return False
     session.add(
         ResultItem(
-            job_id=job_id, seq=seq, name=name, content_type=content_type, body=body, data=data
+            job_id=job_id,
+            seq=seq,
+            name=name,
+            content_type=content_type,
+            body=storable(body),
+            data=storable(data),
         )
     )
     return True
+
+
+_NUL = "\x00"
+
+
+def storable(value: Any) -> Any:
+    """``value`` with every NUL character in its strings replaced by U+FFFD: PostgreSQL's text
+    and JSONB cannot hold NUL, and a job's output (a model's generated text, a crawled page)
+    may contain one. Walks only what can hold a string; returns ``value`` itself when clean."""
+    if isinstance(value, str):
+        return value.replace(_NUL, "\ufffd") if _NUL in value else value
+    if isinstance(value, dict):
+        return {key: storable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [storable(item) for item in value]
+    return value
 
 
 def iter_result_items(job_id: str, *, batch: int = 200) -> Iterator[ResultItem]:

@@ -152,3 +152,21 @@ def test_a_job_survives_its_pooled_connections_dying_inside_the_bypass_window(
     with psycopg.connect(url) as check:
         row = check.execute("SELECT status, attempts FROM jobs WHERE id = %s", (job_id,)).fetchone()
     assert row == (JobStatus.COMPLETED, 1)
+
+
+def test_a_result_holding_nul_characters_is_stored(org: OrgKey) -> None:
+    """A model's generated text may hold NUL, which PostgreSQL's JSONB refuses: the result is
+    stored with U+FFFD in its place instead of failing the job."""
+    job_id = _queued(org)
+    with autocommit() as connection:
+        job_store.start(connection, job_id, "d-nul", 3)
+        won = job_store.complete(
+            connection,
+            job_id,
+            result={"text": "a\x00b", "lines": [{"content": "\x00"}]},
+            result_seq=0,
+            delivery_id="d-nul",
+        )
+    assert won
+    [item] = list(job_store.iter_result_items(job_id))
+    assert item.data == {"text": "a\ufffdb", "lines": [{"content": "\ufffd"}]}
