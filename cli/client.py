@@ -98,6 +98,16 @@ def page_or_print(response: httpx.Response, *, as_json: bool) -> dict[str, Any] 
     return page
 
 
+def call(method: str, path: str, expect: int, **kwargs: Any) -> httpx.Response:
+    """One request to the API; exit with the error envelope's line unless it answers
+    ``expect``."""
+    with api_client() as client:
+        response = client.request(method, path, **kwargs)
+    if response.status_code != expect:
+        fail(response)
+    return response
+
+
 def fail(response: httpx.Response) -> NoReturn:
     """Print the error envelope's code and message and exit 1."""
     try:

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cli.client import api_client, fail, page_or_print
+from cli.client import api_client, call, fail, page_or_print
 
 jobs_app = typer.Typer(help="Jobs: list, show, cancel, delete, download results.")
 out = Console()
@@ -57,11 +57,7 @@ def list_jobs(
 @jobs_app.command("get")
 def get_job(job_id: str) -> None:
     """Show one job as JSON."""
-    with api_client() as client:
-        response = client.get(f"/v1/jobs/{job_id}")
-    if response.status_code != 200:
-        fail(response)
-    print(json.dumps(response.json(), indent=2))
+    print(json.dumps(call("GET", f"/v1/jobs/{job_id}", 200).json(), indent=2))
 
 
 #: Where ``jobs submit`` sends each kind a user submits directly.
@@ -86,10 +82,7 @@ def submit_job(
         body = json.loads(input)
     except ValueError as exc:
         raise typer.BadParameter(f"not JSON: {exc}", param_hint="--input") from exc
-    with api_client() as client:
-        response = client.post(route, json=body)
-    if response.status_code != 202:
-        fail(response)
+    response = call("POST", route, 202, json=body)
     print(json.dumps(response.json(), indent=2))
 
 
@@ -152,20 +145,14 @@ def _progress_of(progress: object) -> tuple[float, float | None]:
 @jobs_app.command("cancel")
 def cancel_job(job_id: str) -> None:
     """Cancel a queued or running job."""
-    with api_client() as client:
-        response = client.post(f"/v1/jobs/{job_id}/cancel")
-    if response.status_code != 200:
-        fail(response)
+    response = call("POST", f"/v1/jobs/{job_id}/cancel", 200)
     print(response.json()["status"])
 
 
 @jobs_app.command("delete")
 def delete_job(job_id: str) -> None:
     """Cancel an active job, or delete a finished job's result."""
-    with api_client() as client:
-        response = client.delete(f"/v1/jobs/{job_id}")
-    if response.status_code != 204:
-        fail(response)
+    call("DELETE", f"/v1/jobs/{job_id}", 204)
 
 
 @jobs_app.command("result")

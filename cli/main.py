@@ -227,12 +227,9 @@ def keys_list(
 @keys_app.command("revoke")
 def keys_revoke(key_id: str) -> None:
     """Revoke a key (effective on its next request)."""
-    from cli.client import api_client, fail
+    from cli.client import call
 
-    with api_client() as client:
-        response = client.delete(f"/v1/keys/{key_id}")
-    if response.status_code != 204:
-        fail(response)
+    call("DELETE", f"/v1/keys/{key_id}", 204)
     print(f"revoked {key_id}")
 
 
