@@ -228,6 +228,14 @@ class Settings(BaseSettings):
     resources_kube_backup_secret: str = "conveyor-backup-s3"  # ACCESS_KEY_ID, ACCESS_SECRET_KEY
     resources_kube_ready_timeout_seconds: float = 900.0
     resources_kube_poll_seconds: float = 2.0
+    # App projects (issue 16): CONVEYOR_PROJECTS_BACKEND = local | kubernetes.
+    projects_backend: str = "local"
+    projects_runtime_dir: Path | None = None  # local: checkouts, venvs, logs; default data_dir/…
+    projects_rollout_timeout_seconds: float = 300.0  # new replicas must pass the health check
+    projects_drain_seconds: float = 1.0  # old replicas keep serving this long after the switch
+    projects_backoff_base_seconds: float = 1.0  # crashed replica restart backoff
+    projects_backoff_max_seconds: float = 30.0
+    projects_supervise_seconds: float = 2.0  # the supervisor beat period
 
     def resolved_default_plan(self) -> str:
         """The plan of a new organisation: ``CONVEYOR_DEFAULT_PLAN``, else ``unlimited`` on the
