@@ -32,6 +32,7 @@ ROUTERS: list[str] = [
     "api.routers.openai",
     "api.routers.monitoring",
     "api.routers.batches",
+    "api.routers.projects",
 ]
 
 
@@ -72,6 +73,9 @@ def create_app() -> FastAPI:
     app.add_middleware(DeploymentFastPath)
     install_contract(app)  # rate limits, body limits, idempotency, CORS
     document_contract(app)  # the contract in the OpenAPI document
+    from api.routers.projects import AppRouter
+
+    app.add_middleware(AppRouter)  # app traffic (/apps/…, an environment's Host) skips the API
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(HttpMetricsMiddleware)  # outermost: times everything, 4xx/5xx included
     return app

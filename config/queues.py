@@ -60,6 +60,10 @@ KINDS: dict[str, KindLimits] = {
     "backup": KindLimits(PROVISION, 3 * 3600, 3 * 3600 + 60, "resources.schemas:BackupJobInput"),
     "restore": KindLimits(PROVISION, 3 * 3600, 3 * 3600 + 60, "resources.schemas:RestoreJobInput"),
     "inference": KindLimits(INFERENCE, 600, 660, "inference.schemas:InferenceJobInput"),
+    "project_deploy": KindLimits(DEPLOY, 1800, 1860, "projects.schemas:ProjectJobInput"),
+    "project_rollback": KindLimits(DEPLOY, 900, 960, "projects.schemas:ProjectJobInput"),
+    "project_provision": KindLimits(DEPLOY, 600, 660, "projects.schemas:ProjectJobInput"),
+    "project_delete": KindLimits(DEPLOY, 600, 660, "projects.schemas:ProjectJobInput"),
 }
 
 
@@ -87,6 +91,7 @@ TASK_MODULES: list[str] = [
     "tasks.crawl",
     "tasks.deploy",
     "tasks.provision",
+    "tasks.projects",
     # Not tasks but Celery signal handlers every worker needs, imported by name like the tasks
     # (no import edge from the Celery app to the domains that record through the outbox):
     "workers.lifecycle",  # start and close each process's shared resources
@@ -100,6 +105,7 @@ EXTRA_ROUTES: dict[str, dict[str, str]] = {
     "crawl.batch": {"queue": CRAWL},
     "deployments.*": {"queue": DEPLOY},
     "resources.*": {"queue": MAINTENANCE},
+    "projects.*": {"queue": DEPLOY},
 }
 
 
@@ -170,6 +176,10 @@ def beat_schedule() -> dict[str, dict[str, Any]]:
             "task": "deployments.reconcile",
             "schedule": timedelta(seconds=_setting("deploy_reconcile_seconds")),
         },
+        "supervise-projects": {
+            "task": "projects.supervise",
+            "schedule": timedelta(seconds=_setting("projects_supervise_seconds")),
+        },
     }
 
 
@@ -178,6 +188,7 @@ def beat_schedule() -> dict[str, dict[str, Any]]:
 #: not filled with no-op runs. A check that fails sends the task anyway.
 BEAT_SEND_ONLY_IF: dict[str, str] = {
     "reconcile-deployments": "deployments.repository:any_live",
+    "supervise-projects": "projects.repository:any_live",
 }
 
 

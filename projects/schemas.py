@@ -130,3 +130,25 @@ class ProjectJobInput(BaseModel):
     project_id: str
     environment_id: str | None = None
     deployment_id: str | None = None
+
+
+class ServiceCreate(_Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,30}$")
+    command: str | None = Field(default=None, max_length=2000)
+    port: int | None = Field(default=None, ge=1, le=65535)
+    replicas: int | None = Field(default=None, ge=0, le=20)
+    dockerfile_path: str | None = Field(default=None, max_length=500)
+
+
+class ServicePatch(_Strict):
+    command: str | None = Field(default=None, max_length=2000)
+    port: int | None = Field(default=None, ge=1, le=65535)
+    replicas: int | None = Field(default=None, ge=0, le=20)
+    dockerfile_path: str | None = Field(default=None, max_length=500)
+
+
+class ServiceEnvPatch(_Strict):
+    replicas: int | None = Field(default=None, ge=0, le=20)
+    port: int | None = Field(default=None, ge=1, le=65535)
+    cpu: str | None = Field(default=None, max_length=20)
+    memory: str | None = Field(default=None, max_length=20)

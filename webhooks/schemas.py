@@ -33,7 +33,14 @@ RESOURCE_EVENTS: tuple[str, ...] = (
     "resource.backup_completed",
     "resource.backup_failed",
 )
-EVENT_TYPES: tuple[str, ...] = JOB_EVENTS + DEPLOYMENT_EVENTS + RESOURCE_EVENTS
+PROJECT_EVENTS: tuple[str, ...] = (
+    "project.deploy.started",
+    "project.deploy.succeeded",
+    "project.deploy.failed",
+    "project.rollback.succeeded",
+    "project.crashed",
+)
+EVENT_TYPES: tuple[str, ...] = JOB_EVENTS + DEPLOYMENT_EVENTS + RESOURCE_EVENTS + PROJECT_EVENTS
 
 EventType = Literal[
     "job.started",
@@ -54,6 +61,11 @@ EventType = Literal[
     "resource.deleted",
     "resource.backup_completed",
     "resource.backup_failed",
+    "project.deploy.started",
+    "project.deploy.succeeded",
+    "project.deploy.failed",
+    "project.rollback.succeeded",
+    "project.crashed",
 ]
 DeliveryStatus = Literal["pending", "succeeded", "failed"]
 

@@ -38,8 +38,8 @@ LogSink = Callable[[str], None]
 class ReasonCode:
     """Machine-readable prefixes of a deployment's ``status_reason`` (``"<code>: <message>"``)."""
 
-    BUILD_FAILED = "build_failed"
-    UNSUPPORTED_BUILD = "unsupported_build"
+    BUILD_FAILED = ErrorCode.BUILD_FAILED.value
+    UNSUPPORTED_BUILD = ErrorCode.UNSUPPORTED_BUILD.value
     IMAGE_PULL_FAILED = ErrorCode.IMAGE_PULL_FAILED.value
     CRASH_LOOP = ErrorCode.CRASH_LOOP.value
     REPLICA_CRASHED = ErrorCode.REPLICA_CRASHED.value
