@@ -429,13 +429,14 @@ class LocalProjectsBackend(Backend):
             obs = self._observe(env, st, restart=locked)
             if locked:
                 self._save(env, st)
-                if obs.crashes:
+                if obs.crashes or obs.events:
                     self._write_route(env, st)
             return obs
 
     def _observe(self, env: EnvironmentRef, st: EnvState, *, restart: bool) -> Observation:
         now = time.time()
         crashes: list[CrashEvent] = []
+        events: list[str] = []
         per: dict[str, ServiceObservation] = {
             name: ServiceObservation(name=name, desired=n) for name, n in st.desired.items()
         }
@@ -463,6 +464,7 @@ class LocalProjectsBackend(Backend):
                 self._spawn(r)
                 r.status = "running"
                 alive = True
+                events.append(f"replica {r.id} restarted (restart {r.restarts})")
             obs = per.setdefault(r.service, ServiceObservation(name=r.service))
             if alive and r.status == "running":
                 obs.ready += 1
@@ -484,6 +486,7 @@ class LocalProjectsBackend(Backend):
             url=f"/apps/{env.project_slug}/{env.environment}/",
             state=self._mirror(st),
             crashes=crashes,
+            events=events,
         )
 
     # ------------------------------------------------------------------------ logs ---

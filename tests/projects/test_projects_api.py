@@ -39,8 +39,11 @@ def test_create_validation_conflicts_and_crud(
     assert client.post("/v1/projects", json=neither, headers=org.headers).status_code == 422
 
     # image / dockerfile / nixpacks on the local backend: 422 naming the kubernetes backend
-    for extra in ({"docker_image": "nginx:1"}, {"git_repository": str(repo), "build_pack": "dockerfile"},
-                  {"git_repository": str(repo), "build_pack": "nixpacks"}):
+    for extra in (
+        {"docker_image": "nginx:1"},
+        {"git_repository": str(repo), "build_pack": "dockerfile"},
+        {"git_repository": str(repo), "build_pack": "nixpacks"},
+    ):
         response = client.post(
             "/v1/projects", json={"name": "x", "slug": "img", **extra}, headers=org.headers
         )
@@ -57,13 +60,15 @@ def test_create_validation_conflicts_and_crud(
 
     # environments
     response = client.post(
-        f"/v1/projects/{pid}/environments", json={"name": "staging", "replicas": 2},
+        f"/v1/projects/{pid}/environments",
+        json={"name": "staging", "replicas": 2},
         headers=org.headers,
     )
     assert response.status_code == 201, response.text
     env = response.json()
-    again = client.post(f"/v1/projects/{pid}/environments", json={"name": "staging"},
-                        headers=org.headers)
+    again = client.post(
+        f"/v1/projects/{pid}/environments", json={"name": "staging"}, headers=org.headers
+    )
     assert again.status_code == 409
     response = client.patch(
         f"/v1/projects/{pid}/environments/{env['id']}", json={"replicas": 1}, headers=org.headers
@@ -73,48 +78,87 @@ def test_create_validation_conflicts_and_crud(
     assert {e["name"] for e in envs} == {"production", "staging"}
 
     # env vars: key regex, value cap, secret masked, per environment
-    bad = client.post(f"/v1/projects/{pid}/env-vars",
-                      json={"vars": [{"key": "lower", "value": "x"}]}, headers=org.headers)
+    bad = client.post(
+        f"/v1/projects/{pid}/env-vars",
+        json={"vars": [{"key": "lower", "value": "x"}]},
+        headers=org.headers,
+    )
     assert bad.status_code == 422
-    big = client.post(f"/v1/projects/{pid}/env-vars",
-                      json={"vars": [{"key": "BIG", "value": "x" * 40000}]}, headers=org.headers)
+    big = client.post(
+        f"/v1/projects/{pid}/env-vars",
+        json={"vars": [{"key": "BIG", "value": "x" * 40000}]},
+        headers=org.headers,
+    )
     assert big.status_code == 422
     response = client.post(
         f"/v1/projects/{pid}/env-vars",
-        json={"vars": [{"key": "GREETING", "value": "hi"},
-                       {"key": "API_TOKEN", "value": "s3cr3t-value", "secret": True}]},
+        json={
+            "vars": [
+                {"key": "GREETING", "value": "hi"},
+                {"key": "API_TOKEN", "value": "s3cr3t-value", "secret": True},
+            ]
+        },
         headers=org.headers,
     )
     assert response.status_code == 200, response.text
     listed_vars = client.get(f"/v1/projects/{pid}/env-vars", headers=org.headers).json()["data"]
     assert {v["key"]: v["value"] for v in listed_vars} == {"API_TOKEN": "***", "GREETING": "hi"}
-    staging_vars = client.get(f"/v1/projects/{pid}/env-vars?environment=staging",
-                              headers=org.headers).json()["data"]
+    staging_vars = client.get(
+        f"/v1/projects/{pid}/env-vars?environment=staging", headers=org.headers
+    ).json()["data"]
     assert staging_vars == []
-    assert client.delete(f"/v1/projects/{pid}/env-vars/GREETING", headers=org.headers
-                         ).status_code == 204
-    assert client.delete(f"/v1/projects/{pid}/env-vars/GREETING", headers=org.headers
-                         ).status_code == 404
+    assert (
+        client.delete(f"/v1/projects/{pid}/env-vars/GREETING", headers=org.headers).status_code
+        == 204
+    )
+    assert (
+        client.delete(f"/v1/projects/{pid}/env-vars/GREETING", headers=org.headers).status_code
+        == 404
+    )
 
     # config (not env vars)
-    client.post(f"/v1/projects/{pid}/config", json={"entries": [{"key": "a", "value": "1"}]},
-                headers=org.headers)
-    assert client.put(f"/v1/projects/{pid}/config/b", json={"value": "2"}, headers=org.headers
-                      ).status_code == 200
+    client.post(
+        f"/v1/projects/{pid}/config",
+        json={"entries": [{"key": "a", "value": "1"}]},
+        headers=org.headers,
+    )
+    assert (
+        client.put(
+            f"/v1/projects/{pid}/config/b", json={"value": "2"}, headers=org.headers
+        ).status_code
+        == 200
+    )
     config = client.get(f"/v1/projects/{pid}/config", headers=org.headers).json()["data"]
     assert config == [{"key": "a", "value": "1"}, {"key": "b", "value": "2"}]
     assert client.delete(f"/v1/projects/{pid}/config/a", headers=org.headers).status_code == 204
     assert client.get(f"/v1/projects/{pid}/config/a", headers=org.headers).status_code == 404
 
     # volumes
-    vol = client.post(f"/v1/projects/{pid}/volumes", json={"name": "data", "mount_path": "/data"},
-                      headers=org.headers)
+    vol = client.post(
+        f"/v1/projects/{pid}/volumes",
+        json={"name": "data", "mount_path": "/data"},
+        headers=org.headers,
+    )
     assert vol.status_code == 201
-    assert client.post(f"/v1/projects/{pid}/volumes", json={"name": "data", "mount_path": "/d"},
-                       headers=org.headers).status_code == 409
+    assert (
+        client.post(
+            f"/v1/projects/{pid}/volumes",
+            json={"name": "data", "mount_path": "/d"},
+            headers=org.headers,
+        ).status_code
+        == 409
+    )
 
     # a rollback to a deployment that does not exist; a deploy of an unknown environment
-    assert client.post(f"/v1/projects/{pid}/rollback", json={"deployment_id": "pdep_x"},
-                       headers=org.headers).status_code == 404
-    assert client.post(f"/v1/projects/{pid}/deploy", json={"environment": "nope"},
-                       headers=org.headers).status_code == 404
+    assert (
+        client.post(
+            f"/v1/projects/{pid}/rollback", json={"deployment_id": "pdep_x"}, headers=org.headers
+        ).status_code
+        == 404
+    )
+    assert (
+        client.post(
+            f"/v1/projects/{pid}/deploy", json={"environment": "nope"}, headers=org.headers
+        ).status_code
+        == 404
+    )
