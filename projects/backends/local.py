@@ -205,26 +205,29 @@ class LocalProjectsBackend(Backend):
         repo = str(spec.source.git_repository)
         base = self.config.runtime_dir / "builds" / spec.env.project_id
         base.mkdir(parents=True, exist_ok=True)
-        mirror = base / "mirror.git"
         with _file_lock(base / "build.lock"):
-            if not mirror.exists():
-                log(f"cloning {repo}")
-                _git("clone", "--quiet", "--mirror", repo, str(mirror))
-            else:
-                log(f"fetching {repo}")
-                _git("remote", "update", "--prune", cwd=mirror)
-            ref = spec.source.git_commit or spec.source.git_branch or "HEAD"
-            commit = _git("rev-parse", "--verify", f"{ref}^{{commit}}", cwd=mirror)
+            commit = spec.source.git_commit
+            if commit is None or len(commit) < 40:
+                commit = self._resolve(repo, spec.source, log)
+            if commit is not None and (base / commit / ".ready").exists():
+                log(f"reusing the artifact built for {commit[:12]}")
+                target = base / commit
+                return self._artifact(commit, target / "src", target / "venv", reused=True)
+            scratch = base / f".build-{uuid.uuid4().hex[:8]}"
+            log(f"cloning {repo}")
+            _git("clone", "--quiet", "--no-checkout", repo, str(scratch / "src"))
+            wanted = commit or spec.source.git_commit or "HEAD"
+            _git("checkout", "--quiet", wanted, cwd=scratch / "src")
+            commit = _git("rev-parse", "HEAD", cwd=scratch / "src")
             log(f"commit {commit}")
             target = base / commit
-            src, venv = target / "src", target / "venv"
             if (target / ".ready").exists():
+                shutil.rmtree(scratch, ignore_errors=True)
                 log(f"reusing the artifact built for {commit[:12]}")
-                return self._artifact(commit, src, venv, reused=True)
+                return self._artifact(commit, target / "src", target / "venv", reused=True)
             shutil.rmtree(target, ignore_errors=True)
-            target.mkdir(parents=True)
-            _git("clone", "--quiet", "--no-checkout", "--shared", str(mirror), str(src))
-            _git("checkout", "--quiet", commit, cwd=src)
+            scratch.rename(target)
+            src, venv = target / "src", target / "venv"
             procfile = src / "Procfile"
             if not procfile.exists() or not parse_procfile(procfile.read_text()):
                 raise ProjectBackendError(
@@ -253,6 +256,16 @@ class LocalProjectsBackend(Backend):
             (target / ".ready").write_text(commit)
             log("build finished")
             return self._artifact(commit, src, venv, reused=False)
+
+    def _resolve(self, repo: str, source: SourceSpec, log: LogSink) -> str | None:
+        """The commit a branch (or HEAD) points at, without cloning; None for a short SHA."""
+        if source.git_commit is not None:
+            return None
+        ref = f"refs/heads/{source.git_branch}" if source.git_branch else "HEAD"
+        out = _git("ls-remote", repo, ref)
+        if not out:
+            raise ProjectBackendError(ReasonCode.BUILD_FAILED, f"{ref} not found in {repo}")
+        return out.split()[0]
 
     def _run_logged(self, args: list[str], cwd: Path, log: LogSink, spec: BuildSpec) -> None:
         env = {**self.config.base_env, **spec.build_env, "PYTHONUNBUFFERED": "1"}
@@ -401,18 +414,14 @@ class LocalProjectsBackend(Backend):
                     except httpx.HTTPError:
                         pass
                 if not pending:
-                    time.sleep(0.2)  # non-web processes: still alive after a moment?
-                    dead = [r for r in new if not self._alive(r)]
-                    if dead:
-                        return self._failure(new, f"replica {dead[0].id} exited")
-                    return None
+                    return None  # every web replica answers; the others are alive
                 if time.monotonic() > deadline:
                     return self._failure(
                         new,
                         f"{release.health_check_path} did not answer 2xx/3xx "
                         f"within {timeout_s:.0f}s",
                     )
-                time.sleep(0.1)
+                time.sleep(0.02)
 
     def _failure(self, new: list[Replica], what: str) -> str:
         lines: list[str] = []
