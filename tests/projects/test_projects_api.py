@@ -162,3 +162,49 @@ def test_create_validation_conflicts_and_crud(
         ).status_code
         == 404
     )
+
+
+def test_a_deployment_follows_its_job_and_concurrent_deploys(
+    client: Any, org: Any, projects_backend: Any, tmp_path: Path
+) -> None:
+    """A deploy whose job ends without its handler (the sweeper failed it, it was cancelled
+    while queued) is never left `queued`; a second deploy is refused 409 unless it waits."""
+    from store import jobs as job_store
+    from store.db import session_scope
+    from store.jobs import JobStatus
+
+    repo = tmp_path / "repo"
+    commit_version(repo, "v1")
+    pid = _project(client, org, repo)["id"]
+    first = client.post(f"/v1/projects/{pid}/deploy", json={}, headers=org.headers).json()
+    assert first["status"] == "queued"
+    refused = client.post(f"/v1/projects/{pid}/deploy", json={}, headers=org.headers)
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "conflict"
+    waiting = client.post(f"/v1/projects/{pid}/deploy", json={"wait": True}, headers=org.headers)
+    assert waiting.status_code == 202, waiting.text
+
+    job_id = first["links"]["job"].rsplit("/", 1)[-1]
+    with session_scope() as session:  # what the sweeper does to a job whose worker vanished
+        assert job_store.transition(
+            session,
+            job_id,
+            to=JobStatus.FAILED,
+            from_=[JobStatus.QUEUED, JobStatus.RUNNING],
+            error={"code": "worker_lost", "message": "lost"},
+        )
+    dep = client.get(
+        f"/v1/projects/{pid}/deployments/{first['deployment_id']}", headers=org.headers
+    ).json()
+    assert dep["status"] == "failed" and job_id in dep["status_reason"]
+
+    cancelled = client.post(
+        f"/v1/projects/{pid}/deployments/{waiting.json()['deployment_id']}/cancel",
+        headers=org.headers,
+    ).json()
+    assert cancelled["status"] == "cancelled"
+    job = client.get(waiting.json()["links"]["job"], headers=org.headers).json()
+    assert job["status"] == "cancelled"
+    # nothing active any more: a new deploy is accepted
+    assert (
+        client.post(f"/v1/projects/{pid}/deploy", json={}, headers=org.headers).status_code == 202
+    )
