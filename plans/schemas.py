@@ -47,3 +47,6 @@ class UsageReport(BaseModel):
     concurrent_jobs: UsageMeter
     max_pages_per_crawl: int
     rate_limits: RateLimits
+    replica_seconds: int = Field(
+        default=0, description="App project replica-seconds this period (metered, no limit)."
+    )

@@ -32,6 +32,7 @@ ACTIVE_STATUSES = ("queued", "running")
 CRAWL_KINDS = ("crawl", "crawl_batch")
 GPU_KINDS = ("inference",)
 METRIC_GPU_SECONDS = "gpu_seconds"
+METRIC_REPLICA_SECONDS = "replica_seconds"
 METRIC_PAGES = "pages"
 
 #: Built-in plans, written to the ``plans`` table by the migration and re-created on demand.
@@ -169,6 +170,9 @@ def usage_report(session: Session, org_id: str) -> UsageReport:
         max_pages_per_crawl=plan.max_pages_per_crawl,
         rate_limits=RateLimits(
             read_per_minute=plan.read_per_minute, write_per_minute=plan.write_per_minute
+        ),
+        replica_seconds=repository.get_counter(
+            session, org_id, period_key(), METRIC_REPLICA_SECONDS
         ),
     )
 

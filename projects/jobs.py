@@ -262,7 +262,10 @@ def _finish(
         if obs is not None:
             env.state = obs.state.model_dump()
         if status == "succeeded":
+            if env.active_deployment_id is not None and obs is not None:
+                service.accrue(session, env, obs.ready_replicas)
             env.active_deployment_id = dep.id
+            env.accounted_at = env.accounted_at or utcnow()
             env.status = "running"
             event = "project.rollback.succeeded" if dep.rollback_of else "project.deploy.succeeded"
             _event(session, event, project, dep)

@@ -7,7 +7,7 @@ import secrets
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from common.timeutil import utcnow
@@ -84,6 +84,10 @@ class ProjectEnvironment(Base):
     state: Mapped[dict[str, Any] | None] = mapped_column(JSONType, default=None)
     active_deployment_id: Mapped[str | None] = mapped_column(String(40), default=None)
     service_overrides: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    # Replica-seconds metering (``GET /v1/usage``): accrued at each observation.
+    accounted_at: Mapped[datetime | None] = mapped_column(default=None)
+    replica_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    replica_seconds_billed: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -9,6 +9,7 @@ Status shown to users comes from the backend's observation, never from what the 
 from __future__ import annotations
 
 import ipaddress
+import math
 import secrets as pysecrets
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -255,6 +256,8 @@ def create_environment(
         domain=body.domain,
         replicas=body.replicas,
         service_overrides={},
+        replica_seconds=0.0,
+        replica_seconds_billed=0,
     )
     session.add(env)
     session.flush()
@@ -445,9 +448,31 @@ def observe(session: Session, project: Project, env: ProjectEnvironment) -> Obse
                 "reason": mask(crash.message, secret_values(session, env)),
             },
         )
-    if obs.crashes:
+    if obs.crashes or obs.events:
         env.state = obs.state.model_dump()
+    accrue(session, env, obs.ready_replicas)
     return obs
+
+
+def accrue(session: Session, env: ProjectEnvironment, ready: int) -> None:
+    """Replica-seconds: ready replicas times the time since the last observation, billed to the
+    organisation's usage counter in whole seconds."""
+    from plans.service import METRIC_REPLICA_SECONDS, record_usage
+
+    now = utcnow()
+    if env.accounted_at is not None and ready > 0:
+        elapsed = max(0.0, (now - env.accounted_at).total_seconds())
+        env.replica_seconds = (env.replica_seconds or 0.0) + elapsed * ready
+        whole = math.floor(env.replica_seconds)
+        if whole > (env.replica_seconds_billed or 0):
+            record_usage(
+                session,
+                env.org_id,
+                METRIC_REPLICA_SECONDS,
+                whole - (env.replica_seconds_billed or 0),
+            )
+            env.replica_seconds_billed = whole
+    env.accounted_at = now if env.active_deployment_id else None
 
 
 def status_view(project: Project, env: ProjectEnvironment, obs: Observation) -> dict[str, Any]:

@@ -267,6 +267,11 @@ def test_project_lifecycle_on_the_local_backend(
     )
     assert b'"version": "v1"' in _tcp_get(port)
 
+    # ---- replica-seconds in the usage report
+    client.get(f"/v1/projects/{pid}/status", headers=org.headers)
+    usage = client.get("/v1/usage", headers=org.headers).json()
+    assert usage["replica_seconds"] >= 1, usage
+
     # ---- delete: no process, port or route left
     state = json.loads(
         (
