@@ -137,6 +137,9 @@ def run_deploy(ctx: JobContext) -> dict[str, Any] | None:
         source = service.source_of(project, dep.git_commit)
         if rollback_source is None:
             values, secret_keys = service.env_snapshot(session, env)
+            bound = service.bound_env(session, env)  # resources' variables; own vars win
+            secret_keys = sorted({*secret_keys, *(k for k in bound if k not in values)})
+            values = {**bound, **values}
             dep.env_encrypted = service.encrypt_env(values)
             dep.secret_keys = secret_keys
             volumes = [

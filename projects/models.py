@@ -186,3 +186,33 @@ class ProjectTcpProxy(Base):
     target_port: Mapped[int] = mapped_column(Integer)
     allowlist: Mapped[list[Any]] = mapped_column(JSONType, default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+def new_binding_id() -> str:
+    return _id("pbnd")
+
+
+class ProjectBinding(Base):
+    """A resource's connection variables injected into an environment on its next deploy
+    (``kind``: ``binding``, or ``storage`` for a blob resource the project created);
+    ``applied_fingerprint``: a digest of the variables the last deploy injected (a rotation
+    since makes the binding stale)."""
+
+    __tablename__ = "project_bindings"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=new_binding_id)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    environment_id: Mapped[str] = mapped_column(
+        ForeignKey("project_environments.id", ondelete="CASCADE")
+    )
+    resource_id: Mapped[str] = mapped_column(String(40))
+    role: Mapped[str] = mapped_column(String(20), default="readwrite")
+    kind: Mapped[str] = mapped_column(String(20), default="binding")
+    name: Mapped[str | None] = mapped_column(String(63), default=None)
+    applied_fingerprint: Mapped[str | None] = mapped_column(String(64), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("environment_id", "resource_id", name="uq_project_bindings_resource"),
+        Index("ix_project_bindings_resource", "resource_id"),
+    )

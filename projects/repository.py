@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from projects.models import (
     Project,
+    ProjectBinding,
     ProjectDeployment,
     ProjectEnvironment,
     ProjectEnvVar,
@@ -208,3 +209,28 @@ def tcp_proxy(session: Session, org_id: str, proxy_id: str) -> ProjectTcpProxy |
 
 def used_external_ports(session: Session) -> set[int]:
     return set(session.scalars(select(ProjectTcpProxy.external_port)).all())
+
+
+def binding(session: Session, environment_id: str, resource_id: str) -> ProjectBinding | None:
+    return session.scalars(
+        select(ProjectBinding).where(
+            ProjectBinding.environment_id == environment_id,
+            ProjectBinding.resource_id == resource_id,
+        )
+    ).first()
+
+
+def bindings_of_environment(session: Session, environment_id: str) -> Sequence[ProjectBinding]:
+    return session.scalars(
+        select(ProjectBinding)
+        .where(ProjectBinding.environment_id == environment_id)
+        .order_by(ProjectBinding.created_at, ProjectBinding.id)
+    ).all()
+
+
+def bindings_of_resource(session: Session, resource_id: str) -> Sequence[ProjectBinding]:
+    return session.scalars(
+        select(ProjectBinding)
+        .where(ProjectBinding.resource_id == resource_id)
+        .order_by(ProjectBinding.created_at, ProjectBinding.id)
+    ).all()

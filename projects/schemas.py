@@ -27,9 +27,9 @@ class ProjectCreate(_Strict):
     git_branch: str | None = Field(default=None, max_length=255)
     build_pack: Literal["procfile", "dockerfile", "nixpacks"] | None = None
     docker_image: str | None = Field(default=None, max_length=500)
-    port: int = Field(8000, ge=1, le=65535)
+    port: int = Field(default=8000, ge=1, le=65535)
     domain: str | None = Field(default=None, pattern=DOMAIN)
-    health_check_path: str = Field("/", pattern=r"^/", max_length=255)
+    health_check_path: str = Field(default="/", pattern=r"^/", max_length=255)
 
     @model_validator(mode="after")
     def _one_source(self) -> ProjectCreate:
@@ -49,7 +49,7 @@ class ProjectPatch(_Strict):
 class EnvironmentCreate(_Strict):
     name: str = Field(pattern=ENV_NAME)
     domain: str | None = Field(default=None, pattern=DOMAIN)
-    replicas: int = Field(1, ge=0, le=20)
+    replicas: int = Field(default=1, ge=0, le=20)
 
 
 class EnvironmentPatch(_Strict):
@@ -58,7 +58,7 @@ class EnvironmentPatch(_Strict):
 
 
 class DeployRequest(_Strict):
-    environment: str = Field("production", pattern=ENV_NAME)
+    environment: str = Field(default="production", pattern=ENV_NAME)
     git_commit: str | None = Field(default=None, pattern=r"^[0-9a-f]{7,64}$")
     wait: bool = Field(
         False, description="Wait for a running deploy of the environment instead of answering 409."
@@ -72,7 +72,7 @@ class RollbackRequest(_Strict):
 class DeploymentListQuery(BaseModel):
     environment: str | None = None
     status: DeployStatus | None = None
-    limit: int = Field(20, ge=1, le=100)
+    limit: int = Field(default=20, ge=1, le=100)
     cursor: str | None = None
 
 
@@ -90,25 +90,25 @@ class EnvVarIn(_Strict):
 
 
 class EnvVarsUpsert(_Strict):
-    environment: str = Field("production", pattern=ENV_NAME)
+    environment: str = Field(default="production", pattern=ENV_NAME)
     vars: list[EnvVarIn] = Field(min_length=1, max_length=200)
 
 
 class VolumeCreate(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
     mount_path: str = Field(min_length=1, max_length=255)
-    size_gb: int = Field(1, ge=1, le=1000)
+    size_gb: int = Field(default=1, ge=1, le=1000)
 
 
 class TcpProxyCreate(_Strict):
-    environment: str = Field("production", pattern=ENV_NAME)
+    environment: str = Field(default="production", pattern=ENV_NAME)
     external_port: int | None = Field(default=None, ge=1024, le=65535)
     target_port: int | None = Field(default=None, ge=1, le=65535)
 
 
 class AllowEntry(_Strict):
     cidr: str = Field(min_length=1, max_length=64)
-    description: str = Field("", max_length=200)
+    description: str = Field(default="", max_length=200)
 
 
 class ConfigEntry(_Strict):
@@ -152,3 +152,16 @@ class ServiceEnvPatch(_Strict):
     port: int | None = Field(default=None, ge=1, le=65535)
     cpu: str | None = Field(default=None, max_length=20)
     memory: str | None = Field(default=None, max_length=20)
+
+
+class ProjectBindingCreate(_Strict):
+    """``POST /v1/resources/{id}/bindings``: inject the resource's variables into an
+    environment of a project on its next deploy."""
+
+    project_environment_id: str = Field(min_length=1, max_length=40)
+    role: Literal["readwrite", "readonly"] = "readwrite"
+
+
+class StorageCreate(_Strict):
+    environment: str = Field(default="production", pattern=ENV_NAME)
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,30}$")

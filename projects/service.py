@@ -9,6 +9,7 @@ Status shown to users comes from the backend's observation, never from what the 
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 import secrets as pysecrets
 from collections.abc import Iterable, Sequence
@@ -33,6 +34,7 @@ from projects.backends.base import (
 from projects.errors import DeployInProgress, ProjectNotFound, UnsupportedOnBackend
 from projects.models import (
     Project,
+    ProjectBinding,
     ProjectDeployment,
     ProjectEnvironment,
     ProjectEnvVar,
@@ -47,15 +49,21 @@ from projects.schemas import (
     EnvironmentCreate,
     EnvironmentPatch,
     EnvVarsUpsert,
+    ProjectBindingCreate,
     ProjectCreate,
     ProjectPatch,
     RollbackRequest,
     ServiceCreate,
     ServiceEnvPatch,
     ServicePatch,
+    StorageCreate,
     TcpProxyCreate,
     VolumeCreate,
 )
+from resources import repository as resource_repo
+from resources import service as resources
+from resources.models import Resource
+from resources.schemas import ResourceCreate
 from resources.service import credential_box
 from store import jobs as job_store
 from store.jobs import JobStatus
@@ -235,6 +243,7 @@ def delete_project(session: Session, project: Project) -> Project:
     """Mark the project deleting and queue the job that removes everything it owns."""
     if project.status != "deleting":
         project.status = "deleting"
+        delete_owned_storage(session, project)
         job = create_job(
             session, "project_delete", project.org_id, {"project_id": project.id}, quota=False
         )
@@ -806,3 +815,140 @@ def delete_config(session: Session, project: Project, key: str) -> None:
 
 
 __all__ = ["ProjectBackendError"]
+
+
+# ---------------------------------------------------------------- bindings and storage ---
+def _fingerprint(values: dict[str, str]) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+
+
+def _resource_env(res: Resource | None) -> dict[str, str] | None:
+    """The resource's connection variables now (None while it is not ready)."""
+    if res is None or res.secret_encrypted is None or res.status not in ("ready", "degraded"):
+        return None
+    return resources.env_for_binding(res, "")
+
+
+def create_binding(
+    session: Session, org_id: str, resource_id: str, body: ProjectBindingCreate
+) -> ProjectBinding:
+    res = resources.get(session, org_id, resource_id)
+    env = repository.environment_any(session, body.project_environment_id)
+    if env is None or env.org_id != org_id:
+        raise NotFound(f"Project environment {body.project_environment_id!r} not found.")
+    if repository.binding(session, env.id, res.id) is not None:
+        raise Conflict(f"Resource {res.id} is already bound to environment {env.id}.")
+    binding = ProjectBinding(
+        org_id=org_id, environment_id=env.id, resource_id=res.id, role=body.role, kind="binding"
+    )
+    session.add(binding)
+    session.flush()
+    return binding
+
+
+def binding_view(session: Session, binding: ProjectBinding) -> dict[str, Any]:
+    res = resource_repo.get_any(session, binding.resource_id)
+    current = _resource_env(res)
+    return {
+        "id": binding.id,
+        "object": "project_binding",
+        "resource_id": binding.resource_id,
+        "resource_status": res.status if res is not None else "deleted",
+        "project_environment_id": binding.environment_id,
+        "role": binding.role,
+        "kind": binding.kind,
+        "name": binding.name,
+        "env_names": sorted(current) if current is not None else [],
+        # The credentials changed (a rotation) since the last deploy injected them.
+        "stale": current is not None
+        and binding.applied_fingerprint is not None
+        and binding.applied_fingerprint != _fingerprint(current),
+        "applied": binding.applied_fingerprint is not None,
+        "created_at": iso(binding.created_at),
+    }
+
+
+def list_resource_bindings(session: Session, org_id: str, resource_id: str) -> list[ProjectBinding]:
+    res = resources.get(session, org_id, resource_id)
+    return list(repository.bindings_of_resource(session, res.id))
+
+
+def delete_binding(session: Session, org_id: str, resource_id: str, binding_id: str) -> None:
+    for binding in list_resource_bindings(session, org_id, resource_id):
+        if binding.id == binding_id:
+            session.delete(binding)
+            session.flush()
+            return
+    raise NotFound(f"Binding {binding_id!r} not found.")
+
+
+def bound_env(session: Session, env: ProjectEnvironment) -> dict[str, str]:
+    """Every bound resource's variables, read fresh (a rotation reaches the next deploy); each
+    binding records what it injected (its staleness is measured against that)."""
+    values: dict[str, str] = {}
+    for binding in repository.bindings_of_environment(session, env.id):
+        current = _resource_env(resource_repo.get_any(session, binding.resource_id))
+        if current is None:
+            continue
+        values.update(current)
+        binding.applied_fingerprint = _fingerprint(current)
+    return values
+
+
+def create_storage(session: Session, project: Project, body: StorageCreate) -> ProjectBinding:
+    env = get_environment(session, project, body.environment)
+    for binding in repository.bindings_of_environment(session, env.id):
+        if binding.kind == "storage" and binding.name == body.name:
+            raise Conflict(f"Storage {body.name!r} exists in environment {env.name!r}.")
+    res = resources.create(
+        session,
+        project.org_id,
+        ResourceCreate(type="blob", name=f"{project.slug}-{env.name}-{body.name}"[:63]),
+    )
+    binding = ProjectBinding(
+        org_id=project.org_id,
+        environment_id=env.id,
+        resource_id=res.id,
+        role="readwrite",
+        kind="storage",
+        name=body.name,
+    )
+    session.add(binding)
+    session.flush()
+    return binding
+
+
+def storage_of(session: Session, project: Project, environment: str | None) -> list[ProjectBinding]:
+    envs = (
+        [get_environment(session, project, environment)]
+        if environment
+        else list(repository.environments(session, project.id))
+    )
+    return [
+        b
+        for env in envs
+        for b in repository.bindings_of_environment(session, env.id)
+        if b.kind == "storage"
+    ]
+
+
+def delete_storage(session: Session, project: Project, name: str, environment: str) -> None:
+    for binding in storage_of(session, project, environment):
+        if binding.name == name:
+            res = resource_repo.get_any(session, binding.resource_id)
+            session.delete(binding)
+            if res is not None:
+                resources.delete(session, res, True)
+            session.flush()
+            return
+    raise NotFound(f"Storage {name!r} not found in environment {environment!r}.")
+
+
+def delete_owned_storage(session: Session, project: Project) -> None:
+    """A deleted project's storage resources go with it (their own delete jobs)."""
+    for binding in storage_of(session, project, None):
+        res = resource_repo.get_any(session, binding.resource_id)
+        if res is not None:
+            resources.delete(session, res, True)

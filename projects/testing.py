@@ -28,6 +28,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path.startswith("/health"):
             return self._send(200, {{"ok": True}})
+        if self.path.startswith("/env/"):
+            return self._send(200, {{"value": os.environ.get(self.path[5:])}})
         if self.path.startswith("/volume"):
             path = os.path.join(os.environ.get("VOLUME_DATA_PATH", "."), "data.txt")
             if "write=" in self.path:

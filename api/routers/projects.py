@@ -39,12 +39,14 @@ from projects.schemas import (
     EnvironmentCreate,
     EnvironmentPatch,
     EnvVarsUpsert,
+    ProjectBindingCreate,
     ProjectCreate,
     ProjectPatch,
     RollbackRequest,
     ServiceCreate,
     ServiceEnvPatch,
     ServicePatch,
+    StorageCreate,
     TcpProxyCreate,
     VolumeCreate,
 )
@@ -54,7 +56,7 @@ router = APIRouter(prefix="/v1", tags=["projects"], responses=ERROR_RESPONSES)
 
 
 class PageQuery(BaseModel):
-    limit: int = Field(20, ge=1, le=100)
+    limit: int = Field(default=20, ge=1, le=100)
     cursor: str | None = None
 
 
@@ -238,9 +240,9 @@ def project_status(
 # -------------------------------------------------------------------------------- logs ---
 class LogsQuery(BaseModel):
     environment: str = "production"
-    tail: int = Field(200, ge=0, le=1000)
+    tail: int = Field(default=200, ge=0, le=1000)
     stream: bool = False
-    format: str = Field("ndjson", pattern="^(ndjson|sse)$")
+    format: str = Field(default="ndjson", pattern="^(ndjson|sse)$")
     deployment_id: str | None = None
     service: str | None = None
 
@@ -648,3 +650,80 @@ class AppRouter:
             ]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": content})
+
+
+# ---------------------------------------------------------------- bindings and storage ---
+@router.post(
+    "/resources/{resource_id}/bindings",
+    status_code=201,
+    summary="Bind a resource to a project environment (its variables on the next deploy)",
+)
+def create_project_binding(
+    resource_id: str, body: ProjectBindingCreate, principal: CurrentPrincipal, db: Db
+) -> dict[str, Any]:
+    binding = service.create_binding(db, principal.org_id, resource_id, body)
+    return service.binding_view(db, binding)
+
+
+@router.get(
+    "/resources/{resource_id}/bindings",
+    summary="Project environments a resource is bound to (`stale`: rotated since last deploy)",
+)
+def list_project_bindings(resource_id: str, principal: CurrentPrincipal, db: Db) -> dict[str, Any]:
+    rows = service.list_resource_bindings(db, principal.org_id, resource_id)
+    return {"data": [service.binding_view(db, b) for b in rows], "next_cursor": None}
+
+
+@router.delete(
+    "/resources/{resource_id}/bindings/{binding_id}",
+    status_code=204,
+    summary="Remove a binding (its variables leave the next deploy)",
+)
+def delete_project_binding(
+    resource_id: str, binding_id: str, principal: CurrentPrincipal, db: Db
+) -> Response:
+    service.delete_binding(db, principal.org_id, resource_id, binding_id)
+    return Response(status_code=204)
+
+
+class StorageQuery(BaseModel):
+    environment: str | None = None
+
+
+@router.get("/projects/{project_id}/storage", summary="Blob storage of a project's environments")
+def list_storage(
+    project_id: str, principal: CurrentPrincipal, db: Db, query: Annotated[StorageQuery, Query()]
+) -> dict[str, Any]:
+    project = service.get_project(db, principal.org_id, project_id)
+    rows = service.storage_of(db, project, query.environment)
+    return {"data": [service.binding_view(db, b) for b in rows], "next_cursor": None}
+
+
+@router.post(
+    "/projects/{project_id}/storage",
+    status_code=202,
+    summary="Create blob storage (a resource; its BLOB_* variables on the next deploy)",
+)
+def create_storage(
+    project_id: str, body: StorageCreate, principal: CurrentPrincipal, db: Db
+) -> JSONResponse:
+    project = service.get_project(db, principal.org_id, project_id)
+    binding = service.create_storage(db, project, body)
+    return accepted_object(
+        service.binding_view(db, binding), f"/v1/resources/{binding.resource_id}"
+    )
+
+
+@router.delete(
+    "/projects/{project_id}/storage/{name}", status_code=204, summary="Delete blob storage"
+)
+def delete_storage(
+    project_id: str,
+    name: str,
+    principal: CurrentPrincipal,
+    db: Db,
+    query: Annotated[EnvQuery, Query()],
+) -> Response:
+    project = service.get_project(db, principal.org_id, project_id)
+    service.delete_storage(db, project, name, query.environment)
+    return Response(status_code=204)

@@ -133,7 +133,7 @@ class Artifact(BaseModel):
     )
     process_types: list[ProcessType] = Field(default_factory=list)
     built_at: float = Field(default_factory=time.time)
-    reused: bool = Field(False, description="True when an existing artifact was reused.")
+    reused: bool = Field(default=False, description="True when an existing artifact was reused.")
 
 
 class ServiceResources(BaseModel):
@@ -155,7 +155,7 @@ class ServiceSpec(BaseModel):
     port: int | None = Field(
         default=None, description="The port the process listens on (web: PORT)."
     )
-    replicas: int = Field(1, ge=0)
+    replicas: int = Field(default=1, ge=0)
     resources: ServiceResources = Field(default_factory=ServiceResources)
 
     @property
@@ -195,7 +195,7 @@ class ReleaseSpec(BaseModel):
     )
     secret_keys: list[str] = Field(default_factory=list, description="Keys whose values mask.")
     health_check_path: str = "/"
-    port: int = Field(8000, description="Default port of the `web` service.")
+    port: int = Field(default=8000, description="Default port of the `web` service.")
     volumes: list[VolumeSpec] = Field(default_factory=list)
     tcp_proxies: list[TcpProxySpec] = Field(default_factory=list)
     rollback_of: str | None = Field(default=None, description="The deployment id this one replays.")
@@ -257,7 +257,7 @@ class LogLine(BaseModel):
 
 
 class LogQuery(BaseModel):
-    tail: int = Field(200, ge=0, le=1000)
+    tail: int = Field(default=200, ge=0, le=1000)
     deployment_id: str | None = None
     service: str | None = None
 

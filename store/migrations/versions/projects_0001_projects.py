@@ -182,9 +182,30 @@ def upgrade() -> None:
         sa.Column("allowlist", JSON, nullable=False),
         sa.Column("created_at", TS, nullable=False),
     )
+    op.create_table(
+        "project_bindings",
+        sa.Column("id", sa.String(length=40), primary_key=True),
+        _org(),
+        sa.Column(
+            "environment_id",
+            sa.String(length=40),
+            sa.ForeignKey("project_environments.id", ondelete="CASCADE"),
+            nullable=False,
+        ),
+        sa.Column("resource_id", sa.String(length=40), nullable=False),
+        sa.Column("role", sa.String(length=20), nullable=False),
+        sa.Column("kind", sa.String(length=20), nullable=False),
+        sa.Column("name", sa.String(length=63), nullable=True),
+        sa.Column("applied_fingerprint", sa.String(length=64), nullable=True),
+        sa.Column("created_at", TS, nullable=False),
+        sa.UniqueConstraint("environment_id", "resource_id", name="uq_project_bindings_resource"),
+    )
+    op.create_index("ix_project_bindings_resource", "project_bindings", ["resource_id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_project_bindings_resource", table_name="project_bindings")
+    op.drop_table("project_bindings")
     op.drop_table("project_tcp_proxies")
     op.drop_index("ix_project_volumes_project", table_name="project_volumes")
     op.drop_table("project_volumes")
