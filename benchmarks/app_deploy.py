@@ -38,7 +38,7 @@ if __package__ in (None, ""):
 import httpx
 
 from benchmarks import harness
-from projects.testing import commit_version
+from projects.testing import commit_version, kill_everything
 
 POLL_S = 0.05  # both ways poll for the new version at this interval
 
@@ -166,107 +166,118 @@ def main() -> None:
     args = parser.parse_args()
     load_before = os.getloadavg()
     with harness.services() as bench:
-        work = Path(tempfile.mkdtemp(prefix="app-deploy-"))
-        repo = work / "repo"
-        commit_version(repo, "v0")
-        env = {"CONVEYOR_PROJECTS_DRAIN_SECONDS": "1.0"}
-        org = harness.make_org()
-        api_port = harness.free_port()
-        api_proc = bench.start(
-            "api", harness.uvicorn_command("api.app:create_app", api_port, 1, factory=True), env
-        )
-        worker = bench.start(
-            "worker",
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers.app",
-                "worker",
-                "-Q",
-                "deploy,webhooks",
-                "-P",
-                "threads",
-                "-c",
-                "4",
-                "--loglevel",
-                "WARNING",
-            ],
-            env,
-        )
-        api = f"http://127.0.0.1:{api_port}"
-        harness.wait_http(f"{api}/v1/health", proc=api_proc)
-        time.sleep(2.0)
-        if worker.poll() is not None:
-            raise RuntimeError(bench.log_tail("worker"))
-        headers = org.headers
-        project = httpx.post(
-            f"{api}/v1/projects",
-            json={
-                "name": "bench",
-                "slug": "bench",
-                "git_repository": str(repo),
-                "git_branch": "main",
-                "health_check_path": "/health",
-            },
-            headers=headers,
-            trust_env=False,
-        ).json()
-        first = via_conveyor(api, headers, project, "v0")  # warm-up: the mirror, first route
-        harness.log(f"warm-up deploy: {first:.2f} s")
-
-        conveyor: list[float] = []
-        hand: list[float] = []
-        for n in range(args.rounds):
-            version = f"v{n + 1}"
-            commit = commit_version(repo, version)
-            ways = ["hand", "conveyor"] if n % 2 == 0 else ["conveyor", "hand"]
-            for way in ways:
-                if way == "hand":
-                    hand.append(by_hand(repo, commit, version, work / f"hand-{n}"))
-                    harness.log(f"round {n}: by hand {hand[-1]:.2f} s")
-                else:
-                    conveyor.append(via_conveyor(api, headers, project, version))
-                    harness.log(f"round {n}: conveyor {conveyor[-1]:.2f} s")
-        ratio = statistics.median(conveyor) / statistics.median(hand)
-
-        # (b) rollout and rollback under load
-        history = httpx.get(
-            f"{api}/v1/projects/{project['id']}/deployments?limit=100",
-            headers=headers,
-            trust_env=False,
-        ).json()["data"]
-        target = history[-1]  # the first deployment (v0)
-        commit_version(repo, "vload")
-        url = f"{api}/apps/bench/production/"
-        with Load(url, args.concurrency) as load:
-            time.sleep(1.0)
-            via_conveyor(api, headers, project, "vload")
-            time.sleep(1.5)  # past the drain: the old replicas are stopped under load
-            started = time.monotonic()
-            accepted = httpx.post(
-                f"{api}/v1/projects/{project['id']}/rollback",
-                json={"deployment_id": target["id"]},
-                headers=headers,
-                trust_env=False,
-            )
-            accepted.raise_for_status()
-            rollback_s = wait_version(url, "v0") - started
-            wait_job(api, headers, accepted.json()["links"]["job"])
-            time.sleep(1.5)
-        harness.log(f"under load: {load.ok} ok, {load.failed} failed; rollback {rollback_s:.2f} s")
-        for line in load.errors[:5]:
-            harness.log(f"  {line}")
-        httpx.delete(f"{api}/v1/projects/{project['id']}", headers=headers, trust_env=False)
-        time.sleep(3.0)
-        shutil.rmtree(work, ignore_errors=True)
+        try:
+            results = run(bench, args)
+        finally:
+            kill_everything(bench.data_dir / "projects")  # whatever happened, no replica stays
+    conveyor, hand, load, rollback_s = results
+    ratio = statistics.median(conveyor) / statistics.median(hand)
     harness.log(f"load average before {load_before}, after {os.getloadavg()}")
     print(f"conveyor_s={statistics.median(conveyor):.3f} hand_s={statistics.median(hand):.3f}")
     print(f"ratio={ratio:.3f}")
     print(f"requests_ok={load.ok}")
     print(f"failed_requests={load.failed}")
     print(f"rollback_s={rollback_s:.3f}")
+
+
+def run(
+    bench: harness.Bench, args: argparse.Namespace
+) -> tuple[list[float], list[float], Load, float]:
+    work = Path(tempfile.mkdtemp(prefix="app-deploy-"))
+    repo = work / "repo"
+    commit_version(repo, "v0")
+    env = {"CONVEYOR_PROJECTS_DRAIN_SECONDS": "1.0"}
+    org = harness.make_org()
+    api_port = harness.free_port()
+    api_proc = bench.start(
+        "api", harness.uvicorn_command("api.app:create_app", api_port, 1, factory=True), env
+    )
+    worker = bench.start(
+        "worker",
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.app",
+            "worker",
+            "-Q",
+            "deploy,webhooks",
+            "-P",
+            "threads",
+            "-c",
+            "4",
+            "--loglevel",
+            "WARNING",
+        ],
+        env,
+    )
+    api = f"http://127.0.0.1:{api_port}"
+    harness.wait_http(f"{api}/v1/health", proc=api_proc)
+    time.sleep(2.0)
+    if worker.poll() is not None:
+        raise RuntimeError(bench.log_tail("worker"))
+    headers = org.headers
+    project = httpx.post(
+        f"{api}/v1/projects",
+        json={
+            "name": "bench",
+            "slug": "bench",
+            "git_repository": str(repo),
+            "git_branch": "main",
+            "health_check_path": "/health",
+        },
+        headers=headers,
+        trust_env=False,
+    ).json()
+    first = via_conveyor(api, headers, project, "v0")  # warm-up: the mirror, first route
+    harness.log(f"warm-up deploy: {first:.2f} s")
+
+    conveyor: list[float] = []
+    hand: list[float] = []
+    for n in range(args.rounds):
+        version = f"v{n + 1}"
+        commit = commit_version(repo, version)
+        ways = ["hand", "conveyor"] if n % 2 == 0 else ["conveyor", "hand"]
+        for way in ways:
+            if way == "hand":
+                hand.append(by_hand(repo, commit, version, work / f"hand-{n}"))
+                harness.log(f"round {n}: by hand {hand[-1]:.2f} s")
+            else:
+                conveyor.append(via_conveyor(api, headers, project, version))
+                harness.log(f"round {n}: conveyor {conveyor[-1]:.2f} s")
+
+    # (b) rollout and rollback under load
+    history = httpx.get(
+        f"{api}/v1/projects/{project['id']}/deployments?limit=100",
+        headers=headers,
+        trust_env=False,
+    ).json()["data"]
+    target = history[-1]  # the first deployment (v0)
+    commit_version(repo, "vload")
+    url = f"{api}/apps/bench/production/"
+    with Load(url, args.concurrency) as load:
+        time.sleep(1.0)
+        via_conveyor(api, headers, project, "vload")
+        time.sleep(1.5)  # past the drain: the old replicas are stopped under load
+        started = time.monotonic()
+        accepted = httpx.post(
+            f"{api}/v1/projects/{project['id']}/rollback",
+            json={"deployment_id": target["id"]},
+            headers=headers,
+            trust_env=False,
+        )
+        accepted.raise_for_status()
+        rollback_s = wait_version(url, "v0") - started
+        wait_job(api, headers, accepted.json()["links"]["job"])
+        time.sleep(1.5)
+    harness.log(f"under load: {load.ok} ok, {load.failed} failed; rollback {rollback_s:.2f} s")
+    for line in load.errors[:5]:
+        harness.log(f"  {line}")
+    httpx.delete(f"{api}/v1/projects/{project['id']}", headers=headers, trust_env=False)
+    time.sleep(3.0)
+    shutil.rmtree(work, ignore_errors=True)
+    return conveyor, hand, load, rollback_s
 
 
 if __name__ == "__main__":

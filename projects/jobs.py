@@ -230,6 +230,10 @@ def run_deploy(ctx: JobContext) -> dict[str, Any] | None:
         )
         _finish(job, "failed", why, lines, None)
         raise
+    if _project_gone(job):  # deleted meanwhile: what this rollout started goes too
+        backend.teardown(ref, None)
+        _finish(job, "cancelled", "the project was deleted", lines, None)
+        raise JobCancelled(ctx.job_id)
     if obs.status == "failed":
         why = service.mask(obs.reason or "rollout failed", secrets)
         _finish(job, "failed", why, lines, obs)
@@ -244,6 +248,12 @@ def run_deploy(ctx: JobContext) -> dict[str, Any] | None:
     }
 
 
+def _project_gone(job: ProjectJobInput) -> bool:
+    with session_scope() as session:
+        project = repository.get_project_any(session, job.project_id)
+        return project is None or project.status == "deleting"
+
+
 def _store_build_log(job: ProjectJobInput, lines: list[str]) -> None:
     with session_scope() as session:
         dep = repository.deployment_any(session, str(job.deployment_id))
@@ -255,6 +265,8 @@ def _finish(
     job: ProjectJobInput, status: str, why: str | None, lines: list[str], obs: Observation | None
 ) -> None:
     with session_scope() as session:
+        if repository.deployment_any(session, str(job.deployment_id)) is None:
+            return  # the project (and its history) was deleted meanwhile
         project, env, dep = _load(session, job)
         if dep.status == "cancelled" and status != "cancelled":
             status = "cancelled" if status == "failed" else status

@@ -244,6 +244,9 @@ def delete_project(session: Session, project: Project) -> Project:
     if project.status != "deleting":
         project.status = "deleting"
         delete_owned_storage(session, project)
+        for env in repository.environments(session, project.id):
+            for dep in repository.active_deployments(session, env.id):
+                cancel_deployment(session, project, dep.id)
         job = create_job(
             session, "project_delete", project.org_id, {"project_id": project.id}, quota=False
         )

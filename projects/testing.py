@@ -3,6 +3,10 @@ and a worker, in a Procfile, committed to a local git repository (no network, no
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -98,3 +102,18 @@ def commit_version(repo: Path, version: str, *, startup: str = "", requirements:
     _git(repo, "add", "-A")
     _git(repo, "commit", "-q", "-m", f"version {version}")
     return _git(repo, "rev-parse", "HEAD")
+
+
+def kill_everything(runtime_dir: Path) -> None:
+    """Kill every replica and proxy process recorded under a local runtime directory (pid and
+    start time verified): test and benchmark cleanup."""
+    from deployments.backends.local import process_matches
+
+    for state in runtime_dir.glob("envs/*/state.json"):
+        with contextlib.suppress(OSError, ValueError):
+            data = json.loads(state.read_text())
+            for rec in [*data.get("replicas", []), *data.get("proxies", [])]:
+                pid, start = rec.get("pid"), rec.get("start_time")
+                if pid and start and process_matches(pid, start):
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(pid, signal.SIGKILL)

@@ -4,28 +4,13 @@ cleanup that kills every process it started."""
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-
-def kill_everything(runtime_dir: Path) -> None:
-    from deployments.backends.local import process_matches
-
-    for state in runtime_dir.glob("envs/*/state.json"):
-        with contextlib.suppress(OSError, ValueError):
-            data = json.loads(state.read_text())
-            for rec in [*data.get("replicas", []), *data.get("proxies", [])]:
-                pid, start = rec.get("pid"), rec.get("start_time")
-                if pid and start and process_matches(pid, start):
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.killpg(pid, signal.SIGKILL)
+from projects.testing import kill_everything
 
 
 @pytest.fixture
@@ -46,4 +31,5 @@ def projects_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
     runtime._backend = backend
     yield backend
     kill_everything(rt)
+    kill_everything(settings.data_dir / "projects")  # a job run by a leftover message
     runtime.reset_backend()
