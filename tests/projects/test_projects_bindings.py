@@ -91,8 +91,27 @@ def test_storage_binding_rotation_and_unbinding(
         time.sleep(0.2)
     assert bindings[0]["stale"] is True
     assert client.get(f"{app}/env/BLOB_SECRET_ACCESS_KEY").json()["value"] == secret  # untouched
+    # the Procfile's process types became services; a per-environment override of the web
+    # service's replicas applies on the same next deploy
+    services = client.get(f"/v1/projects/{pid}/services", headers=org.headers).json()["data"]
+    assert {s["name"] for s in services} == {"web", "worker"}
+    web = next(s for s in services if s["name"] == "web")
+    assert web["port"] == 8000
+    override = client.patch(
+        f"/v1/projects/{pid}/services/web/environments/{env_id}",
+        json={"replicas": 2},
+        headers=org.headers,
+    )
+    assert override.status_code == 200, override.text
     assert _deploy(client, org, pid)["status"] == "succeeded"
     assert client.get(f"{app}/env/BLOB_SECRET_ACCESS_KEY").json()["value"] != secret
+    status = client.get(f"/v1/projects/{pid}/status", headers=org.headers).json()
+    web_status = next(s for s in status["services"] if s["name"] == "web")
+    assert web_status == {"name": "web", "ready": 2, "desired": 2}
+    pids = {client.get(f"{app}/").json()["pid"] for _ in range(6)}
+    assert len(pids) == 2  # the router spreads requests over both replicas
+    latest = client.get(f"/v1/services/{web['id']}/latest-image", headers=org.headers).json()
+    assert latest["git_commit"] and latest["kind"] == "venv"
     bindings = client.get(f"/v1/resources/{rid}/bindings", headers=org.headers).json()["data"]
     assert bindings[0]["stale"] is False
 
