@@ -70,6 +70,8 @@ class RollbackRequest(_Strict):
 
 
 class DeploymentListQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     environment: str | None = None
     status: DeployStatus | None = None
     limit: int = Field(default=20, ge=1, le=100)

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from common.errors import Conflict, NotFound, ValidationFailed
-from common.timeutil import utcnow
+from common.timeutil import isoformat_z, utcnow
 from jobs.service import create_job
 from projects import repository
 from projects.backends.base import (
@@ -75,7 +75,7 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 
 # ------------------------------------------------------------------------------ views ---
 def iso(value: Any) -> str | None:
-    return value.isoformat() if value is not None else None
+    return isoformat_z(value)
 
 
 def project_view(session: Session, project: Project) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.deps import CurrentPrincipal, Db
@@ -56,6 +56,8 @@ router = APIRouter(prefix="/v1", tags=["projects"], responses=ERROR_RESPONSES)
 
 
 class PageQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     limit: int = Field(default=20, ge=1, le=100)
     cursor: str | None = None
 
@@ -225,6 +227,8 @@ def cancel_deployment(
 
 
 class EnvQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     environment: str = "production"
 
 
@@ -239,10 +243,11 @@ def project_status(
 
 # -------------------------------------------------------------------------------- logs ---
 class LogsQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     environment: str = "production"
     tail: int = Field(default=200, ge=0, le=1000)
     stream: bool = False
-    format: str = Field(default="ndjson", pattern="^(ndjson|sse)$")
     deployment_id: str | None = None
     service: str | None = None
 
@@ -435,6 +440,8 @@ def latest_image(service_id: str, principal: CurrentPrincipal, db: Db) -> dict[s
 
 # --------------------------------------------------------------------------- tcp proxy ---
 class PermanentQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     permanent: bool = False
 
 
@@ -486,6 +493,8 @@ def add_allow(
 
 
 class CidrQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     cidr: str
 
 
@@ -687,6 +696,8 @@ def delete_project_binding(
 
 
 class StorageQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     environment: str | None = None
 
 
