@@ -56,6 +56,13 @@ def test_storage_binding_rotation_and_unbinding(
     ).json()
     pid = project["id"]
     env_id = project["environments"][0]["id"]
+    provisioned = client.post(
+        f"/v1/projects/{pid}/environments/{env_id}/provision", headers=org.headers
+    )
+    assert provisioned.status_code == 202, provisioned.text
+    wait_for_job(client, provisioned.json()["job_id"], org.headers, timeout=30)
+    env_view = client.get(f"/v1/projects/{pid}/environments/{env_id}", headers=org.headers).json()
+    assert env_view["status"] == "ready"
     response = client.post(
         f"/v1/projects/{pid}/storage", json={"name": "files"}, headers=org.headers
     )

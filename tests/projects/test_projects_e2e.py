@@ -159,7 +159,11 @@ def test_project_lifecycle_on_the_local_backend(
     accepted2 = _deploy(client, org, pid)
     second = client.post(f"/v1/projects/{pid}/deploy", json={}, headers=org.headers)
     assert second.status_code == 409, second.text
+    queued = _deploy(client, org, pid, wait=True)  # waits for its turn instead
     dep2 = _finish(client, org, pid, accepted2)
+    behind = _finish(client, org, pid, queued)
+    assert behind["status"] == "succeeded" and behind["artifact"]["reused"] is True
+    assert behind["started_at"] >= dep2["finished_at"]  # one after the other, never interleaved
     assert dep2["status"] == "succeeded" and dep2["git_commit"] == c2
     answer = _app(client, slug).json()
     assert answer["version"] == "v2" and answer["greeting"] == "bonjour"
@@ -192,7 +196,13 @@ def test_project_lifecycle_on_the_local_backend(
     history = client.get(
         f"/v1/projects/{pid}/deployments?environment=production", headers=org.headers
     ).json()["data"]
-    assert [d["id"] for d in history] == [dep4["id"], dep3["id"], dep2["id"], dep1["id"]]
+    assert [d["id"] for d in history] == [
+        dep4["id"],
+        dep3["id"],
+        behind["id"],
+        dep2["id"],
+        dep1["id"],
+    ]
     failed = client.get(
         f"/v1/projects/{pid}/deployments?status=failed", headers=org.headers
     ).json()["data"]
