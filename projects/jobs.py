@@ -163,6 +163,7 @@ def run_deploy(ctx: JobContext) -> dict[str, Any] | None:
         if len(lines) % 50 == 0:
             _store_build_log(job, lines)
 
+    marks = [("start", time.monotonic())]
     try:
         if rollback_source is None:
             artifact = backend.build(
@@ -175,6 +176,7 @@ def run_deploy(ctx: JobContext) -> dict[str, Any] | None:
                 ),
                 sink,
             )
+            marks.append(("build", time.monotonic()))
             with session_scope() as session:
                 project, env, dep = _load(session, job)
                 service.ensure_services(project, artifact)
@@ -209,6 +211,7 @@ def run_deploy(ctx: JobContext) -> dict[str, Any] | None:
             )
             sink(f"rolling back to {rollback_source} (commit {release.artifact.git_commit})")
         ctx.check_cancelled()
+        marks.append(("record", time.monotonic()))
         if rollback_source is not None:
             obs = backend.rollback(
                 release, None, timeout_s=settings.projects_rollout_timeout_seconds
@@ -230,6 +233,12 @@ def run_deploy(ctx: JobContext) -> dict[str, Any] | None:
         )
         _finish(job, "failed", why, lines, None)
         raise
+    marks.append(("rollout", time.monotonic()))
+    log.info(
+        "deployment %s: %s",
+        job.deployment_id,
+        ", ".join(f"{name} {t - marks[i][1]:.3f}s" for i, (name, t) in enumerate(marks[1:])),
+    )
     if _project_gone(job):  # deleted meanwhile: what this rollout started goes too
         backend.teardown(ref, None)
         _finish(job, "cancelled", "the project was deleted", lines, None)

@@ -235,27 +235,51 @@ class LocalProjectsBackend(Backend):
                 )
             reqs = _requirements(src)
             has_project = (src / "pyproject.toml").exists()
-            log("creating the venv")
-            venv_args = [self.config.python, "-m", "venv", "--system-site-packages"]
-            if not reqs and not has_project:
-                venv_args.append("--without-pip")
-            self._run_logged([*venv_args, str(venv)], src, log, spec)
-            pip = [
-                str(venv / "bin" / "python"),
-                "-m",
-                "pip",
-                "install",
-                "--disable-pip-version-check",
-            ]
-            if reqs:
-                log("installing requirements.txt")
-                self._run_logged([*pip, "-r", "requirements.txt"], src, log, spec)
-            if has_project:
-                log("installing the project (pyproject.toml)")
-                self._run_logged([*pip, "."], src, log, spec)
+            # With a pyproject.toml the project itself is installed: one venv per commit; with
+            # only requirements.txt, commits with the same requirements share one (a dependency
+            # layer cache, as build packs keep).
+            venv = target / "venv" if has_project else base / "venvs" / self._requirements_key(src)
+            if not (venv / ".ready").exists():
+                self._build_venv(venv, src, reqs, has_project, log, spec)
+            else:
+                log(f"reusing the venv of these requirements ({venv.name[:12]})")
             (target / ".ready").write_text(commit)
+            (target / "venv-path").write_text(str(venv))
             log("build finished")
             return self._artifact(commit, src, venv, reused=False)
+
+    def _requirements_key(self, src: Path) -> str:
+        import hashlib
+
+        digest = hashlib.sha256(self.config.python.encode())
+        path = src / "requirements.txt"
+        digest.update(path.read_bytes() if path.exists() else b"")
+        return digest.hexdigest()[:32]
+
+    def _build_venv(
+        self,
+        venv: Path,
+        src: Path,
+        reqs: list[str],
+        has_project: bool,
+        log: LogSink,
+        spec: BuildSpec,
+    ) -> None:
+        shutil.rmtree(venv, ignore_errors=True)
+        venv.parent.mkdir(parents=True, exist_ok=True)
+        log("creating the venv")
+        venv_args = [self.config.python, "-m", "venv", "--system-site-packages"]
+        if not reqs and not has_project:
+            venv_args.append("--without-pip")
+        self._run_logged([*venv_args, str(venv)], src, log, spec)
+        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check"]
+        if reqs:
+            log("installing requirements.txt")
+            self._run_logged([*pip, "-r", "requirements.txt"], src, log, spec)
+        if has_project:
+            log("installing the project (pyproject.toml)")
+            self._run_logged([*pip, "."], src, log, spec)
+        (venv / ".ready").write_text("ok")
 
     def _resolve(self, repo: str, source: SourceSpec, log: LogSink) -> str | None:
         """The commit a branch (or HEAD) points at, without cloning; None for a short SHA."""
@@ -285,6 +309,9 @@ class LocalProjectsBackend(Backend):
 
     def _artifact(self, commit: str, src: Path, venv: Path, *, reused: bool) -> Artifact:
         types = parse_procfile((src / "Procfile").read_text())
+        recorded = src.parent / "venv-path"
+        if recorded.exists():
+            venv = Path(recorded.read_text())
         return Artifact(
             kind="venv",
             git_commit=commit,
