@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import http.client
 import json
 import os
 import shutil
@@ -36,7 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 from pydantic import BaseModel
 
@@ -424,31 +424,37 @@ class LocalProjectsBackend(Backend):
         alive; else the failure reason (with the last log lines)."""
         deadline = time.monotonic() + timeout_s
         pending = {r.id for r in new if r.service == "web"}
-        with httpx.Client(timeout=self.config.health_timeout_s, trust_env=False) as http:
-            while True:
-                for r in new:
-                    if not self._alive(r):
-                        return self._failure(
-                            new, f"replica {r.id} exited ({self._exit_code(r)}) before serving"
-                        )
-                for r in new:
-                    if r.id not in pending:
-                        continue
-                    try:
-                        resp = http.get(f"{r.url}{release.health_check_path}")
-                        if resp.status_code < 400:
-                            pending.discard(r.id)
-                    except httpx.HTTPError:
-                        pass
-                if not pending:
-                    return None  # every web replica answers; the others are alive
-                if time.monotonic() > deadline:
+        while True:
+            for r in new:
+                if not self._alive(r):
                     return self._failure(
-                        new,
-                        f"{release.health_check_path} did not answer 2xx/3xx "
-                        f"within {timeout_s:.0f}s",
+                        new, f"replica {r.id} exited ({self._exit_code(r)}) before serving"
                     )
-                time.sleep(0.02)
+            for r in new:
+                if r.id not in pending:
+                    continue
+                if self._healthy(r.port, release.health_check_path):
+                    pending.discard(r.id)
+            if not pending:
+                return None  # every web replica answers; the others are alive
+            if time.monotonic() > deadline:
+                return self._failure(
+                    new,
+                    f"{release.health_check_path} did not answer 2xx/3xx within {timeout_s:.0f}s",
+                )
+            time.sleep(0.02)
+
+    def _healthy(self, port: int, path: str) -> bool:
+        """One health probe: a 2xx/3xx answer to GET ``path`` (a plain connection, no client
+        set-up per probe)."""
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=self.config.health_timeout_s)
+        try:
+            conn.request("GET", path, headers={"Connection": "close"})
+            return conn.getresponse().status < 400
+        except (OSError, http.client.HTTPException):
+            return False
+        finally:
+            conn.close()
 
     def _failure(self, new: list[Replica], what: str) -> str:
         lines: list[str] = []
