@@ -101,6 +101,7 @@ class Replica(BaseModel):
     restarts: int = 0
     next_restart_at: float | None = None
     started_at: float = 0.0
+    health_path: str | None = None  # web: probed before a restarted replica gets traffic
 
     @property
     def url(self) -> str:
@@ -412,6 +413,7 @@ class LocalProjectsBackend(Backend):
                     env=env_vars,
                     port=port,
                     log_path=str(log_path),
+                    health_path=release.health_check_path if service.serves_http else None,
                 )
                 self._spawn(replica)
                 new.append(replica)
@@ -503,10 +505,17 @@ class LocalProjectsBackend(Backend):
                 )
             if restart and r.status == "crashed" and (r.next_restart_at or 0) <= now:
                 r.restarts += 1
-                self._spawn(r)
-                r.status = "running"
+                self._spawn(r)  # "starting": traffic only once it answers again
                 alive = True
                 events.append(f"replica {r.id} restarted (restart {r.restarts})")
+            if (
+                alive
+                and r.status == "starting"
+                and st.active == r.deployment_id
+                and (r.health_path is None or self._healthy(r.port, r.health_path))
+            ):
+                r.status = "running"
+                events.append(f"replica {r.id} ready")
             obs = per.setdefault(r.service, ServiceObservation(name=r.service))
             if alive and r.status == "running":
                 obs.ready += 1
@@ -813,7 +822,7 @@ class LocalProjectsBackend(Backend):
     def _write_route(self, env: EnvironmentRef, st: EnvState) -> None:
         services: dict[str, list[str]] = {}
         for r in st.replicas:
-            if r.deployment_id == st.active and r.status in ("running", "starting"):
+            if r.deployment_id == st.active and r.status == "running":
                 services.setdefault(r.service, []).append(f"127.0.0.1:{r.port}")
         route = {
             "key": env.key,
