@@ -1,0 +1,1 @@
+"""App projects: deploy applications from a git repository or an image."""

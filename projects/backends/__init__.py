@@ -1,0 +1,1 @@
+"""Project backends (local processes, Kubernetes)."""
