@@ -41,7 +41,7 @@ from typing import Any, cast
 
 from kubernetes.client.exceptions import ApiException
 
-from common.kube import call_api, new_api_client
+from common.kube import call_api, new_api_client, object_path, server_side_apply
 from config import Settings, default
 from deployments.backends.kubernetes import _deadline_exceeded, _diagnose, _pod_ready
 from deployments.masking import mask_secrets
@@ -144,11 +144,12 @@ class KubernetesProjectsConfig:
         )
 
 
-def _api_message(exc: ApiException) -> str:
+def _backend_error(what: str, exc: ApiException) -> ProjectBackendError:
     try:
-        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
+        message = str(json.loads(exc.body or "{}").get("message") or exc.reason)
     except (TypeError, ValueError):
-        return str(exc.reason)
+        message = str(exc.reason)
+    return ProjectBackendError(ReasonCode.BACKEND_ERROR, f"{what}: {message}")
 
 
 def _parse_ts(stamp: str) -> float | None:
@@ -199,31 +200,18 @@ class KubernetesProjectBackend(Backend):
     # ---------------------------------------------------------------- API plumbing ---
     def _path(self, kind: str, namespace: str, name: str | None = None) -> str:
         api_version, plural, namespaced = _KINDS[kind]
-        group = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
-        base = f"{group}/namespaces/{namespace}/{plural}" if namespaced else f"{group}/{plural}"
-        return f"{base}/{name}" if name else base
+        return object_path(api_version, plural, namespace if namespaced else None, name)
 
-    def _call(
-        self,
-        method: str,
-        path: str,
-        *,
-        query: list[tuple[str, Any]] | None = None,
-        body: Any = None,
-        content_type: str = "application/json",
-    ) -> dict[str, Any]:
-        """One API call; a 404 stays an ``ApiException`` (callers treat it as absent), any
-        other error is a ``backend_error``."""
+    def _call(self, method: str, path: str, **options: Any) -> dict[str, Any]:
+        """One API call (``options``: ``common.kube.call_api``'s); a 404 stays an
+        ``ApiException`` (callers treat it as absent), any other error is a backend error."""
         try:
-            return call_api(
-                self.api, method, path, query=query, body=body, content_type=content_type
-            )
+            return call_api(self.api, method, path, **options)
         except ApiException as exc:
             if exc.status == 404:
                 raise
-            raise ProjectBackendError(
-                ReasonCode.BACKEND_ERROR,
-                f"Kubernetes API error {exc.status} on {method} {path}: {_api_message(exc)}",
+            raise _backend_error(
+                f"Kubernetes API error {exc.status} on {method} {path}", exc
             ) from exc
 
     def apply(self, manifest: k.Manifest) -> dict[str, Any]:
@@ -231,17 +219,9 @@ class KubernetesProjectBackend(Backend):
         meta = manifest["metadata"]
         path = self._path(manifest["kind"], meta.get("namespace", ""), meta["name"])
         try:
-            return self._call(
-                "PATCH",
-                path,
-                query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
-                body=manifest,
-                content_type="application/apply-patch+yaml",
-            )
-        except ApiException as exc:  # the namespace is gone
-            raise ProjectBackendError(
-                ReasonCode.BACKEND_ERROR, f"cannot apply {path}: {_api_message(exc)}"
-            ) from exc
+            return server_side_apply(self.api, path, manifest, FIELD_MANAGER)
+        except ApiException as exc:  # a 404: the namespace is gone
+            raise _backend_error(f"cannot apply {path}", exc) from exc
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:

@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import jsonschema
 
-from tests.deployments.fake_kube import SCRIPTS, FakeKube, FakePod, _handler, pod_status
+from tests.deployments.fake_kube import SCRIPTS, FakeKube, FakePod, _handler
 
 GATEWAY_API = "gateway.networking.k8s.io/v1"
 HTTPROUTE_SCHEMA = json.loads(
@@ -91,7 +91,7 @@ class ProjectsFakeKube(FakeKube):
             if found is None:
                 return False
             owner = name if plural == "deployments" else f"job:{name}" if plural == "jobs" else None
-            for pod in [p for p in self.pods.values() if p.namespace == ns and p.deployment == owner]:
+            for pod in self.pods_of(ns, owner or ""):
                 del self.pods[pod.name]
             self._publish()
             return True
@@ -104,7 +104,9 @@ class ProjectsFakeKube(FakeKube):
 
     def pods_of(self, ns: str, deployment: str) -> list[FakePod]:
         with self.lock:
-            return [p for p in self.pods.values() if p.namespace == ns and p.deployment == deployment]
+            return [
+                p for p in self.pods.values() if p.namespace == ns and p.deployment == deployment
+            ]
 
     # ------------------------------------------------------------------ controllers ---
     def tick(self) -> None:
@@ -244,7 +246,7 @@ def projects_handler(fake: Any) -> type[BaseHTTPRequestHandler]:
             return route
 
         def do_GET(self) -> None:
-            plural, ns, name, sub, query = self._route()
+            plural, _ns, name, sub, query = self._route()
             pod = fake.pods.get(name) if plural == "pods" and sub == "log" else None
             if pod is not None and pod.deployment.startswith("job:"):
                 container = query.get("container", [""])[0]

@@ -79,16 +79,12 @@ def release(
             ServiceSpec(name="web", port=8080, replicas=2),
             ServiceSpec(name="worker", command="python worker.py", replicas=1),
         ],
-        "env_vars": {"GREETING": "hello", "API_TOKEN": SECRET}
-        if env_vars is None
-        else env_vars,
+        "env_vars": {"GREETING": "hello", "API_TOKEN": SECRET} if env_vars is None else env_vars,
         "secret_keys": ["API_TOKEN"],
         "health_check_path": "/healthz",
         "volumes": [VolumeSpec(id="vol_1", name="data", mount_path="/data", size_gb=2)],
         "tcp_proxies": [
-            TcpProxySpec(
-                id="tcp_1", service="web", external_port=31000, target_port=9000, allow=[]
-            )
+            TcpProxySpec(id="tcp_1", service="web", external_port=31000, target_port=9000, allow=[])
         ],
     }
     values.update(overrides)
@@ -462,7 +458,8 @@ def test_rollback_reapplies_the_old_image_and_env_snapshot(cluster: Cluster) -> 
     one = release("dep_1", f"registry.test/apps/shop:{SHA_A}", {"GREETING": "one"})
     first = deploy(backend, one)
     second = deploy(
-        backend, release("dep_2", f"registry.test/apps/shop:{SHA_B}", {"GREETING": "two"}),
+        backend,
+        release("dep_2", f"registry.test/apps/shop:{SHA_B}", {"GREETING": "two"}),
         first.state,
     )
     assert second.active_deployment_id == "dep_2"
