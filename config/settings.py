@@ -242,6 +242,8 @@ class Settings(BaseSettings):
     projects_kube_kaniko_image: str = "gcr.io/kaniko-project/executor:v1.23.2"
     projects_kube_git_image: str = "alpine/git:2.47.2"
     projects_kube_gateway_name: str = "conveyor"  # the Gateway API Gateway routes attach to
+    # The Gateway's namespace: HTTPRoutes attach to it, and when a TCP proxy targets a
+    # service's HTTP port only pods there (the gateway's data plane) still reach that port.
     projects_kube_gateway_namespace: str = "conveyor-gateway"
     projects_kube_url_scheme: str = "https"
     projects_kube_tcp_service_type: str = "LoadBalancer"  # LoadBalancer | NodePort

@@ -468,9 +468,11 @@ class KubernetesProjectBackend(Backend):
         ref = source.git_commit or (
             f"refs/heads/{source.git_branch}" if source.git_branch else "HEAD"
         )
+        # ext:: would run a command on the worker: refused whatever git's default.
+        command = ["git", "-c", "protocol.ext.allow=never", "ls-remote"]
         try:
             out = subprocess.run(
-                ["git", "ls-remote", "--", source.git_repository, ref],
+                [*command, "--", source.git_repository, ref],
                 capture_output=True,
                 text=True,
                 timeout=60,

@@ -530,3 +530,52 @@ def test_teardown_removes_the_namespace_and_everything_in_it(cluster: Cluster) -
     assert fake.kinds("namespaces") == [other.data["namespace"]]  # other environments stay
     gone = backend.status(ENV, obs.state)
     assert gone.status == "stopped" and gone.reason is not None and "namespace" in gone.reason
+
+
+def test_the_registry_secret_is_copied_into_each_environment(cluster: Cluster) -> None:
+    fake, plain = cluster
+    backend = KubernetesProjectBackend(
+        KubernetesProjectsConfig(poll_s=0.01, registry_secret="regcred"), api_client=plain.api
+    )
+    with pytest.raises(ProjectBackendError, match="conveyor/regcred not found"):
+        backend.provision_environment(ENV, None)
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "conveyor"}}
+    fake.apply("namespaces", "", "conveyor", namespace)
+    config = {".dockerconfigjson": "eyJhdXRocyI6e319"}
+    fake.apply(
+        "secrets",
+        "conveyor",
+        "regcred",
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "regcred", "namespace": "conveyor"},
+            "type": "kubernetes.io/dockerconfigjson",
+            "data": config,
+        },
+    )
+    obs = deploy(backend, release())
+    assert obs.status == "running"
+    copied = live(fake, "secrets", "regcred")
+    assert copied["data"] == config and copied["type"] == "kubernetes.io/dockerconfigjson"
+    pod = live(fake, "deployments", "svc-web")["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    backend.build(build_spec("https://git.example.com/shop.git", SHA_A), lambda line: None)
+    job = live(fake, "jobs", render.build_job_name("dep_b1"))["spec"]["template"]["spec"]
+    assert {"name": "registry", "mountPath": "/kaniko/.docker"} in job["containers"][0][
+        "volumeMounts"
+    ]
+
+
+def test_resolving_a_branch_refuses_the_ext_transport(cluster: Cluster, tmp_path: Path) -> None:
+    _, backend = cluster
+    marker = tmp_path / "ran"
+    source = SourceSpec(
+        git_repository=f"ext::sh -c touch% {marker}", git_branch="main", build_pack="dockerfile"
+    )
+    with pytest.raises(ProjectBackendError) as failed:
+        backend.resolve_commit(source)
+    assert failed.value.code == "build_failed" and not marker.exists()
+    missing = SourceSpec(git_repository=git_repo(tmp_path)[0], git_branch="nope")
+    with pytest.raises(ProjectBackendError, match="refs/heads/nope not found"):
+        backend.resolve_commit(missing)
