@@ -38,8 +38,8 @@ LogSink = Callable[[str], None]
 class ReasonCode:
     """Machine-readable prefixes of a deployment's ``status_reason`` (``"<code>: <message>"``)."""
 
-    BUILD_FAILED = "build_failed"
-    UNSUPPORTED_BUILD = "unsupported_build"
+    BUILD_FAILED = ErrorCode.BUILD_FAILED.value
+    UNSUPPORTED_BUILD = ErrorCode.UNSUPPORTED_BUILD.value
     IMAGE_PULL_FAILED = ErrorCode.IMAGE_PULL_FAILED.value
     CRASH_LOOP = ErrorCode.CRASH_LOOP.value
     REPLICA_CRASHED = ErrorCode.REPLICA_CRASHED.value
@@ -81,7 +81,7 @@ class EnvironmentRef(BaseModel):
     project_slug: str
     environment_id: str
     environment: str = Field(description="The environment's name, e.g. `production`.")
-    domain: str | None = Field(None, description="Host header the router matches, if any.")
+    domain: str | None = Field(default=None, description="Host header the router matches, if any.")
 
     @property
     def key(self) -> str:
@@ -94,7 +94,9 @@ class SourceSpec(BaseModel):
 
     git_repository: str | None = None
     git_branch: str | None = None
-    git_commit: str | None = Field(None, description="A full SHA; None = the branch's head.")
+    git_commit: str | None = Field(
+        default=None, description="A full SHA; None = the branch's head."
+    )
     build_pack: BuildPack = "procfile"
     dockerfile_path: str | None = None
     docker_image: str | None = None
@@ -124,9 +126,11 @@ class Artifact(BaseModel):
 
     kind: Literal["venv", "image"]
     git_commit: str | None = None
-    checkout_path: str | None = Field(None, description="local: the source checked out.")
-    venv_path: str | None = Field(None, description="local: the venv built for the commit.")
-    image: str | None = Field(None, description="kubernetes: the image reference (by digest).")
+    checkout_path: str | None = Field(default=None, description="local: the source checked out.")
+    venv_path: str | None = Field(default=None, description="local: the venv built for the commit.")
+    image: str | None = Field(
+        default=None, description="kubernetes: the image reference (by digest)."
+    )
     process_types: list[ProcessType] = Field(default_factory=list)
     built_at: float = Field(default_factory=time.time)
     reused: bool = Field(False, description="True when an existing artifact was reused.")
@@ -145,8 +149,12 @@ class ServiceSpec(BaseModel):
 
     id: str | None = None
     name: str = Field(description="`web` is the one the router sends HTTP to.")
-    command: str | None = Field(None, description="None: the artifact's process type's command.")
-    port: int | None = Field(None, description="The port the process listens on (web: PORT).")
+    command: str | None = Field(
+        default=None, description="None: the artifact's process type's command."
+    )
+    port: int | None = Field(
+        default=None, description="The port the process listens on (web: PORT)."
+    )
     replicas: int = Field(1, ge=0)
     resources: ServiceResources = Field(default_factory=ServiceResources)
 
@@ -190,7 +198,7 @@ class ReleaseSpec(BaseModel):
     port: int = Field(8000, description="Default port of the `web` service.")
     volumes: list[VolumeSpec] = Field(default_factory=list)
     tcp_proxies: list[TcpProxySpec] = Field(default_factory=list)
-    rollback_of: str | None = Field(None, description="The deployment id this one replays.")
+    rollback_of: str | None = Field(default=None, description="The deployment id this one replays.")
 
     def secret_values(self) -> list[str]:
         """Values to mask wherever this release's output is shown."""
@@ -230,7 +238,9 @@ class Observation(BaseModel):
     ready_replicas: int = 0
     desired_replicas: int = 0
     services: list[ServiceObservation] = Field(default_factory=list)
-    active_deployment_id: str | None = Field(None, description="The release traffic goes to.")
+    active_deployment_id: str | None = Field(
+        default=None, description="The release traffic goes to."
+    )
     url: str | None = None
     state: BackendState
     crashes: list[CrashEvent] = Field(default_factory=list)
@@ -310,6 +320,14 @@ class Backend(abc.ABC):
     def teardown(self, env: EnvironmentRef, state: BackendState | None) -> None:
         """Remove everything the environment owns (processes, routes, ports, volumes, secrets,
         namespace). Idempotent."""
+
+    def apply_tcp_proxies(
+        self, env: EnvironmentRef, proxies: list[TcpProxySpec], state: BackendState | None
+    ) -> BackendState | None:
+        """Make the environment's TCP proxies (and their allow-lists) match ``proxies`` now,
+        without a rollout (an allow-list change takes effect at once). Default: nothing (a
+        backend that applies them only with ``rollout``)."""
+        return state
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release clients held by the backend."""
