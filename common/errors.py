@@ -90,6 +90,9 @@ class ErrorCode(StrEnum):
     JOB_FAILED = "job_failed"
     JOB_CANCELLED = "job_cancelled"
     JOB_MISSING = "job_missing"
+    # App projects (a failed project deployment's reason code).
+    BUILD_FAILED = "build_failed"
+    UNSUPPORTED_BUILD = "unsupported_build"
 
 
 class ConveyorError(Exception):
