@@ -18,7 +18,9 @@ API schema kept in the tests.
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +36,7 @@ DEPLOYMENT_LABEL = "conveyor.dev/deployment-id"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 BUILD_KEY_LABEL = "conveyor.dev/build-key"
 IMAGE_ANNOTATION = "conveyor.dev/image"
+APPLIED_ANNOTATION = "conveyor.dev/applied"
 COMMIT_ANNOTATION = "conveyor.dev/git-commit"
 APP_CONTAINER = "app"
 BUILD_CONTAINER = "kaniko"
@@ -223,6 +226,18 @@ def deployment(scope: Scope, work: Workload) -> Manifest:
 
 
 SERVICE_PORT = 80
+
+
+def recorded(manifest: Manifest) -> Manifest:
+    """``manifest`` carrying itself as an annotation (like kubectl's last-applied
+    configuration): what a failed rollout restores, read back from the cluster."""
+    clean = copy.deepcopy(manifest)
+    clean["metadata"].setdefault("annotations", {}).pop(APPLIED_ANNOTATION, None)
+    out = copy.deepcopy(clean)
+    out["metadata"]["annotations"][APPLIED_ANNOTATION] = json.dumps(
+        clean, sort_keys=True, separators=(",", ":")
+    )
+    return out
 
 
 def service(scope: Scope, service: str) -> Manifest:

@@ -64,6 +64,7 @@ from projects.backends.base import (
     ServiceObservation,
     ServiceSpec,
     SourceSpec,
+    TcpProxySpec,
     UnsupportedBuild,
     reason,
 )
@@ -383,9 +384,10 @@ class KubernetesProjectBackend(Backend):
             )
         deadline_s = max(1, int(timeout_s))
         manifests = [
-            k.deployment(scope, self._workload(release, svc, image, secret, deadline_s))
+            k.recorded(k.deployment(scope, self._workload(release, svc, image, secret, deadline_s)))
             for svc in release.services
         ]
+        previous = self._live_release(scope)  # what serves now: read back, not remembered
         for manifest in manifests:
             self.apply(manifest)
         for svc in release.services:
@@ -394,19 +396,25 @@ class KubernetesProjectBackend(Backend):
         events = [f"applied release {release.deployment_id} ({len(manifests)} services)"]
         failure = self._wait_ready(scope, release, time.monotonic() + timeout_s)
         if failure is not None:
-            return self._fail(scope, release, data, manifests, failure, events)
+            return self._fail(scope, release, data, previous, manifests, failure, events)
         self._wait_drained(scope, release, time.monotonic() + max(1.0, timeout_s / 4))
         if release.env.domain:
             self.apply(self._route(scope, release.env.domain))
-        self._apply_tcp_proxies(scope, release)
+        self._apply_tcp_proxies(scope, release.tcp_proxies, self._ports(scope))
         self._prune(scope, release)
-        data["active"] = {
-            "deployment_id": release.deployment_id,
-            "deployments": manifests,
-        }
+        data["active"] = {"deployment_id": release.deployment_id, "deployments": manifests}
         events.append(f"release {release.deployment_id} serving; previous replicas drained")
         obs = self._observe(scope, release.env, BackendState(backend=self.name, data=data))
         return obs.model_copy(update={"events": events + obs.events})
+
+    def apply_tcp_proxies(
+        self, env: EnvironmentRef, proxies: list[TcpProxySpec], state: BackendState | None
+    ) -> BackendState | None:
+        scope = self.scope(env)
+        if self.get("Namespace", "", scope.namespace) is None:
+            return state  # nothing runs yet: the first rollout applies them
+        self._apply_tcp_proxies(scope, proxies, self._ports(scope))
+        return state
 
     def status(self, env: EnvironmentRef, state: BackendState | None) -> Observation:
         scope = self.scope(env)
@@ -724,31 +732,46 @@ class KubernetesProjectBackend(Backend):
                 return
             time.sleep(self.config.poll_s)
 
+    def _live_release(self, scope: k.Scope) -> dict[str, Any] | None:
+        """The release the cluster runs now: the manifests its Deployments record."""
+        manifests = [
+            json.loads(text)
+            for live in self.list_objects("Deployment", scope.namespace, k.SERVICE_LABEL)
+            if (text := (live["metadata"].get("annotations") or {}).get(k.APPLIED_ANNOTATION))
+        ]
+        if not manifests:
+            return None
+        ids = [m["metadata"]["annotations"][k.DEPLOYMENT_LABEL] for m in manifests]
+        return {"deployment_id": max(set(ids), key=ids.count), "deployments": manifests}
+
     def _fail(
         self,
         scope: k.Scope,
         release: ReleaseSpec,
         data: dict[str, Any],
+        previous: dict[str, Any] | None,
         manifests: list[k.Manifest],
         why: str,
         events: list[str],
     ) -> Observation:
-        """Put the previous release's Deployments back (or scale the first release's to
-        zero) and report the failure; the previous replicas never stopped serving."""
-        previous = data.get("active")
+        """Put the previous release's Deployments back and remove those it did not have (all
+        of them on a first release); report the failure. The previous replicas never stopped
+        serving (``maxUnavailable: 0``)."""
+        wanted: set[str] = set()
         if previous:
             for manifest in previous["deployments"]:
-                self.apply(manifest)
-            wanted = {m["metadata"]["name"] for m in previous["deployments"]}
+                self.apply(k.recorded(manifest))
+                wanted.add(manifest["metadata"]["name"])
             events.append(f"restored release {previous['deployment_id']}")
+            data["active"] = previous
         else:
-            wanted = set()
-            events.append("first release failed; its replicas scaled to zero")
+            events.append("first release failed; its Deployments removed")
+            data.pop("active", None)
         for manifest in manifests:
-            if manifest["metadata"]["name"] not in wanted:
-                stopped = json.loads(json.dumps(manifest))
-                stopped["spec"]["replicas"] = 0
-                self.apply(stopped)
+            name = manifest["metadata"]["name"]
+            if name not in wanted:
+                self.delete("Deployment", scope.namespace, name)
+                self.delete("Service", scope.namespace, name)
         obs = self._observe(scope, release.env, BackendState(backend=self.name, data=data))
         return obs.model_copy(
             update={
@@ -758,10 +781,22 @@ class KubernetesProjectBackend(Backend):
             }
         )
 
-    def _apply_tcp_proxies(self, scope: k.Scope, release: ReleaseSpec) -> None:
-        ports = {svc.name: self._port(release, svc) for svc in release.services}
+    def _ports(self, scope: k.Scope) -> dict[str, int]:
+        """Each service's HTTP container port, read from its live Deployment."""
+        ports: dict[str, int] = {}
+        for live in self.list_objects("Deployment", scope.namespace, k.SERVICE_LABEL):
+            service = _labels(live).get(k.SERVICE_LABEL, "")
+            for container in live["spec"]["template"]["spec"]["containers"]:
+                for port in container.get("ports") or []:
+                    if port.get("name") == "http":
+                        ports[service] = int(port["containerPort"])
+        return ports
+
+    def _apply_tcp_proxies(
+        self, scope: k.Scope, proxies: list[TcpProxySpec], ports: dict[str, int]
+    ) -> None:
         wanted: set[str] = set()
-        for proxy in release.tcp_proxies:
+        for proxy in proxies:
             name = k.tcp_proxy_name(proxy.service)
             wanted.add(name)
             self.apply(
@@ -779,7 +814,7 @@ class KubernetesProjectBackend(Backend):
                     proxy.service,
                     proxy.target_port,
                     list(proxy.allow),
-                    ports.get(proxy.service),
+                    ports.get(k.label_value(proxy.service)),
                     self.config.gateway_namespace,
                 )
             )
@@ -804,51 +839,61 @@ class KubernetesProjectBackend(Backend):
 
     # ------------------------------------------------------------------ observing ---
     def _observe(self, scope: k.Scope, env: EnvironmentRef, state: BackendState) -> Observation:
+        """The environment as the cluster runs it. A Deployment of the last known release
+        (``state``) that is missing is re-applied first."""
         data = state.data
-        active = data.get("active")
-        if not active:
+        events: list[str] = []
+        known = data.get("active") or {}
+        live = {
+            d["metadata"]["name"]: d
+            for d in self.list_objects("Deployment", scope.namespace, k.SERVICE_LABEL)
+        }
+        for manifest in known.get("deployments") or []:
+            name = manifest["metadata"]["name"]
+            if name not in live:
+                live[name] = self.apply(k.recorded(manifest))
+                events.append(f"Deployment {name} missing from the cluster; re-applied")
+        current = self._live_release(scope)
+        if current is None:
             return Observation(
                 status="stopped",
                 reason="no release deployed yet",
                 state=state,
                 url=self._url(env),
                 active_deployment_id=None,
+                events=events,
             )
-        events: list[str] = []
         restarts: dict[str, int] = dict(data.get("restarts") or {})
         crashes: list[CrashEvent] = []
         services: list[ServiceObservation] = []
         problems: list[str] = []
+        serving: list[str] = []
         deploying = False
-        active_id: str | None = active["deployment_id"]
-        for manifest in active["deployments"]:
-            name = manifest["metadata"]["name"]
+        pods = self._app_pods(scope)
+        for manifest in current["deployments"]:
             service = manifest["spec"]["template"]["metadata"]["labels"][k.SERVICE_LABEL]
+            wanted_id = manifest["metadata"]["annotations"][k.DEPLOYMENT_LABEL]
             desired = int(manifest["spec"]["replicas"])
-            live = self.get("Deployment", scope.namespace, name)
-            if live is None:
-                self.apply(manifest)
-                events.append(f"Deployment {name} missing from the cluster; re-applied")
-                live = manifest
-            live_id = (live["metadata"].get("annotations") or {}).get(k.DEPLOYMENT_LABEL)
-            if live_id != active["deployment_id"]:
-                deploying = True  # another rollout is under way
-            pods = self._release_pods(scope, active["deployment_id"], service)
-            ready = sum(1 for p in pods if _pod_ready(p))
+            mine = [p for p in pods if _labels(p).get(k.SERVICE_LABEL) == service]
+            older = [p for p in mine if _labels(p).get(k.DEPLOYMENT_LABEL) != wanted_id]
+            mine = [p for p in mine if p not in older]
+            if older:  # a rollout under way: the old replicas serve until it ends
+                deploying = True
+                serving += [_labels(p).get(k.DEPLOYMENT_LABEL, "") for p in older if _pod_ready(p)]
+            ready = sum(1 for p in mine if _pod_ready(p))
             services.append(ServiceObservation(name=service, ready=ready, desired=desired))
-            for pod in pods:
+            for pod in mine:
                 crashes += self._crashes(pod, service, restarts)
                 if not _pod_ready(pod) and (found := _diagnose(pod)) is not None:
                     problems.append(reason(found[0], f"service {service}: {found[1]}"))
             if ready < desired and not problems:
                 problems.append(
-                    reason(
-                        "replicas_not_ready",
-                        f"service {service}: {ready}/{desired} replicas ready",
-                    )
+                    reason("replicas_not_ready", f"service {service}: {ready}/{desired} ready")
                 )
-        live_pods = {p["metadata"]["name"] for p in self._app_pods(scope)}
+        live_pods = {p["metadata"]["name"] for p in pods}
         data["restarts"] = {pod: n for pod, n in restarts.items() if pod in live_pods}
+        if not deploying:
+            data["active"] = current
         ready_total = sum(s.ready for s in services)
         desired_total = sum(s.desired for s in services)
         status: ObservedStatus
@@ -858,6 +903,7 @@ class KubernetesProjectBackend(Backend):
             status = "running"
         else:
             status = "degraded"
+        active_id = max(set(serving), key=serving.count) if serving else current["deployment_id"]
         return Observation(
             status=status,
             reason=problems[0] if problems and status != "running" else None,
@@ -897,3 +943,8 @@ class KubernetesProjectBackend(Backend):
                 message=str(last.get("reason") or "container restarted"),
             )
         ]
+
+
+def build_backend(settings: Settings) -> KubernetesProjectBackend:
+    """The backend ``projects.runtime`` builds for ``CONVEYOR_PROJECTS_BACKEND=kubernetes``."""
+    return KubernetesProjectBackend.from_settings(settings)

@@ -115,6 +115,8 @@ def live(fake: ProjectsFakeKube, plural: str, name: str) -> dict[str, Any]:
 
 
 def deploy(backend: KubernetesProjectBackend, spec: ReleaseSpec, state: Any = None) -> Observation:
+    """A rollout; the deploy job passes no state (the previous release is read back from the
+    cluster), so most tests do too."""
     return backend.rollout(spec, state, timeout_s=5)
 
 
@@ -352,6 +354,8 @@ def test_a_rollout_applies_everything_and_status_is_read_from_the_cluster(
 
     status = backend.status(ENV, obs.state)
     assert (status.status, status.ready_replicas, status.desired_replicas) == ("running", 3, 3)
+    unknown = backend.status(ENV, None)  # no stored state: all of it read from the cluster
+    assert (unknown.status, unknown.active_deployment_id) == ("running", "dep_1")
 
     # A second release: new pods, the old ones drained, the old env Secret pruned.
     second = deploy(backend, release("dep_2", f"registry.test/apps/shop:{SHA_B}"), obs.state)
@@ -363,10 +367,10 @@ def test_a_rollout_applies_everything_and_status_is_read_from_the_cluster(
 
 def test_image_pull_failure_fails_and_the_old_release_keeps_serving(cluster: Cluster) -> None:
     fake, backend = cluster
-    first = deploy(backend, release())
+    deploy(backend, release())
     serving = {p.name for p in fake.pods_of(ns(), "svc-web")}
     fake.scenario = "image_pull"
-    failed = deploy(backend, release("dep_2", "registry.test/apps/shop:missing"), first.state)
+    failed = deploy(backend, release("dep_2", "registry.test/apps/shop:missing"))
     assert failed.status == "failed"
     assert failed.reason is not None and failed.reason.startswith("image_pull_failed:")
     assert "ErrImagePull" in failed.reason
@@ -381,9 +385,9 @@ def test_image_pull_failure_fails_and_the_old_release_keeps_serving(cluster: Clu
 
 def test_crash_loop_fails_with_the_last_log_lines_and_masks_secrets(cluster: Cluster) -> None:
     fake, backend = cluster
-    first = deploy(backend, release())
+    deploy(backend, release())
     fake.scenario = "crash_loop"
-    failed = deploy(backend, release("dep_2", env_vars={"API_TOKEN": SECRET}), first.state)
+    failed = deploy(backend, release("dep_2", env_vars={"API_TOKEN": SECRET}))
     assert failed.status == "failed"
     assert failed.reason is not None and failed.reason.startswith("crash_loop:")
     assert "last lines: INFO starting vLLM API server" in failed.reason  # the pod's log
@@ -391,12 +395,12 @@ def test_crash_loop_fails_with_the_last_log_lines_and_masks_secrets(cluster: Clu
     assert backend.status(ENV, failed.state).status == "running"
 
 
-def test_first_release_that_crashes_is_scaled_to_zero(cluster: Cluster) -> None:
+def test_a_first_release_that_crashes_is_removed(cluster: Cluster) -> None:
     fake, backend = cluster
     fake.scenario = "crash_loop"
     failed = deploy(backend, release())
     assert failed.status == "failed" and failed.active_deployment_id is None
-    assert live(fake, "deployments", "svc-web")["spec"]["replicas"] == 0
+    assert fake.kinds("deployments") == [] and fake.pods_of(ns(), "svc-web") == []
     assert "active" not in failed.state.data
 
 
@@ -404,11 +408,11 @@ def test_readiness_that_never_passes_fails_at_the_deadline_with_old_pods_serving
     cluster: Cluster,
 ) -> None:
     fake, backend = cluster
-    first = deploy(backend, release())
+    deploy(backend, release())
     serving = {p.name for p in fake.pods_of(ns(), "svc-web")}
     fake.scenario = "never_ready"
     started = time.monotonic()
-    failed = backend.rollout(release("dep_2"), first.state, timeout_s=0.5)
+    failed = backend.rollout(release("dep_2"), None, timeout_s=0.5)
     assert time.monotonic() - started >= 0.5
     assert failed.status == "failed"
     assert failed.reason is not None and failed.reason.startswith("health_check_failed:")
@@ -486,7 +490,9 @@ def test_tcp_proxy_allow_list_becomes_network_policy_ip_blocks(cluster: Cluster)
     proxy = TcpProxySpec(
         id="tcp_1", service="web", external_port=31000, target_port=9000, allow=["203.0.113.0/24"]
     )
-    obs = deploy(backend, release("dep_2", tcp_proxies=[proxy]), obs.state)
+    applied = len(fake.applied)
+    assert backend.apply_tcp_proxies(ENV, [proxy], obs.state) == obs.state  # no rollout
+    assert {m["kind"] for m in fake.applied[applied:]} == {"Service", "NetworkPolicy"}
     rules = live(fake, "networkpolicies", "tcp-web")["spec"]["ingress"]
     assert rules[0] == {
         "from": [{"ipBlock": {"cidr": "203.0.113.0/24"}}],
@@ -494,7 +500,7 @@ def test_tcp_proxy_allow_list_becomes_network_policy_ip_blocks(cluster: Cluster)
     }
     service = live(fake, "services", "tcp-web")["spec"]
     assert service["type"] == "LoadBalancer" and service["ports"][0]["targetPort"] == 9000
-    deploy(backend, release("dep_3", tcp_proxies=[]), obs.state)
+    deploy(backend, release("dep_3", tcp_proxies=[]))
     assert fake.kinds("networkpolicies") == [] and fake.kinds("services") == ["svc-web"]
 
 
