@@ -368,6 +368,12 @@ class KubernetesProjectBackend(Backend):
                 "the kubernetes backend runs image artifacts; this release's artifact is a "
                 f"{release.artifact.kind} (built by the local backend)"
             )
+        if not release.services:
+            raise ProjectBackendError(
+                ReasonCode.BACKEND_ERROR,
+                "the release has no service to run: declare one (`web` with no command runs "
+                "the image's own entrypoint)",
+            )
         scope = self.scope(release.env)
         data = self.provision_environment(release.env, state).data
         secret = f"env-{k.deployment_tag(release.deployment_id)}"

@@ -321,6 +321,13 @@ def test_an_image_source_needs_no_build_and_procfile_names_the_local_backend(
     assert artifact.image == "nginx:1.27" and fake.kinds("jobs") == []
     with pytest.raises(UnsupportedBuild, match="`local` backend"):
         backend.check_source(SourceSpec(git_repository="https://g/x.git", build_pack="procfile"))
+    with pytest.raises(ProjectBackendError, match="no service to run"):
+        deploy(backend, release(services=[]))
+    assert fake.kinds("deployments") == []
+    web = ServiceSpec(name="web", port=80)  # no command: the image's own entrypoint
+    assert deploy(backend, release(services=[web], tcp_proxies=[])).status == "running"
+    container = live(fake, "deployments", "svc-web")["spec"]["template"]["spec"]["containers"][0]
+    assert "command" not in container and "args" not in container
     with pytest.raises(UnsupportedBuild, match="nixpacks"):
         backend.check_source(SourceSpec(git_repository="https://g/x.git", build_pack="nixpacks"))
 
