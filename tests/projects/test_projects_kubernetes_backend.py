@@ -7,6 +7,7 @@ NetworkPolicies, logs and teardown."""
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -592,3 +593,32 @@ def test_resolving_a_branch_refuses_the_ext_transport(cluster: Cluster, tmp_path
     missing = SourceSpec(git_repository=git_repo(tmp_path)[0], git_branch="nope")
     with pytest.raises(ProjectBackendError, match="refs/heads/nope not found"):
         backend.resolve_commit(missing)
+
+
+def test_status_during_a_rollout_is_deploying_with_the_old_release_active(
+    cluster: Cluster,
+) -> None:
+    fake, backend = cluster
+    first = deploy(backend, release())
+    fake.scenario = "never_ready"
+    other = KubernetesProjectBackend(
+        backend.config, api_client=k8s.ApiClient(backend.api.configuration)
+    )
+    outcome: list[Observation] = []
+    rolling = threading.Thread(
+        target=lambda: outcome.append(other.rollout(release("dep_2"), None, timeout_s=1.5))
+    )
+    rolling.start()
+    try:
+        seen = backend.status(ENV, first.state)
+        for _ in range(100):
+            if seen.status == "deploying":
+                break
+            time.sleep(0.01)
+            seen = backend.status(ENV, first.state)
+        assert seen.status == "deploying" and seen.active_deployment_id == "dep_1"
+    finally:
+        rolling.join()
+        other.close()
+    assert outcome[0].status == "failed"
+    assert backend.status(ENV, outcome[0].state).status == "running"
