@@ -42,3 +42,24 @@ def new_api_client(
         config.load_incluster_config(client_configuration=configuration)
         return client.ApiClient(configuration)
     return config.new_client_from_config(config_file=kubeconfig, context=context)
+
+
+def object_path(api_version: str, plural: str, namespace: str | None, name: str | None) -> str:
+    """The REST path of a kind's collection (``name`` None) or of one object; ``namespace``
+    None for a cluster-scoped kind (a Namespace)."""
+    group = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    base = f"{group}/namespaces/{namespace}/{plural}" if namespace else f"{group}/{plural}"
+    return f"{base}/{name}" if name else base
+
+
+def server_side_apply(api: Any, path: str, manifest: Any, field_manager: str) -> dict[str, Any]:
+    """Create or update the object at ``path`` by server-side apply, conflicts forced to
+    ``field_manager`` (the typed ``*Api.patch_*`` methods cannot send apply patches)."""
+    return call_api(
+        api,
+        "PATCH",
+        path,
+        query=[("fieldManager", field_manager), ("force", "true")],
+        body=manifest,
+        content_type="application/apply-patch+yaml",
+    )

@@ -142,6 +142,33 @@ class Settings(BaseSettings):
     kube_shm_size: str = "8Gi"
     kube_service_domain: str = "svc.cluster.local"
     kube_watch_timeout_seconds: int = 300  # `conveyor kube-watch`: each stream's server timeout
+    # App projects on Kubernetes (CONVEYOR_PROJECTS_BACKEND=kubernetes): a Namespace per
+    # environment, Deployments/Services/HTTPRoutes, Kaniko build Jobs pushing to the registry.
+    # Reuses CONVEYOR_KUBE_CONFIG/_CONTEXT/_IN_CLUSTER.
+    projects_kube_namespace_prefix: str = "cv-app"
+    projects_kube_registry: str = "registry.conveyor.local/apps"  # Kaniko pushes here
+    projects_kube_registry_secret: str = Field(
+        default="",
+        description="A dockerconfigjson Secret (in projects_kube_secrets_namespace) copied into "
+        "each environment: Kaniko's push and the pods' pull credentials; empty: none.",
+    )
+    projects_kube_secrets_namespace: str = "conveyor"
+    projects_kube_kaniko_image: str = "gcr.io/kaniko-project/executor:v1.23.2"
+    projects_kube_git_image: str = "alpine/git:2.47.2"
+    projects_kube_gateway_name: str = "conveyor"  # the Gateway API Gateway routes attach to
+    # The Gateway's namespace: HTTPRoutes attach to it, and when a TCP proxy targets a
+    # service's HTTP port only pods there (the gateway's data plane) still reach that port.
+    projects_kube_gateway_namespace: str = "conveyor-gateway"
+    projects_kube_url_scheme: str = "https"
+    projects_kube_tcp_service_type: str = "LoadBalancer"  # LoadBalancer | NodePort
+    projects_kube_storage_class: str = ""
+    projects_kube_volume_access_mode: str = "ReadWriteOnce"  # ReadWriteMany across nodes
+    projects_kube_cpu_request: str = "100m"
+    projects_kube_cpu_limit: str = "1"
+    projects_kube_memory_request: str = "128Mi"
+    projects_kube_memory_limit: str = "512Mi"
+    projects_kube_build_timeout_seconds: int = 1800
+    projects_kube_poll_seconds: float = 2.0
 
     # --- API contract: rate limits, body limits, CORS, idempotency, webhooks ------------------
     ratelimit_enabled: bool = True

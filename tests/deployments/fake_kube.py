@@ -191,6 +191,10 @@ PLURALS = {
     "clusters": "Cluster",
     "backups": "Backup",
     "scheduledbackups": "ScheduledBackup",
+    "namespaces": "Namespace",
+    "jobs": "Job",
+    "networkpolicies": "NetworkPolicy",
+    "httproutes": "HTTPRoute",
 }
 Key = tuple[str, str, str]  # (plural, namespace, name)
 # Sizes the API server (PVCs) and the CNPG webhook (Clusters) refuse to make smaller.
@@ -482,12 +486,17 @@ class FakeKube:
         }
 
     # ----------------------------------------------------------------------- verbs ---
-    def apply(self, plural: str, ns: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+    def validate(self, body: dict[str, Any]) -> None:
+        """Refuse what the API server would: core kinds against the Kubernetes schemas, CNPG
+        kinds against the CNPG CRD schema (a subclass adds other CRDs)."""
         if body.get("apiVersion") == CNPG_API:
             schema = {**CNPG_SCHEMA[body["kind"]], "definitions": CNPG_SCHEMA["definitions"]}
             jsonschema.validate(body, schema)
         else:
             kubernetes_validate.validate(body, K8S_VERSION, strict=True)
+
+    def apply(self, plural: str, ns: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.validate(body)
         with self.lock:
             self.applied.append(body)
             key = (plural, ns, name)
@@ -519,11 +528,7 @@ class FakeKube:
                     raise Shrunk(f"{path}: Forbidden: field can not be less than previous value")
             body = self._public(obj)
             body.pop("status", None)
-            if body.get("apiVersion") == CNPG_API:
-                schema = {**CNPG_SCHEMA[body["kind"]], "definitions": CNPG_SCHEMA["definitions"]}
-                jsonschema.validate(body, schema)
-            else:
-                kubernetes_validate.validate(body, K8S_VERSION, strict=True)
+            self.validate(body)
             self.patches.append((plural, name, patch))
             self.objects[key] = obj
             self._publish()
@@ -833,9 +838,14 @@ def _handler(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
 
 
 @contextmanager
-def running_fake_kube() -> Iterator[tuple[FakeKube, str]]:
-    fake = FakeKube()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
+def running_fake_kube(
+    fake: FakeKube | None = None,
+    handler: Callable[[Any], type[BaseHTTPRequestHandler]] = _handler,
+) -> Iterator[tuple[FakeKube, str]]:
+    """Serve ``fake`` (a new ``FakeKube`` by default) with ``handler``'s request handler (a
+    subclass's handler adds routes)."""
+    fake = fake if fake is not None else FakeKube()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler(fake))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
