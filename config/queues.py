@@ -60,6 +60,7 @@ KINDS: dict[str, KindLimits] = {
     "backup": KindLimits(PROVISION, 3 * 3600, 3 * 3600 + 60, "resources.schemas:BackupJobInput"),
     "restore": KindLimits(PROVISION, 3 * 3600, 3 * 3600 + 60, "resources.schemas:RestoreJobInput"),
     "inference": KindLimits(INFERENCE, 600, 660, "inference.schemas:InferenceJobInput"),
+    "assistant": KindLimits(INFERENCE, 600, 660, "assistants.schemas:ReplyJobInput"),
 }
 
 
@@ -87,6 +88,7 @@ TASK_MODULES: list[str] = [
     "tasks.crawl",
     "tasks.deploy",
     "tasks.provision",
+    "tasks.assistants",
     # Not tasks but Celery signal handlers every worker needs, imported by name like the tasks
     # (no import edge from the Celery app to the domains that record through the outbox):
     "workers.lifecycle",  # start and close each process's shared resources

@@ -36,6 +36,16 @@ class RateLimits(BaseModel):
     write_per_minute: int
 
 
+class InstanceTokens(BaseModel):
+    """One assistant instance's tokens in the period."""
+
+    instance_id: str
+    name: str
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
 class UsageReport(BaseModel):
     """``GET /v1/usage``: the organisation's plan and its usage in the current period."""
 
@@ -47,3 +57,6 @@ class UsageReport(BaseModel):
     concurrent_jobs: UsageMeter
     max_pages_per_crawl: int
     rate_limits: RateLimits
+    assistants: list[InstanceTokens] = Field(
+        default_factory=list, description="Tokens per assistant instance this period."
+    )

@@ -33,7 +33,8 @@ RESOURCE_EVENTS: tuple[str, ...] = (
     "resource.backup_completed",
     "resource.backup_failed",
 )
-EVENT_TYPES: tuple[str, ...] = JOB_EVENTS + DEPLOYMENT_EVENTS + RESOURCE_EVENTS
+ASSISTANT_EVENTS: tuple[str, ...] = ("instance.created", "instance.deleted")
+EVENT_TYPES: tuple[str, ...] = JOB_EVENTS + DEPLOYMENT_EVENTS + RESOURCE_EVENTS + ASSISTANT_EVENTS
 
 EventType = Literal[
     "job.started",
@@ -54,6 +55,8 @@ EventType = Literal[
     "resource.deleted",
     "resource.backup_completed",
     "resource.backup_failed",
+    "instance.created",
+    "instance.deleted",
 ]
 DeliveryStatus = Literal["pending", "succeeded", "failed"]
 

@@ -1,0 +1,177 @@
+"""Queries of the assistants domain (no commits: the caller owns the transaction)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
+
+from assistants.models import (
+    AssistantConversation,
+    AssistantInstance,
+    AssistantLog,
+    AssistantMessage,
+    AssistantUsage,
+    AssistantWebhookDelivery,
+)
+from assistants.schemas import ListQuery
+from store import pagination
+
+
+def get_instance(session: Session, org_id: str, instance_id: str) -> AssistantInstance | None:
+    return session.scalars(
+        select(AssistantInstance).where(
+            AssistantInstance.id == instance_id,
+            AssistantInstance.org_id == org_id,
+            AssistantInstance.deleted_at.is_(None),
+        )
+    ).first()
+
+
+def get_instance_any(session: Session, instance_id: str) -> AssistantInstance | None:
+    """An instance of any organisation (incoming webhooks carry no API key)."""
+    return session.scalars(
+        select(AssistantInstance).where(
+            AssistantInstance.id == instance_id, AssistantInstance.deleted_at.is_(None)
+        )
+    ).first()
+
+
+def _filtered(query: Select[Any], model: Any, q: ListQuery) -> Select[Any]:
+    if q.created_after is not None:
+        query = query.where(model.created_at > q.created_after)
+    if q.created_before is not None:
+        query = query.where(model.created_at < q.created_before)
+    return query
+
+
+def list_instances(
+    session: Session, org_id: str, q: ListQuery
+) -> tuple[list[AssistantInstance], str | None]:
+    query = select(AssistantInstance).where(
+        AssistantInstance.org_id == org_id, AssistantInstance.deleted_at.is_(None)
+    )
+    return pagination.list_page(
+        session,
+        _filtered(query, AssistantInstance, q),
+        AssistantInstance,
+        limit=q.limit,
+        cursor=q.cursor,
+        descending=q.sort == "-created_at",
+    )
+
+
+def get_conversation(
+    session: Session, instance_id: str, conversation_id: str
+) -> AssistantConversation | None:
+    return session.scalars(
+        select(AssistantConversation).where(
+            AssistantConversation.id == conversation_id,
+            AssistantConversation.instance_id == instance_id,
+        )
+    ).first()
+
+
+def list_conversations(
+    session: Session, instance_id: str, q: ListQuery
+) -> tuple[list[AssistantConversation], str | None]:
+    query = select(AssistantConversation).where(AssistantConversation.instance_id == instance_id)
+    return pagination.list_page(
+        session,
+        _filtered(query, AssistantConversation, q),
+        AssistantConversation,
+        limit=q.limit,
+        cursor=q.cursor,
+        descending=q.sort == "-created_at",
+    )
+
+
+def list_messages(
+    session: Session, conversation_id: str, q: ListQuery
+) -> tuple[list[AssistantMessage], str | None]:
+    query = select(AssistantMessage).where(AssistantMessage.conversation_id == conversation_id)
+    return pagination.list_page(
+        session,
+        _filtered(query, AssistantMessage, q),
+        AssistantMessage,
+        limit=q.limit,
+        cursor=q.cursor,
+        descending=q.sort == "-created_at",
+    )
+
+
+def history(session: Session, conversation_id: str) -> Sequence[AssistantMessage]:
+    """Every message of a conversation, oldest first."""
+    return session.scalars(
+        select(AssistantMessage)
+        .where(AssistantMessage.conversation_id == conversation_id)
+        .order_by(AssistantMessage.created_at, AssistantMessage.id)
+    ).all()
+
+
+def get_message(session: Session, message_id: str) -> AssistantMessage | None:
+    return session.get(AssistantMessage, message_id)
+
+
+def get_delivery(
+    session: Session, instance_id: str, webhook_id: str
+) -> AssistantWebhookDelivery | None:
+    return session.get(AssistantWebhookDelivery, (instance_id, webhook_id))
+
+
+def tail_logs(session: Session, instance_id: str, tail: int) -> list[AssistantLog]:
+    """The last ``tail`` log lines, oldest first."""
+    rows = session.scalars(
+        select(AssistantLog)
+        .where(AssistantLog.instance_id == instance_id)
+        .order_by(AssistantLog.created_at.desc(), AssistantLog.id.desc())
+        .limit(tail)
+    ).all()
+    return list(reversed(rows))
+
+
+def logs_after(
+    session: Session, instance_id: str, after: AssistantLog | None
+) -> list[AssistantLog]:
+    """Log lines newer than ``after`` (all when None), oldest first."""
+    query = select(AssistantLog).where(AssistantLog.instance_id == instance_id)
+    if after is not None:
+        query = query.where(
+            pagination.after(AssistantLog, (after.created_at, after.id), descending=False)
+        )
+    return list(
+        session.scalars(query.order_by(AssistantLog.created_at, AssistantLog.id).limit(500)).all()
+    )
+
+
+def add_usage(
+    session: Session, instance_id: str, org_id: str, period: str, prompt: int, completion: int
+) -> None:
+    row = session.get(AssistantUsage, (instance_id, period), with_for_update=True)
+    if row is None:
+        row = AssistantUsage(
+            instance_id=instance_id,
+            period=period,
+            org_id=org_id,
+            prompt_tokens=0,
+            completion_tokens=0,
+        )
+        session.add(row)
+    row.prompt_tokens += prompt
+    row.completion_tokens += completion
+    session.flush()
+
+
+def usage_of_org(
+    session: Session, org_id: str, period: str
+) -> Sequence[tuple[AssistantUsage, str]]:
+    """The period's usage rows of the organisation's instances, with each instance's name."""
+    rows = session.execute(
+        select(AssistantUsage, AssistantInstance.name)
+        .join(AssistantInstance, AssistantInstance.id == AssistantUsage.instance_id)
+        .where(AssistantUsage.org_id == org_id, AssistantUsage.period == period)
+        .order_by(AssistantInstance.created_at)
+    ).all()
+    return [(r[0], r[1]) for r in rows]
