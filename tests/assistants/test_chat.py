@@ -82,9 +82,7 @@ def test_chat_keeps_history_and_counts_usage_once(api: httpx.Client) -> None:
         }
     ]
 
-    deleted = api.delete(
-        f"/v1/instances/{instance['id']}/conversations/{one['conversation_id']}"
-    )
+    deleted = api.delete(f"/v1/instances/{instance['id']}/conversations/{one['conversation_id']}")
     assert deleted.status_code == 204
     gone = api.get(
         f"/v1/instances/{instance['id']}/conversations/{one['conversation_id']}/messages"
