@@ -45,7 +45,6 @@ def test_incoming_webhook_runs_once(api: httpx.Client, stack: Stack) -> None:
     assert done["status"] == "completed", done
     result = api.get(f"/v1/jobs/{job['id']}/result")
     assert result.status_code == 200, result.text
-    print(result.text[:500])
     reply = result.json()
     assert reply["message"]["role"] == "assistant" and reply["usage"]["completion_tokens"] > 0
 
@@ -95,23 +94,9 @@ def test_incoming_webhook_runs_once(api: httpx.Client, stack: Stack) -> None:
 @pytest.fixture
 def second_api(stack: Stack, tmp_path: Any) -> Iterator[str]:
     port = free_port()
-    proc = ServiceProcess(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "api.app:create_app",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],  # fmt: skip
-        env=stack.env,
-        log=tmp_path / "api2.log",
-    )
+    cmd = [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    proc = ServiceProcess(cmd, env=stack.env, log=tmp_path / "api2.log")
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
