@@ -209,17 +209,31 @@ def _start_turn(
 ) -> service.Turn:
     """Store the message and create its job in a transaction of its own (committed, the job
     sent, before the caller waits for tokens)."""
+    try:
+        with session_scope() as session:
+            instance = service.get(session, ref.org_id, ref.id)
+            service.check_available(session, instance)  # a stopped deployment: 503 + Retry-After
+            return service.start_turn(
+                session,
+                instance,
+                content,
+                conversation_id,
+                source=source,  # type: ignore[arg-type]
+                relay=True,
+            )
+    except Unavailable as exc:
+        _log_refusal(ref, source, exc)
+        raise
+
+
+def _log_refusal(ref: InstanceRef, source: str, exc: ConveyorError) -> None:
+    """An instance's error answered by the API itself (the worker logs its own)."""
     with session_scope() as session:
-        instance = service.get(session, ref.org_id, ref.id)
-        service.check_available(session, instance)  # a stopped deployment: 503 + Retry-After
-        return service.start_turn(
-            session,
-            instance,
-            content,
-            conversation_id,
-            source=source,  # type: ignore[arg-type]
-            relay=True,
-        )
+        instance = repository.get_instance(session, ref.org_id, ref.id)
+        if instance is not None:
+            service.log(
+                session, instance, "error", f"{source}: {exc.message}", {"code": str(exc.code)}
+            )
 
 
 def _reply(reply_id: str) -> dict[str, Any]:
@@ -631,13 +645,21 @@ class ChatSocket:
     ) -> None:
         try:
             await check_rate(self.instance.id, self.instance.plan)
-            turn = await run_in_threadpool(
-                _start_turn,
-                self.instance,
-                content,
-                str(conversation_id) if conversation_id else None,
-                "websocket",
+            starting = asyncio.ensure_future(
+                run_in_threadpool(
+                    _start_turn,
+                    self.instance,
+                    content,
+                    str(conversation_id) if conversation_id else None,
+                    "websocket",
+                )
             )
+            try:
+                turn = await asyncio.shield(starting)
+            except asyncio.CancelledError:  # cancelled while its job was being created
+                turn = await starting
+                await cancel_inference(turn.job.id)
+                raise
             job.append(turn.job.id)
             await self.send(
                 {

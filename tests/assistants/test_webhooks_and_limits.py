@@ -158,3 +158,5 @@ def test_stopped_deployment_answers_503_with_retry_after(api: httpx.Client, tena
     assert answer.json()["error"]["code"] == "unavailable"
     assert int(answer.headers["Retry-After"]) > 0
     assert api.get(f"/v1/instances/{instance['id']}/conversations").json()["data"] == []
+    logs = api.get(f"/v1/instances/{instance['id']}/logs").json()["data"]
+    assert [(line["kind"], line["data"]["code"]) for line in logs] == [("error", "unavailable")]

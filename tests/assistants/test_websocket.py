@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import httpx
@@ -151,3 +152,26 @@ def test_socket_cap_per_plan(
             assert json.loads(await again.recv())["type"] == "pong"
 
     asyncio.run(scenario())
+
+
+def test_a_socket_that_goes_away_cancels_its_jobs(
+    api: httpx.Client, stack: Stack, tenant: OrgKey
+) -> None:
+    instance = create_instance(api, model="slow", max_tokens=400, plan="pro")
+
+    async def scenario() -> str:
+        ws = await connect(ws_url(stack, instance["id"], tenant.key))
+        await ws.send(json.dumps({"type": "message", "id": "x", "content": "Count"}))
+        start = json.loads(await asyncio.wait_for(ws.recv(), 60))
+        while json.loads(await asyncio.wait_for(ws.recv(), 60))["type"] != "delta":
+            pass
+        ws.transport.abort()  # no close handshake: the peer just vanishes
+        return str(start["job_id"])
+
+    job_id = asyncio.run(scenario())
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if api.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled":
+            break
+        time.sleep(0.2)
+    assert api.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
