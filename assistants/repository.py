@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Select, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from assistants.models import (
@@ -149,19 +151,26 @@ def logs_after(
 def add_usage(
     session: Session, instance_id: str, org_id: str, period: str, prompt: int, completion: int
 ) -> None:
-    row = session.get(AssistantUsage, (instance_id, period), with_for_update=True)
-    if row is None:
-        row = AssistantUsage(
-            instance_id=instance_id,
-            period=period,
-            org_id=org_id,
-            prompt_tokens=0,
-            completion_tokens=0,
+    """Atomic upsert-increment: two replies of one instance finishing at once both count."""
+    values: dict[str, Any] = {
+        "instance_id": instance_id,
+        "period": period,
+        "org_id": org_id,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+    }
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    statement = insert(AssistantUsage).values(**values)
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["instance_id", "period"],
+            set_={
+                "prompt_tokens": AssistantUsage.prompt_tokens + statement.excluded.prompt_tokens,
+                "completion_tokens": AssistantUsage.completion_tokens
+                + statement.excluded.completion_tokens,
+            },
         )
-        session.add(row)
-    row.prompt_tokens += prompt
-    row.completion_tokens += completion
-    session.flush()
+    )
 
 
 def usage_of_org(
