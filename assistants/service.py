@@ -39,6 +39,7 @@ from common.timeutil import utcnow
 from config import get_settings
 from jobs.service import create_job
 from plans.service import period_key
+from store.jobs import storable
 from store.models import Job
 from webhooks import secretbox
 from webhooks.events import emit
@@ -244,7 +245,10 @@ def open_turn(
         conversation.updated_at = utcnow()
     session.add(
         AssistantMessage(
-            conversation_id=conversation.id, instance_id=instance.id, role="user", content=content
+            conversation_id=conversation.id,
+            instance_id=instance.id,
+            role="user",
+            content=storable(content),
         )
     )
     session.flush()
@@ -333,7 +337,7 @@ def store_reply(
         conversation_id=conversation_id,
         instance_id=instance.id,
         role="assistant",
-        content=content,
+        content=storable(content),
         job_id=job_id,
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
@@ -436,7 +440,12 @@ def log(
     data: Mapping[str, Any] | None = None,
 ) -> None:
     session.add(
-        AssistantLog(instance_id=instance.id, kind=kind, message=message, data=dict(data or {}))
+        AssistantLog(
+            instance_id=instance.id,
+            kind=kind,
+            message=storable(message),
+            data=storable(dict(data or {})),
+        )
     )
     session.flush()
 

@@ -48,6 +48,7 @@ from common.redis_clients import async_client
 from config import get_settings
 from inference import relay
 from store.db import session_scope
+from store.jobs import storable
 from store.orgs import Principal
 
 router = APIRouter(prefix="/v1", tags=["assistants"], responses=ERROR_RESPONSES)
@@ -286,8 +287,8 @@ async def relay_deltas(job_id: str) -> AsyncIterator[str]:
                 for line in event.data.split("\n"):
                     for choice in json.loads(line).get("choices") or []:
                         text = (choice.get("delta") or {}).get("content")
-                        if text:
-                            yield text
+                        if text:  # as stored: PostgreSQL's text holds no NUL
+                            yield storable(text)
             elif event.type == "error":
                 info = event.json()
                 raise RelayedError(int(info["status"]), info["error"])
