@@ -171,9 +171,7 @@ def patch_instance(
 
 @router.delete("/instances/{instance_id}", status_code=204, summary="Delete an assistant instance")
 def delete_instance(instance_id: str, principal: CurrentPrincipal, db: Db) -> Response:
-    instance = repository.get_instance(db, principal.org_id, instance_id)
-    if instance is not None:
-        service.delete(db, instance)
+    service.delete(db, service.get(db, principal.org_id, instance_id))
     return Response(status_code=204)
 
 
@@ -389,9 +387,7 @@ def delete_conversation(
     instance_id: str, conversation_id: str, principal: CurrentPrincipal, db: Db
 ) -> Response:
     instance = service.get(db, principal.org_id, instance_id)
-    found = repository.get_conversation(db, instance.id, conversation_id)
-    if found is not None:
-        service.delete_conversation(db, found)
+    service.delete_conversation(db, service.get_conversation(db, instance, conversation_id))
     return Response(status_code=204)
 
 
