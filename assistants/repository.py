@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, select
@@ -18,7 +20,6 @@ from assistants.models import (
     AssistantUsage,
     AssistantWebhookDelivery,
 )
-from assistants.schemas import ListQuery
 from store import pagination
 
 
@@ -41,28 +42,36 @@ def get_instance_any(session: Session, instance_id: str) -> AssistantInstance | 
     ).first()
 
 
-def _filtered(query: Select[Any], model: Any, q: ListQuery) -> Select[Any]:
+@dataclass(frozen=True)
+class Page:
+    """One list page's parameters (the API's ``ListQuery``): exclusive time bounds, keyset."""
+
+    limit: int
+    cursor: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    descending: bool = True
+
+
+def _page(
+    session: Session, query: Select[Any], model: Any, q: Page
+) -> tuple[list[Any], str | None]:
     if q.created_after is not None:
         query = query.where(model.created_at > q.created_after)
     if q.created_before is not None:
         query = query.where(model.created_at < q.created_before)
-    return query
+    return pagination.list_page(
+        session, query, model, limit=q.limit, cursor=q.cursor, descending=q.descending
+    )
 
 
 def list_instances(
-    session: Session, org_id: str, q: ListQuery
+    session: Session, org_id: str, q: Page
 ) -> tuple[list[AssistantInstance], str | None]:
     query = select(AssistantInstance).where(
         AssistantInstance.org_id == org_id, AssistantInstance.deleted_at.is_(None)
     )
-    return pagination.list_page(
-        session,
-        _filtered(query, AssistantInstance, q),
-        AssistantInstance,
-        limit=q.limit,
-        cursor=q.cursor,
-        descending=q.sort == "-created_at",
-    )
+    return _page(session, query, AssistantInstance, q)
 
 
 def get_conversation(
@@ -77,31 +86,17 @@ def get_conversation(
 
 
 def list_conversations(
-    session: Session, instance_id: str, q: ListQuery
+    session: Session, instance_id: str, q: Page
 ) -> tuple[list[AssistantConversation], str | None]:
     query = select(AssistantConversation).where(AssistantConversation.instance_id == instance_id)
-    return pagination.list_page(
-        session,
-        _filtered(query, AssistantConversation, q),
-        AssistantConversation,
-        limit=q.limit,
-        cursor=q.cursor,
-        descending=q.sort == "-created_at",
-    )
+    return _page(session, query, AssistantConversation, q)
 
 
 def list_messages(
-    session: Session, conversation_id: str, q: ListQuery
+    session: Session, conversation_id: str, q: Page
 ) -> tuple[list[AssistantMessage], str | None]:
     query = select(AssistantMessage).where(AssistantMessage.conversation_id == conversation_id)
-    return pagination.list_page(
-        session,
-        _filtered(query, AssistantMessage, q),
-        AssistantMessage,
-        limit=q.limit,
-        cursor=q.cursor,
-        descending=q.sort == "-created_at",
-    )
+    return _page(session, query, AssistantMessage, q)
 
 
 def history(session: Session, conversation_id: str) -> Sequence[AssistantMessage]:

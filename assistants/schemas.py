@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -74,26 +73,3 @@ class ReplyJobInput(BaseModel):
     reply_id: str
     source: Source = "chat"
     relay: bool = False
-
-
-class MessageView(BaseModel):
-    id: str
-    role: str
-    content: str
-    created_at: datetime
-
-
-class UsageView(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-
-class ListQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    limit: int = Field(default=20, ge=1, le=100)
-    cursor: str | None = None
-    created_after: datetime | None = Field(default=None, description="Exclusive bound.")
-    created_before: datetime | None = Field(default=None, description="Exclusive bound.")
-    sort: Literal["-created_at", "created_at"] = "-created_at"

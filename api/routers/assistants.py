@@ -39,10 +39,10 @@ from api.routers.openai import (
     cancel_inference,
     served_models,
 )
-from api.schemas import ERROR_RESPONSES
+from api.schemas import ERROR_RESPONSES, ListQuery
 from api.submit import accepted
 from assistants import repository, service
-from assistants.schemas import ChatRequest, IncomingEvent, InstanceCreate, InstancePatch, ListQuery
+from assistants.schemas import ChatRequest, IncomingEvent, InstanceCreate, InstancePatch
 from common.errors import ConveyorError, NotFound, RateLimited, Unavailable, ValidationFailed
 from common.redis_clients import async_client
 from config import get_settings
@@ -131,6 +131,16 @@ async def release_slot(instance_id: str, slot: str) -> None:
     await async_client().zrem(_slots_key(instance_id), slot)
 
 
+def _page(query: ListQuery) -> repository.Page:
+    return repository.Page(
+        limit=query.limit,
+        cursor=query.cursor,
+        created_after=query.created_after,
+        created_before=query.created_before,
+        descending=query.sort == "-created_at",
+    )
+
+
 # --- instances ----------------------------------------------------------------------------------
 
 
@@ -151,7 +161,7 @@ async def create_instance(
 def list_instances(
     principal: CurrentPrincipal, db: Db, query: Annotated[ListQuery, Query()]
 ) -> dict[str, Any]:
-    rows, next_cursor = repository.list_instances(db, principal.org_id, query)
+    rows, next_cursor = repository.list_instances(db, principal.org_id, _page(query))
     return {"data": [service.view(r) for r in rows], "next_cursor": next_cursor}
 
 
@@ -357,7 +367,7 @@ def list_conversations(
     instance_id: str, principal: CurrentPrincipal, db: Db, query: Annotated[ListQuery, Query()]
 ) -> dict[str, Any]:
     instance = service.get(db, principal.org_id, instance_id)
-    rows, next_cursor = repository.list_conversations(db, instance.id, query)
+    rows, next_cursor = repository.list_conversations(db, instance.id, _page(query))
     return {"data": [service.conversation_view(r) for r in rows], "next_cursor": next_cursor}
 
 
@@ -374,7 +384,7 @@ def list_messages(
 ) -> dict[str, Any]:
     instance = service.get(db, principal.org_id, instance_id)
     conversation = service.get_conversation(db, instance, conversation_id)
-    rows, next_cursor = repository.list_messages(db, conversation.id, query)
+    rows, next_cursor = repository.list_messages(db, conversation.id, _page(query))
     return {"data": [service.message_view(r) for r in rows], "next_cursor": next_cursor}
 
 
