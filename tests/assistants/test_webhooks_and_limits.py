@@ -160,3 +160,67 @@ def test_stopped_deployment_answers_503_with_retry_after(api: httpx.Client, tena
     assert api.get(f"/v1/instances/{instance['id']}/conversations").json()["data"] == []
     logs = api.get(f"/v1/instances/{instance['id']}/logs").json()["data"]
     assert [(line["kind"], line["data"]["code"]) for line in logs] == [("error", "unavailable")]
+
+
+@pytest.fixture
+def replica(stack: Stack, tmp_path: Any) -> Iterator[str]:
+    """A real model server (``inference.server``) serving the tiny model: a deployment replica."""
+    port = free_port()
+    model = stack.env["CONVEYOR_MODELS"].split(",")[0].split("=", 1)[1]
+    cmd = [sys.executable, "-m", "inference.server", "--model", f"my-llm={model}"]
+    cmd += ["--port", str(port), "--device", "cpu", "--log-level", "warning"]
+    env = {**stack.env, "CONVEYOR_INFERENCE_DEFAULT_EMBEDDING": "false"}
+    proc = ServiceProcess(cmd, env=env, log=tmp_path / "replica.log")
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    try:
+        yield url
+    finally:
+        proc.stop()
+
+
+def test_running_deployment_answers_through_its_replica(
+    api: httpx.Client, tenant: OrgKey, replica: str
+) -> None:
+    from deployments.models import Deployment
+    from store.db import session_scope
+
+    with session_scope() as session:
+        session.add(
+            Deployment(
+                org_id=tenant.org_id,
+                name="my-llm",
+                model="tiny",
+                model_path="/models/tiny",
+                runtime="transformers",
+                backend="local",
+                status="running",
+                endpoints=[replica],
+                ready_replicas=1,
+            )
+        )
+    instance = create_instance(api, model="my-llm", max_tokens=10)
+    frames: list[dict[str, Any]] = []
+    with api.stream(
+        "POST", f"/v1/instances/{instance['id']}/chat", json={"message": "Hi", "stream": True}
+    ) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                frames.append(json.loads(line[6:]))
+    assert frames[0]["type"] == "start" and frames[-1]["type"] == "done", frames[-1]
+    done = frames[-1]
+    deltas = "".join(f["content"] for f in frames if f["type"] == "delta")
+    assert done["message"]["content"] == deltas and deltas
+    assert 1 <= done["usage"]["completion_tokens"] <= 10
+    again = api.post(
+        f"/v1/instances/{instance['id']}/chat",
+        json={"message": "More", "conversation_id": done["conversation_id"]},
+    ).json()
+    assert again["usage"]["prompt_tokens"] > done["usage"]["total_tokens"]
