@@ -35,6 +35,15 @@ async def frames_until_done(ws: ClientConnection, ids: set[str]) -> list[dict[st
     return frames
 
 
+async def first_delta(ws: ClientConnection) -> None:
+    """Wait for the first delta; an error frame before it fails the test with its message."""
+    while True:
+        frame = json.loads(await asyncio.wait_for(ws.recv(), 60))
+        if frame["type"] == "delta":
+            return
+        assert frame["type"] == "start", frame
+
+
 def test_conversation_two_in_flight_and_ping(
     api: httpx.Client, stack: Stack, tenant: OrgKey
 ) -> None:
@@ -88,8 +97,7 @@ def test_cancel_stops_the_job(api: httpx.Client, stack: Stack, tenant: OrgKey) -
             await ws.send(json.dumps({"type": "message", "id": "long", "content": "Count"}))
             start = json.loads(await asyncio.wait_for(ws.recv(), 60))
             assert start["type"] == "start"
-            while json.loads(await asyncio.wait_for(ws.recv(), 60))["type"] != "delta":
-                pass
+            await first_delta(ws)
             await ws.send(json.dumps({"type": "cancel", "id": "long"}))
             while True:
                 frame = json.loads(await asyncio.wait_for(ws.recv(), 60))
@@ -164,8 +172,7 @@ def test_a_socket_that_goes_away_cancels_its_jobs(
         ws = await connect(ws_url(stack, instance["id"], tenant.key))
         await ws.send(json.dumps({"type": "message", "id": "x", "content": "Count"}))
         start = json.loads(await asyncio.wait_for(ws.recv(), 60))
-        while json.loads(await asyncio.wait_for(ws.recv(), 60))["type"] != "delta":
-            pass
+        await first_delta(ws)
         ws.transport.abort()  # no close handshake: the peer just vanishes
         return str(start["job_id"])
 
