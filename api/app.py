@@ -33,6 +33,7 @@ ROUTERS: list[str] = [
     "api.routers.monitoring",
     "api.routers.batches",
     "api.routers.projects",
+    "api.routers.assistants",
 ]
 
 

@@ -180,9 +180,12 @@ class RateLimitMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                names = {k for k, _ in raw}
-                kept = [h for h in message.get("headers", []) if h[0] not in names]
-                message["headers"] = [*kept, *raw]
+                present = message.get("headers", [])
+                # A route's own, narrower limit (an assistant instance's plan) reports itself.
+                if not any(h[0] == b"x-ratelimit-limit" for h in present):
+                    names = {k for k, _ in raw}
+                    kept = [h for h in present if h[0] not in names]
+                    message["headers"] = [*kept, *raw]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

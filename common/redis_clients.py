@@ -20,6 +20,9 @@ from config import get_settings
 
 #: A short connect timeout, so a health check or a request fails fast when Redis is down.
 CONNECT_TIMEOUT_S = 2.0
+#: One event loop's connections to one Redis: redis-py's asyncio default (100) is reached by an
+#: API relaying 100 streams (each a blocking XREAD) or a worker running 100 inference jobs.
+ASYNC_MAX_CONNECTIONS = 4096
 #: Sync calls never block for long (the async clients' reads may block on purpose: XREAD).
 SOCKET_TIMEOUT_S = 5.0
 
@@ -56,7 +59,9 @@ def async_client(url: str | None = None) -> redis.asyncio.Redis:
         found = clients.get(url)
         if found is None:
             found = clients[url] = redis.asyncio.Redis.from_url(
-                url, socket_connect_timeout=CONNECT_TIMEOUT_S
+                url,
+                socket_connect_timeout=CONNECT_TIMEOUT_S,
+                max_connections=ASYNC_MAX_CONNECTIONS,
             )
         return found
 

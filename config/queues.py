@@ -64,6 +64,7 @@ KINDS: dict[str, KindLimits] = {
     "project_rollback": KindLimits(DEPLOY, 900, 960, "projects.schemas:ProjectJobInput"),
     "project_provision": KindLimits(DEPLOY, 600, 660, "projects.schemas:ProjectJobInput"),
     "project_delete": KindLimits(DEPLOY, 600, 660, "projects.schemas:ProjectJobInput"),
+    "assistant": KindLimits(INFERENCE, 600, 660, "assistants.schemas:ReplyJobInput"),
 }
 
 
@@ -92,6 +93,7 @@ TASK_MODULES: list[str] = [
     "tasks.deploy",
     "tasks.provision",
     "tasks.projects",
+    "tasks.assistants",
     # Not tasks but Celery signal handlers every worker needs, imported by name like the tasks
     # (no import edge from the Celery app to the domains that record through the outbox):
     "workers.lifecycle",  # start and close each process's shared resources

@@ -264,6 +264,17 @@ class Settings(BaseSettings):
     projects_backoff_max_seconds: float = 30.0
     projects_supervise_seconds: float = 2.0  # the supervisor beat period
 
+    # --- assistants ---------------------------------------------------------------------------
+    # Per plan (the Deployara table): requests per minute per instance, and concurrent
+    # WebSocket connections per instance (0: unlimited).
+    assistant_plan_requests_per_minute: str = "hobby=60,starter=300,pro=1000,team=5000"
+    assistant_plan_sockets: str = "hobby=1,starter=3,pro=10,team=0"
+    assistant_default_plan: str = "hobby"
+    assistant_default_max_tokens: int = 256
+    assistant_ws_queue_frames: int = 64  # frames buffered per socket before producers wait
+    assistant_ws_slot_ttl_seconds: float = 45.0  # a socket slot lapses unless renewed
+    assistant_ws_auth_timeout_seconds: float = 10.0  # first-frame auth must arrive by then
+
     def resolved_default_plan(self) -> str:
         """The plan of a new organisation: ``CONVEYOR_DEFAULT_PLAN``, else ``unlimited`` on the
         embedded default (a self-hosted box has no SaaS quotas) and ``free`` in production."""

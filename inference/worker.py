@@ -129,11 +129,13 @@ async def execute(
     payload: InferenceJobInput,
     hooks: JobHooks,
     record_usage: Callable[[service.Meter, float], None],
+    before_end: Callable[[dict[str, Any] | None, service.Meter], None] | None = None,
 ) -> Outcome:
     """Run one inference job on the engine loop; raise ``JobWasCancelled`` when cancelled.
 
     Usage is recorded (``record_usage``, blocking, run off the loop) before the final relay
-    event, so a client holding its answer can already see the usage it caused.
+    event, so a client holding its answer can already see the usage it caused; so is
+    ``before_end`` (the caller's own writes of the result, e.g. an assistant's reply).
     """
     assert runtime.redis is not None
     redis = runtime.redis
@@ -153,6 +155,8 @@ async def execute(
         result = work.result()
         seconds = time.monotonic() - started
         await asyncio.to_thread(record_usage, meter, seconds)
+        if before_end is not None:
+            await asyncio.to_thread(before_end, result, meter)
         if payload.relay and payload.operation != "batch":
             if bool(payload.body.get("stream")):
                 await relay.publish(redis, job_id, "end")
@@ -230,10 +234,12 @@ async def _relay_chunks(
     the next stream entry (one JSON document a line), so Redis writes never fall behind."""
     assert runtime.redis is not None
     pending: asyncio.Queue[str | None] = asyncio.Queue()
+    texts: dict[int, list[str]] = {}
 
     async def produce() -> None:
         try:
             async for chunk in chunks:
+                _collect_text(chunk, texts)
                 pending.put_nowait(chunk.model_dump_json())
         finally:
             pending.put_nowait(None)
@@ -262,12 +268,22 @@ async def _relay_chunks(
     return {
         "object": "stream.summary",
         "chunks": count,
+        "texts": ["".join(texts[i]) for i in sorted(texts)],
         "usage": {
             "prompt_tokens": meter.prompt_tokens,
             "completion_tokens": meter.completion_tokens,
             "total_tokens": meter.prompt_tokens + meter.completion_tokens,
         },
     }
+
+
+def _collect_text(chunk: Any, texts: dict[int, list[str]]) -> None:
+    """Keep a streamed choice's text (chat deltas or text chunks) for the stream's summary."""
+    for choice in chunk.choices:
+        delta = getattr(choice, "delta", None)
+        text = delta.content if delta is not None else getattr(choice, "text", None)
+        if text:
+            texts.setdefault(choice.index, []).append(text)
 
 
 async def _run_batch(

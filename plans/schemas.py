@@ -36,6 +36,16 @@ class RateLimits(BaseModel):
     write_per_minute: int
 
 
+class InstanceTokens(BaseModel):
+    """One assistant instance's tokens in the period."""
+
+    instance_id: str
+    name: str
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
 class UsageReport(BaseModel):
     """``GET /v1/usage``: the organisation's plan and its usage in the current period."""
 
@@ -49,4 +59,6 @@ class UsageReport(BaseModel):
     rate_limits: RateLimits
     replica_seconds: int = Field(
         default=0, description="App project replica-seconds this period (metered, no limit)."
+    assistants: list[InstanceTokens] = Field(
+        default_factory=list, description="Tokens per assistant instance this period."
     )

@@ -22,6 +22,11 @@ PACKAGES = (
 DOMAIN = (
     "crawler", "inference", "deployments", "resources", "webhooks", "plans", "idempotency",
     "diagnostics", "jobs", "monitoring", "store", "common", "config", "projects",
+    "workers", "assistants",
+)  # fmt: skip
+DOMAIN = (
+    "crawler", "inference", "deployments", "resources", "webhooks", "plans", "idempotency",
+    "diagnostics", "jobs", "monitoring", "store", "common", "config", "assistants",
 )  # fmt: skip
 ENTRY_POINTS = ("api", "tasks", "cli")
 #: Left to the outbox's owner: workers.outbox imports workers.app (to send), and workers.app

@@ -41,6 +41,8 @@ PROJECT_EVENTS: tuple[str, ...] = (
     "project.crashed",
 )
 EVENT_TYPES: tuple[str, ...] = JOB_EVENTS + DEPLOYMENT_EVENTS + RESOURCE_EVENTS + PROJECT_EVENTS
+ASSISTANT_EVENTS: tuple[str, ...] = ("instance.created", "instance.deleted")
+EVENT_TYPES: tuple[str, ...] = JOB_EVENTS + DEPLOYMENT_EVENTS + RESOURCE_EVENTS + ASSISTANT_EVENTS
 
 EventType = Literal[
     "job.started",
@@ -66,6 +68,8 @@ EventType = Literal[
     "project.deploy.failed",
     "project.rollback.succeeded",
     "project.crashed",
+    "instance.created",
+    "instance.deleted",
 ]
 DeliveryStatus = Literal["pending", "succeeded", "failed"]
 

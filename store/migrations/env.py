@@ -19,6 +19,7 @@ MODEL_MODULES: list[str] = [
     "resources.models",
     "crawler.models",
     "projects.models",
+    "assistants.models",
 ]
 
 for module in MODEL_MODULES:
