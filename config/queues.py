@@ -15,7 +15,8 @@ PROVISION = "provision"
 INFERENCE = "inference"
 WEBHOOKS = "webhooks"
 MAINTENANCE = "maintenance"
-QUEUES: tuple[str, ...] = (CRAWL, DEPLOY, PROVISION, INFERENCE, WEBHOOKS, MAINTENANCE)
+INGEST = "ingest"
+QUEUES: tuple[str, ...] = (CRAWL, DEPLOY, PROVISION, INFERENCE, WEBHOOKS, MAINTENANCE, INGEST)
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ KINDS: dict[str, KindLimits] = {
     "backup": KindLimits(PROVISION, 3 * 3600, 3 * 3600 + 60, "resources.schemas:BackupJobInput"),
     "restore": KindLimits(PROVISION, 3 * 3600, 3 * 3600 + 60, "resources.schemas:RestoreJobInput"),
     "inference": KindLimits(INFERENCE, 600, 660, "inference.schemas:InferenceJobInput"),
+    "ingest": KindLimits(INGEST, 3 * 3600, 3 * 3600 + 60, "rag.schemas:IngestJobInput"),
 }
 
 
@@ -87,6 +89,7 @@ TASK_MODULES: list[str] = [
     "tasks.crawl",
     "tasks.deploy",
     "tasks.provision",
+    "tasks.rag",
     # Not tasks but Celery signal handlers every worker needs, imported by name like the tasks
     # (no import edge from the Celery app to the domains that record through the outbox):
     "workers.lifecycle",  # start and close each process's shared resources
@@ -124,6 +127,7 @@ WORKER_GROUPS: dict[str, WorkerGroup] = {
     "provision": WorkerGroup((PROVISION,), "prefork", 2),
     "inference": WorkerGroup((INFERENCE,), "threads", 32),
     "light": WorkerGroup((WEBHOOKS, MAINTENANCE), "prefork", 2),
+    "ingest": WorkerGroup((INGEST,), "threads", 4),
 }
 
 
