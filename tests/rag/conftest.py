@@ -18,7 +18,11 @@ from tests.helpers import ServiceProcess
 
 @pytest.fixture(scope="session")
 def pgvector_url() -> Iterator[str]:
-    import pgserver
+    import warnings
+
+    with warnings.catch_warnings():  # platformdirs warns that XDG_RUNTIME_DIR is unset
+        warnings.simplefilter("ignore")
+        import pgserver
 
     folder = Path(tempfile.mkdtemp(prefix="conveyor-pgvector-"))
     server = pgserver.get_server(folder, cleanup_mode="stop")
