@@ -149,10 +149,9 @@ def _blocks(text: str) -> Iterator[_Block]:
     for line in text.splitlines(keepends=True):
         stripped = line.strip()
         match = _HEADING.match(stripped)
-        if match or not stripped:
-            if para_start is not None:
-                yield _Block(para_start, para_end, heading)
-                para_start = None
+        if (match or not stripped) and para_start is not None:
+            yield _Block(para_start, para_end, heading)
+            para_start = None
         if match:
             level = len(match.group(1))
             path = [*path[: level - 1], match.group(2).strip()]

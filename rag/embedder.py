@@ -47,9 +47,9 @@ class Embedder:
             }
             spec = specs.get(model)
             if spec is None or spec.kind != "embedding":
+                served = sorted(n for n, s in specs.items() if s.kind == "embedding")
                 raise JobFailed(
-                    f"The embedding model {model!r} is not served here "
-                    f"(embedding models: {sorted(n for n, s in specs.items() if s.kind == 'embedding')}).",
+                    f"The embedding model {model!r} is not served here; served: {served}.",
                     code=ErrorCode.MODEL_NOT_FOUND,
                 )
             engine = create_engine(spec, EngineOptions.from_settings(settings))
@@ -65,7 +65,8 @@ class Embedder:
         return [(int(a), int(b)) for a, b in encoded["offset_mapping"] if b > a]
 
     def max_tokens(self, model: str) -> int:
-        return int(self.engine(model).max_input_tokens) or 512
+        engine: Any = self.engine(model)  # the sentence-transformers engine knows its limit
+        return int(getattr(engine, "max_input_tokens", 0)) or 512
 
     def embed(self, model: str, texts: Sequence[str]) -> tuple[Vector, int]:
         """Vectors of ``texts`` (rows) and the prompt tokens they cost."""

@@ -54,9 +54,7 @@ async def call_inference(org_id: str, operation: str, body: dict[str, Any]) -> d
                     details={"job_id": job_id, "model": body.get("model")},
                 )
     await relay.request_cancel(redis, job_id)
-    raise ModelCallFailed(
-        "No inference worker answered in time.", details={"job_id": job_id}
-    )
+    raise ModelCallFailed("No inference worker answered in time.", details={"job_id": job_id})
 
 
 async def embed_query(org_id: str, model: str, text: str) -> tuple[Vector, int]:
@@ -105,4 +103,3 @@ async def _remote_chat(provider: dict[str, Any], body: dict[str, Any]) -> dict[s
     except json.JSONDecodeError as exc:
         raise ModelCallFailed(f"The provider {provider['name']!r} sent no JSON.") from exc
     return result
-

@@ -51,7 +51,10 @@ def run_ingest(ctx: JobContext) -> dict[str, Any]:
             failed += 1
             with session_scope() as session:
                 repository.set_file(
-                    session, file_id, status="failed", error={"code": exc.code, "message": exc.message}
+                    session,
+                    file_id,
+                    status="failed",
+                    error={"code": exc.code, "message": exc.message},
                 )
         ctx.progress(files_done=done, files_failed=failed, chunks_indexed=chunks_total)
     ctx.flush_progress()
@@ -79,7 +82,9 @@ def _ingest_file(dataset_id: str, file_id: str, model: str, size: int, overlap: 
     chunks = documents.chunk_markdown(
         text, lambda t: embedder.token_spans(model, t), size=size, overlap=overlap
     )
-    vectors, _ = embedder.embed(model, [f"{c.heading}\n{c.text}" if c.heading else c.text for c in chunks])
+    vectors, _ = embedder.embed(
+        model, [f"{c.heading}\n{c.text}" if c.heading else c.text for c in chunks]
+    )
     indexed = [IndexedChunk(c.text, c.heading, c.start, c.end) for c in chunks]
     written = get_index().replace_file(dataset_id, file_id, source, indexed, vectors)
     with session_scope() as session:

@@ -39,8 +39,10 @@ class Caller:
 
 @lru_cache(maxsize=4)
 def _limiter(url: str) -> FixedWindowRateLimiter:
-    storage = storage_from_string(url, key_prefix="conveyor-rag") if url.startswith("redis") else (
-        storage_from_string(url)
+    storage = (
+        storage_from_string(url, key_prefix="conveyor-rag")
+        if url.startswith("redis")
+        else (storage_from_string(url))
     )
     return FixedWindowRateLimiter(storage)
 
@@ -58,9 +60,7 @@ def check_access(session: Session, endpoint: Endpoint, caller: Caller) -> list[P
         return policies
     allowed = False
     for rule in access:
-        if rule.public:
-            allowed = True
-        elif caller.key_id and caller.key_id in rule.key_ids:
+        if rule.public or (caller.key_id and caller.key_id in rule.key_ids):
             allowed = True
         elif caller.org_id and rule.organizations:
             org = session.get(Organization, caller.org_id)
@@ -102,11 +102,15 @@ def _today() -> str:
 
 
 def budget(policies: list[Policy]) -> int | None:
-    caps = [BudgetConfig.model_validate(p.config).tokens_per_day for p in policies if p.type == "budget"]
+    caps = [
+        BudgetConfig.model_validate(p.config).tokens_per_day for p in policies if p.type == "budget"
+    ]
     return min(caps) if caps else None
 
 
-def check_budget(session: Session, endpoint: Endpoint, policies: list[Policy], caller: Caller) -> None:
+def check_budget(
+    session: Session, endpoint: Endpoint, policies: list[Policy], caller: Caller
+) -> None:
     cap = budget(policies)
     if cap is None:
         return

@@ -67,7 +67,9 @@ def endpoint_by_slug(session: Session, slug: str) -> Endpoint | None:
 
 
 def datasets(session: Session, org_id: str, ids: list[str]) -> list[Dataset]:
-    return list(session.scalars(select(Dataset).where(Dataset.org_id == org_id, Dataset.id.in_(ids))))
+    return list(
+        session.scalars(select(Dataset).where(Dataset.org_id == org_id, Dataset.id.in_(ids)))
+    )
 
 
 def tokens_used(session: Session, endpoint_id: str, caller: str, day: str) -> int:

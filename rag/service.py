@@ -29,6 +29,7 @@ from rag.models import Dataset, DatasetFile, Endpoint, Policy, Provider
 from rag.policies import Caller
 from rag.schemas import (
     DEFAULT_PROMPT,
+    POLICY_CONFIGS,
     CrawlSource,
     DatasetCreate,
     DatasetPatch,
@@ -36,7 +37,6 @@ from rag.schemas import (
     EndpointPatch,
     PolicyCreate,
     PolicyPatch,
-    POLICY_CONFIGS,
     ProviderCreate,
     ProviderPatch,
     QueryRequest,
@@ -48,7 +48,7 @@ from webhooks import secretbox
 MASK = "****"
 
 
-def _ts(value: Any) -> str:
+def _ts(value: Any) -> str | None:
     return isoformat_z(value)
 
 
@@ -79,7 +79,9 @@ def get_dataset(session: Session, org_id: str, dataset_id: str) -> Dataset:
     return ds
 
 
-def create_dataset(session: Session, org_id: str, body: DatasetCreate) -> tuple[Dataset, Job | None]:
+def create_dataset(
+    session: Session, org_id: str, body: DatasetCreate
+) -> tuple[Dataset, Job | None]:
     settings = get_settings()
     if body.dtype in ("pgvector", "remote_vector_store"):
         raise ValidationFailed(
@@ -95,7 +97,9 @@ def create_dataset(session: Session, org_id: str, body: DatasetCreate) -> tuple[
         summary=body.summary,
         embedding_model=body.embedding_model or settings.rag_embedding_model,
         chunk_size=body.chunk_size or settings.rag_chunk_size,
-        chunk_overlap=body.chunk_overlap if body.chunk_overlap is not None else settings.rag_chunk_overlap,
+        chunk_overlap=body.chunk_overlap
+        if body.chunk_overlap is not None
+        else settings.rag_chunk_overlap,
     )
     session.add(ds)
     session.flush()
@@ -106,10 +110,14 @@ def create_dataset(session: Session, org_id: str, body: DatasetCreate) -> tuple[
         if crawl_job_id is None:
             crawl_input = source.model_dump(exclude_none=True, exclude={"job_id"})
             crawl_job_id = create_job(session, "crawl", org_id, crawl_input).id
-        elif session.get(Job, crawl_job_id) is None or session.get(Job, crawl_job_id).org_id != org_id:  # type: ignore[union-attr]
-            raise NotFound(f"Crawl job {crawl_job_id!r} not found.")
+        else:
+            crawl = session.get(Job, crawl_job_id)
+            if crawl is None or crawl.org_id != org_id or crawl.kind != "crawl":
+                raise NotFound(f"Crawl job {crawl_job_id!r} not found.")
         ds.configuration = {**body.configuration, "job_id": crawl_job_id}
-        job = create_job(session, "ingest", org_id, {"dataset_id": ds.id, "crawl_job_id": crawl_job_id})
+        job = create_job(
+            session, "ingest", org_id, {"dataset_id": ds.id, "crawl_job_id": crawl_job_id}
+        )
         ds.job_id = job.id
     return ds, job
 
@@ -189,7 +197,12 @@ def add_files(
         if row is None:
             row = DatasetFile(org_id=ds.org_id, dataset_id=ds.id, name=name, source=name)
             session.add(row)
-        row.media_type, row.size, row.content_hash, row.content = media_type, len(data), digest, data
+        row.media_type, row.size, row.content_hash, row.content = (
+            media_type,
+            len(data),
+            digest,
+            data,
+        )
         row.status, row.error, row.chunks = "pending", None, row.chunks or 0
         pending.append(row)
     session.flush()
@@ -393,7 +406,13 @@ def get_endpoint(session: Session, org_id: str, slug_or_id: str) -> Endpoint:
 class Prepared:
     """What a query needs once its policies passed, read in one short transaction."""
 
-    def __init__(self, endpoint: Endpoint, datasets: list[Dataset], provider: dict[str, Any] | None, budgeted: bool) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        datasets: list[Dataset],
+        provider: dict[str, Any] | None,
+        budgeted: bool,
+    ) -> None:
         self.endpoint_id = endpoint.id
         self.slug = endpoint.slug
         self.org_id = endpoint.org_id
@@ -412,7 +431,9 @@ def _prepare(slug: str, caller: Caller) -> Prepared:
         found = policies.check_access(session, endpoint, caller)
         policies.check_rate(endpoint, found, caller)
         policies.check_budget(session, endpoint, found, caller)
-        datasets = repository.datasets(session, endpoint.org_id, list(endpoint.settings["dataset_ids"]))
+        datasets = repository.datasets(
+            session, endpoint.org_id, list(endpoint.settings["dataset_ids"])
+        )
         provider = None
         pid = endpoint.settings.get("provider")
         if pid and pid != "conveyor":
@@ -422,7 +443,9 @@ def _prepare(slug: str, caller: Caller) -> Prepared:
                     "name": row.name,
                     "kind": row.kind,
                     "base_url": row.base_url,
-                    "api_key": secretbox.decrypt(row.api_key_encrypted) if row.api_key_encrypted else None,
+                    "api_key": secretbox.decrypt(row.api_key_encrypted)
+                    if row.api_key_encrypted
+                    else None,
                 }
         return Prepared(endpoint, datasets, provider, policies.budget(found) is not None)
 
@@ -447,7 +470,9 @@ def _source_view(hit: SearchHit) -> dict[str, Any]:
     }
 
 
-async def search(prepared: Prepared, question: str, top_k: int, filters: dict[str, Any] | None) -> tuple[list[SearchHit], int]:
+async def search(
+    prepared: Prepared, question: str, top_k: int, filters: dict[str, Any] | None
+) -> tuple[list[SearchHit], int]:
     wanted = prepared.dataset_ids
     source = None
     if filters:
@@ -469,7 +494,9 @@ async def search(prepared: Prepared, question: str, top_k: int, filters: dict[st
 
 
 def _prompt(prepared: Prepared, question: str, hits: list[SearchHit]) -> str:
-    context = "\n\n".join(f"[{i}] ({h.source} — {h.heading or 'top'})\n{h.text}" for i, h in enumerate(hits))
+    context = "\n\n".join(
+        f"[{i}] ({h.source} — {h.heading or 'top'})\n{h.text}" for i, h in enumerate(hits)
+    )
     template = prepared.settings.get("prompt_template") or DEFAULT_PROMPT
     return str(template).replace("{context}", context).replace("{question}", question)
 
@@ -523,13 +550,31 @@ def _with_citations(answer: str, hits: list[SearchHit]) -> str:
 
 async def stream(result: dict[str, Any], model: str) -> AsyncIterator[bytes]:
     """An answer as OpenAI ``chat.completion.chunk`` SSE events (sources ride on the first)."""
-    base = {"id": f"chatcmpl-rag-{int(time.time() * 1000)}", "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
-    first = {**base, "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}], "sources": result["sources"]}
+    base = {
+        "id": f"chatcmpl-rag-{int(time.time() * 1000)}",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+    }
+    first = {
+        **base,
+        "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}],
+        "sources": result["sources"],
+    }
     yield b"data: " + json.dumps(first).encode() + b"\n\n"
     text = result["answer"] or ""
     for start in range(0, len(text), 16):
-        piece = {**base, "choices": [{"index": 0, "delta": {"content": text[start : start + 16]}, "finish_reason": None}]}
+        piece = {
+            **base,
+            "choices": [
+                {"index": 0, "delta": {"content": text[start : start + 16]}, "finish_reason": None}
+            ],
+        }
         yield b"data: " + json.dumps(piece).encode() + b"\n\n"
-    last = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": result["usage"]}
+    last = {
+        **base,
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        "usage": result["usage"],
+    }
     yield b"data: " + json.dumps(last).encode() + b"\n\n"
     yield b"data: [DONE]\n\n"

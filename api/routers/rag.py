@@ -124,7 +124,12 @@ def list_files(
 ) -> dict[str, Any]:
     ds = service.get_dataset(db, principal.org_id, dataset_id)
     return _list(
-        db, DatasetFile, principal.org_id, query, service.file_view, (DatasetFile.dataset_id == ds.id,)
+        db,
+        DatasetFile,
+        principal.org_id,
+        query,
+        service.file_view,
+        (DatasetFile.dataset_id == ds.id,),
     )
 
 
@@ -153,9 +158,7 @@ def create_provider(body: ProviderCreate, principal: CurrentPrincipal, db: Db) -
 
 
 @router.get("/models/providers", summary="Providers: the built-in conveyor one, then yours")
-async def list_providers(
-    principal: CurrentPrincipal, db: Db, query: ListParams
-) -> dict[str, Any]:
+async def list_providers(principal: CurrentPrincipal, db: Db, query: ListParams) -> dict[str, Any]:
     from api.routers.openai import served_models
 
     page = _list(db, Provider, principal.org_id, query, service.provider_view)
@@ -170,7 +173,9 @@ async def list_providers(
 
 @router.get("/models/providers/{provider_id}", summary="A provider (api_key masked)")
 def get_provider(provider_id: str, principal: CurrentPrincipal, db: Db) -> dict[str, Any]:
-    return service.provider_view(service.get_row(db, Provider, principal.org_id, provider_id, "Provider"))
+    return service.provider_view(
+        service.get_row(db, Provider, principal.org_id, provider_id, "Provider")
+    )
 
 
 @router.patch("/models/providers/{provider_id}", summary="Change a provider")
@@ -213,7 +218,9 @@ def get_policy(policy_id: str, principal: CurrentPrincipal, db: Db) -> dict[str,
 def patch_policy(
     policy_id: str, body: PolicyPatch, principal: CurrentPrincipal, db: Db
 ) -> dict[str, Any]:
-    p = service.patch_policy(service.get_row(db, Policy, principal.org_id, policy_id, "Policy"), body)
+    p = service.patch_policy(
+        service.get_row(db, Policy, principal.org_id, policy_id, "Policy"), body
+    )
     db.flush()
     return service.policy_view(p)
 
@@ -279,7 +286,5 @@ async def query_endpoint(
     caller = _caller(request, db, credentials)
     result = await service.query(slug, caller, body)
     if body.stream:
-        return StreamingResponse(
-            service.stream(result, slug), media_type="text/event-stream"
-        )
+        return StreamingResponse(service.stream(result, slug), media_type="text/event-stream")
     return result

@@ -61,7 +61,9 @@ class EmbeddedIndex(ChunkIndex):
         )
 
     def _delete(self, conn: sqlite3.Connection, where: str, args: tuple[str, ...]) -> int:
-        conn.execute(f"DELETE FROM chunks_fts WHERE rowid IN (SELECT id FROM chunks WHERE {where})", args)
+        conn.execute(
+            f"DELETE FROM chunks_fts WHERE rowid IN (SELECT id FROM chunks WHERE {where})", args
+        )
         return conn.execute(f"DELETE FROM chunks WHERE {where}", args).rowcount
 
     def replace_file(
@@ -178,7 +180,8 @@ class EmbeddedIndex(ChunkIndex):
         match = " OR ".join('"' + t.replace('"', "") + '"' for t in terms)
         marks = ",".join("?" for _ in filters.dataset_ids)
         sql = (
-            "SELECT c.id, -bm25(chunks_fts) FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.rowid "
+            "SELECT c.id, -bm25(chunks_fts) FROM chunks_fts "
+            "JOIN chunks c ON c.id = chunks_fts.rowid "
             f"WHERE chunks_fts MATCH ? AND c.dataset_id IN ({marks})"
         )
         args: list[object] = [match, *filters.dataset_ids]
@@ -225,4 +228,4 @@ def _hit(row: Sequence[object], score: float) -> SearchHit:
 def _normalised(vectors: Vector) -> Vector:
     vectors = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.where(norms == 0, 1, norms)
+    return (vectors / np.where(norms == 0, 1, norms)).astype(np.float32)

@@ -108,18 +108,25 @@ class PgVectorIndex(ChunkIndex):
 
     def count(self, dataset_id: str, file_id: str | None = None) -> int:
         if file_id is None:
-            row = self._conn().execute(
-                "SELECT count(*) FROM rag_chunks WHERE dataset_id = %s", (dataset_id,)
-            ).fetchone()
+            row = (
+                self._conn()
+                .execute("SELECT count(*) FROM rag_chunks WHERE dataset_id = %s", (dataset_id,))
+                .fetchone()
+            )
         else:
-            row = self._conn().execute(
-                "SELECT count(*) FROM rag_chunks WHERE dataset_id = %s AND file_id = %s",
-                (dataset_id, file_id),
-            ).fetchone()
+            row = (
+                self._conn()
+                .execute(
+                    "SELECT count(*) FROM rag_chunks WHERE dataset_id = %s AND file_id = %s",
+                    (dataset_id, file_id),
+                )
+                .fetchone()
+            )
         return int(row[0]) if row else 0
 
     def _where(self, filters: Filters) -> tuple[str, list[Any]]:
-        sql, args = "dataset_id = ANY(%s)", [list(filters.dataset_ids)]
+        sql = "dataset_id = ANY(%s)"
+        args: list[Any] = [list(filters.dataset_ids)]
         if filters.source is not None:
             sql += " AND source = %s"
             args.append(filters.source)
@@ -128,12 +135,16 @@ class PgVectorIndex(ChunkIndex):
     def vector_search(self, vector: Vector, filters: Filters, k: int) -> list[SearchHit]:
         dims = int(vector.shape[0])
         where, args = self._where(filters)
-        rows = self._conn().execute(
-            f"SELECT {_COLUMNS}, 1 - (embedding::vector({dims}) <=> %s::vector({dims})) "
-            f"FROM rag_chunks WHERE dims = {dims} AND {where} "
-            f"ORDER BY embedding::vector({dims}) <=> %s::vector({dims}) LIMIT %s",
-            [_literal(vector), *args, _literal(vector), k],
-        ).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                f"SELECT {_COLUMNS}, 1 - (embedding::vector({dims}) <=> %s::vector({dims})) "
+                f"FROM rag_chunks WHERE dims = {dims} AND {where} "
+                f"ORDER BY embedding::vector({dims}) <=> %s::vector({dims}) LIMIT %s",
+                [_literal(vector), *args, _literal(vector), k],
+            )
+            .fetchall()
+        )
         return [_hit(r) for r in rows]
 
     def keyword_search(self, query: str, filters: Filters, k: int) -> list[SearchHit]:
@@ -142,12 +153,16 @@ class PgVectorIndex(ChunkIndex):
             return []
         where, args = self._where(filters)
         tsquery = " | ".join(t.replace("'", "") for t in terms)
-        rows = self._conn().execute(
-            f"SELECT {_COLUMNS}, ts_rank_cd(tsv, q) FROM rag_chunks, "
-            "to_tsquery('english', %s) q "
-            f"WHERE tsv @@ q AND {where} ORDER BY ts_rank_cd(tsv, q) DESC, id LIMIT %s",
-            [tsquery, *args, k],
-        ).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                f"SELECT {_COLUMNS}, ts_rank_cd(tsv, q) FROM rag_chunks, "
+                "to_tsquery('english', %s) q "
+                f"WHERE tsv @@ q AND {where} ORDER BY ts_rank_cd(tsv, q) DESC, id LIMIT %s",
+                [tsquery, *args, k],
+            )
+            .fetchall()
+        )
         return [_hit(r) for r in rows]
 
     def close(self) -> None:

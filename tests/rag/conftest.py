@@ -65,11 +65,17 @@ def _stack(tmp: Path, index_url: str) -> tuple[Stack, ServiceProcess]:
 
 @pytest.fixture(scope="module")
 def rag_stack(
-    migrated: dict[str, object], tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+    migrated: dict[str, object],
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
 ) -> Iterator[Stack]:
     backend = getattr(request, "param", "embedded")
     tmp = tmp_path_factory.mktemp(f"rag-{backend}")
-    url = f"sqlite:///{tmp / 'index.db'}" if backend == "embedded" else request.getfixturevalue("pgvector_url")
+    url = (
+        f"sqlite:///{tmp / 'index.db'}"
+        if backend == "embedded"
+        else request.getfixturevalue("pgvector_url")
+    )
     stack, ingest = _stack(tmp, url)
     yield stack
     stack.stop()

@@ -36,7 +36,9 @@ def _dataset(api: httpx.Client, org: OrgKey, name: str = "garden") -> str:
     return str(r.json()["id"])
 
 
-def _upload(api: httpx.Client, org: OrgKey, ds: str, files: list[tuple[str, bytes]]) -> httpx.Response:
+def _upload(
+    api: httpx.Client, org: OrgKey, ds: str, files: list[tuple[str, bytes]]
+) -> httpx.Response:
     return api.post(
         f"/v1/datasets/{ds}/files",
         files=[("files", (name, data)) for name, data in files],
@@ -56,7 +58,9 @@ def test_ingest_query_dedup_delete(rag_stack: Stack) -> None:
     org = make_org()
     api = httpx.Client(base_url=rag_stack.url, timeout=60)
     ds = _dataset(api, org)
-    r = _upload(api, org, ds, [("guide.md", GUIDE_MD.encode()), ("lighthouse.pdf", pdf_with_text(PDF_TEXT))])
+    r = _upload(
+        api, org, ds, [("guide.md", GUIDE_MD.encode()), ("lighthouse.pdf", pdf_with_text(PDF_TEXT))]
+    )
     assert r.status_code == 202, r.text
     job = _wait(api, r.json()["id"], org.headers)
     assert job["status"] == "completed", job
@@ -92,13 +96,19 @@ def test_ingest_query_dedup_delete(rag_stack: Stack) -> None:
 
     # search-only endpoints answer only the sources
     search = _endpoint(api, org, ds, response_type="search", model=None)
-    r = api.post(f"/v1/endpoints/{search}/query", json={"query": "snails lettuce copper"}, headers=org.headers)
+    r = api.post(
+        f"/v1/endpoints/{search}/query",
+        json={"query": "snails lettuce copper"},
+        headers=org.headers,
+    )
     assert r.json()["answer"] is None
     assert r.json()["sources"][0]["heading"] == "Zephyr Garden Guide > Pests"
 
     # streaming: OpenAI chunk events ending with [DONE]
     with api.stream(
-        "POST", f"/v1/endpoints/{slug}/query", json={"query": "pruning shears", "stream": True},
+        "POST",
+        f"/v1/endpoints/{slug}/query",
+        json={"query": "pruning shears", "stream": True},
         headers=org.headers,
     ) as response:
         lines = [line for line in response.iter_lines() if line.startswith("data: ")]
@@ -118,9 +128,15 @@ def test_ingest_query_dedup_delete(rag_stack: Stack) -> None:
     # delete a file: its chunks leave the index
     files = api.get(f"/v1/datasets/{ds}/files", headers=org.headers).json()["data"]
     pdf = next(f for f in files if f["name"] == "lighthouse.pdf")
-    assert api.delete(f"/v1/datasets/{ds}/files/{pdf['id']}", headers=org.headers).status_code == 204
+    assert (
+        api.delete(f"/v1/datasets/{ds}/files/{pdf['id']}", headers=org.headers).status_code == 204
+    )
     assert api.get(f"/v1/datasets/{ds}", headers=org.headers).json()["chunks"] == 5
-    r = api.post(f"/v1/endpoints/{search}/query", json={"query": "basalt lighthouse ledger", "top_k": 10}, headers=org.headers)
+    r = api.post(
+        f"/v1/endpoints/{search}/query",
+        json={"query": "basalt lighthouse ledger", "top_k": 10},
+        headers=org.headers,
+    )
     assert all(s["source"] != "lighthouse.pdf" for s in r.json()["sources"])
 
     # Syft Space's skip/limit lists
@@ -132,7 +148,9 @@ def test_bad_files_fail_clearly_and_the_worker_survives(rag_stack: Stack) -> Non
     org = make_org()
     api = httpx.Client(base_url=rag_stack.url, timeout=60)
     ds = _dataset(api, org)
-    r = _upload(api, org, ds, [("notes.md", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))])
+    r = _upload(
+        api, org, ds, [("notes.md", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))]
+    )
     assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type"
     r = _upload(api, org, ds, [("empty.md", b"")])
     assert r.status_code == 422 and "empty" in r.json()["error"]["message"]
@@ -164,13 +182,19 @@ def test_policies(rag_stack: Stack) -> None:
     assert r.status_code == 403
 
     def policy(type_: str, config: dict[str, Any]) -> str:
-        r = api.post("/v1/policies", json={"name": type_, "type": type_, "config": config}, headers=owner.headers)
+        r = api.post(
+            "/v1/policies",
+            json={"name": type_, "type": type_, "config": config},
+            headers=owner.headers,
+        )
         assert r.status_code == 201, r.text
         return str(r.json()["id"])
 
     access = policy("access", {"organizations": [other.name]})
     rate = policy("rate_limit", {"requests_per_minute": 2})
-    r = api.patch(f"/v1/endpoints/{slug}", json={"policy_ids": [access, rate]}, headers=owner.headers)
+    r = api.patch(
+        f"/v1/endpoints/{slug}", json={"policy_ids": [access, rate]}, headers=owner.headers
+    )
     assert r.status_code == 200, r.text
     assert r.json()["policy_ids"] == [access, rate]
     assert api.post(f"/v1/endpoints/{slug}/query", json=q, headers=other.headers).status_code == 200
@@ -183,12 +207,16 @@ def test_policies(rag_stack: Stack) -> None:
     public = policy("access", {"public": True})
     budget = policy("budget", {"tokens_per_day": 10})
     api.patch(f"/v1/endpoints/{slug}", json={"policy_ids": [public, budget]}, headers=owner.headers)
-    r = api.post(f"/v1/endpoints/{slug}/query", json={"query": "orchid rainwater watering schedule"})
+    r = api.post(
+        f"/v1/endpoints/{slug}/query", json={"query": "orchid rainwater watering schedule"}
+    )
     assert r.status_code == 200, r.text  # anonymous caller, public endpoint
     used = r.json()["usage"]["total_tokens"]
     assert used > 0
     for _ in range(10):
-        r = api.post(f"/v1/endpoints/{slug}/query", json={"query": "orchid rainwater watering schedule"})
+        r = api.post(
+            f"/v1/endpoints/{slug}/query", json={"query": "orchid rainwater watering schedule"}
+        )
         if r.status_code != 200:
             break
     assert r.status_code == 429 and r.json()["error"]["code"] == "quota_exceeded"
