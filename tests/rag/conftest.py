@@ -25,7 +25,7 @@ def pgvector_url() -> Iterator[str]:
         import pgserver
 
     folder = Path(tempfile.mkdtemp(prefix="conveyor-pgvector-"))
-    server = pgserver.get_server(folder, cleanup_mode="stop")
+    server = pgserver.get_server(folder, cleanup_mode="stop")  # type: ignore[attr-defined]
     server.psql("CREATE DATABASE rag_index;")
     yield f"postgresql://postgres@/rag_index?host={folder}"
     server.cleanup()
