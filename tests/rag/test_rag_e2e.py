@@ -220,3 +220,42 @@ def test_policies(rag_stack: Stack) -> None:
         if r.status_code != 200:
             break
     assert r.status_code == 429 and r.json()["error"]["code"] == "quota_exceeded"
+
+
+def test_crawl_datasets(rag_stack: Stack) -> None:
+    from tests.sites.site import GeneratedSite
+
+    org = make_org()
+    api = httpx.Client(base_url=rag_stack.url, timeout=60)
+    with GeneratedSite(pages=6, traps=False) as site:
+        config = {"url": site.base, "mode": "full", "max_pages": 4, "render": "never"}
+        r = api.post(
+            "/v1/datasets", json={"name": "site", "dtype": "crawl", "configuration": config},
+            headers=org.headers,
+        )  # fmt: skip
+        assert r.status_code == 201, r.text
+        created = r.json()
+        crawl_job = created["configuration"]["job_id"]
+        job = _wait(api, created["job"]["id"], org.headers)
+    assert job["status"] == "completed", job
+    crawl = api.get(f"/v1/jobs/{crawl_job}", headers=org.headers).json()
+    pages = crawl["progress"]["pages_crawled"]
+    assert pages >= 2
+    assert job["progress"]["files_total"] == pages == job["progress"]["files_done"]
+    assert job["progress"]["chunks_indexed"] >= pages
+    files = api.get(f"/v1/datasets/{created['id']}/files", headers=org.headers).json()["data"]
+    assert len(files) == pages
+    assert all(f["source"].startswith(site.base) and f["status"] == "indexed" for f in files)
+
+    # a dataset over the finished crawl's job: the same pages, searchable by their URLs
+    body = {"name": "again", "dtype": "crawl", "configuration": {"job_id": crawl_job}}
+    r = api.post("/v1/datasets", json=body, headers=org.headers)
+    assert r.status_code == 201, r.text
+    again = r.json()
+    assert _wait(api, again["job"]["id"], org.headers)["progress"]["files_done"] == pages
+    slug = _endpoint(api, org, again["id"], response_type="search", model=None)
+    r = api.post(
+        f"/v1/endpoints/{slug}/query", json={"query": "crawler queue"}, headers=org.headers
+    )
+    sources = r.json()["sources"]
+    assert sources and all(s["source"].startswith(site.base) for s in sources)
