@@ -6,6 +6,7 @@ Create Date: 2026-12-06 13:40:00
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -21,7 +22,7 @@ JSON = store.models.JSONType
 TS = store.models.UTCDateTime(timezone=True)
 
 
-def _owned(name: str, *columns: sa.Column) -> None:  # type: ignore[type-arg]
+def _owned(name: str, *columns: Any) -> None:
     op.create_table(
         name,
         sa.Column("id", sa.String(length=40), nullable=False),
@@ -83,8 +84,8 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=200), nullable=False),
         sa.Column("slug", sa.String(length=100), nullable=False),
         sa.Column("settings", JSON, nullable=False),
+        sa.UniqueConstraint("slug", name="uq_rag_endpoints_slug"),
     )
-    op.create_unique_constraint("uq_rag_endpoints_slug", "rag_endpoints", ["slug"])
     _owned(
         "rag_policies",
         sa.Column("name", sa.String(length=200), nullable=False),
