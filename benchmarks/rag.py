@@ -189,7 +189,7 @@ def bench_ingest(bench: harness.Bench, docs: int) -> None:
     ours = chunks / (job.completed_at - job.started_at).total_seconds()
 
     model = SentenceTransformer(str(packaged_minilm_path()), device="cpu", local_files_only=True)
-    size = min(512, int(model.max_seq_length))
+    size = min(512, int(model.max_seq_length or 512))
 
     def spans(text: str) -> list[tuple[int, int]]:
         enc = model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
