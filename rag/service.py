@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -123,8 +124,6 @@ def create_dataset(
 
 
 def _crawl_source(configuration: dict[str, Any]) -> CrawlSource:
-    from pydantic import ValidationError
-
     try:
         return CrawlSource.model_validate(configuration)
     except ValidationError as exc:
@@ -327,8 +326,6 @@ def create_policy(session: Session, org_id: str, body: PolicyCreate) -> Policy:
 
 
 def patch_policy(p: Policy, body: PolicyPatch) -> Policy:
-    from pydantic import ValidationError
-
     if body.name:
         p.name = body.name
     if body.config is not None:
@@ -387,7 +384,16 @@ def patch_endpoint(session: Session, e: Endpoint, body: EndpointPatch) -> Endpoi
         e.name = values.pop("name")
     values.pop("name", None)
     settings = {**e.settings, **{k: v for k, v in values.items()}}
-    EndpointCreate.model_validate({"name": e.name, "slug": e.slug, **settings})
+    try:
+        EndpointCreate.model_validate({"name": e.name, "slug": e.slug, **settings})
+    except ValidationError as exc:
+        raise ValidationFailed(
+            exc.errors()[0]["msg"],
+            details=[
+                {"loc": ["body", *x["loc"]], "msg": x["msg"], "type": x["type"]}
+                for x in exc.errors()
+            ],
+        ) from None
     _check_refs(session, e.org_id, settings)
     e.settings = settings
     return e
