@@ -7,6 +7,7 @@ the worker's start-up hook (``workers.lifecycle``), never per request."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -31,7 +32,8 @@ class Embedder:
         self._thread = threading.Thread(target=self.loop.run_forever, name="rag-embed", daemon=True)
         self._thread.start()
         self._engines: dict[str, EmbeddingEngine] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._tokenizers: dict[str, Any] = {}
 
     def engine(self, model: str) -> EmbeddingEngine:
         with self._lock:
@@ -59,9 +61,17 @@ class Embedder:
             return engine
 
     def token_spans(self, model: str, text: str) -> list[tuple[int, int]]:
-        """Character spans of the model tokenizer's tokens of ``text`` (no special tokens)."""
-        tokenizer: Any = self.engine(model)._model.tokenizer  # type: ignore[attr-defined]
-        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        """Character spans of the model tokenizer's tokens of ``text`` (no special tokens).
+
+        A copy of the engine's tokenizer, behind a lock: a fast (Rust) tokenizer used from two
+        threads at once fails ("Already borrowed"), and the engine's batch thread uses its own."""
+        with self._lock:
+            tokenizer = self._tokenizers.get(model)
+            if tokenizer is None:
+                engine: Any = self.engine(model)
+                tokenizer = copy.deepcopy(engine._model.tokenizer)
+                self._tokenizers[model] = tokenizer
+            encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         return [(int(a), int(b)) for a, b in encoded["offset_mapping"] if b > a]
 
     def max_tokens(self, model: str) -> int:

@@ -252,7 +252,9 @@ def test_crawl_datasets(rag_stack: Stack) -> None:
     r = api.post("/v1/datasets", json=body, headers=org.headers)
     assert r.status_code == 201, r.text
     again = r.json()
-    assert _wait(api, again["job"]["id"], org.headers)["progress"]["files_done"] == pages
+    job = _wait(api, again["job"]["id"], org.headers)
+    files = api.get(f"/v1/datasets/{again['id']}/files", headers=org.headers).json()["data"]
+    assert job["progress"]["files_done"] == pages, (job, files)
     slug = _endpoint(api, org, again["id"], response_type="search", model=None)
     r = api.post(
         f"/v1/endpoints/{slug}/query", json={"query": "crawler queue"}, headers=org.headers
