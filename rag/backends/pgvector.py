@@ -4,8 +4,9 @@ column with a GIN index for full-text ranking (``ts_rank_cd``)."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Sequence
+import contextlib
+import queue
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,31 +28,42 @@ CREATE INDEX IF NOT EXISTS ix_rag_chunks_tsv ON rag_chunks USING gin (tsv);
 """
 _COLUMNS = "id, dataset_id, file_id, source, heading, text, start_char, end_char"
 EF_SEARCH = 100
+POOL_SIZE = 8
 
 
 class PgVectorIndex(ChunkIndex):
     def __init__(self, url: str) -> None:
         self.url = url.replace("postgresql+psycopg://", "postgresql://", 1)
-        self._local = threading.local()
+        self._idle: queue.LifoQueue[psycopg.Connection[Any]] = queue.LifoQueue()
         self._dims_ready: set[int] = set()
-        with self._conn().transaction():
-            self._conn().execute("SELECT pg_advisory_xact_lock(7410001)")
-            self._conn().execute(_SCHEMA)
+        with self._conn() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(7410001)")
+            conn.execute(_SCHEMA)
 
-    def _conn(self) -> psycopg.Connection[Any]:
-        conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
-        if conn is None or conn.closed:
+    @contextlib.contextmanager
+    def _conn(self) -> Iterator[psycopg.Connection[Any]]:
+        """A connection of this index's pool (kept open for the next caller, any thread)."""
+        try:
+            conn = self._idle.get_nowait()
+        except queue.Empty:
             conn = psycopg.connect(self.url, autocommit=True)
             conn.execute(f"SET hnsw.ef_search = {EF_SEARCH}")
-            self._local.conn = conn
-        return conn
+        try:
+            yield conn
+        except BaseException:
+            conn.close()  # a broken or busy connection is not handed to the next caller
+            raise
+        if self._idle.qsize() < POOL_SIZE:
+            self._idle.put(conn)
+        else:
+            conn.close()
 
     def _ensure_dims(self, dims: int) -> None:
         if dims in self._dims_ready:
             return
-        with self._conn().transaction():
-            self._conn().execute("SELECT pg_advisory_xact_lock(7410002)")
-            self._conn().execute(
+        with self._conn() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(7410002)")
+            conn.execute(
                 f"CREATE INDEX IF NOT EXISTS ix_rag_chunks_hnsw_{dims} ON rag_chunks "
                 f"USING hnsw ((embedding::vector({dims})) vector_cosine_ops) WHERE dims = {dims}"
             )
@@ -69,8 +81,7 @@ class PgVectorIndex(ChunkIndex):
         dims = int(vectors.shape[1]) if len(vectors) else 0
         if dims:
             self._ensure_dims(dims)
-        conn = self._conn()
-        with conn.transaction(), conn.cursor() as cur:
+        with self._conn() as conn, conn.transaction(), conn.cursor() as cur:
             cur.execute(
                 "DELETE FROM rag_chunks WHERE dataset_id = %s AND file_id = %s",
                 (dataset_id, file_id),
@@ -96,33 +107,25 @@ class PgVectorIndex(ChunkIndex):
                         )
         return len(chunks)
 
+    def _run(self, sql: str, args: Sequence[Any]) -> list[Any]:
+        with self._conn() as conn:
+            cur = conn.execute(sql, args)
+            return cur.fetchall() if cur.description else [cur.rowcount]
+
     def delete_file(self, dataset_id: str, file_id: str) -> int:
-        cur = self._conn().execute(
-            "DELETE FROM rag_chunks WHERE dataset_id = %s AND file_id = %s", (dataset_id, file_id)
-        )
-        return cur.rowcount
+        sql = "DELETE FROM rag_chunks WHERE dataset_id = %s AND file_id = %s"
+        return int(self._run(sql, (dataset_id, file_id))[0])
 
     def delete_dataset(self, dataset_id: str) -> int:
-        cur = self._conn().execute("DELETE FROM rag_chunks WHERE dataset_id = %s", (dataset_id,))
-        return cur.rowcount
+        return int(self._run("DELETE FROM rag_chunks WHERE dataset_id = %s", (dataset_id,))[0])
 
     def count(self, dataset_id: str, file_id: str | None = None) -> int:
         if file_id is None:
-            row = (
-                self._conn()
-                .execute("SELECT count(*) FROM rag_chunks WHERE dataset_id = %s", (dataset_id,))
-                .fetchone()
-            )
+            rows = self._run("SELECT count(*) FROM rag_chunks WHERE dataset_id = %s", (dataset_id,))
         else:
-            row = (
-                self._conn()
-                .execute(
-                    "SELECT count(*) FROM rag_chunks WHERE dataset_id = %s AND file_id = %s",
-                    (dataset_id, file_id),
-                )
-                .fetchone()
-            )
-        return int(row[0]) if row else 0
+            sql = "SELECT count(*) FROM rag_chunks WHERE dataset_id = %s AND file_id = %s"
+            rows = self._run(sql, (dataset_id, file_id))
+        return int(rows[0][0])
 
     def _where(self, filters: Filters) -> tuple[str, list[Any]]:
         sql = "dataset_id = ANY(%s)"
@@ -135,15 +138,11 @@ class PgVectorIndex(ChunkIndex):
     def vector_search(self, vector: Vector, filters: Filters, k: int) -> list[SearchHit]:
         dims = int(vector.shape[0])
         where, args = self._where(filters)
-        rows = (
-            self._conn()
-            .execute(
-                f"SELECT {_COLUMNS}, 1 - (embedding::vector({dims}) <=> %s::vector({dims})) "
-                f"FROM rag_chunks WHERE dims = {dims} AND {where} "
-                f"ORDER BY embedding::vector({dims}) <=> %s::vector({dims}) LIMIT %s",
-                [_literal(vector), *args, _literal(vector), k],
-            )
-            .fetchall()
+        rows = self._run(
+            f"SELECT {_COLUMNS}, 1 - (embedding::vector({dims}) <=> %s::vector({dims})) "
+            f"FROM rag_chunks WHERE dims = {dims} AND {where} "
+            f"ORDER BY embedding::vector({dims}) <=> %s::vector({dims}) LIMIT %s",
+            [_literal(vector), *args, _literal(vector), k],
         )
         return [_hit(r) for r in rows]
 
@@ -153,23 +152,17 @@ class PgVectorIndex(ChunkIndex):
             return []
         where, args = self._where(filters)
         tsquery = " | ".join(t.replace("'", "") for t in terms)
-        rows = (
-            self._conn()
-            .execute(
-                f"SELECT {_COLUMNS}, ts_rank_cd(tsv, q) FROM rag_chunks, "
-                "to_tsquery('english', %s) q "
-                f"WHERE tsv @@ q AND {where} ORDER BY ts_rank_cd(tsv, q) DESC, id LIMIT %s",
-                [tsquery, *args, k],
-            )
-            .fetchall()
+        rows = self._run(
+            f"SELECT {_COLUMNS}, ts_rank_cd(tsv, q) FROM rag_chunks, "
+            "to_tsquery('english', %s) q "
+            f"WHERE tsv @@ q AND {where} ORDER BY ts_rank_cd(tsv, q) DESC, id LIMIT %s",
+            [tsquery, *args, k],
         )
         return [_hit(r) for r in rows]
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        while not self._idle.empty():
+            self._idle.get_nowait().close()
 
 
 def _literal(vector: Vector) -> str:
