@@ -33,6 +33,7 @@ test: install system-deps services
 PACKAGES := api cli common config crawler deployments diagnostics idempotency inference jobs \
 	monitoring plans resources store tasks webhooks workers projects
 	monitoring plans resources store tasks webhooks workers assistants
+	monitoring plans resources store tasks webhooks workers rag
 
 lint: install
 	$(VENV)/bin/ruff check .

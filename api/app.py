@@ -34,6 +34,7 @@ ROUTERS: list[str] = [
     "api.routers.batches",
     "api.routers.projects",
     "api.routers.assistants",
+    "api.routers.rag",
 ]
 
 

@@ -47,6 +47,8 @@ JSON_TYPES = ("application/json", "application/merge-patch+json")
 #: Upload routes that take OpenAI's multipart file uploads (``POST /v1/files``), with their own
 #: size limit (``CONVEYOR_MAX_UPLOAD_BYTES``).
 MULTIPART_PATHS = frozenset({"/v1/files"})
+#: Upload routes with a path parameter (a dataset's files), same limit.
+MULTIPART_PATTERNS = (re.compile(r"^/v1/datasets/[^/]+/files$"),)
 #: POST routes that create nothing: no idempotency bookkeeping (and streaming answers).
 IDEMPOTENCY_EXEMPT_PREFIXES = ("/v1/chat/", "/v1/completions", "/v1/embeddings")
 MAX_STORED_RESPONSE = 256 * 1024
@@ -233,7 +235,9 @@ class BodyLimitMiddleware:
                 scope, receive, send, 400, ErrorCode.VALIDATION_ERROR, "Bad Content-Length."
             )
             return
-        upload = scope["path"] in MULTIPART_PATHS
+        upload = scope["path"] in MULTIPART_PATHS or any(
+            p.match(scope["path"]) for p in MULTIPART_PATTERNS
+        )
         max_bytes = self.max_upload_bytes if upload else self.max_bytes
         if length is not None and length > max_bytes:
             await _send_error(

@@ -15,7 +15,8 @@ PROVISION = "provision"
 INFERENCE = "inference"
 WEBHOOKS = "webhooks"
 MAINTENANCE = "maintenance"
-QUEUES: tuple[str, ...] = (CRAWL, DEPLOY, PROVISION, INFERENCE, WEBHOOKS, MAINTENANCE)
+INGEST = "ingest"
+QUEUES: tuple[str, ...] = (CRAWL, DEPLOY, PROVISION, INFERENCE, WEBHOOKS, MAINTENANCE, INGEST)
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ KINDS: dict[str, KindLimits] = {
     "project_provision": KindLimits(DEPLOY, 600, 660, "projects.schemas:ProjectJobInput"),
     "project_delete": KindLimits(DEPLOY, 600, 660, "projects.schemas:ProjectJobInput"),
     "assistant": KindLimits(INFERENCE, 600, 660, "assistants.schemas:ReplyJobInput"),
+    "ingest": KindLimits(INGEST, 3 * 3600, 3 * 3600 + 60, "rag.schemas:IngestJobInput"),
 }
 
 
@@ -94,6 +96,7 @@ TASK_MODULES: list[str] = [
     "tasks.provision",
     "tasks.projects",
     "tasks.assistants",
+    "tasks.rag",
     # Not tasks but Celery signal handlers every worker needs, imported by name like the tasks
     # (no import edge from the Celery app to the domains that record through the outbox):
     "workers.lifecycle",  # start and close each process's shared resources
@@ -132,6 +135,7 @@ WORKER_GROUPS: dict[str, WorkerGroup] = {
     "provision": WorkerGroup((PROVISION,), "prefork", 2),
     "inference": WorkerGroup((INFERENCE,), "threads", 32),
     "light": WorkerGroup((WEBHOOKS, MAINTENANCE), "prefork", 2),
+    "ingest": WorkerGroup((INGEST,), "threads", 4),
 }
 
 

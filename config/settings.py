@@ -275,6 +275,16 @@ class Settings(BaseSettings):
     assistant_ws_slot_ttl_seconds: float = 45.0  # a socket slot lapses unless renewed
     assistant_ws_auth_timeout_seconds: float = 10.0  # first-frame auth must arrive by then
 
+    # RAG (rag/): the chunk index (empty: an embedded SQLite + numpy index in data_dir/rag;
+    # postgresql://…: PostgreSQL with pgvector, HNSW cosine), upload limits, chunking defaults.
+    rag_index_url: str = ""
+    rag_max_file_bytes: int = 10 * 1024 * 1024
+    rag_embedding_model: str = "all-MiniLM-L6-v2"
+    rag_chunk_size: int = 512  # tokens of the embedding model's tokenizer
+    rag_chunk_overlap: int = 64
+    rag_inference_timeout_seconds: float = 120.0  # a query's embedding or answer
+    rag_crawl_wait_seconds: float = 3600.0  # an ingest waits this long for its crawl
+
     def resolved_default_plan(self) -> str:
         """The plan of a new organisation: ``CONVEYOR_DEFAULT_PLAN``, else ``unlimited`` on the
         embedded default (a self-hosted box has no SaaS quotas) and ``free`` in production."""

@@ -17,7 +17,7 @@ from celery.signals import worker_process_init, worker_process_shutdown, worker_
 from celery.signals import worker_shutdown as worker_main_shutdown
 
 from common import process, redis_clients
-from config.queues import CRAWL, DEPLOY, INFERENCE, WEBHOOKS
+from config.queues import CRAWL, DEPLOY, INFERENCE, INGEST, WEBHOOKS
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,7 @@ RESOURCES: dict[str, tuple[str, ...]] = {
     DEPLOY: ("deployments.runtime:BACKEND",),
     WEBHOOKS: ("webhooks.client:HTTP_CLIENT",),
     INFERENCE: ("inference.worker:RUNTIME",),
+    INGEST: ("rag.embedder:EMBEDDER",),
 }
 
 

@@ -20,6 +20,7 @@ MODEL_MODULES: list[str] = [
     "crawler.models",
     "projects.models",
     "assistants.models",
+    "rag.models",
 ]
 
 for module in MODEL_MODULES:

@@ -1,0 +1,289 @@
+"""RAG: ingestion throughput, retrieval quality and search latency, each beside its anchor.
+
+(a) Ingestion: a generated Markdown corpus uploaded to a dataset and indexed by an ``ingest``
+    job on a real ingest worker (subprocess, the packaged MiniLM), chunks/s from the job's own
+    start and end, vs sentence-transformers encoding the very same chunk texts in this process
+    (the anchor). ``ratio=`` is Conveyor ÷ anchor (target ≥ 0.8).
+(b) Retrieval: a generated set of passages, each the only one holding its answer, and two kinds
+    of question (a paraphrase sharing no rare word, and a question naming the passage's rare
+    code word with a paraphrased topic). recall@5 and nDCG@10 of Conveyor's hybrid search (RRF)
+    vs vector-only and BM25-only, on the same index.
+(c) Search latency: p50/p99 of the index's hybrid search (vector + full-text + fusion; the query
+    vector precomputed) at ``--chunks`` chunks on the embedded index and on PostgreSQL+pgvector
+    (HNSW) started from the ``pgserver`` wheel.
+
+    python benchmarks/rag.py                         # all three, 10k chunks
+    python benchmarks/rag.py --only c --chunks 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import harness  # noqa: E402
+
+TOPICS = [
+    ("watering", "how often the plant needs water", "irrigation schedule and moisture"),
+    ("pruning", "when to cut the branches back", "trimming stems with shears"),
+    ("pests", "which insects attack the leaves", "aphids and beetles on foliage"),
+    ("soil", "what ground it grows best in", "loam acidity and drainage"),
+    ("light", "how much sun it tolerates", "shade and direct sunlight exposure"),
+    ("harvest", "when the fruit is ready to pick", "ripeness and gathering season"),
+    ("frost", "how it survives the winter cold", "freezing temperatures and mulch"),
+    ("pollination", "which creatures carry its pollen", "bees moths and flowers"),
+]
+PLANTS = ["orchid", "fern", "maple", "tomato", "lavender", "cactus", "willow", "rose", "bamboo",
+          "ivy", "basil", "pepper", "lily", "oak", "mint", "sage"]  # fmt: skip
+
+
+def _code(rng: random.Random) -> str:
+    return "".join(rng.choice("bcdfghjklmnpqrstvwxz") + rng.choice("aeiou") for _ in range(3))
+
+
+REGIONS = [
+    ("northern mountains", "high alpine slopes"),
+    ("coastal marshes", "salty wetlands by the sea"),
+    ("desert valleys", "dry sandy basins"),
+]
+
+
+def retrieval_set(seed: int = 7) -> tuple[list[tuple[str, str]], list[tuple[str, int]]]:
+    """Passages (code, text) and questions (text, index of the one relevant passage).
+
+    Three cultivars share each plant and topic; one grows in each region. A paraphrased
+    question names the region in other words (no word shared: BM25 is blind to it); a code-word
+    question names the cultivar's made-up code and no plant (vectors barely see the code)."""
+    rng = random.Random(seed)
+    passages: list[tuple[str, str]] = []
+    questions: list[tuple[str, int]] = []
+    for plant in PLANTS:
+        for topic, paraphrase, detail in TOPICS:
+            for region, region_paraphrase in REGIONS:
+                code = _code(rng)
+                number = rng.randint(2, 40)
+                text = (
+                    f"Cultivar {code} of the {plant}, grown in the {region}: {topic}. The rule "
+                    f"about {detail} is {number} units, kept by the {code} growers' guild."
+                )
+                passages.append((code, text))
+                index = len(passages) - 1
+                questions.append(
+                    (f"For the {plant} of the {region_paraphrase}, {paraphrase}?", index)
+                )
+                questions.append((f"What do the {code} people say about {paraphrase}?", index))
+    return passages, questions
+
+
+def _metrics(ranked: list[list[int]], questions: list[tuple[str, int]]) -> tuple[float, float]:
+    recall = ndcg = 0.0
+    for ids, (_, relevant) in zip(ranked, questions, strict=True):
+        recall += 1.0 if relevant in ids[:5] else 0.0
+        if relevant in ids[:10]:
+            ndcg += 1.0 / math.log2(ids.index(relevant) + 2)
+    return recall / len(questions), ndcg / len(questions)
+
+
+def bench_retrieval(model: object) -> None:
+    from rag.backends.base import Filters, IndexedChunk
+    from rag.backends.embedded import EmbeddedIndex
+
+    passages, questions = retrieval_set()
+    with tempfile.TemporaryDirectory() as tmp:
+        index = EmbeddedIndex(f"sqlite:///{tmp}/index.db")
+        vectors = model.encode([t for _, t in passages], batch_size=64)  # type: ignore[attr-defined]
+        chunk_of: dict[str, int] = {}
+        for i, ((_, text), vector) in enumerate(zip(passages, vectors, strict=True)):
+            index.replace_file("bench", f"p{i}", f"p{i}", [IndexedChunk(text, "", 0, len(text))],
+                               np.asarray([vector]))  # fmt: skip
+            chunk_of[f"p{i}"] = i
+        q_vectors = model.encode([q for q, _ in questions], batch_size=64)  # type: ignore[attr-defined]
+        flt = Filters(dataset_ids=("bench",))
+        results: dict[str, list[list[int]]] = {"hybrid": [], "vector": [], "bm25": []}
+        for (q, _), qv in zip(questions, q_vectors, strict=True):
+            qv = np.asarray(qv, dtype=np.float32)
+            results["hybrid"].append(
+                [chunk_of[h.file_id] for h in index.hybrid_search(q, qv, flt, 10)]
+            )
+            results["vector"].append(
+                [chunk_of[h.file_id] for h in index.vector_search(qv, flt, 10)]
+            )
+            results["bm25"].append([chunk_of[h.file_id] for h in index.keyword_search(q, flt, 10)])
+    print(
+        f"(b) retrieval: {len(passages)} passages, {len(questions)} questions (one relevant each)"
+    )
+    for name, ranked in results.items():
+        recall, ndcg = _metrics(ranked, questions)
+        print(f"    {name:>6}: recall@5 {recall:.3f}  nDCG@10 {ndcg:.3f}")
+
+
+def corpus(docs: int, seed: int = 3) -> list[tuple[str, bytes]]:
+    rng = random.Random(seed)
+    words = [w for t in TOPICS for w in " ".join(t).split()] + PLANTS
+    files = []
+    for d in range(docs):
+        parts = [f"# Handbook {d}\n"]
+        for s in range(8):
+            parts.append(f"## Section {s} {rng.choice(PLANTS)}\n")
+            for _ in range(3):
+                parts.append(
+                    " ".join(rng.choice(words) for _ in range(rng.randint(40, 80))) + ".\n"
+                )
+        files.append((f"doc{d}.md", "\n".join(parts).encode()))
+    return files
+
+
+def bench_ingest(bench: harness.Bench, docs: int) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    from inference.engines.embeddings_engine import packaged_minilm_path
+    from rag import documents, service
+    from rag.schemas import DatasetCreate
+    from store.db import session_scope
+    from store.models import Job
+
+    org = harness.make_org()
+    cmd = [
+        sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", "ingest",
+        "-P", "threads", "-c", "1", "-l", "WARNING",
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ]  # fmt: skip
+    worker = bench.start("ingest", cmd)
+
+    def ingest(files: list[tuple[str, bytes]]) -> Job:
+        with session_scope() as db:
+            ds, _ = service.create_dataset(db, org.org_id, DatasetCreate(name="bench"))
+            job, _ = service.add_files(db, ds, files)
+            assert job is not None
+            job_id = job.id
+        deadline = time.monotonic() + 1800
+        while time.monotonic() < deadline:
+            with session_scope() as db:
+                found = db.get(Job, job_id)
+                assert found is not None
+                if found.status in ("completed", "failed"):
+                    db.expunge(found)
+                    return found
+            if worker.poll() is not None:
+                raise RuntimeError(bench.log_tail("ingest"))
+            time.sleep(0.2)
+        raise RuntimeError("ingest did not finish")
+
+    ingest(corpus(1, seed=99))  # warm-up: the worker loads its model once
+    files = corpus(docs)
+    job = ingest(files)
+    assert job.status == "completed", job.error
+    assert job.started_at and job.completed_at
+    chunks = int(job.progress["chunks_indexed"])
+    ours = chunks / (job.completed_at - job.started_at).total_seconds()
+
+    model = SentenceTransformer(str(packaged_minilm_path()), device="cpu", local_files_only=True)
+    size = min(512, int(model.max_seq_length or 512))
+
+    def spans(text: str) -> list[tuple[int, int]]:
+        enc = model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return [(a, b) for a, b in enc["offset_mapping"] if b > a]
+
+    texts = []
+    for name, data in files:
+        text = documents.extract(name, documents.sniff(name, data), data)
+        for c in documents.chunk_markdown(text, spans, size=size, overlap=64):
+            texts.append(f"{c.heading}\n{c.text}" if c.heading else c.text)
+    started = time.perf_counter()
+    model.encode(texts, batch_size=64, show_progress_bar=False)
+    anchor = len(texts) / (time.perf_counter() - started)
+    print(f"(a) ingestion: {docs} docs, {chunks} chunks (anchor encoded {len(texts)})")
+    print(f"    sentence-transformers direct: {anchor:.1f} chunks/s")
+    print(f"    Conveyor ingest job:          {ours:.1f} chunks/s   ratio={ours / anchor:.2f}")
+    bench.stop(worker)
+    bench_retrieval(model)
+
+
+def _latency(index: object, n: int, dims: int, queries: int, label: str) -> None:
+    from rag.backends.base import Filters, IndexedChunk
+
+    rng = np.random.default_rng(0)
+    # a Zipf-distributed vocabulary of 20k made-up words, like a real corpus's long tail
+    lexicon = np.array([_code(random.Random(i)) + str(i) for i in range(20_000)])
+    weights = 1.0 / np.arange(1, len(lexicon) + 1)
+    weights /= weights.sum()
+
+    def text(count: int) -> str:
+        return " ".join(rng.choice(lexicon, count, p=weights))
+
+    batch = 2000
+    started = time.perf_counter()
+    for first in range(0, n, batch):
+        count = min(batch, n - first)
+        chunks = [IndexedChunk(text(60), "h", 0, 10) for _ in range(count)]
+        vectors = rng.standard_normal((count, dims)).astype(np.float32)
+        index.replace_file("lat", f"f{first}", f"f{first}", chunks, vectors)  # type: ignore[attr-defined]
+    load = time.perf_counter() - started
+    flt = Filters(dataset_ids=("lat",))
+    times = []
+    for i in range(queries + 5):
+        q = rng.standard_normal(dims).astype(np.float32)
+        query = text(6)
+        t0 = time.perf_counter()
+        hits = index.hybrid_search(query, q, flt, 10)  # type: ignore[attr-defined]
+        if i >= 5:
+            times.append(time.perf_counter() - t0)
+        assert hits
+    times.sort()
+    p50, p99 = harness.percentile(times, 50) * 1000, harness.percentile(times, 99) * 1000
+    print(f"    {label:>9} @ {n} chunks: load {load:.1f}s, hybrid search p50 {p50:.1f} ms "
+          f"p99 {p99:.1f} ms ({queries} queries)")  # fmt: skip
+
+
+def bench_latency(n: int, queries: int) -> None:
+    from rag.backends.embedded import EmbeddedIndex
+    from rag.backends.pgvector import PgVectorIndex
+
+    print("(c) search-only latency (index: vector + full-text + RRF; query vector precomputed)")
+    with tempfile.TemporaryDirectory() as tmp:
+        _latency(EmbeddedIndex(f"sqlite:///{tmp}/index.db"), n, 384, queries, "embedded")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import pgserver
+
+        server = pgserver.get_server(Path(tmp) / "pg", cleanup_mode="stop")  # type: ignore[attr-defined]
+        try:
+            _latency(PgVectorIndex(f"postgresql://postgres@/postgres?host={tmp}/pg"), n, 384,
+                     queries, "pgvector")  # fmt: skip
+        finally:
+            server.cleanup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", choices=["a", "b", "c"], default=None)
+    parser.add_argument("--docs", type=int, default=40)
+    parser.add_argument("--chunks", type=int, default=10_000)
+    parser.add_argument("--queries", type=int, default=200)
+    args = parser.parse_args()
+    if args.only in (None, "a"):
+        with harness.services() as bench:
+            bench_ingest(bench, args.docs)  # (a), then (b) with the same model
+    elif args.only == "b":
+        from sentence_transformers import SentenceTransformer
+
+        from inference.engines.embeddings_engine import packaged_minilm_path
+
+        bench_retrieval(SentenceTransformer(str(packaged_minilm_path()), device="cpu"))
+    if args.only in (None, "c"):
+        bench_latency(args.chunks, args.queries)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,586 @@
+"""The rules of RAG: datasets and their files (ingested by ``ingest`` jobs), model providers,
+endpoints, policies, and the query (search, then an answer that cites its sources by index).
+
+Services never commit: the route's session does (``api.deps.Db``); the ingest job is created
+with ``jobs.service.create_job`` on that session and sent after its commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from common.errors import Conflict, NotFound, ValidationFailed
+from common.timeutil import isoformat_z
+from config import get_settings
+from jobs.service import create_job
+from rag import documents, generation, policies, repository
+from rag.backends import get_index
+from rag.backends.base import Filters, SearchHit
+from rag.errors import FileTooLarge
+from rag.models import Dataset, DatasetFile, Endpoint, Policy, Provider
+from rag.policies import Caller
+from rag.schemas import (
+    DEFAULT_PROMPT,
+    POLICY_CONFIGS,
+    CrawlSource,
+    DatasetCreate,
+    DatasetPatch,
+    EndpointCreate,
+    EndpointPatch,
+    PolicyCreate,
+    PolicyPatch,
+    ProviderCreate,
+    ProviderPatch,
+    QueryRequest,
+)
+from store.db import session_scope
+from store.models import Job
+from webhooks import secretbox
+
+MASK = "****"
+
+
+def _ts(value: Any) -> str | None:
+    return isoformat_z(value)
+
+
+# -- datasets ------------------------------------------------------------------------------
+
+
+def dataset_view(ds: Dataset) -> dict[str, Any]:
+    return {
+        "id": ds.id,
+        "name": ds.name,
+        "dtype": ds.dtype,
+        "configuration": ds.configuration,
+        "summary": ds.summary,
+        "embedding_model": ds.embedding_model,
+        "chunk_size": ds.chunk_size,
+        "chunk_overlap": ds.chunk_overlap,
+        "job_id": ds.job_id,
+        "chunks": get_index().count(ds.id),
+        "created_at": _ts(ds.created_at),
+        "updated_at": _ts(ds.updated_at),
+    }
+
+
+def get_dataset(session: Session, org_id: str, dataset_id: str) -> Dataset:
+    ds = repository.get(session, Dataset, org_id, dataset_id)
+    if ds is None:
+        raise NotFound(f"Dataset {dataset_id!r} not found.")
+    return ds
+
+
+def create_dataset(
+    session: Session, org_id: str, body: DatasetCreate
+) -> tuple[Dataset, Job | None]:
+    settings = get_settings()
+    if body.dtype in ("pgvector", "remote_vector_store"):
+        raise ValidationFailed(
+            f"dtype {body.dtype!r} (an external vector store) is not supported yet; use "
+            "local_file or crawl (Conveyor indexes them in its own store).",
+            details=[{"loc": ["body", "dtype"], "msg": "not supported", "type": "value_error"}],
+        )
+    ds = Dataset(
+        org_id=org_id,
+        name=body.name,
+        dtype=body.dtype,
+        configuration=body.configuration,
+        summary=body.summary,
+        embedding_model=body.embedding_model or settings.rag_embedding_model,
+        chunk_size=body.chunk_size or settings.rag_chunk_size,
+        chunk_overlap=body.chunk_overlap
+        if body.chunk_overlap is not None
+        else settings.rag_chunk_overlap,
+    )
+    session.add(ds)
+    session.flush()
+    job = None
+    if body.dtype == "crawl":
+        source = _crawl_source(body.configuration)
+        crawl_job_id = source.job_id
+        if crawl_job_id is None:
+            crawl_input = source.model_dump(exclude_none=True, exclude={"job_id"})
+            crawl_job_id = create_job(session, "crawl", org_id, crawl_input).id
+        else:
+            crawl = session.get(Job, crawl_job_id)
+            if crawl is None or crawl.org_id != org_id or crawl.kind != "crawl":
+                raise NotFound(f"Crawl job {crawl_job_id!r} not found.")
+        ds.configuration = {**body.configuration, "job_id": crawl_job_id}
+        job = create_job(
+            session, "ingest", org_id, {"dataset_id": ds.id, "crawl_job_id": crawl_job_id}
+        )
+        ds.job_id = job.id
+    return ds, job
+
+
+def _crawl_source(configuration: dict[str, Any]) -> CrawlSource:
+    try:
+        return CrawlSource.model_validate(configuration)
+    except ValidationError as exc:
+        raise ValidationFailed(
+            "configuration of a crawl dataset: " + exc.errors()[0]["msg"],
+            details=[
+                {"loc": ["body", "configuration", *e["loc"]], "msg": e["msg"], "type": e["type"]}
+                for e in exc.errors()
+            ],
+        ) from None
+
+
+def patch_dataset(ds: Dataset, body: DatasetPatch) -> Dataset:
+    for name, value in body.model_dump(exclude_unset=True).items():
+        if value is not None:
+            setattr(ds, name, value)
+    return ds
+
+
+def delete_dataset(session: Session, ds: Dataset) -> None:
+    get_index().delete_dataset(ds.id)
+    session.delete(ds)
+
+
+# -- files ---------------------------------------------------------------------------------
+
+
+def file_view(f: DatasetFile) -> dict[str, Any]:
+    return {
+        "id": f.id,
+        "dataset_id": f.dataset_id,
+        "name": f.name,
+        "source": f.source,
+        "media_type": f.media_type,
+        "size": f.size,
+        "content_hash": f.content_hash,
+        "status": f.status,
+        "error": f.error,
+        "chunks": f.chunks,
+        "job_id": f.job_id,
+        "created_at": _ts(f.created_at),
+        "updated_at": _ts(f.updated_at),
+    }
+
+
+def add_files(
+    session: Session, ds: Dataset, uploads: list[tuple[str, bytes]]
+) -> tuple[Job | None, list[dict[str, Any]]]:
+    """Check and store uploaded files; changed or new ones are ingested by one job (unchanged
+    ones, same name and content hash, are skipped). A bad file refuses the whole upload."""
+    if ds.dtype != "local_file":
+        raise ValidationFailed(f"Files go to local_file datasets; this one is {ds.dtype}.")
+    cap = get_settings().rag_max_file_bytes
+    checked: list[tuple[str, bytes, str]] = []
+    for name, data in uploads:
+        if len(data) > cap:
+            raise FileTooLarge(
+                f"{name!r} is {len(data)} bytes; the limit is {cap} bytes.",
+                details={"file": name, "size": len(data), "limit": cap},
+            )
+        checked.append((name, data, documents.sniff(name, data)))
+    pending: list[DatasetFile] = []
+    views: list[dict[str, Any]] = []
+    for name, data, media_type in checked:
+        digest = hashlib.sha256(data).hexdigest()
+        row = repository.file_by_name(session, ds.id, name)
+        if row is not None and row.content_hash == digest and row.status == "indexed":
+            views.append({**file_view(row), "unchanged": True})
+            continue
+        if row is None:
+            row = DatasetFile(org_id=ds.org_id, dataset_id=ds.id, name=name, source=name)
+            session.add(row)
+        row.media_type, row.size, row.content_hash, row.content = (
+            media_type,
+            len(data),
+            digest,
+            data,
+        )
+        row.status, row.error, row.chunks = "pending", None, row.chunks or 0
+        pending.append(row)
+    session.flush()
+    job = None
+    if pending:
+        job = create_job(
+            session, "ingest", ds.org_id, {"dataset_id": ds.id, "file_ids": [r.id for r in pending]}
+        )
+        for row in pending:
+            row.job_id = job.id
+        session.flush()
+        views += [{**file_view(r), "unchanged": False} for r in pending]
+    return job, views
+
+
+def get_file(session: Session, ds: Dataset, file_id: str) -> DatasetFile:
+    row = session.get(DatasetFile, file_id)
+    if row is None or row.dataset_id != ds.id:
+        raise NotFound(f"File {file_id!r} not found.")
+    return row
+
+
+def delete_file(session: Session, ds: Dataset, row: DatasetFile) -> None:
+    get_index().delete_file(ds.id, row.id)
+    session.delete(row)
+
+
+# -- providers ------------------------------------------------------------------------------
+
+
+def builtin_provider(models: dict[str, str]) -> dict[str, Any]:
+    """The built-in ``conveyor`` provider: the models Conveyor serves (name → kind)."""
+    return {
+        "id": "conveyor",
+        "name": "conveyor",
+        "kind": "conveyor",
+        "base_url": None,
+        "api_key": None,
+        "models": sorted(models),
+        "created_at": None,
+        "updated_at": None,
+    }
+
+
+def provider_view(p: Provider) -> dict[str, Any]:
+    return {
+        "id": p.id,
+        "name": p.name,
+        "kind": p.kind,
+        "base_url": p.base_url,
+        "api_key": MASK if p.api_key_encrypted else None,
+        "models": list(p.models.get("names", [])),
+        "created_at": _ts(p.created_at),
+        "updated_at": _ts(p.updated_at),
+    }
+
+
+def _check_base_url(url: str | None) -> None:
+    if url:
+        from common.urlsafety import check_url
+
+        check_url(url, get_settings().crawl_allowed_hosts, unresolvable_ok=True)
+
+
+def create_provider(session: Session, org_id: str, body: ProviderCreate) -> Provider:
+    if body.kind == "conveyor":
+        raise ValidationFailed("The conveyor provider is built in; create openai_compatible ones.")
+    _check_base_url(body.base_url)
+    p = Provider(
+        org_id=org_id,
+        name=body.name,
+        kind=body.kind,
+        base_url=body.base_url,
+        api_key_encrypted=secretbox.encrypt(body.api_key) if body.api_key else None,
+        models={"names": body.models},
+    )
+    session.add(p)
+    session.flush()
+    return p
+
+
+def patch_provider(p: Provider, body: ProviderPatch) -> Provider:
+    values = body.model_dump(exclude_unset=True)
+    if "base_url" in values:
+        _check_base_url(values["base_url"])
+        p.base_url = values["base_url"]
+    if "api_key" in values:
+        p.api_key_encrypted = secretbox.encrypt(values["api_key"]) if values["api_key"] else None
+    if values.get("name"):
+        p.name = values["name"]
+    if values.get("models") is not None:
+        p.models = {"names": values["models"]}
+    return p
+
+
+def get_row(session: Session, model: Any, org_id: str, row_id: str, what: str) -> Any:
+    row = repository.get(session, model, org_id, row_id)
+    if row is None:
+        raise NotFound(f"{what} {row_id!r} not found.")
+    return row
+
+
+# -- policies -------------------------------------------------------------------------------
+
+
+def policy_view(p: Policy) -> dict[str, Any]:
+    return {
+        "id": p.id,
+        "name": p.name,
+        "type": p.type,
+        "config": p.config,
+        "created_at": _ts(p.created_at),
+        "updated_at": _ts(p.updated_at),
+    }
+
+
+def create_policy(session: Session, org_id: str, body: PolicyCreate) -> Policy:
+    p = Policy(org_id=org_id, name=body.name, type=body.type, config=body.config)
+    session.add(p)
+    session.flush()
+    return p
+
+
+def patch_policy(p: Policy, body: PolicyPatch) -> Policy:
+    if body.name:
+        p.name = body.name
+    if body.config is not None:
+        try:
+            p.config = POLICY_CONFIGS[p.type].model_validate(body.config).model_dump()
+        except ValidationError as exc:
+            raise ValidationFailed(f"config: {exc.errors()[0]['msg']}") from None
+    return p
+
+
+# -- endpoints ------------------------------------------------------------------------------
+
+
+def endpoint_view(e: Endpoint) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "name": e.name,
+        "slug": e.slug,
+        **e.settings,
+        "links": {"query": f"/v1/endpoints/{e.slug}/query"},
+        "created_at": _ts(e.created_at),
+        "updated_at": _ts(e.updated_at),
+    }
+
+
+def _check_refs(session: Session, org_id: str, settings: dict[str, Any]) -> None:
+    ids = list(settings.get("dataset_ids") or [])
+    found = {d.id for d in repository.datasets(session, org_id, ids)}
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise NotFound(f"Dataset {missing[0]!r} not found.")
+    for pid in settings.get("policy_ids") or []:
+        get_row(session, Policy, org_id, pid, "Policy")
+    provider = settings.get("provider")
+    if provider and provider != "conveyor":
+        get_row(session, Provider, org_id, provider, "Provider")
+
+
+def create_endpoint(session: Session, org_id: str, body: EndpointCreate) -> Endpoint:
+    settings = body.model_dump(exclude={"name", "slug"})
+    _check_refs(session, org_id, settings)
+    if repository.endpoint_by_slug(session, body.slug) is not None:
+        raise Conflict(f"The slug {body.slug!r} is taken.", details={"slug": body.slug})
+    e = Endpoint(org_id=org_id, name=body.name, slug=body.slug, settings=settings)
+    session.add(e)
+    try:
+        session.flush()
+    except IntegrityError:
+        raise Conflict(f"The slug {body.slug!r} is taken.") from None
+    return e
+
+
+def patch_endpoint(session: Session, e: Endpoint, body: EndpointPatch) -> Endpoint:
+    values = body.model_dump(exclude_unset=True)
+    if values.get("name"):
+        e.name = values.pop("name")
+    values.pop("name", None)
+    settings = {**e.settings, **{k: v for k, v in values.items()}}
+    try:
+        EndpointCreate.model_validate({"name": e.name, "slug": e.slug, **settings})
+    except ValidationError as exc:
+        raise ValidationFailed(
+            exc.errors()[0]["msg"],
+            details=[
+                {"loc": ["body", *x["loc"]], "msg": x["msg"], "type": x["type"]}
+                for x in exc.errors()
+            ],
+        ) from None
+    _check_refs(session, e.org_id, settings)
+    e.settings = settings
+    return e
+
+
+def get_endpoint(session: Session, org_id: str, slug_or_id: str) -> Endpoint:
+    e = repository.endpoint_by_slug(session, slug_or_id) or session.get(Endpoint, slug_or_id)
+    if e is None or e.org_id != org_id:
+        raise NotFound(f"Endpoint {slug_or_id!r} not found.")
+    return e
+
+
+# -- query ----------------------------------------------------------------------------------
+
+
+class Prepared:
+    """What a query needs once its policies passed, read in one short transaction."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        datasets: list[Dataset],
+        provider: dict[str, Any] | None,
+        budgeted: bool,
+    ) -> None:
+        self.endpoint_id = endpoint.id
+        self.slug = endpoint.slug
+        self.org_id = endpoint.org_id
+        self.settings = dict(endpoint.settings)
+        self.models = sorted({d.embedding_model for d in datasets})
+        self.dataset_ids = tuple(d.id for d in datasets)
+        self.provider = provider
+        self.budgeted = budgeted
+
+
+def _prepare(slug: str, caller: Caller) -> Prepared:
+    with session_scope() as session:
+        endpoint = repository.endpoint_by_slug(session, slug)
+        if endpoint is None:
+            raise NotFound(f"Endpoint {slug!r} not found.")
+        found = policies.check_access(session, endpoint, caller)
+        policies.check_rate(endpoint, found, caller)
+        policies.check_budget(session, endpoint, found, caller)
+        datasets = repository.datasets(
+            session, endpoint.org_id, list(endpoint.settings["dataset_ids"])
+        )
+        provider = None
+        pid = endpoint.settings.get("provider")
+        if pid and pid != "conveyor":
+            row = session.get(Provider, pid)
+            if row is not None:
+                provider = {
+                    "name": row.name,
+                    "kind": row.kind,
+                    "base_url": row.base_url,
+                    "api_key": secretbox.decrypt(row.api_key_encrypted)
+                    if row.api_key_encrypted
+                    else None,
+                }
+        return Prepared(endpoint, datasets, provider, policies.budget(found) is not None)
+
+
+def _record(prepared: Prepared, caller: Caller, tokens: int) -> None:
+    with session_scope() as session:
+        endpoint = session.get(Endpoint, prepared.endpoint_id)
+        if endpoint is not None:
+            policies.record(session, endpoint, caller, tokens)
+
+
+def _source_view(hit: SearchHit) -> dict[str, Any]:
+    return {
+        "dataset_id": hit.dataset_id,
+        "file_id": hit.file_id,
+        "source": hit.source,
+        "heading": hit.heading,
+        "text": hit.text,
+        "start": hit.start,
+        "end": hit.end,
+        "score": hit.score,
+    }
+
+
+async def search(
+    prepared: Prepared, question: str, top_k: int, filters: dict[str, Any] | None
+) -> tuple[list[SearchHit], int]:
+    wanted = prepared.dataset_ids
+    source = None
+    if filters:
+        if filters.get("dataset_id"):
+            wanted = tuple(d for d in wanted if d == filters["dataset_id"])
+        source = filters.get("source")
+    if not wanted:
+        return [], 0
+    index = get_index()
+    hits: list[SearchHit] = []
+    tokens = 0
+    for model in prepared.models:  # datasets embedded with one model are searched together
+        vector, used = await generation.embed_query(prepared.org_id, model, question)
+        tokens += used
+        flt = Filters(dataset_ids=wanted, source=source)
+        hits += await asyncio.to_thread(index.hybrid_search, question, vector, flt, top_k)
+    hits.sort(key=lambda h: -h.score)
+    return hits[:top_k], tokens
+
+
+def _prompt(prepared: Prepared, question: str, hits: list[SearchHit]) -> str:
+    context = "\n\n".join(
+        f"[{i}] ({h.source} — {h.heading or 'top'})\n{h.text}" for i, h in enumerate(hits)
+    )
+    template = prepared.settings.get("prompt_template") or DEFAULT_PROMPT
+    return str(template).replace("{context}", context).replace("{question}", question)
+
+
+async def query(slug: str, caller: Caller, body: QueryRequest) -> dict[str, Any]:
+    """Search the endpoint's datasets and (``response_type: answer``) answer from the sources."""
+    prepared = await asyncio.to_thread(_prepare, slug, caller)
+    top_k = body.top_k or int(prepared.settings.get("top_k") or 5)
+    question = body.question()
+    started = time.monotonic()
+    hits, embed_tokens = await search(prepared, question, top_k, body.filters)
+    sources = [_source_view(h) for h in hits]
+    usage = {"prompt_tokens": embed_tokens, "completion_tokens": 0, "total_tokens": embed_tokens}
+    answer: str | None = None
+    if prepared.settings.get("response_type", "answer") == "answer":
+        messages = [
+            *[m.model_dump() for m in body.messages or [] if m.role == "system"],
+            {"role": "user", "content": _prompt(prepared, question, hits)},
+        ]
+        completion = await generation.chat(
+            prepared.org_id,
+            str(prepared.settings["model"]),
+            messages,
+            max_tokens=body.max_tokens,
+            temperature=body.temperature,
+            provider=prepared.provider,
+        )
+        answer = str(completion["choices"][0]["message"].get("content") or "")
+        answer = _with_citations(answer, hits)
+        got = completion.get("usage") or {}
+        usage["prompt_tokens"] += int(got.get("prompt_tokens", 0))
+        usage["completion_tokens"] = int(got.get("completion_tokens", 0))
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    await asyncio.to_thread(_record, prepared, caller, usage["total_tokens"])
+    return {
+        "endpoint": prepared.slug,
+        "answer": answer,
+        "sources": sources,
+        "usage": usage,
+        "took_ms": round((time.monotonic() - started) * 1000, 1),
+    }
+
+
+def _with_citations(answer: str, hits: list[SearchHit]) -> str:
+    """The model's answer, with the source indices appended when it cited none (a small model
+    may not follow the instruction; the reader still sees which sources it was given)."""
+    if not hits or any(f"[{i}]" in answer for i in range(len(hits))):
+        return answer
+    return f"{answer.strip()} " + "".join(f"[{i}]" for i in range(len(hits)))
+
+
+async def stream(result: dict[str, Any], model: str) -> AsyncIterator[bytes]:
+    """An answer as OpenAI ``chat.completion.chunk`` SSE events (sources ride on the first)."""
+    base = {
+        "id": f"chatcmpl-rag-{int(time.time() * 1000)}",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+    }
+    first = {
+        **base,
+        "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}],
+        "sources": result["sources"],
+    }
+    yield b"data: " + json.dumps(first).encode() + b"\n\n"
+    text = result["answer"] or ""
+    for start in range(0, len(text), 16):
+        piece = {
+            **base,
+            "choices": [
+                {"index": 0, "delta": {"content": text[start : start + 16]}, "finish_reason": None}
+            ],
+        }
+        yield b"data: " + json.dumps(piece).encode() + b"\n\n"
+    last = {
+        **base,
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        "usage": result["usage"],
+    }
+    yield b"data: " + json.dumps(last).encode() + b"\n\n"
+    yield b"data: [DONE]\n\n"

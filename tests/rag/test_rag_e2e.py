@@ -1,0 +1,263 @@
+"""End to end with real processes (API, inference worker with the tiny chat model and MiniLM,
+ingest worker) on the embedded index and on PostgreSQL + pgvector (``pgserver``): upload
+Markdown and a PDF, ingest with exact counters, query, sources at the right file and heading,
+dedup, delete, policies, bad files."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from inference.testing import Stack
+from tests.conftest import OrgKey, make_org
+from tests.rag.files import GUIDE_MD, pdf_with_text, pdf_without_text
+
+pytestmark = pytest.mark.parametrize("rag_stack", ["embedded", "pgvector"], indirect=True)
+
+PDF_TEXT = "The basalt lighthouse keeper logs every storm in a green leather ledger."
+
+
+def _wait(api: httpx.Client, job_id: str, headers: dict[str, str], timeout: float = 120) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = api.get(f"/v1/jobs/{job_id}", headers=headers).json()
+        if job["status"] in ("completed", "failed", "cancelled"):
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not finish: {job}")
+
+
+def _dataset(api: httpx.Client, org: OrgKey, name: str = "garden") -> str:
+    r = api.post("/v1/datasets", json={"name": name, "dtype": "local_file"}, headers=org.headers)
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+def _upload(
+    api: httpx.Client, org: OrgKey, ds: str, files: list[tuple[str, bytes]]
+) -> httpx.Response:
+    return api.post(
+        f"/v1/datasets/{ds}/files",
+        files=[("files", (name, data)) for name, data in files],
+        headers=org.headers,
+    )
+
+
+def _endpoint(api: httpx.Client, org: OrgKey, ds: str, **extra: Any) -> str:
+    slug = f"ep-{time.monotonic_ns() % 10**12}"
+    body = {"name": "garden help", "slug": slug, "dataset_ids": [ds], "model": "tiny", **extra}
+    r = api.post("/v1/endpoints", json=body, headers=org.headers)
+    assert r.status_code == 201, r.text
+    return slug
+
+
+def test_ingest_query_dedup_delete(rag_stack: Stack) -> None:
+    org = make_org()
+    api = httpx.Client(base_url=rag_stack.url, timeout=60)
+    ds = _dataset(api, org)
+    r = _upload(
+        api, org, ds, [("guide.md", GUIDE_MD.encode()), ("lighthouse.pdf", pdf_with_text(PDF_TEXT))]
+    )
+    assert r.status_code == 202, r.text
+    job = _wait(api, r.json()["id"], org.headers)
+    assert job["status"] == "completed", job
+    assert job["kind"] == "ingest"
+    progress = job["progress"]
+    assert progress["files_total"] == 2 and progress["files_done"] == 2
+    assert progress["files_failed"] == 0
+    # Four Markdown sections + the PDF's one paragraph.
+    assert progress["chunks_indexed"] == 5
+    assert api.get(f"/v1/datasets/{ds}", headers=org.headers).json()["chunks"] == 5
+
+    slug = _endpoint(api, org, ds)
+    r = api.post(
+        f"/v1/endpoints/{slug}/query",
+        json={"query": "How often should the zephyr orchid be watered?", "top_k": 3},
+        headers=org.headers,
+    )
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    top = answer["sources"][0]
+    assert top["source"] == "guide.md"
+    assert top["heading"] == "Zephyr Garden Guide > Watering"
+    assert "rainwater" in top["text"] and top["dataset_id"] == ds
+    assert answer["answer"] and "[0]" in answer["answer"]
+    assert answer["usage"]["completion_tokens"] > 0
+
+    r = api.post(
+        f"/v1/endpoints/{slug}/query",
+        json={"query": "who writes storms in a leather ledger", "top_k": 2},
+        headers=org.headers,
+    )
+    assert r.json()["sources"][0]["source"] == "lighthouse.pdf"
+
+    # search-only endpoints answer only the sources
+    search = _endpoint(api, org, ds, response_type="search", model=None)
+    r = api.post(
+        f"/v1/endpoints/{search}/query",
+        json={"query": "snails lettuce copper"},
+        headers=org.headers,
+    )
+    assert r.json()["answer"] is None
+    assert r.json()["sources"][0]["heading"] == "Zephyr Garden Guide > Pests"
+
+    # streaming: OpenAI chunk events ending with [DONE]
+    with api.stream(
+        "POST",
+        f"/v1/endpoints/{slug}/query",
+        json={"query": "pruning shears", "stream": True},
+        headers=org.headers,
+    ) as response:
+        lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    assert '"chat.completion.chunk"' in lines[0] and '"sources"' in lines[0]
+
+    # unchanged file: skipped, no job; changed file: its chunks replaced
+    r = _upload(api, org, ds, [("guide.md", GUIDE_MD.encode())])
+    assert r.status_code == 200 and r.json()["files"][0]["unchanged"] is True
+    changed = GUIDE_MD.replace("## Pests\n", "## Harvest\n\nPick figs at dawn.\n\n## Pests\n")
+    r = _upload(api, org, ds, [("guide.md", changed.encode())])
+    assert r.status_code == 202
+    job = _wait(api, r.json()["id"], org.headers)
+    assert job["progress"]["chunks_indexed"] == 5
+    assert api.get(f"/v1/datasets/{ds}", headers=org.headers).json()["chunks"] == 6
+
+    # delete a file: its chunks leave the index
+    files = api.get(f"/v1/datasets/{ds}/files", headers=org.headers).json()["data"]
+    pdf = next(f for f in files if f["name"] == "lighthouse.pdf")
+    assert (
+        api.delete(f"/v1/datasets/{ds}/files/{pdf['id']}", headers=org.headers).status_code == 204
+    )
+    assert api.get(f"/v1/datasets/{ds}", headers=org.headers).json()["chunks"] == 5
+    r = api.post(
+        f"/v1/endpoints/{search}/query",
+        json={"query": "basalt lighthouse ledger", "top_k": 10},
+        headers=org.headers,
+    )
+    assert all(s["source"] != "lighthouse.pdf" for s in r.json()["sources"])
+
+    # Syft Space's skip/limit lists
+    page = api.get("/v1/endpoints", params={"skip": 0, "limit": 1}, headers=org.headers).json()
+    assert page["total"] == 2 and len(page["items"]) == 1 and page["skip"] == 0
+
+
+def test_bad_files_fail_clearly_and_the_worker_survives(rag_stack: Stack) -> None:
+    org = make_org()
+    api = httpx.Client(base_url=rag_stack.url, timeout=60)
+    ds = _dataset(api, org)
+    r = _upload(
+        api, org, ds, [("notes.md", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))]
+    )
+    assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type"
+    r = _upload(api, org, ds, [("empty.md", b"")])
+    assert r.status_code == 422 and "empty" in r.json()["error"]["message"]
+    r = _upload(api, org, ds, [("big.md", b"word " * (2 * 1024 * 1024 + 1))])
+    assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
+    r = _upload(api, org, ds, [("scan.pdf", pdf_without_text())])
+    assert r.status_code == 202
+    job = _wait(api, r.json()["id"], org.headers)
+    assert job["status"] == "failed"
+    assert "without text" in job["error"]["message"]
+    files = api.get(f"/v1/datasets/{ds}/files", headers=org.headers).json()["data"]
+    assert files[0]["status"] == "failed" and files[0]["error"]["code"] == "validation_error"
+    # the worker still ingests
+    r = _upload(api, org, ds, [("ok.txt", b"Plain text about the violet kettle.")])
+    assert _wait(api, r.json()["id"], org.headers)["status"] == "completed"
+
+
+def test_policies(rag_stack: Stack) -> None:
+    owner, other = make_org(), make_org()
+    api = httpx.Client(base_url=rag_stack.url, timeout=60)
+    ds = _dataset(api, owner)
+    r = _upload(api, owner, ds, [("guide.md", GUIDE_MD.encode())])
+    _wait(api, r.json()["id"], owner.headers)
+    slug = _endpoint(api, owner, ds, response_type="search", model=None)
+    q = {"query": "watering the orchid"}
+    r = api.post(f"/v1/endpoints/{slug}/query", json=q, headers=other.headers)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+    r = api.post(f"/v1/endpoints/{slug}/query", json=q)
+    assert r.status_code == 403
+
+    def policy(type_: str, config: dict[str, Any]) -> str:
+        r = api.post(
+            "/v1/policies",
+            json={"name": type_, "type": type_, "config": config},
+            headers=owner.headers,
+        )
+        assert r.status_code == 201, r.text
+        return str(r.json()["id"])
+
+    access = policy("access", {"organizations": [other.name]})
+    rate = policy("rate_limit", {"requests_per_minute": 2})
+    r = api.patch(
+        f"/v1/endpoints/{slug}", json={"policy_ids": [access, rate]}, headers=owner.headers
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["policy_ids"] == [access, rate]
+    assert api.post(f"/v1/endpoints/{slug}/query", json=q, headers=other.headers).status_code == 200
+    assert api.post(f"/v1/endpoints/{slug}/query", json=q, headers=other.headers).status_code == 200
+    r = api.post(f"/v1/endpoints/{slug}/query", json=q, headers=other.headers)
+    assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limited"
+    assert int(r.headers["Retry-After"]) >= 1
+    assert api.post(f"/v1/endpoints/{slug}/query", json=q).status_code == 403  # not public
+
+    public = policy("access", {"public": True})
+    budget = policy("budget", {"tokens_per_day": 10})
+    api.patch(f"/v1/endpoints/{slug}", json={"policy_ids": [public, budget]}, headers=owner.headers)
+    r = api.post(
+        f"/v1/endpoints/{slug}/query", json={"query": "orchid rainwater watering schedule"}
+    )
+    assert r.status_code == 200, r.text  # anonymous caller, public endpoint
+    used = r.json()["usage"]["total_tokens"]
+    assert used > 0
+    for _ in range(10):
+        r = api.post(
+            f"/v1/endpoints/{slug}/query", json={"query": "orchid rainwater watering schedule"}
+        )
+        if r.status_code != 200:
+            break
+    assert r.status_code == 429 and r.json()["error"]["code"] == "quota_exceeded"
+
+
+def test_crawl_datasets(rag_stack: Stack) -> None:
+    from tests.sites.site import GeneratedSite
+
+    org = make_org()
+    api = httpx.Client(base_url=rag_stack.url, timeout=60)
+    with GeneratedSite(pages=6, traps=False) as site:
+        config = {"url": site.base, "mode": "full", "max_pages": 4, "render": "never"}
+        r = api.post(
+            "/v1/datasets", json={"name": "site", "dtype": "crawl", "configuration": config},
+            headers=org.headers,
+        )  # fmt: skip
+        assert r.status_code == 201, r.text
+        created = r.json()
+        crawl_job = created["configuration"]["job_id"]
+        job = _wait(api, created["job"]["id"], org.headers)
+    assert job["status"] == "completed", job
+    crawl = api.get(f"/v1/jobs/{crawl_job}", headers=org.headers).json()
+    pages = crawl["progress"]["pages_crawled"]
+    assert pages >= 2
+    assert job["progress"]["files_total"] == pages == job["progress"]["files_done"]
+    assert job["progress"]["chunks_indexed"] >= pages
+    files = api.get(f"/v1/datasets/{created['id']}/files", headers=org.headers).json()["data"]
+    assert len(files) == pages
+    assert all(f["source"].startswith(site.base) and f["status"] == "indexed" for f in files)
+
+    # a dataset over the finished crawl's job: the same pages, searchable by their URLs
+    body = {"name": "again", "dtype": "crawl", "configuration": {"job_id": crawl_job}}
+    r = api.post("/v1/datasets", json=body, headers=org.headers)
+    assert r.status_code == 201, r.text
+    again = r.json()
+    job = _wait(api, again["job"]["id"], org.headers)
+    files = api.get(f"/v1/datasets/{again['id']}/files", headers=org.headers).json()["data"]
+    assert job["progress"]["files_done"] == pages, (job, files)
+    slug = _endpoint(api, org, again["id"], response_type="search", model=None)
+    r = api.post(
+        f"/v1/endpoints/{slug}/query", json={"query": "crawler queue"}, headers=org.headers
+    )
+    sources = r.json()["sources"]
+    assert sources and all(s["source"].startswith(site.base) for s in sources)
