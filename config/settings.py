@@ -228,6 +228,19 @@ class Settings(BaseSettings):
     resources_kube_backup_secret: str = "conveyor-backup-s3"  # ACCESS_KEY_ID, ACCESS_SECRET_KEY
     resources_kube_ready_timeout_seconds: float = 900.0
     resources_kube_poll_seconds: float = 2.0
+    # --- billing ------------------------------------------------------------------------------
+    operator_key: SecretStr = Field(
+        default=SecretStr(""), description="The platform operator's key (grants credits)."
+    )
+    billing_metering: bool = Field(default=True, description="Write usage events of jobs.")
+    billing_currency: str = "USD"
+    billing_prices: str = Field(default="", description="JSON price tiers over the defaults.")
+    billing_gpu_type: str = Field(default="cpu", description="gpu_seconds dimension here.")
+    billing_grace_seconds: float = Field(
+        default=3600.0, description="Out of credit this long: running deployments are stopped."
+    )
+    billing_close_interval_seconds: float = 3600.0  # the period-closing beat's period
+    billing_enforce_interval_seconds: float = 60.0  # deployments-usage / credit beat's period
 
     def resolved_default_plan(self) -> str:
         """The plan of a new organisation: ``CONVEYOR_DEFAULT_PLAN``, else ``unlimited`` on the

@@ -1,0 +1,167 @@
+"""Queries of the billing domain. Functions take the caller's session and never commit."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Row, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from billing.models import BillingAccount, CreditEntry, Invoice, UsageEvent, UsageRollup
+from store import pagination
+
+
+def _insert(session: Session, model: Any) -> Any:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return pg_insert(model)
+    if dialect == "sqlite":
+        return sqlite_insert(model)
+    raise RuntimeError(f"unsupported dialect {dialect}")  # pragma: no cover
+
+
+def insert_events(session: Session, rows: Sequence[dict[str, Any]]) -> list[Row[Any]]:
+    """Insert events, skipping any whose idempotency key exists; the rows actually inserted."""
+    if not rows:
+        return []
+    stmt = (
+        _insert(session, UsageEvent)
+        .values(list(rows))
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        .returning(
+            UsageEvent.org_id,
+            UsageEvent.period,
+            UsageEvent.occurred_at,
+            UsageEvent.meter,
+            UsageEvent.dimension,
+            UsageEvent.quantity,
+        )
+    )
+    return list(session.execute(stmt).all())
+
+
+def add_to_rollups(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Upsert-increment rollup rows ``{org_id, period, day, meter, dimension, quantity, events}``
+    (sorted, so concurrent writers lock rows in one order)."""
+    if not rows:
+        return
+    ordered = sorted(
+        rows, key=lambda r: (r["org_id"], r["period"], r["day"], r["meter"], r["dimension"])
+    )
+    stmt = _insert(session, UsageRollup).values(ordered)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["org_id", "period", "day", "meter", "dimension"],
+        set_={
+            "quantity": UsageRollup.quantity + stmt.excluded.quantity,
+            "events": UsageRollup.events + stmt.excluded.events,
+        },
+    )
+    session.execute(stmt)
+
+
+def rollup_totals(
+    session: Session, org_id: str, period: str, *, by_day: bool = False
+) -> list[Row[Any]]:
+    """``(meter, dimension, [day,] quantity, events)`` of one organisation's billing month."""
+    keys: list[Any] = [UsageRollup.meter, UsageRollup.dimension]
+    if by_day:
+        keys.append(UsageRollup.day)
+    query = (
+        select(*keys, func.sum(UsageRollup.quantity), func.sum(UsageRollup.events))
+        .where(UsageRollup.org_id == org_id, UsageRollup.period == period)
+        .group_by(*keys)
+        .order_by(*keys)
+    )
+    return list(session.execute(query).all())
+
+
+def rollup_lines(session: Session, org_id: str, period: str) -> list[Row[Any]]:
+    """``(meter, dimension, day, quantity)`` rows of one month (for invoice lines)."""
+    query = (
+        select(UsageRollup.meter, UsageRollup.dimension, UsageRollup.day, UsageRollup.quantity)
+        .where(UsageRollup.org_id == org_id, UsageRollup.period == period)
+        .order_by(UsageRollup.meter, UsageRollup.dimension, UsageRollup.day)
+    )
+    return list(session.execute(query).all())
+
+
+def subject_totals(session: Session, org_id: str, period: str, *, limit: int) -> list[Row[Any]]:
+    """``(subject_type, subject_id, meter, dimension, quantity, events)`` from the events (on the
+    (org, period, subject) index), at most ``limit`` rows."""
+    keys = (UsageEvent.subject_type, UsageEvent.subject_id, UsageEvent.meter, UsageEvent.dimension)
+    query = (
+        select(*keys, func.sum(UsageEvent.quantity), func.count())
+        .where(UsageEvent.org_id == org_id, UsageEvent.period == period)
+        .group_by(*keys)
+        .order_by(*keys)
+        .limit(limit)
+    )
+    return list(session.execute(query).all())
+
+
+def orgs_with_usage(session: Session, period: str) -> list[str]:
+    query = select(UsageRollup.org_id).where(UsageRollup.period == period).distinct()
+    return [str(org_id) for org_id in session.scalars(query)]
+
+
+def invoiced(session: Session, org_id: str, period: str) -> bool:
+    query = select(Invoice.id).where(Invoice.org_id == org_id, Invoice.period == period)
+    return session.scalar(query) is not None
+
+
+# --- credits ----------------------------------------------------------------------------------
+
+
+def credit_sum(session: Session, org_id: str) -> int:
+    query = select(func.coalesce(func.sum(CreditEntry.amount_micros), 0)).where(
+        CreditEntry.org_id == org_id
+    )
+    return int(session.scalar(query) or 0)
+
+
+def add_credit(
+    session: Session, org_id: str, amount_micros: int, reason: str, invoice_id: str | None = None
+) -> CreditEntry:
+    entry = CreditEntry(
+        org_id=org_id, amount_micros=amount_micros, reason=reason, invoice_id=invoice_id
+    )
+    session.add(entry)
+    session.flush()
+    return entry
+
+
+def get_account(session: Session, org_id: str) -> BillingAccount | None:
+    return session.get(BillingAccount, org_id)
+
+
+# --- invoices ---------------------------------------------------------------------------------
+
+
+def claim_invoice(session: Session, values: dict[str, Any]) -> str | None:
+    """Insert the (org, period) invoice unless one exists; its id when this call made it."""
+    stmt = (
+        _insert(session, Invoice)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["org_id", "period"])
+        .returning(Invoice.id)
+    )
+    return session.execute(stmt).scalar()
+
+
+def get_invoice(
+    session: Session, org_id: str, invoice_id: str, *, lock: bool = False
+) -> Invoice | None:
+    query = select(Invoice).where(Invoice.id == invoice_id, Invoice.org_id == org_id)
+    if lock and session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    return session.scalar(query)
+
+
+def list_invoices(
+    session: Session, org_id: str, *, limit: int, cursor: str | None
+) -> tuple[list[Invoice], str | None]:
+    query = select(Invoice).where(Invoice.org_id == org_id)
+    return pagination.list_page(session, query, Invoice, limit=limit, cursor=cursor)
