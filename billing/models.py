@@ -9,7 +9,7 @@ from sqlalchemy import BigInteger, ForeignKey, Index, String, Text, UniqueConstr
 from sqlalchemy.orm import Mapped, mapped_column
 
 from common.timeutil import utcnow
-from store.models import BigIntPK, Base, JSONType, UTCDateTime, new_id
+from store.models import Base, BigIntPK, JSONType, UTCDateTime, new_id
 
 
 class UsageEvent(Base):

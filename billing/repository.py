@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Row, func, select
+from sqlalchemy import Connection, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -13,9 +13,12 @@ from sqlalchemy.orm import Session
 from billing.models import BillingAccount, CreditEntry, Invoice, UsageEvent, UsageRollup
 from store import pagination
 
+Executor = Session | Connection
 
-def _insert(session: Session, model: Any) -> Any:
-    dialect = session.get_bind().dialect.name
+
+def _insert(executor: Executor, model: Any) -> Any:
+    bind = executor.get_bind() if isinstance(executor, Session) else executor
+    dialect = bind.dialect.name
     if dialect == "postgresql":
         return pg_insert(model)
     if dialect == "sqlite":
@@ -23,7 +26,7 @@ def _insert(session: Session, model: Any) -> Any:
     raise RuntimeError(f"unsupported dialect {dialect}")  # pragma: no cover
 
 
-def insert_events(session: Session, rows: Sequence[dict[str, Any]]) -> list[Row[Any]]:
+def insert_events(session: Executor, rows: Sequence[dict[str, Any]]) -> list[Any]:
     """Insert events, skipping any whose idempotency key exists; the rows actually inserted."""
     if not rows:
         return []
@@ -43,7 +46,7 @@ def insert_events(session: Session, rows: Sequence[dict[str, Any]]) -> list[Row[
     return list(session.execute(stmt).all())
 
 
-def add_to_rollups(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+def add_to_rollups(session: Executor, rows: Sequence[dict[str, Any]]) -> None:
     """Upsert-increment rollup rows ``{org_id, period, day, meter, dimension, quantity, events}``
     (sorted, so concurrent writers lock rows in one order)."""
     if not rows:
@@ -62,9 +65,7 @@ def add_to_rollups(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     session.execute(stmt)
 
 
-def rollup_totals(
-    session: Session, org_id: str, period: str, *, by_day: bool = False
-) -> list[Row[Any]]:
+def rollup_totals(session: Session, org_id: str, period: str, *, by_day: bool = False) -> list[Any]:
     """``(meter, dimension, [day,] quantity, events)`` of one organisation's billing month."""
     keys: list[Any] = [UsageRollup.meter, UsageRollup.dimension]
     if by_day:
@@ -78,7 +79,7 @@ def rollup_totals(
     return list(session.execute(query).all())
 
 
-def rollup_lines(session: Session, org_id: str, period: str) -> list[Row[Any]]:
+def rollup_lines(session: Session, org_id: str, period: str) -> list[Any]:
     """``(meter, dimension, day, quantity)`` rows of one month (for invoice lines)."""
     query = (
         select(UsageRollup.meter, UsageRollup.dimension, UsageRollup.day, UsageRollup.quantity)
@@ -88,7 +89,7 @@ def rollup_lines(session: Session, org_id: str, period: str) -> list[Row[Any]]:
     return list(session.execute(query).all())
 
 
-def subject_totals(session: Session, org_id: str, period: str, *, limit: int) -> list[Row[Any]]:
+def subject_totals(session: Session, org_id: str, period: str, *, limit: int) -> list[Any]:
     """``(subject_type, subject_id, meter, dimension, quantity, events)`` from the events (on the
     (org, period, subject) index), at most ``limit`` rows."""
     keys = (UsageEvent.subject_type, UsageEvent.subject_id, UsageEvent.meter, UsageEvent.dimension)
@@ -107,7 +108,7 @@ def orgs_with_usage(session: Session, period: str) -> list[str]:
     return [str(org_id) for org_id in session.scalars(query)]
 
 
-def invoiced(session: Session, org_id: str, period: str) -> bool:
+def invoiced(session: Executor, org_id: str, period: str) -> bool:
     query = select(Invoice.id).where(Invoice.org_id == org_id, Invoice.period == period)
     return session.scalar(query) is not None
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from billing import repository
@@ -82,7 +83,7 @@ class Usage:
     idempotency_key: str
 
 
-def record_usage(session: Session, usages: Iterable[Usage]) -> int:
+def record_usage(session: Session | Connection, usages: Iterable[Usage]) -> int:
     """Insert the events (a key already written is skipped) and add what was inserted to the
     rollups, in the caller's transaction; how many were new. An event of a month already invoiced
     for its organisation goes into the current month (an adjustment on the next invoice)."""

@@ -116,7 +116,8 @@ def _finish_completed(ctx: JobContext, delivery_id: str, result: dict[str, Any] 
             ctx.listening = has_targets(session, ctx.org_id, ctx.job_id)
 
     def complete() -> bool:
-        if ctx.listening or not is_postgresql():
+        # Metering writes the job's usage events in the completing transaction: a session.
+        if ctx.listening or not is_postgresql() or get_settings().billing_metering:
             with session_scope() as session:
                 won = job_store.complete(
                     session,

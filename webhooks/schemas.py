@@ -33,7 +33,8 @@ RESOURCE_EVENTS: tuple[str, ...] = (
     "resource.backup_completed",
     "resource.backup_failed",
 )
-EVENT_TYPES: tuple[str, ...] = JOB_EVENTS + DEPLOYMENT_EVENTS + RESOURCE_EVENTS
+BILLING_EVENTS: tuple[str, ...] = ("invoice.created", "invoice.paid", "billing.deployments_stopped")
+EVENT_TYPES: tuple[str, ...] = JOB_EVENTS + DEPLOYMENT_EVENTS + RESOURCE_EVENTS + BILLING_EVENTS
 
 EventType = Literal[
     "job.started",
@@ -54,6 +55,9 @@ EventType = Literal[
     "resource.deleted",
     "resource.backup_completed",
     "resource.backup_failed",
+    "invoice.created",
+    "invoice.paid",
+    "billing.deployments_stopped",
 ]
 DeliveryStatus = Literal["pending", "succeeded", "failed"]
 
