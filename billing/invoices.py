@@ -131,6 +131,12 @@ def get(session: Session, org_id: str, invoice_id: str, *, lock: bool = False) -
     return invoice
 
 
+def list_page(
+    session: Session, org_id: str, *, limit: int, cursor: str | None
+) -> tuple[list[Invoice], str | None]:
+    return repository.list_invoices(session, org_id, limit=limit, cursor=cursor)
+
+
 def invoice_view(invoice: Invoice) -> dict[str, Any]:
     return InvoiceOut.model_validate(invoice).model_dump(mode="json")
 

@@ -264,3 +264,46 @@ def grant_credits(
         )
     entry = repository.add_credit(session, org_id, amount_micros, reason)
     return entry.id, credits_balance(session, org_id)
+
+
+def usage_lines(
+    session: Session, org_id: str, period: str, *, by_day: bool = False
+) -> list[dict[str, Any]]:
+    """Priced lines of a month per meter and dimension (and day), from the rollups."""
+    _, tier = org_tier(session, org_id)
+    out: list[dict[str, Any]] = []
+    for row in repository.rollup_totals(session, org_id, period, by_day=by_day):
+        meter, dimension, quantity, events = row[0], row[1], int(row[-2]), int(row[-1])
+        out.append(
+            _priced(tier, meter, dimension, quantity, events, day=row[2] if by_day else None)
+        )
+    return out
+
+
+def subject_lines(
+    session: Session, org_id: str, period: str, *, limit: int
+) -> list[dict[str, Any]]:
+    """Priced lines of a month per subject (job, deployment, resource), meter and dimension."""
+    _, tier = org_tier(session, org_id)
+    rows = repository.subject_totals(session, org_id, period, limit=limit)
+    return [
+        _priced(tier, m, dim, int(qty), int(n), subject_type=kind, subject_id=subject)
+        for kind, subject, m, dim, qty, n in rows
+    ]
+
+
+def _priced(
+    tier: Tier, meter: str, dimension: str, quantity: int, events: int, **extra: Any
+) -> dict[str, Any]:
+    price = tier.price(meter, dimension)
+    return {
+        "meter": meter,
+        "dimension": dimension,
+        "unit": UNITS.get(meter, ""),
+        "quantity": quantity,
+        "events": events,
+        "unit_price_micros": price.micros,
+        "per": price.per,
+        "cost_micros": price.cost(quantity),
+        **extra,
+    }
