@@ -16,9 +16,13 @@ from store import pagination
 Executor = Session | Connection
 
 
-def _insert(executor: Executor, model: Any) -> Any:
+def dialect_of(executor: Executor) -> str:
     bind = executor.get_bind() if isinstance(executor, Session) else executor
-    dialect = bind.dialect.name
+    return str(bind.dialect.name)
+
+
+def _insert(executor: Executor, model: Any) -> Any:
+    dialect = dialect_of(executor)
     if dialect == "postgresql":
         return pg_insert(model)
     if dialect == "sqlite":
@@ -44,6 +48,47 @@ def insert_events(session: Executor, rows: Sequence[dict[str, Any]]) -> list[Any
         )
     )
     return list(session.execute(stmt).all())
+
+
+def insert_events_with_rollups(session: Executor, rows: Sequence[dict[str, Any]]) -> int:
+    """PostgreSQL: :func:`insert_events` and :func:`add_to_rollups` of what was inserted as one
+    statement (data-modifying CTEs): one round trip on the job's completing transaction. Returns
+    how many events were new."""
+    if not rows:
+        return 0
+    ins = (
+        pg_insert(UsageEvent)
+        .values(list(rows))
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        .returning(
+            UsageEvent.org_id,
+            UsageEvent.period,
+            UsageEvent.occurred_at,
+            UsageEvent.meter,
+            UsageEvent.dimension,
+            UsageEvent.quantity,
+        )
+        .cte("ins")
+    )
+    day = func.to_char(func.timezone("UTC", ins.c.occurred_at), "YYYY-MM-DD")
+    keys = (ins.c.org_id, ins.c.period, day, ins.c.meter, ins.c.dimension)
+    grouped = (
+        select(*keys, func.sum(ins.c.quantity), func.count())
+        .group_by(*keys)
+        .order_by(*keys)  # concurrent writers lock rollup rows in one order
+    )
+    upsert = pg_insert(UsageRollup).from_select(
+        ["org_id", "period", "day", "meter", "dimension", "quantity", "events"], grouped
+    )
+    upsert = upsert.on_conflict_do_update(
+        index_elements=["org_id", "period", "day", "meter", "dimension"],
+        set_={
+            "quantity": UsageRollup.quantity + upsert.excluded.quantity,
+            "events": UsageRollup.events + upsert.excluded.events,
+        },
+    )
+    query = select(func.count()).select_from(ins).add_cte(upsert.cte("roll"))
+    return int(session.execute(query).scalar_one())
 
 
 def add_to_rollups(session: Executor, rows: Sequence[dict[str, Any]]) -> None:

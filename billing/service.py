@@ -117,6 +117,8 @@ def record_usage(session: Session | Connection, usages: Iterable[Usage]) -> int:
                 "created_at": utcnow(),
             }
         )
+    if repository.dialect_of(session) == "postgresql":
+        return repository.insert_events_with_rollups(session, rows)
     inserted = repository.insert_events(session, rows)
     sums: dict[tuple[str, str, str, str, str], list[int]] = defaultdict(lambda: [0, 0])
     for row in inserted:
@@ -201,19 +203,29 @@ class CreditPosition:
         return self.allowance_left_micros + self.credits_left_micros
 
 
-def credit_position(session: Session, org_id: str) -> CreditPosition:
-    plan, tier = org_tier(session, org_id)
+def credit_position(
+    session: Session,
+    org_id: str,
+    *,
+    tier: tuple[str, Tier] | None = None,
+    spent_micros: int | None = None,
+) -> CreditPosition:
+    """Where the organisation stands this month; ``tier`` and ``spent_micros`` when the caller
+    already read them (the usage endpoint)."""
+    plan, found = tier or org_tier(session, org_id)
     period = period_key()
-    spent = sum(t.cost_micros for t in line_totals(session, org_id, period).values())
+    if spent_micros is None:
+        rows = repository.rollup_totals(session, org_id, period)
+        spent_micros = sum(found.price(m, d).cost(int(q)) for m, d, q, _ in rows)
     balance = credits_balance(session, org_id)
-    beyond = max(0, spent - tier.allowance_micros)
+    beyond = max(0, spent_micros - found.allowance_micros)
     return CreditPosition(
         plan=plan,
-        tier=tier,
+        tier=found,
         period=period,
-        spent_micros=spent,
+        spent_micros=spent_micros,
         balance_micros=balance,
-        allowance_left_micros=max(0, tier.allowance_micros - spent),
+        allowance_left_micros=max(0, found.allowance_micros - spent_micros),
         credits_left_micros=balance - beyond,
     )
 
@@ -230,10 +242,10 @@ def check_credits(session: Session, org_id: str, kind: str, input: Mapping[str, 
     """402 ``quota_exceeded`` (details ``{needed, balance}``) when a prepaid organisation cannot
     pay for a new ``kind`` job from its allowance and credits. Called by ``jobs.service.
     create_job`` before anything is inserted or queued."""
-    _, tier = org_tier(session, org_id)
+    plan, tier = org_tier(session, org_id)
     if not tier.prepaid:
         return
-    position = credit_position(session, org_id)
+    position = credit_position(session, org_id, tier=(plan, tier))
     needed = estimate_job_cost(tier, kind, input)
     if needed > position.available_micros:
         raise InsufficientCredits(
@@ -267,10 +279,9 @@ def grant_credits(
 
 
 def usage_lines(
-    session: Session, org_id: str, period: str, *, by_day: bool = False
+    session: Session, tier: Tier, org_id: str, period: str, *, by_day: bool = False
 ) -> list[dict[str, Any]]:
     """Priced lines of a month per meter and dimension (and day), from the rollups."""
-    _, tier = org_tier(session, org_id)
     out: list[dict[str, Any]] = []
     for row in repository.rollup_totals(session, org_id, period, by_day=by_day):
         meter, dimension, quantity, events = row[0], row[1], int(row[-2]), int(row[-1])
@@ -281,10 +292,9 @@ def usage_lines(
 
 
 def subject_lines(
-    session: Session, org_id: str, period: str, *, limit: int
+    session: Session, tier: Tier, org_id: str, period: str, *, limit: int
 ) -> list[dict[str, Any]]:
     """Priced lines of a month per subject (job, deployment, resource), meter and dimension."""
-    _, tier = org_tier(session, org_id)
     rows = repository.subject_totals(session, org_id, period, limit=limit)
     return [
         _priced(tier, m, dim, int(qty), int(n), subject_type=kind, subject_id=subject)

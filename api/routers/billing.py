@@ -61,9 +61,9 @@ def get_billing_usage(
     plan, tier = service.org_tier(db, org_id)
     lines: list[UsageLine] = []
     if query.group_by == "subject":
-        rows = service.subject_lines(db, org_id, period, limit=SUBJECT_ROWS)
+        rows = service.subject_lines(db, tier, org_id, period, limit=SUBJECT_ROWS)
     else:
-        rows = service.usage_lines(db, org_id, period, by_day=query.group_by == "day")
+        rows = service.usage_lines(db, tier, org_id, period, by_day=query.group_by == "day")
     lines = [UsageLine(**row) for row in rows]
     meters: dict[str, MeterSummary] = {}
     for line in lines:
@@ -72,9 +72,13 @@ def get_billing_usage(
         )
         seen.quantity += line.quantity
         seen.cost_micros += line.cost_micros
-    position = service.credit_position(db, org_id)
     start, end = service.period_bounds(period)
-    current = period == position.period
+    current = period == service.resolve_period("current")
+    subtotal = sum(m.cost_micros for m in meters.values())
+    exact = current and query.group_by != "subject"  # the lines are the whole month
+    position = service.credit_position(
+        db, org_id, tier=(plan, tier), spent_micros=subtotal if exact else None
+    )
     return BillingUsage(
         period=period,
         period_start=start,
@@ -85,7 +89,7 @@ def get_billing_usage(
         group_by=query.group_by,
         meters=sorted(meters.values(), key=lambda m: list(UNITS).index(m.meter)),
         lines=lines,
-        subtotal_micros=sum(m.cost_micros for m in meters.values()),
+        subtotal_micros=subtotal,
         allowance_micros=tier.allowance_micros,
         allowance_left_micros=position.allowance_left_micros if current else 0,
         credits_balance_micros=position.balance_micros,
