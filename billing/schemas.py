@@ -35,6 +35,7 @@ class MeterSummary(BaseModel):
 class BillingUsage(BaseModel):
     """``GET /v1/billing/usage``."""
 
+    org_id: str
     period: str
     period_start: datetime
     period_end: datetime

@@ -80,6 +80,7 @@ def get_billing_usage(
         db, org_id, tier=(plan, tier), spent_micros=subtotal if exact else None
     )
     return BillingUsage(
+        org_id=org_id,
         period=period,
         period_start=start,
         period_end=end,
