@@ -56,8 +56,8 @@ def load_events(org_id: str, count: int) -> float:
                 f"""
                 INSERT INTO usage_events (org_id, meter, dimension, quantity, unit, subject_type,
                     subject_id, occurred_at, period, idempotency_key, created_at)
-                SELECT CAST(:org AS varchar), ({meters})[1 + i % {len(METERS)}], 'd' || (i % 3), 1 + i % 5, 'u',
-                       'job', 'job-' || (i / 3), CAST(:start AS timestamptz)
+                SELECT CAST(:org AS varchar), ({meters})[1 + i % {len(METERS)}], 'd' || (i % 3),
+                       1 + i % 5, 'u', 'job', 'job-' || (i / 3), CAST(:start AS timestamptz)
                        + ((i % CAST(:days AS int)) || ' days')::interval
                        + ((i % 86000) || ' seconds')::interval, CAST(:period AS varchar),
                        'bench:' || CAST(:org AS varchar) || ':' || i, now()
@@ -167,7 +167,7 @@ def bench_metering(args: argparse.Namespace, bench: harness.Bench) -> float:
                     select(func.count()).where(Job.org_id == org.org_id, Job.status == "completed")
                 )
             if (done or 0) >= n:
-                return time.perf_counter() - t0
+                return float(time.perf_counter() - t0)
             if any(p.poll() is not None for p in procs.values()):
                 raise RuntimeError("a worker died")
             time.sleep(0.01)
@@ -184,7 +184,7 @@ def bench_metering(args: argparse.Namespace, bench: harness.Bench) -> float:
     print(f"queue_overhead metering compare n={total} rounds={args.rounds} (ABBA)")
     print(f"  anchor  Conveyor jobs, metering off : {off:8.1f} jobs/s")
     print(f"  ours    Conveyor jobs, metering on  : {on:8.1f} jobs/s")
-    return on / off
+    return float(on / off)
 
 
 def main() -> int:
