@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -50,45 +50,44 @@ def insert_events(session: Executor, rows: Sequence[dict[str, Any]]) -> list[Any
     return list(session.execute(stmt).all())
 
 
+#: PostgreSQL: the events (as arrays: one statement text whatever the number of rows, so it is
+#: prepared once) and the rollups of those actually inserted, in one statement.
+_EVENT_COLUMNS = (
+    ("org_id", "varchar"), ("meter", "varchar"), ("dimension", "varchar"),
+    ("quantity", "bigint"), ("unit", "varchar"), ("subject_type", "varchar"),
+    ("subject_id", "varchar"), ("occurred_at", "timestamptz"), ("period", "varchar"),
+    ("idempotency_key", "varchar"), ("created_at", "timestamptz"),
+)  # fmt: skip
+_INSERT_WITH_ROLLUPS = text(
+    f"""
+    WITH ins AS (
+        INSERT INTO usage_events ({", ".join(name for name, _ in _EVENT_COLUMNS)})
+        SELECT * FROM unnest({", ".join(f"CAST(:{n} AS {t}[])" for n, t in _EVENT_COLUMNS)})
+        ON CONFLICT (idempotency_key) DO NOTHING
+        RETURNING org_id, period, occurred_at, meter, dimension, quantity
+    ), roll AS (
+        INSERT INTO usage_rollups (org_id, period, day, meter, dimension, quantity, events)
+        SELECT org_id, period, to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD'), meter,
+               dimension, sum(quantity), count(*)
+        FROM ins GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
+        ON CONFLICT (org_id, period, day, meter, dimension) DO UPDATE
+        SET quantity = usage_rollups.quantity + EXCLUDED.quantity,
+            events = usage_rollups.events + EXCLUDED.events
+    )
+    SELECT count(*) FROM ins
+    """
+)
+
+
 def insert_events_with_rollups(session: Executor, rows: Sequence[dict[str, Any]]) -> int:
     """PostgreSQL: :func:`insert_events` and :func:`add_to_rollups` of what was inserted as one
-    statement (data-modifying CTEs): one round trip on the job's completing transaction. Returns
-    how many events were new."""
+    statement (data-modifying CTEs): one round trip in the job's completing transaction. Returns
+    how many events were new. Rollup rows are locked in key order (no deadlock between
+    concurrent writers)."""
     if not rows:
         return 0
-    ins = (
-        pg_insert(UsageEvent)
-        .values(list(rows))
-        .on_conflict_do_nothing(index_elements=["idempotency_key"])
-        .returning(
-            UsageEvent.org_id,
-            UsageEvent.period,
-            UsageEvent.occurred_at,
-            UsageEvent.meter,
-            UsageEvent.dimension,
-            UsageEvent.quantity,
-        )
-        .cte("ins")
-    )
-    day = func.to_char(func.timezone("UTC", ins.c.occurred_at), "YYYY-MM-DD")
-    keys = (ins.c.org_id, ins.c.period, day, ins.c.meter, ins.c.dimension)
-    grouped = (
-        select(*keys, func.sum(ins.c.quantity), func.count())
-        .group_by(*keys)
-        .order_by(*keys)  # concurrent writers lock rollup rows in one order
-    )
-    upsert = pg_insert(UsageRollup).from_select(
-        ["org_id", "period", "day", "meter", "dimension", "quantity", "events"], grouped
-    )
-    upsert = upsert.on_conflict_do_update(
-        index_elements=["org_id", "period", "day", "meter", "dimension"],
-        set_={
-            "quantity": UsageRollup.quantity + upsert.excluded.quantity,
-            "events": UsageRollup.events + upsert.excluded.events,
-        },
-    )
-    query = select(func.count()).select_from(ins).add_cte(upsert.cte("roll"))
-    return int(session.execute(query).scalar_one())
+    params = {name: [row[name] for row in rows] for name, _ in _EVENT_COLUMNS}
+    return int(session.execute(_INSERT_WITH_ROLLUPS, params).scalar_one())
 
 
 def add_to_rollups(session: Executor, rows: Sequence[dict[str, Any]]) -> None:
