@@ -41,6 +41,7 @@ from store.db import (
     session_scope,
     store_reachable,
     store_retry,
+    transaction,
 )
 from store.jobs import JobStatus, StartedJob, StartOutcome
 from store.migrate import require_migrated
@@ -116,8 +117,7 @@ def _finish_completed(ctx: JobContext, delivery_id: str, result: dict[str, Any] 
             ctx.listening = has_targets(session, ctx.org_id, ctx.job_id)
 
     def complete() -> bool:
-        # Metering writes the job's usage events in the completing transaction: a session.
-        if ctx.listening or not is_postgresql() or get_settings().billing_metering:
+        if ctx.listening or not is_postgresql():
             with session_scope() as session:
                 won = job_store.complete(
                     session,
@@ -130,6 +130,16 @@ def _finish_completed(ctx: JobContext, delivery_id: str, result: dict[str, Any] 
                 if won and ctx.listening:
                     emit_job_event(session, "job.completed", ctx.job_id)
                 return won
+        if get_settings().billing_metering:  # the usage events commit with the completion
+            with transaction() as connection:
+                return job_store.complete(
+                    connection,
+                    ctx.job_id,
+                    result=result,
+                    result_seq=seq,
+                    delivery_id=delivery_id,
+                    merge_progress=pending,
+                )
         with autocommit() as connection:
             return job_store.complete(
                 connection,
