@@ -56,7 +56,9 @@ class CreditGrant(BaseModel):
     """``POST /v1/billing/credits`` (the operator's key)."""
 
     org_id: str = Field(min_length=1, max_length=64)
-    amount_micros: int = Field(description="Positive grants, negative corrections.")
+    amount_micros: int = Field(
+        ge=-(10**15), le=10**15, description="Positive grants, negative corrections (not 0)."
+    )
     reason: str = Field(default="", max_length=500)
 
 
