@@ -34,6 +34,7 @@ PACKAGES := api cli common config crawler deployments diagnostics idempotency in
 	monitoring plans resources store tasks webhooks workers projects
 	monitoring plans resources store tasks webhooks workers assistants
 	monitoring plans resources store tasks webhooks workers rag
+	monitoring plans resources store tasks webhooks workers billing
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -35,6 +35,7 @@ ROUTERS: list[str] = [
     "api.routers.projects",
     "api.routers.assistants",
     "api.routers.rag",
+    "api.routers.billing",
 ]
 
 

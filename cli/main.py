@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from cli.billing import app as billing_app
 from cli.crawl import crawl as crawl_command
 from cli.jobs import jobs_app
 from cli.orgs import app as orgs_app
@@ -29,6 +30,7 @@ keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(orgs_app, name="orgs")
+app.add_typer(billing_app, name="billing")
 app.command(name="crawl")(crawl_command)
 err = Console(stderr=True, soft_wrap=True)  # one message, one line
 

@@ -82,6 +82,17 @@ def resolve(path: str) -> Any:
 #: registered on import, so every process (API, deploy worker, beat) rolls out the same env.
 DEPLOYMENT_ENV_PROVIDERS: tuple[str, ...] = ("resources.service:bound_env",)
 
+#: What else happens, in the same transaction, when a job reaches a terminal state: ``"module:
+#: name"`` paths of ``fn(executor, job_id)`` called by ``store.jobs`` after the transition that won
+#: (billing meters the job's usage). Declared here, not registered on import.
+JOB_TERMINAL_HOOKS: tuple[str, ...] = ("billing.metering:record_job_usage",)
+#: Billing's beat reads usage from other domains' durable state: ``"module:name"`` of
+#: ``fn() -> int`` (events written, idempotent per interval).
+BILLING_METERS: tuple[str, ...] = ("resources.jobs:meter_storage",)
+#: What stops an organisation's running work once it is out of credit past the grace period:
+#: ``fn(session, org_id) -> list[str]`` (ids stopped; stopped, never deleted).
+BILLING_SUSPENDERS: tuple[str, ...] = ("deployments.jobs:stop_for_credit",)
+
 # Redis redelivers an unacked message after this long: keep it above the longest hard limit.
 VISIBILITY_TIMEOUT = max(k.time_limit for k in KINDS.values()) + 600
 
@@ -101,6 +112,7 @@ TASK_MODULES: list[str] = [
     # (no import edge from the Celery app to the domains that record through the outbox):
     "workers.lifecycle",  # start and close each process's shared resources
     "monitoring.jobs",  # worker metrics and heartbeats
+    "tasks.billing",
 ]
 
 # Routes for tasks that are not job kinds (maintenance, webhooks …).
@@ -111,6 +123,7 @@ EXTRA_ROUTES: dict[str, dict[str, str]] = {
     "deployments.*": {"queue": DEPLOY},
     "resources.*": {"queue": MAINTENANCE},
     "projects.*": {"queue": DEPLOY},
+    "billing.*": {"queue": MAINTENANCE},
 }
 
 
@@ -185,6 +198,13 @@ def beat_schedule() -> dict[str, dict[str, Any]]:
         "supervise-projects": {
             "task": "projects.supervise",
             "schedule": timedelta(seconds=_setting("projects_supervise_seconds")),
+        "billing-close-periods": {  # invoices of the months that ended (idempotent)
+            "task": "billing.close_periods",
+            "schedule": timedelta(seconds=_setting("billing_close_interval_seconds")),
+        },
+        "billing-meter-and-enforce": {  # replica/storage usage; stop deployments out of credit
+            "task": "billing.meter_and_enforce",
+            "schedule": timedelta(seconds=_setting("billing_enforce_interval_seconds")),
         },
     }
 

@@ -284,6 +284,19 @@ class Settings(BaseSettings):
     rag_chunk_overlap: int = 64
     rag_inference_timeout_seconds: float = 120.0  # a query's embedding or answer
     rag_crawl_wait_seconds: float = 3600.0  # an ingest waits this long for its crawl
+    # --- billing ------------------------------------------------------------------------------
+    operator_key: SecretStr = Field(
+        default=SecretStr(""), description="The platform operator's key (grants credits)."
+    )
+    billing_metering: bool = Field(default=True, description="Write usage events of jobs.")
+    billing_currency: str = "USD"
+    billing_prices: str = Field(default="", description="JSON price tiers over the defaults.")
+    billing_gpu_type: str = Field(default="cpu", description="gpu_seconds dimension here.")
+    billing_grace_seconds: float = Field(
+        default=3600.0, description="Out of credit this long: running deployments are stopped."
+    )
+    billing_close_interval_seconds: float = 3600.0  # the period-closing beat's period
+    billing_enforce_interval_seconds: float = 60.0  # deployments-usage / credit beat's period
 
     def resolved_default_plan(self) -> str:
         """The plan of a new organisation: ``CONVEYOR_DEFAULT_PLAN``, else ``unlimited`` on the

@@ -168,6 +168,8 @@ def record(job_id: str, request: CrawlRequest, scope: Scope, batch: list[Finishe
                     )
                 )
                 deltas["pages_crawled"] += 1
+                if out.record.rendered:  # billed apart (billing.metering: pages_crawled)
+                    deltas["pages_rendered"] = deltas.get("pages_rendered", 0) + 1
                 if follow:
                     links = [(_norm(request, link), page.depth + 1) for link in out.links]
                     links = [(u, d) for u, d in links if scope.allows(u, d)]

@@ -179,3 +179,17 @@ def _scale_down_if_idle(session: Session, dep: Deployment, idle_limit_s: float) 
     if idle >= idle_limit_s:
         service.scale_to_zero(dep, idle, now)
         log.info("deployment %s idle for %.0f s: scaled to zero", dep.id, idle)
+
+
+def stop_for_credit(session: Session, org_id: str) -> list[str]:
+    """Stop (never delete) the organisation's deployments that run or are meant to: billing's
+    enforcement once it is out of credit past the grace period (``BILLING_SUSPENDERS``). The
+    deployments keep their configuration; ``POST …/start`` brings them back."""
+    stopped: list[str] = []
+    for dep in repository.list_live_names(session, org_id):
+        if dep.desired != "running":
+            continue
+        service.stop(session, service.get(session, org_id, dep.id, lock=True))
+        service.schedule(session, dep, "stop")
+        stopped.append(dep.id)
+    return stopped

@@ -28,8 +28,10 @@ from typing import Any
 
 from sqlalchemy.orm import Session, object_session
 
+from billing import service as billing
 from common.errors import Conflict, NotFound, Unavailable, ValidationFailed
 from common.timeutil import isoformat_z, utcnow
+from config import get_settings
 from config.queues import DEPLOYMENT_ENV_PROVIDERS, resolve
 from config.settings import Settings
 from deployments import repository
@@ -361,6 +363,23 @@ def _accrue(session: Session, dep: Deployment, now: datetime) -> None:
         whole = math.floor(dep.gpu_seconds)
         if whole > dep.gpu_seconds_billed:
             record_usage(session, dep.org_id, METRIC_GPU_SECONDS, whole - dep.gpu_seconds_billed)
+            # Metered from the same durable counter, in the same transaction, keyed by the
+            # interval it covers: a reconcile that rolls back or runs twice writes nothing twice.
+            billing.record_usage(
+                session,
+                [
+                    billing.Usage(
+                        org_id=dep.org_id,
+                        meter="gpu_seconds",
+                        quantity=whole - dep.gpu_seconds_billed,
+                        dimension=dep.gpu_type or get_settings().billing_gpu_type,
+                        subject_type="deployment",
+                        subject_id=dep.id,
+                        occurred_at=now,
+                        idempotency_key=f"deployment:{dep.id}:gpu:{dep.gpu_seconds_billed}-{whole}",
+                    )
+                ],
+            )
             dep.gpu_seconds_billed = whole
     dep.accounted_at = now
 

@@ -14,16 +14,23 @@ from jobs.context import JobCancelled, JobContext
 from store.db import session_scope
 
 
-def usage_recorder(org_id: str) -> Callable[[Meter, float], None]:
-    """Per-organisation usage counters for quotas (engine seconds count as GPU seconds)."""
+def usage_recorder(ctx: JobContext) -> Callable[[Meter, float], None]:
+    """Per-organisation usage counters for quotas (engine seconds count as GPU seconds), and the
+    job's own usage counters (``usage_*`` in its progress, written with its final transition),
+    from which ``billing.metering`` meters tokens and GPU seconds exactly once."""
 
     def record(meter: Meter, seconds: float) -> None:
         from plans.service import record_usage as add
 
         with session_scope() as session:
-            add(session, org_id, "gpu_seconds", math.ceil(seconds))
-            add(session, org_id, "inference_prompt_tokens", meter.prompt_tokens)
-            add(session, org_id, "inference_completion_tokens", meter.completion_tokens)
+            add(session, ctx.org_id, "gpu_seconds", math.ceil(seconds))
+            add(session, ctx.org_id, "inference_prompt_tokens", meter.prompt_tokens)
+            add(session, ctx.org_id, "inference_completion_tokens", meter.completion_tokens)
+        ctx.progress(
+            usage_prompt_tokens=meter.prompt_tokens,
+            usage_completion_tokens=meter.completion_tokens,
+            usage_engine_seconds=math.ceil(seconds),
+        )
 
     return record
 
@@ -33,9 +40,7 @@ def run_inference(ctx: JobContext) -> dict[str, Any] | None:
     runtime = RUNTIME.get()
     payload = InferenceJobInput.model_validate(ctx.input)
     try:
-        outcome = runtime.run(
-            execute(runtime, ctx.job_id, payload, ctx, usage_recorder(ctx.org_id))
-        )
+        outcome = runtime.run(execute(runtime, ctx.job_id, payload, ctx, usage_recorder(ctx)))
     except JobWasCancelled as exc:
         raise JobCancelled(ctx.job_id) from exc
     return outcome.result

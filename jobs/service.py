@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 
+from billing import service as billing
 from common.errors import NotFound, ValidationFailed
 from config import get_settings
 from config.queues import KINDS, resolve
@@ -79,6 +80,7 @@ def create_job(
     check_input(kind, clean)
     if quota:
         plans.enforce_quota(session, org_id, kind, clean)  # 402 quota_exceeded
+        billing.check_credits(session, org_id, kind, clean)  # 402: beyond allowance + credits
     job = job_store.insert_job(session, org_id=org_id, kind=kind, input=clean, job_id=job_id)
     if hook is not None:
         webhooks.attach_job_webhook(session, org_id, job.id, hook)

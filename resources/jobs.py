@@ -16,8 +16,10 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from billing.service import Usage, record_usage
 from common.errors import JobFailed
 from common.timeutil import utcnow
 from jobs.context import JobContext
@@ -505,3 +507,42 @@ def reconcile_access() -> int:
         except Exception:
             log.exception("ACL reconcile of %s failed", resource_id)
     return fixed
+
+
+# --- billing: storage GB-hours -------------------------------------------------------------------
+
+#: Hours metered back from now on each run (a beat that was down catches up this far).
+STORAGE_METER_HOURS = 3
+
+
+def meter_storage(now: datetime | None = None) -> int:
+    """``storage_gb_hours`` (by resource type) of every ready resource, for each whole hour of the
+    last :data:`STORAGE_METER_HOURS` it existed in: its size limit in GB, rounded up (1 GB
+    without one). Keyed by resource and hour, so reruns and overlapping runs write nothing twice.
+    Called by billing's beat (``config.queues.BILLING_METERS``)."""
+    top = (now or utcnow()).replace(minute=0, second=0, microsecond=0)
+    with session_scope() as session:
+        live = session.scalars(
+            select(Resource).where(Resource.status.in_(("ready", "degraded")))
+        ).all()
+        usages: list[Usage] = []
+        for res in live:
+            size = int((res.limits or {}).get("size_bytes") or 0)
+            gb = max(1, -(-size // 1_000_000_000))
+            for back in range(1, STORAGE_METER_HOURS + 1):
+                start = top - timedelta(hours=back)
+                if res.created_at > start:  # only whole hours it existed in
+                    continue
+                usages.append(
+                    Usage(
+                        org_id=res.org_id,
+                        meter="storage_gb_hours",
+                        quantity=gb,
+                        dimension=res.type,
+                        subject_type="resource",
+                        subject_id=res.id,
+                        occurred_at=start,
+                        idempotency_key=f"resource:{res.id}:storage:{start:%Y-%m-%dT%H}",
+                    )
+                )
+        return record_usage(session, usages)

@@ -133,6 +133,14 @@ def autocommit() -> Iterator[Connection]:
 
 
 @contextmanager
+def transaction() -> Iterator[Connection]:
+    """A Core connection in one transaction, committed when the block ends (rolled back on an
+    error): several statements that must succeed or fail together, without a Session's cost."""
+    with get_engine().begin() as connection:
+        yield connection
+
+
+@contextmanager
 def read_session() -> Iterator[Session]:
     """A session for reads on the autocommit pool: each query runs alone, with no BEGIN or
     COMMIT round trip (the polling hot path). Nothing written through it is transactional."""

@@ -6,7 +6,7 @@ Functions take the caller's session and never commit (the caller owns the transa
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -128,7 +128,24 @@ def transition(
         stmt = stmt.where(Job.delivery_id == delivery_id)
     stmt = stmt.values(**changes)
     result = session.execute(stmt.execution_options(synchronize_session=False))
-    return bool(getattr(result, "rowcount", 0) == 1)
+    won = bool(getattr(result, "rowcount", 0) == 1)
+    if won and to.value in TERMINAL:
+        after_terminal(session, job_id)
+    return won
+
+
+@lru_cache(maxsize=1)
+def _terminal_hooks() -> tuple[Callable[[Session | Connection, str], None], ...]:
+    from config.queues import JOB_TERMINAL_HOOKS, resolve
+
+    return tuple(resolve(path) for path in JOB_TERMINAL_HOOKS)
+
+
+def after_terminal(executor: Session | Connection, job_id: str) -> None:
+    """Run ``config.queues.JOB_TERMINAL_HOOKS`` for a job that just became terminal, in the
+    transaction of that transition (billing meters its usage there: exactly once)."""
+    for hook in _terminal_hooks():
+        hook(executor, job_id)
 
 
 def fail_worker_lost(session: Session | Connection, job_id: str, why: str) -> bool:
@@ -303,7 +320,10 @@ def complete(
         params["seq"] = result_seq
         params["data"] = storable(result)
     statement = _complete_statement(bool(merge_progress), result is not None)
-    return bool(executor.execute(statement, params).scalar_one() == 1)
+    won = bool(executor.execute(statement, params).scalar_one() == 1)
+    if won:
+        after_terminal(executor, job_id)
+    return won
 
 
 def _dialect(executor: Session | Connection) -> str:

@@ -41,6 +41,7 @@ from store.db import (
     session_scope,
     store_reachable,
     store_retry,
+    transaction,
 )
 from store.jobs import JobStatus, StartedJob, StartOutcome
 from store.migrate import require_migrated
@@ -129,6 +130,16 @@ def _finish_completed(ctx: JobContext, delivery_id: str, result: dict[str, Any] 
                 if won and ctx.listening:
                     emit_job_event(session, "job.completed", ctx.job_id)
                 return won
+        if get_settings().billing_metering:  # the usage events commit with the completion
+            with transaction() as connection:
+                return job_store.complete(
+                    connection,
+                    ctx.job_id,
+                    result=result,
+                    result_seq=seq,
+                    delivery_id=delivery_id,
+                    merge_progress=pending,
+                )
         with autocommit() as connection:
             return job_store.complete(
                 connection,

@@ -32,6 +32,11 @@ DOMAIN = (
 DOMAIN = (
     "crawler", "inference", "deployments", "resources", "webhooks", "plans", "idempotency",
     "diagnostics", "jobs", "monitoring", "store", "common", "config", "rag",
+    "workers", "billing",
+)  # fmt: skip
+DOMAIN = (
+    "crawler", "inference", "deployments", "resources", "webhooks", "plans", "idempotency",
+    "diagnostics", "jobs", "monitoring", "store", "common", "config", "billing",
 )  # fmt: skip
 ENTRY_POINTS = ("api", "tasks", "cli")
 #: Left to the outbox's owner: workers.outbox imports workers.app (to send), and workers.app

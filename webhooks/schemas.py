@@ -43,6 +43,8 @@ PROJECT_EVENTS: tuple[str, ...] = (
 EVENT_TYPES: tuple[str, ...] = JOB_EVENTS + DEPLOYMENT_EVENTS + RESOURCE_EVENTS + PROJECT_EVENTS
 ASSISTANT_EVENTS: tuple[str, ...] = ("instance.created", "instance.deleted")
 EVENT_TYPES: tuple[str, ...] = JOB_EVENTS + DEPLOYMENT_EVENTS + RESOURCE_EVENTS + ASSISTANT_EVENTS
+BILLING_EVENTS: tuple[str, ...] = ("invoice.created", "invoice.paid", "billing.deployments_stopped")
+EVENT_TYPES: tuple[str, ...] = JOB_EVENTS + DEPLOYMENT_EVENTS + RESOURCE_EVENTS + BILLING_EVENTS
 
 EventType = Literal[
     "job.started",
@@ -70,6 +72,9 @@ EventType = Literal[
     "project.crashed",
     "instance.created",
     "instance.deleted",
+    "invoice.created",
+    "invoice.paid",
+    "billing.deployments_stopped",
 ]
 DeliveryStatus = Literal["pending", "succeeded", "failed"]
 

@@ -21,6 +21,7 @@ MODEL_MODULES: list[str] = [
     "projects.models",
     "assistants.models",
     "rag.models",
+    "billing.models",
 ]
 
 for module in MODEL_MODULES:

@@ -302,6 +302,13 @@ def test_gpu_seconds_accrue_while_running(client: Any, org: Any) -> None:
     usage = client.get("/v1/usage", headers=org.headers)
     assert usage.status_code == 200
     assert usage.json()["gpu_seconds"]["used"] >= 1
+    # Billing meters the same durable counter, in the reconcile's transaction, once per interval.
+    from billing.service import period_totals
+    from store.db import session_scope
+
+    with session_scope() as session:
+        metered = period_totals(session, org.org_id)["gpu_seconds"].quantity
+    assert metered == usage.json()["gpu_seconds"]["used"]
 
 
 @pytest.fixture
