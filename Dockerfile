@@ -22,13 +22,13 @@ WORKDIR /app
 # Dependencies first (cached until pyproject.toml changes), then the code.
 COPY pyproject.toml README.md ./
 RUN mkdir -p common api workers tasks crawler inference config store cli webhooks \
-        deployments resources diagnostics monitoring jobs plans idempotency \
+        deployments resources diagnostics monitoring jobs plans idempotency alerts \
     && for p in common api workers tasks crawler inference config store cli webhooks \
-        deployments resources diagnostics monitoring jobs plans idempotency; do touch "$p/__init__.py"; done \
+        deployments resources diagnostics monitoring jobs plans idempotency alerts; do touch "$p/__init__.py"; done \
     && pip install ".[inference,deploy,resources]" \
     && pip uninstall -y conveyor \
     && rm -rf common api workers tasks crawler inference config store cli webhooks \
-        deployments resources diagnostics monitoring jobs plans idempotency build *.egg-info
+        deployments resources diagnostics monitoring jobs plans idempotency alerts build *.egg-info
 
 COPY . .
 RUN pip install --no-deps . \

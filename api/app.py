@@ -32,6 +32,7 @@ ROUTERS: list[str] = [
     "api.routers.openai",
     "api.routers.monitoring",
     "api.routers.batches",
+    "api.routers.alerts",
 ]
 
 

@@ -87,6 +87,7 @@ TASK_MODULES: list[str] = [
     "tasks.crawl",
     "tasks.deploy",
     "tasks.provision",
+    "tasks.alerts",
     # Not tasks but Celery signal handlers every worker needs, imported by name like the tasks
     # (no import edge from the Celery app to the domains that record through the outbox):
     "workers.lifecycle",  # start and close each process's shared resources
@@ -100,6 +101,7 @@ EXTRA_ROUTES: dict[str, dict[str, str]] = {
     "crawl.batch": {"queue": CRAWL},
     "deployments.*": {"queue": DEPLOY},
     "resources.*": {"queue": MAINTENANCE},
+    "alerts.*": {"queue": MAINTENANCE},
 }
 
 
@@ -170,6 +172,11 @@ def beat_schedule() -> dict[str, dict[str, Any]]:
             "task": "deployments.reconcile",
             "schedule": timedelta(seconds=_setting("deploy_reconcile_seconds")),
         },
+        "alerts-evaluate": {  # every alert rule; beat's single-scheduler lock: one sender
+            "task": "alerts.evaluate",
+            "schedule": timedelta(seconds=_setting("alerts_evaluate_seconds")),
+            "options": {"expires": _setting("alerts_evaluate_seconds")},
+        },
     }
 
 
@@ -178,7 +185,12 @@ def beat_schedule() -> dict[str, dict[str, Any]]:
 #: not filled with no-op runs. A check that fails sends the task anyway.
 BEAT_SEND_ONLY_IF: dict[str, str] = {
     "reconcile-deployments": "deployments.repository:any_live",
+    "alerts-evaluate": "alerts.repository:any_enabled",
 }
+
+#: ``"module:name"`` of ``fn(session, event_type, org_id, data)`` called in the transaction of
+#: every event (``webhooks.events``), e.g. to evaluate the alert rules it can change at once.
+EVENT_HOOKS: tuple[str, ...] = ("alerts.service:on_event",)
 
 
 def _setting(name: str) -> float:

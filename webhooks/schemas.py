@@ -33,7 +33,8 @@ RESOURCE_EVENTS: tuple[str, ...] = (
     "resource.backup_completed",
     "resource.backup_failed",
 )
-EVENT_TYPES: tuple[str, ...] = JOB_EVENTS + DEPLOYMENT_EVENTS + RESOURCE_EVENTS
+ALERT_EVENTS: tuple[str, ...] = ("alert.firing", "alert.resolved")
+EVENT_TYPES: tuple[str, ...] = JOB_EVENTS + DEPLOYMENT_EVENTS + RESOURCE_EVENTS + ALERT_EVENTS
 
 EventType = Literal[
     "job.started",
@@ -54,6 +55,8 @@ EventType = Literal[
     "resource.deleted",
     "resource.backup_completed",
     "resource.backup_failed",
+    "alert.firing",
+    "alert.resolved",
 ]
 DeliveryStatus = Literal["pending", "succeeded", "failed"]
 

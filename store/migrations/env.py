@@ -18,6 +18,7 @@ MODEL_MODULES: list[str] = [
     "deployments.models",
     "resources.models",
     "crawler.models",
+    "alerts.models",
 ]
 
 for module in MODEL_MODULES:
