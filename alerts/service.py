@@ -62,7 +62,11 @@ TRIGGERS: dict[str, tuple[str, ...]] = {
 }
 
 DEBOUNCE_KEY = "conveyor:alerts:trigger:{key}"
+#: One evaluation per burst: triggers within DEBOUNCE_MS of the first send none of their own;
+#: the evaluation runs TRIGGER_DELAY_SECONDS (twice the window) after the first, so it sees
+#: every event of the window committed.
 DEBOUNCE_MS = 1000
+TRIGGER_DELAY_SECONDS = 2.0
 
 _condition_adapter: TypeAdapter[AnyCondition] = TypeAdapter(Condition)
 
@@ -304,7 +308,11 @@ def on_event(session: Session, event_type: str, org_id: str, data: Mapping[str, 
     if not _first_in_window(f"{org_id}:{','.join(types)}"):
         return  # an evaluation is already on its way for this second's events
     outbox.enqueue_task(
-        session, EVALUATE_ORG_TASK, [org_id, list(types)], queue=MAINTENANCE, countdown=1.0
+        session,
+        EVALUATE_ORG_TASK,
+        [org_id, list(types)],
+        queue=MAINTENANCE,
+        countdown=TRIGGER_DELAY_SECONDS,
     )
 
 

@@ -71,7 +71,9 @@ def test_bad_condition_is_a_422_envelope(
     error = response.json()["error"]
     assert error["code"] == "validation_error"
     assert error["request_id"].startswith("req_")
-    assert any(where in [str(p) for p in d["loc"]] or where in str(d["loc"]) for d in error["details"])
+    assert any(
+        where in [str(p) for p in d["loc"]] or where in str(d["loc"]) for d in error["details"]
+    )
 
 
 def test_unknown_deployment_and_email_without_smtp_are_422(client: Any, org: OrgKey) -> None:
