@@ -97,7 +97,7 @@ def test_error_rate_fires_on_the_failing_jobs_event_and_resolves_on_the_beat_tas
                 "window_seconds": 600,
                 "min_jobs": 2,
                 "for": 0,
-            },  # fmt: skip
+            },
         },
     )
     for _ in range(2):
