@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from common.timeutil import utcnow
 from tests.alerts.conftest import (
     add_deployment,
     create_alert,
@@ -34,6 +35,8 @@ def _exactly(receiver: Receiver, secret: str, types: list[str]) -> list[dict[str
     wait_until(lambda: len(receiver.requests) >= len(types))
     time.sleep(0.5)
     events = verified_events(receiver, secret)
+    # Deliveries run in parallel on the worker: order them as they happened.
+    events.sort(key=lambda e: (e["data"]["created_at"], e["type"] == "alert.resolved"))
     assert payload_types(events) == types
     return events
 
@@ -161,12 +164,31 @@ def test_queue_backlog_fires_and_resolves_from_the_brokers_depth(
     assert resolved["data"]["details"]["depth"] == baseline
 
 
+def _use_gpu_seconds(org: OrgKey, seconds: int) -> None:
+    """Meter GPU time the way the platform does: billing's usage events where billing is
+    installed, the plans' usage counter otherwise (``alerts.usage_source`` reads the same)."""
+    from alerts.usage_source import billing
+    from store.db import session_scope
+
+    service = billing()
+    with session_scope() as session:
+        if service is None:
+            from plans.service import record_usage
+
+            record_usage(session, org.org_id, "gpu_seconds", seconds)
+            return
+        now = utcnow()
+        usage = service.Usage(
+            org_id=org.org_id, meter="gpu_seconds", quantity=seconds, dimension="*",
+            subject_type="deployment", subject_id="dep_test", occurred_at=now,
+            idempotency_key=f"test:{org.org_id}:{now.isoformat()}:{seconds}",
+        )  # fmt: skip
+        service.record_usage(session, [usage])
+
+
 def test_usage_fires_once_over_the_threshold_and_resolves_when_raised(
     client: Any, org: OrgKey, worker: Any, receiver: Receiver
 ) -> None:
-    from plans.service import record_usage
-    from store.db import session_scope
-
     secret = subscribe(client, org, receiver)
     alert = create_alert(
         client,
@@ -176,11 +198,9 @@ def test_usage_fires_once_over_the_threshold_and_resolves_when_raised(
             "condition": {"type": "usage", "meter": "gpu_seconds", "threshold": 50, "for": 0},
         },
     )
-    with session_scope() as session:
-        record_usage(session, org.org_id, "gpu_seconds", 40)
+    _use_gpu_seconds(org, 40)
     assert evaluate(org)["firing"] == 0
-    with session_scope() as session:
-        record_usage(session, org.org_id, "gpu_seconds", 20)
+    _use_gpu_seconds(org, 20)
     assert evaluate(org)["firing"] == 1
     assert evaluate(org)["firing"] == 0
     raised = client.patch(
@@ -193,3 +213,45 @@ def test_usage_fires_once_over_the_threshold_and_resolves_when_raised(
     firing, resolved = _exactly(receiver, secret, ["alert.firing", "alert.resolved"])
     assert firing["data"]["value"] == 60.0
     assert resolved["data"]["details"] == {"reason": "condition_changed"}
+
+
+def test_budget_over_a_share_of_credits_fires_and_resolves_when_credits_are_granted(
+    client: Any, org: OrgKey, worker: Any, receiver: Receiver
+) -> None:
+    from alerts.usage_source import billing
+    from store.db import session_scope
+
+    service = billing()
+    if service is None:
+        # Without billing/ a budget cannot be measured: the rule is kept as it is, and the
+        # evaluation says why instead of guessing.
+        alert = create_alert(
+            client, org,
+            {"name": "spend", "condition": {"type": "budget", "amount_micros": 1, "for": 0}},
+        )  # fmt: skip
+        assert evaluate(org) == {"evaluated": 0, "firing": 0, "resolved": 0, "errors": 1}
+        assert _state(client, org, alert["id"]) == "ok"
+        return
+    secret = subscribe(client, org, receiver)
+    with session_scope() as session:
+        service.grant_credits(session, org.org_id, 1_000_000, "test")
+    alert = create_alert(
+        client, org,
+        {"name": "spend", "condition": {"type": "budget", "percent_of_credits": 50, "for": 0}},
+    )  # fmt: skip
+    _use_gpu_seconds(org, 10)
+    assert evaluate(org)["firing"] == 0
+    with session_scope() as session:
+        cost = sum(t.cost_micros for t in service.period_totals(session, org.org_id).values())
+    assert 0 < cost < 500_000
+    _use_gpu_seconds(org, int(600_000 / (cost / 10)))  # past half the credits
+    assert evaluate(org)["firing"] == 1
+    assert evaluate(org)["firing"] == 0
+    with session_scope() as session:
+        service.grant_credits(session, org.org_id, 2_000_000, "top-up")
+    assert evaluate(org)["resolved"] == 1
+    firing, resolved = _exactly(receiver, secret, ["alert.firing", "alert.resolved"])
+    assert firing["data"]["details"]["credits_micros"] == 1_000_000
+    assert firing["data"]["details"]["cost_micros"] > 500_000
+    assert resolved["data"]["details"]["credits_micros"] == 3_000_000
+    assert _state(client, org, alert["id"]) == "resolved"
