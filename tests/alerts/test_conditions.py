@@ -255,3 +255,24 @@ def test_budget_over_a_share_of_credits_fires_and_resolves_when_credits_are_gran
     assert firing["data"]["details"]["cost_micros"] > 500_000
     assert resolved["data"]["details"]["credits_micros"] == 3_000_000
     assert _state(client, org, alert["id"]) == "resolved"
+
+
+def test_a_deployment_event_evaluates_the_orgs_rules_without_waiting_for_beat(
+    client: Any, org: OrgKey, worker: Any, receiver: Receiver
+) -> None:
+    from store.db import session_scope
+    from webhooks.events import emit
+
+    secret = subscribe(client, org, receiver)
+    dep = add_deployment(org, "running")
+    alert = create_alert(
+        client,
+        org,
+        {"name": "down", "condition": {"type": "deployment_status", "subject_id": dep, "for": 0}},
+    )
+    with session_scope() as session:  # what the deployments domain does on a failure
+        set_deployment_status(dep, "failed")
+        emit(session, "deployment.failed", org.org_id, {"id": dep, "reason": "crash_loop"})
+    (firing,) = _exactly(receiver, secret, ["alert.firing"])
+    assert firing["data"]["alert_id"] == alert["id"]
+    assert _state(client, org, alert["id"]) == "firing"
