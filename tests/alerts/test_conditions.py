@@ -276,3 +276,23 @@ def test_a_deployment_event_evaluates_the_orgs_rules_without_waiting_for_beat(
     (firing,) = _exactly(receiver, secret, ["alert.firing"])
     assert firing["data"]["alert_id"] == alert["id"]
     assert _state(client, org, alert["id"]) == "firing"
+
+
+def test_a_failing_job_triggers_evaluation_even_when_no_webhook_listens(
+    client: Any, org: OrgKey, worker: Any
+) -> None:
+    alert = create_alert(
+        client,
+        org,
+        {
+            "name": "unheard",
+            "condition": {"type": "error_rate", "kind": "diagnostics", "ratio": 1, "for": 0},
+            "channels": [],
+        },
+    )
+    job = client.post(
+        "/v1/diagnostics/sleep", json={"seconds": 0, "steps": 1, "fail": True}, headers=org.headers
+    ).json()
+    wait_for_job(client, job["id"], org.headers, statuses=("failed",))
+    wait_until(lambda: _state(client, org, alert["id"]) == "firing")
+    assert [e["state"] for e in events_of(client, org, alert["id"])] == ["firing"]
