@@ -50,24 +50,43 @@ def evaluate_org(org_id: str, types: Iterable[str]) -> dict[str, int]:
 
 
 def _evaluate_ids(ids: Sequence[str], run: EvaluationRun, totals: dict[str, int]) -> None:
-    for alert_id in ids:
+    """Measure the rules with reads only; write in a transaction of its own (compare-and-set)
+    only a rule whose state or timers move, and record the others' observations in one batch."""
+    with read_session() as session:
+        alerts = repository.get_many(session, ids) if ids else []
+    observed: list[dict[str, Any]] = []
+    for alert in alerts:
         try:
+            with read_session() as session:
+                decision = service.decide(session, alert, run)
+            if decision is None:
+                continue
+            if not decision.moves:
+                observed.append(
+                    {
+                        "id": alert.id,
+                        "last_value": decision.measured.value,
+                        "last_evaluated_at": run.now,
+                    }
+                )
+                totals["evaluated"] += 1
+                continue
             with session_scope() as session:
-                alert = repository.get_any(session, alert_id)
-                if alert is None:
-                    continue
-                notified = service.evaluate(session, alert, run)
+                notified = service.apply(session, alert, decision, run)
         except ConveyorError as exc:  # e.g. a condition this platform cannot measure
-            log.warning("alert %s not evaluated: %s", alert_id, exc.message)
+            log.warning("alert %s not evaluated: %s", alert.id, exc.message)
             totals["errors"] += 1
             continue
         except Exception:
-            log.exception("alert %s: evaluation failed", alert_id)
+            log.exception("alert %s: evaluation failed", alert.id)
             totals["errors"] += 1
             continue
         totals["evaluated"] += 1
         if notified:
             totals[notified] += 1
+    if observed:
+        with session_scope() as session:
+            repository.record_observations(session, observed)
 
 
 def send_email(event_id: str) -> bool:

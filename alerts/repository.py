@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Select, select, update
+from sqlalchemy import Select, Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from alerts.models import Alert, AlertEvent
@@ -73,3 +73,24 @@ def any_enabled() -> bool:
     with read_session() as session:
         found = session.scalar(select(Alert.id).where(Alert.enabled.is_(True)).limit(1))
     return found is not None
+
+
+def get_many(session: Session, alert_ids: Sequence[str]) -> list[Alert]:
+    return list(session.scalars(select(Alert).where(Alert.id.in_(list(alert_ids)))).all())
+
+
+def record_observations(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """``[{id, last_value, last_evaluated_at}]`` of rules whose state did not move: one batched
+    UPDATE by primary key; the version is not bumped (nothing a transition depends on)."""
+    if not rows:
+        return
+    table = cast(Table, Alert.__table__)
+    statement = (
+        update(table)
+        .where(table.c.id == bindparam("b_id"))
+        .values(last_value=bindparam("b_value"), last_evaluated_at=bindparam("b_at"))
+    )  # Core executemany: a rule deleted meanwhile is simply not matched
+    params = [
+        {"b_id": r["id"], "b_value": r["last_value"], "b_at": r["last_evaluated_at"]} for r in rows
+    ]
+    session.execute(statement, params)

@@ -227,9 +227,19 @@ def next_state(
     return Step("pending", pending_since, None, None)
 
 
-def evaluate(session: Session, alert: Alert, run: EvaluationRun) -> str | None:
-    """Measure ``alert``'s condition and move its state; returns the transition notified by
-    this call (``firing``/``resolved``), or None (no transition, or another evaluation won)."""
+@dataclass(frozen=True)
+class Decision:
+    """An evaluation's outcome before it is written: the measurement and the step it implies."""
+
+    alert_id: str
+    version: int
+    measured: Measurement
+    step: Step
+    moves: bool  # the state or a timer changes (a compare-and-set write), else only observed
+
+
+def decide(session: Session, alert: Alert, run: EvaluationRun) -> Decision | None:
+    """Measure ``alert``'s condition (reads only); None for a disabled rule."""
     if not alert.enabled:
         return None
     cond = parse_condition(alert.condition)
@@ -238,6 +248,18 @@ def evaluate(session: Session, alert: Alert, run: EvaluationRun) -> str | None:
         alert.state, alert.pending_since, alert.clear_since, measured.holds, run.now,
         cond.for_seconds,
     )  # fmt: skip
+    moves = bool(step.notify) or (step.state, step.pending_since, step.clear_since) != (
+        alert.state,
+        alert.pending_since,
+        alert.clear_since,
+    )
+    return Decision(alert.id, alert.version, measured, step, moves)
+
+
+def apply(session: Session, alert: Alert, decision: Decision, run: EvaluationRun) -> str | None:
+    """Write a decision with a compare-and-set on the version it was measured at; returns the
+    transition notified (``firing``/``resolved``), or None (none, or another evaluation won)."""
+    step, measured = decision.step, decision.measured
     values: dict[str, Any] = {
         "state": step.state,
         "pending_since": step.pending_since,
@@ -247,11 +269,18 @@ def evaluate(session: Session, alert: Alert, run: EvaluationRun) -> str | None:
     }
     if step.notify:
         values["last_transition_at"] = run.now
-    if not repository.compare_and_set(session, alert.id, alert.version, values):
+    if not repository.compare_and_set(session, decision.alert_id, decision.version, values):
         return None  # a concurrent evaluation moved it first
     if step.notify:
-        _notify(session, alert, alert.version + 1, step.notify, measured.value, measured.details)
+        _notify(session, alert, decision.version + 1, step.notify, measured.value, measured.details)
     return step.notify
+
+
+def evaluate(session: Session, alert: Alert, run: EvaluationRun) -> str | None:
+    """Measure ``alert``'s condition and move its state on ``session`` (``decide`` + ``apply``);
+    returns the transition notified by this call, or None."""
+    decision = decide(session, alert, run)
+    return apply(session, alert, decision, run) if decision is not None else None
 
 
 def _notify(

@@ -151,6 +151,9 @@ def test_queue_backlog_fires_and_resolves_from_the_brokers_depth(
         },
     )
     assert evaluate(org)["firing"] == 0
+    observed = client.get(f"/v1/alerts/{alert['id']}", headers=org.headers).json()
+    assert observed["state"] == "ok" and observed["last_value"] == baseline
+    assert observed["last_evaluated_at"] is not None  # recorded without a state write
     marker = json.dumps({"marker": alert["id"]})
     broker_redis().lpush("inference", marker)
     try:
