@@ -16,6 +16,7 @@ PARAM = re.compile(r"\{([^}]+)\}")
 
 def _first_org_objects(client: Any, org: OrgKey, worker: Any) -> dict[str, tuple[Any, str]]:
     """One object of every kind the first organisation can own: {path param: (model, id)}."""
+    from alerts.models import Alert
     from deployments.models import Deployment
     from resources.models import Resource, ResourceBackup, ResourceBinding
     from store.db import session_scope
@@ -64,7 +65,14 @@ def _first_org_objects(client: Any, org: OrgKey, worker: Any) -> dict[str, tuple
             payload={},
             status="failed",
         )
-        session.add_all([backup, binding, delivery])
+        alert = Alert(
+            org_id=org.org_id,
+            name="isolation-secret-alert",
+            condition_type="deployment_status",
+            condition={"type": "deployment_status", "subject_id": dep.id, "for_seconds": 0},
+            channels=[{"type": "webhook"}],
+        )
+        session.add_all([backup, binding, delivery, alert])
         session.flush()
         return {
             "job_id": (Job, job["id"]),
@@ -76,6 +84,7 @@ def _first_org_objects(client: Any, org: OrgKey, worker: Any) -> dict[str, tuple
             "webhook_id": (WebhookEndpoint, hook.id),
             "delivery_id": (WebhookDelivery, delivery.id),
             "batch_id": (Job, batch),
+            "alert_id": (Alert, alert.id),
         }
 
 
