@@ -43,6 +43,13 @@ RUN mkdir -p common api workers tasks crawler inference config store cli webhook
     && pip uninstall -y conveyor \
     && rm -rf common api workers tasks crawler inference config store cli webhooks \
         deployments resources diagnostics monitoring jobs plans idempotency billing build *.egg-info
+        deployments resources diagnostics monitoring jobs plans idempotency alerts \
+    && for p in common api workers tasks crawler inference config store cli webhooks \
+        deployments resources diagnostics monitoring jobs plans idempotency alerts; do touch "$p/__init__.py"; done \
+    && pip install ".[inference,deploy,resources]" \
+    && pip uninstall -y conveyor \
+    && rm -rf common api workers tasks crawler inference config store cli webhooks \
+        deployments resources diagnostics monitoring jobs plans idempotency alerts build *.egg-info
 
 COPY . .
 RUN pip install --no-deps . \

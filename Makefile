@@ -35,6 +35,7 @@ PACKAGES := api cli common config crawler deployments diagnostics idempotency in
 	monitoring plans resources store tasks webhooks workers assistants
 	monitoring plans resources store tasks webhooks workers rag
 	monitoring plans resources store tasks webhooks workers billing
+	monitoring plans resources store tasks webhooks workers alerts
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -36,6 +36,7 @@ ROUTERS: list[str] = [
     "api.routers.assistants",
     "api.routers.rag",
     "api.routers.billing",
+    "api.routers.alerts",
 ]
 
 

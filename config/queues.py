@@ -108,6 +108,7 @@ TASK_MODULES: list[str] = [
     "tasks.projects",
     "tasks.assistants",
     "tasks.rag",
+    "tasks.alerts",
     # Not tasks but Celery signal handlers every worker needs, imported by name like the tasks
     # (no import edge from the Celery app to the domains that record through the outbox):
     "workers.lifecycle",  # start and close each process's shared resources
@@ -124,6 +125,7 @@ EXTRA_ROUTES: dict[str, dict[str, str]] = {
     "resources.*": {"queue": MAINTENANCE},
     "projects.*": {"queue": DEPLOY},
     "billing.*": {"queue": MAINTENANCE},
+    "alerts.*": {"queue": MAINTENANCE},
 }
 
 
@@ -198,6 +200,7 @@ def beat_schedule() -> dict[str, dict[str, Any]]:
         "supervise-projects": {
             "task": "projects.supervise",
             "schedule": timedelta(seconds=_setting("projects_supervise_seconds")),
+        },
         "billing-close-periods": {  # invoices of the months that ended (idempotent)
             "task": "billing.close_periods",
             "schedule": timedelta(seconds=_setting("billing_close_interval_seconds")),
@@ -205,6 +208,11 @@ def beat_schedule() -> dict[str, dict[str, Any]]:
         "billing-meter-and-enforce": {  # replica/storage usage; stop deployments out of credit
             "task": "billing.meter_and_enforce",
             "schedule": timedelta(seconds=_setting("billing_enforce_interval_seconds")),
+        },
+        "alerts-evaluate": {  # every alert rule; beat's single-scheduler lock: one sender
+            "task": "alerts.evaluate",
+            "schedule": timedelta(seconds=_setting("alerts_evaluate_seconds")),
+            "options": {"expires": _setting("alerts_evaluate_seconds")},
         },
     }
 
@@ -215,7 +223,12 @@ def beat_schedule() -> dict[str, dict[str, Any]]:
 BEAT_SEND_ONLY_IF: dict[str, str] = {
     "reconcile-deployments": "deployments.repository:any_live",
     "supervise-projects": "projects.repository:any_live",
+    "alerts-evaluate": "alerts.repository:any_enabled",
 }
+
+#: ``"module:name"`` of ``fn(session, event_type, org_id, data)`` called in the transaction of
+#: every event (``webhooks.events``), e.g. to evaluate the alert rules it can change at once.
+EVENT_HOOKS: tuple[str, ...] = ("alerts.service:on_event",)
 
 
 def _setting(name: str) -> float:

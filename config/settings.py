@@ -298,6 +298,17 @@ class Settings(BaseSettings):
     billing_close_interval_seconds: float = 3600.0  # the period-closing beat's period
     billing_enforce_interval_seconds: float = 60.0  # deployments-usage / credit beat's period
 
+    # --- alerts (alerts/): beat evaluates every rule this often; e-mail through SMTP --------
+    alerts_evaluate_seconds: float = 30.0
+    smtp_host: str = Field(default="", description="SMTP server for alert e-mail; empty: off.")
+    smtp_port: int = 25
+    smtp_username: str = ""
+    smtp_password: SecretStr = SecretStr("")
+    smtp_from: str = "conveyor@localhost"
+    smtp_starttls: bool = False
+    smtp_ssl: bool = False
+    smtp_timeout_seconds: float = 10.0
+
     def resolved_default_plan(self) -> str:
         """The plan of a new organisation: ``CONVEYOR_DEFAULT_PLAN``, else ``unlimited`` on the
         embedded default (a self-hosted box has no SaaS quotas) and ``free`` in production."""

@@ -126,6 +126,10 @@ def emit_job_event(session: Session, event_type: str, job_id: str) -> list[str]:
         with _progress_lock:
             _last_progress.pop(job_id, None)
     job = session.get(Job, job_id, populate_existing=True)
-    if job is None or not has_targets(session, job.org_id, job_id):
+    if job is None:
+        return []
+    if event_type != "job.progress":
+        events.run_hooks(session, event_type, job.org_id, {"id": job_id, "kind": job.kind})
+    if not has_targets(session, job.org_id, job_id):
         return []
     return events.emit(session, event_type, job.org_id, job_to_dict(job), job_id=job_id)

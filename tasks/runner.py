@@ -100,7 +100,7 @@ def _finish_failed(ctx: JobContext, delivery_id: str, code: str, message: str) -
                 merge_progress=ctx.take_pending_progress() or None,
                 delivery_id=delivery_id,
             )
-            if won and ctx.listening:
+            if won:  # even unheard: the event hooks (alert rules) see every failure
                 emit_job_event(session, "job.failed", ctx.job_id)
 
     retry_on_disconnect(record)

@@ -37,6 +37,11 @@ DOMAIN = (
 DOMAIN = (
     "crawler", "inference", "deployments", "resources", "webhooks", "plans", "idempotency",
     "diagnostics", "jobs", "monitoring", "store", "common", "config", "billing",
+    "workers", "alerts",
+)  # fmt: skip
+DOMAIN = (
+    "crawler", "inference", "deployments", "resources", "webhooks", "plans", "idempotency",
+    "diagnostics", "jobs", "monitoring", "store", "common", "config", "alerts",
 )  # fmt: skip
 ENTRY_POINTS = ("api", "tasks", "cli")
 #: Left to the outbox's owner: workers.outbox imports workers.app (to send), and workers.app

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from config.queues import WEBHOOKS
+from config.queues import EVENT_HOOKS, WEBHOOKS, resolve
 from webhooks import service
 from webhooks.schemas import EVENT_TYPES
 from workers import outbox
@@ -42,6 +42,8 @@ def emit(
         raise ValueError(f"unknown webhook event type {event_type!r}")
     level = logging.WARNING if event_type in ALERTS else logging.INFO
     log.log(level, "event %s for %s: %s", event_type, data.get("id"), data.get("reason") or "")
+    if job_id is None:  # a job's events run the hooks in ``jobs.service.emit_job_event``
+        run_hooks(session, event_type, org_id, data)
     ids = service.record_event(
         session, org_id=org_id, event_type=event_type, data=data, job_id=job_id
     )
@@ -53,3 +55,10 @@ def emit(
 def deliver(session: Session, delivery_id: str, *, countdown: float | None = None) -> None:
     """Send delivery ``delivery_id`` to the ``webhooks`` queue once ``session`` commits."""
     outbox.enqueue_task(session, DELIVER_TASK, [delivery_id], queue=WEBHOOKS, countdown=countdown)
+
+
+def run_hooks(session: Session, event_type: str, org_id: str, data: Mapping[str, Any]) -> None:
+    """Call every ``config.queues.EVENT_HOOKS`` function in the event's transaction (whether or
+    not a webhook listens): e.g. the alert rules the event can change are evaluated at once."""
+    for path in EVENT_HOOKS:
+        resolve(path)(session, event_type, org_id, data)

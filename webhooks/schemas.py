@@ -45,6 +45,8 @@ ASSISTANT_EVENTS: tuple[str, ...] = ("instance.created", "instance.deleted")
 EVENT_TYPES: tuple[str, ...] = JOB_EVENTS + DEPLOYMENT_EVENTS + RESOURCE_EVENTS + ASSISTANT_EVENTS
 BILLING_EVENTS: tuple[str, ...] = ("invoice.created", "invoice.paid", "billing.deployments_stopped")
 EVENT_TYPES: tuple[str, ...] = JOB_EVENTS + DEPLOYMENT_EVENTS + RESOURCE_EVENTS + BILLING_EVENTS
+ALERT_EVENTS: tuple[str, ...] = ("alert.firing", "alert.resolved")
+EVENT_TYPES: tuple[str, ...] = JOB_EVENTS + DEPLOYMENT_EVENTS + RESOURCE_EVENTS + ALERT_EVENTS
 
 EventType = Literal[
     "job.started",
@@ -75,6 +77,8 @@ EventType = Literal[
     "invoice.created",
     "invoice.paid",
     "billing.deployments_stopped",
+    "alert.firing",
+    "alert.resolved",
 ]
 DeliveryStatus = Literal["pending", "succeeded", "failed"]
 

@@ -22,6 +22,7 @@ MODEL_MODULES: list[str] = [
     "assistants.models",
     "rag.models",
     "billing.models",
+    "alerts.models",
 ]
 
 for module in MODEL_MODULES:

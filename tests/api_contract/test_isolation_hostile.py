@@ -17,6 +17,7 @@ PARAM = re.compile(r"\{([^}]+)\}")
 def _first_org_objects(client: Any, org: OrgKey, worker: Any) -> dict[str, tuple[Any, str]]:
     """One object of every kind the first organisation can own: {path param: (model, id)}."""
     from assistants.models import AssistantConversation, AssistantInstance
+    from alerts.models import Alert
     from deployments.models import Deployment
     from resources.models import Resource, ResourceBackup, ResourceBinding
     from store.db import session_scope
@@ -80,6 +81,14 @@ def _first_org_objects(client: Any, org: OrgKey, worker: Any) -> dict[str, tuple
         session.flush()
         conversation = AssistantConversation(instance_id=instance.id, org_id=org.org_id)
         session.add(conversation)
+        alert = Alert(
+            org_id=org.org_id,
+            name="isolation-secret-alert",
+            condition_type="deployment_status",
+            condition={"type": "deployment_status", "subject_id": dep.id, "for_seconds": 0},
+            channels=[{"type": "webhook"}],
+        )
+        session.add(alert)
         session.flush()
         return {
             "job_id": (Job, job["id"]),
@@ -93,6 +102,7 @@ def _first_org_objects(client: Any, org: OrgKey, worker: Any) -> dict[str, tuple
             "batch_id": (Job, batch),
             "instance_id": (AssistantInstance, instance.id),
             "conversation_id": (AssistantConversation, conversation.id),
+            "alert_id": (Alert, alert.id),
         }
 
 
