@@ -31,7 +31,7 @@ test: install system-deps services
 
 # The packages (pyproject's setuptools list): the duplicate-code check reads them all at once.
 PACKAGES := api cli common config crawler deployments diagnostics idempotency inference jobs \
-	monitoring plans resources store tasks webhooks workers
+	monitoring plans resources store tasks webhooks workers access
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -87,6 +87,7 @@ TASK_MODULES: list[str] = [
     "tasks.crawl",
     "tasks.deploy",
     "tasks.provision",
+    "tasks.access",
     # Not tasks but Celery signal handlers every worker needs, imported by name like the tasks
     # (no import edge from the Celery app to the domains that record through the outbox):
     "workers.lifecycle",  # start and close each process's shared resources
@@ -170,6 +171,7 @@ def beat_schedule() -> dict[str, dict[str, Any]]:
             "task": "deployments.reconcile",
             "schedule": timedelta(seconds=_setting("deploy_reconcile_seconds")),
         },
+        "purge-audit-log": {"task": "maintenance.purge_audit_log", "schedule": timedelta(hours=6)},
     }
 
 

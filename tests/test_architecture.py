@@ -17,11 +17,11 @@ import pytest
 PACKAGES = (
     "api", "cli", "common", "config", "crawler", "deployments", "diagnostics", "idempotency",
     "inference", "jobs", "monitoring", "plans", "resources", "store", "tasks", "webhooks",
-    "workers",
+    "workers", "access",
 )  # fmt: skip
 DOMAIN = (
     "crawler", "inference", "deployments", "resources", "webhooks", "plans", "idempotency",
-    "diagnostics", "jobs", "monitoring", "store", "common", "config",
+    "diagnostics", "jobs", "monitoring", "store", "common", "config", "access",
 )  # fmt: skip
 ENTRY_POINTS = ("api", "tasks", "cli")
 #: Left to the outbox's owner: workers.outbox imports workers.app (to send), and workers.app

@@ -33,7 +33,8 @@ RESOURCE_EVENTS: tuple[str, ...] = (
     "resource.backup_completed",
     "resource.backup_failed",
 )
-EVENT_TYPES: tuple[str, ...] = JOB_EVENTS + DEPLOYMENT_EVENTS + RESOURCE_EVENTS
+ACCESS_EVENTS: tuple[str, ...] = ("key.created", "key.revoked", "member.added", "member.removed")
+EVENT_TYPES: tuple[str, ...] = JOB_EVENTS + DEPLOYMENT_EVENTS + RESOURCE_EVENTS + ACCESS_EVENTS
 
 EventType = Literal[
     "job.started",
@@ -54,6 +55,10 @@ EventType = Literal[
     "resource.deleted",
     "resource.backup_completed",
     "resource.backup_failed",
+    "key.created",
+    "key.revoked",
+    "member.added",
+    "member.removed",
 ]
 DeliveryStatus = Literal["pending", "succeeded", "failed"]
 

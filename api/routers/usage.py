@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from api import access
 from api.deps import CurrentPrincipal, Db
 from api.schemas import ERROR_RESPONSES
 from plans import service as plans
 from plans.schemas import UsageReport
 
-router = APIRouter(prefix="/v1/usage", tags=["usage"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/v1/usage",
+    tags=["usage"],
+    responses=ERROR_RESPONSES,
+    dependencies=[access.requires_group("billing")],
+)
 
 
 @router.get("", response_model=UsageReport, summary="Usage of the current period against the plan")
