@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from access.models import AuditRecord, KeyAddress
 from common.timeutil import isoformat_z, utcnow
 from store import pagination
+from store.models import new_id
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ def record(
     target_id: str | None = None,
 ) -> AuditRecord:
     row = AuditRecord(
+        id=new_id(),
+        created_at=utcnow(),
         org_id=org_id or None,
         actor_member=member_id or None,
         actor_key_id=key_id or None,

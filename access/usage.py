@@ -84,8 +84,8 @@ class UsageRecorder:
             self._wake.clear()
             try:
                 self.flush()
-            except Exception:  # the store or Redis down: the next round retries nothing lost
-                log.warning("writing key usage failed", exc_info=True)
+            except Exception as exc:  # the store down: this round's marks are dropped
+                log.warning("writing key usage failed: %s", exc)
 
     def flush(self) -> int:
         """Write what gathered; the number of keys whose ``last_used_at`` was written."""
