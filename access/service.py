@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from access.errors import RoleTooLow, StrongerKey
 from access.scopes import ALL, ROLES, effective, expand, is_scope, minimal
-from common.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from common.errors import Conflict, NotFound, ValidationFailed
 from common.timeutil import isoformat_z, utcnow
 from store import orgs, pagination
 from store.models import ApiKey, Member, Membership, Organization
@@ -217,10 +217,11 @@ def create_org(session: Session, caller: Principal, name: str) -> Organization:
 
 
 def _check_org(caller: Principal, org_id: str) -> None:
-    """Members are managed in the organisation the request acts in (``X-Organization-ID``):
-    another id is the same 403 as a non-member organisation."""
+    """Members are managed in the organisation the request acts in (``X-Organization-ID``
+    selects it); any other id, a stranger's or one that does not exist, is the same 404, as
+    for every other object of another organisation."""
     if org_id != caller.org_id:
-        raise Forbidden("This API key's member does not belong to that organisation.")
+        raise NotFound("Organisation not found.")
 
 
 def member_view(member: Member, membership: Membership) -> dict[str, Any]:

@@ -85,7 +85,7 @@ def test_members_list_add_remove(client: Any, org: OrgKey) -> None:
     other = make_org()
     assert (
         client.get(f"/v1/organizations/{other.org_id}/members", headers=org.headers).status_code
-        == 403
+        == 404
     )
 
 

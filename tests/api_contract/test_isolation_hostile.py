@@ -19,7 +19,8 @@ def _first_org_objects(client: Any, org: OrgKey, worker: Any) -> dict[str, tuple
     from deployments.models import Deployment
     from resources.models import Resource, ResourceBackup, ResourceBinding
     from store.db import session_scope
-    from store.models import ApiKey, Job
+    from store import orgs
+    from store.models import ApiKey, Job, Member, Organization
     from webhooks.models import WebhookDelivery, WebhookEndpoint
 
     job = client.post(
@@ -76,6 +77,8 @@ def _first_org_objects(client: Any, org: OrgKey, worker: Any) -> dict[str, tuple
             "webhook_id": (WebhookEndpoint, hook.id),
             "delivery_id": (WebhookDelivery, delivery.id),
             "batch_id": (Job, batch),
+            "org_id": (Organization, org.org_id),
+            "member_id": (Member, orgs.service_member(session, org.org_id).id),
         }
 
 
