@@ -107,7 +107,7 @@ class KeyLookup:
 
         with session_scope() as session:
             principal = orgs.authenticate(session, token)
-            if principal is None:
+            if principal is None or not principal.org_id:  # unknown, or out of its default org
                 return None
             limits = plans.plan_limits(session, principal.plan)
             return KeyInfo(
