@@ -18,8 +18,8 @@ def _first_org_objects(client: Any, org: OrgKey, worker: Any) -> dict[str, tuple
     """One object of every kind the first organisation can own: {path param: (model, id)}."""
     from deployments.models import Deployment
     from resources.models import Resource, ResourceBackup, ResourceBinding
-    from store.db import session_scope
     from store import orgs
+    from store.db import session_scope
     from store.models import ApiKey, Job, Member, Organization
     from webhooks.models import WebhookDelivery, WebhookEndpoint
 
