@@ -25,6 +25,11 @@ def _org_of(client: Any, headers: dict[str, str]) -> str:
         return found.org_id
 
 
+def strip(response: Any) -> dict[str, Any]:
+    """The error without its request id (which differs per request)."""
+    return {k: v for k, v in response.json()["error"].items() if k != "request_id"}
+
+
 def test_x_organization_id_member_nonmember_missing(client: Any, org: OrgKey) -> None:
     created = client.post(
         "/v1/organizations", json={"name": f"second-{uuid.uuid4().hex[:8]}"}, headers=org.headers
@@ -54,7 +59,6 @@ def test_x_organization_id_member_nonmember_missing(client: Any, org: OrgKey) ->
     foreign = client.get("/v1/jobs", headers={**org.headers, ORG: stranger.org_id})
     missing = client.get("/v1/jobs", headers={**org.headers, ORG: str(uuid.uuid4())})
     assert foreign.status_code == missing.status_code == 403
-    strip = lambda r: {k: v for k, v in r.json()["error"].items() if k != "request_id"}  # noqa: E731
     assert strip(foreign) == strip(missing)
     assert stranger.org_id not in foreign.text
     poll_foreign = client.get(

@@ -38,7 +38,7 @@ def _granting(scope: str) -> set[str]:
 
 def _call(client: Any, method: str, path: str, org: OrgKey, headers: dict[str, str]) -> Any:
     url = PARAM.sub(lambda m: org.org_id if m.group(1) == "org_id" else DUMMY, path)
-    body = {} if method in ("POST", "PUT", "PATCH") else None
+    body: dict[str, Any] | None = {} if method in ("POST", "PUT", "PATCH") else None
     return client.request(method, url, json=body, headers=headers)
 
 
@@ -52,7 +52,7 @@ def test_every_route_declares_a_scope_or_public(client: Any, app: Any) -> None:
     ]
     assert not undeclared, f"routes without a declared scope: {undeclared}"
     hidden = [
-        f"{sorted(r.methods)} {r.path}"
+        f"{sorted(r.methods or ())} {r.path}"
         for r in api_routes(app)
         if route_access(r) is None and r.path not in FRAMEWORK
     ]
