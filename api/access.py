@@ -225,7 +225,9 @@ def install_access(app: FastAPI) -> None:
         declaration = _declaration(route)
         if declaration is None:
             continue
-        method = sorted(route.methods or {"GET"})[0]
+        methods = route.methods or {"GET"}
+        # one route serving several methods: the strongest (a write) decides, fail-safe
+        method = min(methods & MUTATING) if methods & MUTATING else sorted(methods)[0]
         if declaration.public:
             route.access = RouteAccess(None, "public", "public", None)  # type: ignore[attr-defined]
             extra: dict[str, Any] = {"x-public": True}

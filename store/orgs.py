@@ -144,7 +144,7 @@ def _principal(row: object) -> Principal:
     return Principal(
         key_id=row.id,  # type: ignore[attr-defined]
         org_id=row.org_id or "",  # type: ignore[attr-defined]
-        plan=row.plan or "",  # type: ignore[attr-defined]
+        plan=getattr(row, "plan", None) or "",
         member_id=row.member_id or "",  # type: ignore[attr-defined]
         role=row.role or "",  # type: ignore[attr-defined]
         key_scopes=tuple(row.scopes or ()),  # type: ignore[attr-defined]
@@ -164,16 +164,39 @@ def authenticate(
     return None if row is None else _principal(row)
 
 
+#: The polling hot path's statement: the key, its membership of the selected organisation and
+#: the job (the plan is not needed there: no organisations join).
+_JOB_FOR_KEY = (
+    select(
+        ApiKey.id,
+        ApiKey.org_id.label("default_org_id"),
+        ApiKey.member_id,
+        ApiKey.scopes,
+        ApiKey.expires_at,
+        ApiKey.allowed_cidrs,
+        Membership.org_id,
+        Membership.role,
+        Job,
+    )
+    .outerjoin(
+        Membership,
+        and_(Membership.member_id == ApiKey.member_id, Membership.org_id == _SELECTED_ORG),
+    )
+    .outerjoin(Job, and_(Job.org_id == Membership.org_id, Job.id == bindparam("job_id")))
+    .where(
+        ApiKey.key_hash == bindparam("key_hash"),
+        or_(ApiKey.revoked_at.is_(None), ApiKey.revoked_at > bindparam("now")),
+    )
+)
+
+
 def job_for_key(
     session: Session, raw_key: str, job_id: str, org_id: str | None = None
 ) -> tuple[Principal | None, Job | None]:
     """(the key's principal, the job if it belongs to the selected organisation) in one round
     trip: the polling hot path authenticates and reads the job with a single indexed query."""
-    stmt = _AUTHENTICATE.add_columns(Job).outerjoin(
-        Job, and_(Job.org_id == Membership.org_id, Job.id == bindparam("job_id"))
-    )
     params = {"key_hash": hash_key(raw_key), "org_id": org_id, "now": utcnow(), "job_id": job_id}
-    row = session.execute(stmt, params).first()
+    row = session.execute(_JOB_FOR_KEY, params).first()
     if row is None:
         return None, None
     return _principal(row), row[-1]
