@@ -12,9 +12,12 @@ OpenAPI document (``x-required-scope`` and the bearer security requirement namin
 ``x-public: true`` and no security for public routes); ``tests/access/test_scope_walk.py``
 fails for a route that declares neither.
 
-The requirement dependency also writes the audit record of a mutating call (POST, PUT, PATCH,
-DELETE) in the request's own transaction, after the endpoint returned and before the commit;
-denied calls (401/403) get theirs in their own small transaction (``record_denial``).
+The declarations are no-op markers resolved once at startup (``route.access``); the principal
+dependencies (``api.deps.get_principal``, the inference routes' short-lived one, the polling hot
+path) call ``authorize`` after authenticating, so the check adds no query. ``get_principal``
+also writes a successful mutating call's audit record (POST, PUT, PATCH, DELETE) into the
+request's own transaction, after the endpoint returned and before the commit; denied calls
+(401/403) get theirs in their own small transaction (``record_denial``).
 """
 
 from __future__ import annotations
