@@ -245,12 +245,28 @@ def install_access(app: FastAPI) -> None:
     _install_denial_audit(app)
 
 
+FORBIDDEN_DOC = (
+    "forbidden",
+    "The key lacks this route's scope (`details.required_scope`), is used from outside its "
+    "`allowed_cidrs`, or its member is not in the selected organisation (`X-Organization-ID`).",
+)
+ORG_PARAMETER: dict[str, Any] = {
+    "name": ORG_HEADER,
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "maxLength": 64},
+    "description": "Act in another organisation the key's member belongs to (default: the "
+    "key's own). A non-member organisation and a missing one get the same 403.",
+}
+
+
 def document_operation(operation: dict[str, Any]) -> None:
     """The OpenAPI operation's security requirement from its declaration: the bearer key
     naming the scope it needs, or none for a public route."""
     scope = operation.get("x-required-scope")
     if scope:
         operation["security"] = [{SECURITY_SCHEME: [scope]}]
+        operation.setdefault("parameters", []).append(ORG_PARAMETER)
     elif operation.get("x-public"):
         operation["security"] = []
 

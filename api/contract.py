@@ -574,7 +574,7 @@ def install_contract(app: FastAPI) -> None:
             CORSMiddleware,
             allow_origins=origins,
             allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Organization-ID"],
             expose_headers=[
                 "X-Request-ID",
                 "X-RateLimit-Limit",

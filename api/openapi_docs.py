@@ -193,6 +193,8 @@ def document_contract(app: FastAPI) -> None:
                     for status in ("401", "429"):
                         errors.pop(status)
                         operation.get("responses", {}).pop(status, None)
+                if operation.get("x-required-scope"):  # every keyed route (issue 24)
+                    errors["403"] = access.FORBIDDEN_DOC
                 if "requestBody" in operation:
                     errors.update(BODY_ERRORS)
                     if path in MULTIPART_PATHS:
