@@ -30,6 +30,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.routing import APIRoute
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import HTTPConnection
 
 from access import audit
 from access.audit import RequestInfo
@@ -50,7 +51,7 @@ SECURITY_SCHEME = "HTTPBearer"
 # --- the checks -------------------------------------------------------------------------------
 
 
-def request_info(request: Request) -> RequestInfo:
+def request_info(request: HTTPConnection) -> RequestInfo:
     return RequestInfo(
         request_id=getattr(request.state, "request_id", None),
         ip=request.client.host if request.client else None,
@@ -58,7 +59,7 @@ def request_info(request: Request) -> RequestInfo:
     )
 
 
-def selected_org(request: Request) -> str | None:
+def selected_org(request: HTTPConnection) -> str | None:
     """The ``X-Organization-ID`` header (None: the key's default organisation)."""
     value = request.headers.get(ORG_HEADER)
     return value.strip() if value and value.strip() else None
@@ -67,7 +68,7 @@ def selected_org(request: Request) -> str | None:
 NOT_A_MEMBER = "This API key's member does not belong to that organisation."
 
 
-def check_key(principal: Principal, request: Request) -> Principal:
+def check_key(principal: Principal, request: HTTPConnection) -> Principal:
     """Expiry (401), allowed addresses (403) and the selected organisation (403: the same
     answer whether it does not exist or the member is not in it); on success the key's use is
     noted off the request path (``access.usage``)."""
@@ -112,6 +113,14 @@ def check_scope(principal: Principal, scope: str) -> None:
             f"This API key lacks the scope {scope!r} in this organisation.",
             details={"required_scope": scope},
         )
+
+
+def authorize_connection(principal: Principal, conn: HTTPConnection, scope: str) -> Principal:
+    """For a route that authenticates itself (a WebSocket): the key's checks and ``scope``;
+    raises ``Unauthorized``/``Forbidden`` (close the socket with 4401/4403)."""
+    check_key(principal, conn)
+    check_scope(principal, scope)
+    return principal
 
 
 # --- declarations -----------------------------------------------------------------------------
