@@ -22,34 +22,16 @@ WORKDIR /app
 # Dependencies first (cached until pyproject.toml changes), then the code.
 COPY pyproject.toml README.md ./
 RUN mkdir -p common api workers tasks crawler inference config store cli webhooks \
-        deployments resources diagnostics monitoring jobs plans idempotency projects \
+        deployments resources diagnostics monitoring jobs plans idempotency \
+        projects assistants rag billing alerts access \
     && for p in common api workers tasks crawler inference config store cli webhooks \
-        deployments resources diagnostics monitoring jobs plans idempotency projects; do touch "$p/__init__.py"; done \
+        deployments resources diagnostics monitoring jobs plans idempotency \
+        projects assistants rag billing alerts access; do touch "$p/__init__.py"; done \
     && pip install ".[inference,deploy,resources]" \
     && pip uninstall -y conveyor \
     && rm -rf common api workers tasks crawler inference config store cli webhooks \
-        deployments resources diagnostics monitoring jobs plans idempotency projects build *.egg-info
-        deployments resources diagnostics monitoring jobs plans idempotency assistants \
-    && for p in common api workers tasks crawler inference config store cli webhooks \
-        deployments resources diagnostics monitoring jobs plans idempotency assistants; do touch "$p/__init__.py"; done \
-    && pip install ".[inference,deploy,resources]" \
-    && pip uninstall -y conveyor \
-    && rm -rf common api workers tasks crawler inference config store cli webhooks \
-        deployments resources diagnostics monitoring jobs plans idempotency assistants build *.egg-info
-        deployments resources diagnostics monitoring jobs plans idempotency billing \
-    && for p in common api workers tasks crawler inference config store cli webhooks \
-        deployments resources diagnostics monitoring jobs plans idempotency billing; do touch "$p/__init__.py"; done \
-    && pip install ".[inference,deploy,resources]" \
-    && pip uninstall -y conveyor \
-    && rm -rf common api workers tasks crawler inference config store cli webhooks \
-        deployments resources diagnostics monitoring jobs plans idempotency billing build *.egg-info
-        deployments resources diagnostics monitoring jobs plans idempotency alerts \
-    && for p in common api workers tasks crawler inference config store cli webhooks \
-        deployments resources diagnostics monitoring jobs plans idempotency alerts; do touch "$p/__init__.py"; done \
-    && pip install ".[inference,deploy,resources]" \
-    && pip uninstall -y conveyor \
-    && rm -rf common api workers tasks crawler inference config store cli webhooks \
-        deployments resources diagnostics monitoring jobs plans idempotency alerts build *.egg-info
+        deployments resources diagnostics monitoring jobs plans idempotency \
+        projects assistants rag billing alerts access build *.egg-info
 
 COPY . .
 RUN pip install --no-deps . \

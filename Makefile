@@ -31,11 +31,10 @@ test: install system-deps services
 
 # The packages (pyproject's setuptools list): the duplicate-code check reads them all at once.
 PACKAGES := api cli common config crawler deployments diagnostics idempotency inference jobs \
-	monitoring plans resources store tasks webhooks workers projects
-	monitoring plans resources store tasks webhooks workers assistants
-	monitoring plans resources store tasks webhooks workers rag
-	monitoring plans resources store tasks webhooks workers billing
-	monitoring plans resources store tasks webhooks workers alerts
+	monitoring plans resources store tasks webhooks workers projects assistants rag billing alerts access
+	monitoring plans resources store tasks webhooks workers projects assistants rag billing alerts access
+	monitoring plans resources store tasks webhooks workers projects assistants rag billing alerts access
+	monitoring plans resources store tasks webhooks workers projects assistants rag billing alerts access
 
 lint: install
 	$(VENV)/bin/ruff check .

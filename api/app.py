@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
+from api.access import install_access
 from api.contract import install_contract
 from api.errors import RequestIdMiddleware, install_error_handlers
 from api.openapi_docs import document_contract
@@ -37,6 +38,8 @@ ROUTERS: list[str] = [
     "api.routers.rag",
     "api.routers.billing",
     "api.routers.alerts",
+    "api.routers.organizations",
+    "api.routers.audit",
 ]
 
 
@@ -71,6 +74,7 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
     for module in ROUTERS:
         app.include_router(importlib.import_module(module).router)
+    install_access(app)  # every route's declared scope: checks, audit, OpenAPI
     from api.routers.openai import DeploymentFastPath
 
     # Innermost: completions for a deployment skip the routing (every contract middleware applies).

@@ -109,7 +109,7 @@ class KeyLookup:
 
         with session_scope() as session:
             principal = orgs.authenticate(session, token)
-            if principal is None:
+            if principal is None or not principal.org_id:  # unknown, or out of its default org
                 return None
             limits = plans.plan_limits(session, principal.plan)
             return KeyInfo(
@@ -581,7 +581,7 @@ def install_contract(app: FastAPI) -> None:
             CORSMiddleware,
             allow_origins=origins,
             allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Organization-ID"],
             expose_headers=[
                 "X-Request-ID",
                 "X-RateLimit-Limit",

@@ -7,8 +7,10 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
+from api import access
 from common.errors import Unauthorized
 from store import orgs
 from store.db import session_scope
@@ -34,23 +36,37 @@ Db = Annotated[Session, Depends(get_db, scope="function")]
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
-def authenticate(db: Session, credentials: HTTPAuthorizationCredentials | None) -> Principal:
-    """The caller's principal, or 401 (uncached: a revoked key fails on its next request)."""
+def require_credentials(credentials: HTTPAuthorizationCredentials | None) -> str:
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise Unauthorized(
             "Missing API key: send `Authorization: Bearer <key>`.",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    principal = orgs.authenticate(db, credentials.credentials)
+    return credentials.credentials
+
+
+def authenticate(
+    db: Session | Connection,
+    credentials: HTTPAuthorizationCredentials | None,
+    request: Request | None = None,
+) -> Principal:
+    """The caller's principal in the organisation it selected, or 401/403 (uncached: a revoked
+    key fails on its next request). One indexed query (key, membership, organisation)."""
+    token = require_credentials(credentials)
+    org_id = access.selected_org(request) if request is not None else None
+    principal = orgs.authenticate(db, token, org_id)
     if principal is None:
         raise Unauthorized("Invalid or revoked API key.", headers={"WWW-Authenticate": "Bearer"})
     return principal
 
 
-def get_principal(request: Request, db: Db, credentials: Credentials) -> Principal:
-    principal = authenticate(db, credentials)
+def get_principal(request: Request, db: Db, credentials: Credentials) -> Iterator[Principal]:
+    """Authenticate, check the route's declared scope (``api.access``), and after the endpoint
+    returned write a mutating call's audit record in the request's transaction."""
+    principal = access.authorize(authenticate(db, credentials, request), request)
     request.state.principal = principal
-    return principal
+    yield principal
+    access.audit_change(request, principal, db)
 
 
-CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+CurrentPrincipal = Annotated[Principal, Depends(get_principal, scope="function")]

@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from api import access
 from api.contract import EXEMPT_PATHS, IDEMPOTENCY_EXEMPT_PREFIXES, MULTIPART_PATHS
 from common.errors import ErrorCode
 from webhooks.schemas import EVENT_TYPES, EventPayload
@@ -192,6 +193,8 @@ def document_contract(app: FastAPI) -> None:
                     for status in ("401", "429"):
                         errors.pop(status)
                         operation.get("responses", {}).pop(status, None)
+                if operation.get("x-required-scope"):  # every keyed route (issue 24)
+                    errors["403"] = access.FORBIDDEN_DOC
                 if "requestBody" in operation:
                     errors.update(BODY_ERRORS)
                     if path in MULTIPART_PATHS:
@@ -210,6 +213,7 @@ def document_contract(app: FastAPI) -> None:
                 _add_errors(operation, errors)
                 _normalise_errors(operation)
                 _add_headers(operation, limited=True)  # exempt paths report the budget too
+                access.document_operation(operation)  # x-required-scope → security
         schemes = spec.setdefault("components", {}).setdefault("securitySchemes", {})
         for scheme in schemes.values():
             scheme["description"] = (

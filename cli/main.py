@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,6 +23,7 @@ from cli.crawl import crawl as crawl_command
 from cli.jobs import jobs_app
 from cli.orgs import app as orgs_app
 from cli.orgs import require_store
+from common.timeutil import utcnow
 from config import Settings, get_settings
 from config.queues import QUEUES, WORKER_GROUPS
 
@@ -191,23 +193,64 @@ def flower() -> None:
     _exec(cmd, env)
 
 
-def _create_key(org: str, name: str) -> str:
+def _create_key(
+    org: str, name: str, scopes: list[str] | None = None, expires_at: datetime | None = None
+) -> str:
     from store import orgs
     from store.db import session_scope
 
     with session_scope() as session:
         organisation = orgs.get_or_create_org(session, org)
-        return orgs.create_key(session, organisation.id, name=name).raw
+        return orgs.create_key(
+            session, organisation.id, name=name, scopes=scopes, expires_at=expires_at
+        ).raw
+
+
+_DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``90s``, ``30m``, ``12h``, ``30d``, ``2w`` (a bare number: seconds)."""
+    raw = text.strip().lower()
+    unit = raw[-1] if raw and raw[-1] in _DURATION else "s"
+    number = raw[:-1] if raw and raw[-1] in _DURATION else raw
+    try:
+        value = float(number)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: use e.g. 90s, 30m, 12h, 30d or 2w") from None
+    if value <= 0:
+        raise typer.BadParameter(f"{text!r}: must be positive")
+    return timedelta(seconds=value * _DURATION[unit])
 
 
 @keys_app.command("create")
 def keys_create(
     org: Annotated[str, typer.Option(help="Organisation name (created if needed).")],
     name: Annotated[str, typer.Option(help="A label for the key.")] = "cli",
+    scope: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--scope",
+            help="A scope, e.g. jobs:read or deployments:write (repeatable); none: every scope.",
+        ),
+    ] = None,
+    expires_in: Annotated[
+        str | None, typer.Option("--expires-in", help="e.g. 12h, 30d: the key stops then.")
+    ] = None,
 ) -> None:
-    """Create an API key and print it (alone, on stdout). It is never shown again."""
+    """Create an API key of the organisation's service account and print it (alone, on
+    stdout). It is never shown again."""
+    from access.scopes import ALL_SCOPES, is_scope
+
+    unknown = [s for s in scope or [] if not is_scope(s)]
+    if unknown:
+        raise typer.BadParameter(
+            f"unknown scope {unknown[0]!r}; use one of {', '.join(ALL_SCOPES)}",
+            param_hint="--scope",
+        )
+    expires_at = utcnow() + parse_duration(expires_in) if expires_in else None
     require_store()
-    print(_create_key(org, name))
+    print(_create_key(org, name, sorted(set(scope)) if scope else None, expires_at))
 
 
 @keys_app.command("list")
@@ -223,7 +266,9 @@ def keys_list(
     if page is None:
         return
     for key in page["data"]:
-        print(f"{key['id']}\t{key['masked']}\t{key['name']}\t{key['created_at']}")
+        scopes = ",".join(key.get("scopes") or [])
+        expires = key.get("expires_at") or "-"
+        print(f"{key['id']}\t{key['masked']}\t{key['name']}\t{scopes}\t{expires}")
 
 
 @keys_app.command("revoke")

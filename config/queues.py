@@ -109,6 +109,7 @@ TASK_MODULES: list[str] = [
     "tasks.assistants",
     "tasks.rag",
     "tasks.alerts",
+    "tasks.access",
     # Not tasks but Celery signal handlers every worker needs, imported by name like the tasks
     # (no import edge from the Celery app to the domains that record through the outbox):
     "workers.lifecycle",  # start and close each process's shared resources
@@ -214,6 +215,7 @@ def beat_schedule() -> dict[str, dict[str, Any]]:
             "schedule": timedelta(seconds=_setting("alerts_evaluate_seconds")),
             "options": {"expires": _setting("alerts_evaluate_seconds")},
         },
+        "purge-audit-log": {"task": "maintenance.purge_audit_log", "schedule": timedelta(hours=6)},
     }
 
 

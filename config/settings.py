@@ -344,6 +344,14 @@ class Settings(BaseSettings):
         """The shared Redis tier's admin URL: the setting, else the platform's own Redis."""
         return self.resources_redis_admin_url or self.resolved_redis_url()
 
+    # --- access (issue 24) ------------------------------------------------------------------
+    audit_retention_days: int = Field(default=400, ge=1, description="Audit log retention.")
+    key_usage_flush_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often an API process writes keys' last_used_at and new addresses.",
+    )
+
     @property
     def embedded_broker(self) -> bool:
         return not self.broker_url

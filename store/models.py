@@ -84,7 +84,48 @@ class ApiKey(Base):
     last4: Mapped[str] = mapped_column(String(4))
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: Revoked (past) or, after a rotation with a grace period, valid until then (future).
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    #: The member (person or service account) the key acts for; ``org_id`` is its default
+    #: organisation (``X-Organization-ID`` selects another one the member belongs to).
+    member_id: Mapped[str | None] = mapped_column(String(36), default=None, index=True)
+    #: ``<group>:read|write`` and ``admin``; ``["*"]``: every scope (keys made before scopes).
+    scopes: Mapped[list[str]] = mapped_column(JSONType, default=lambda: ["*"])
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    allowed_cidrs: Mapped[list[str] | None] = mapped_column(JSONType, default=None)
+    #: Written at most once a minute per key, off the request path (``access.usage``).
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)
+    #: The member that created the key (None: created by an admin command).
+    created_by: Mapped[str | None] = mapped_column(String(36), default=None)
+
+
+class Member(Base):
+    """A person or a service account; it belongs to organisations through memberships."""
+
+    __tablename__ = "members"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    kind: Mapped[str] = mapped_column(String(20), default="person")  # person | service
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    default_org_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Membership(Base):
+    """A member's role in an organisation: it caps the scopes of the member's keys there."""
+
+    __tablename__ = "memberships"
+
+    org_id: Mapped[str] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True
+    )
+    member_id: Mapped[str] = mapped_column(
+        ForeignKey("members.id", ondelete="CASCADE"), primary_key=True
+    )
+    role: Mapped[str] = mapped_column(String(20), default="developer")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("ix_memberships_member", "member_id", "org_id"),)
 
 
 class Job(Base):

@@ -17,31 +17,12 @@ import pytest
 PACKAGES = (
     "api", "cli", "common", "config", "crawler", "deployments", "diagnostics", "idempotency",
     "inference", "jobs", "monitoring", "plans", "resources", "store", "tasks", "webhooks",
-    "workers", "projects",
+    "workers", "projects", "assistants", "rag", "billing", "alerts", "access",
 )  # fmt: skip
 DOMAIN = (
     "crawler", "inference", "deployments", "resources", "webhooks", "plans", "idempotency",
-    "diagnostics", "jobs", "monitoring", "store", "common", "config", "projects",
-    "workers", "assistants",
-)  # fmt: skip
-DOMAIN = (
-    "crawler", "inference", "deployments", "resources", "webhooks", "plans", "idempotency",
-    "diagnostics", "jobs", "monitoring", "store", "common", "config", "assistants",
-    "workers", "rag",
-)  # fmt: skip
-DOMAIN = (
-    "crawler", "inference", "deployments", "resources", "webhooks", "plans", "idempotency",
-    "diagnostics", "jobs", "monitoring", "store", "common", "config", "rag",
-    "workers", "billing",
-)  # fmt: skip
-DOMAIN = (
-    "crawler", "inference", "deployments", "resources", "webhooks", "plans", "idempotency",
-    "diagnostics", "jobs", "monitoring", "store", "common", "config", "billing",
-    "workers", "alerts",
-)  # fmt: skip
-DOMAIN = (
-    "crawler", "inference", "deployments", "resources", "webhooks", "plans", "idempotency",
-    "diagnostics", "jobs", "monitoring", "store", "common", "config", "alerts",
+    "diagnostics", "jobs", "monitoring", "store", "common", "config", "projects", "assistants",
+    "rag", "billing", "alerts", "access",
 )  # fmt: skip
 ENTRY_POINTS = ("api", "tasks", "cli")
 #: Left to the outbox's owner: workers.outbox imports workers.app (to send), and workers.app

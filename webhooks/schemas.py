@@ -40,13 +40,13 @@ PROJECT_EVENTS: tuple[str, ...] = (
     "project.rollback.succeeded",
     "project.crashed",
 )
-EVENT_TYPES: tuple[str, ...] = JOB_EVENTS + DEPLOYMENT_EVENTS + RESOURCE_EVENTS + PROJECT_EVENTS
 ASSISTANT_EVENTS: tuple[str, ...] = ("instance.created", "instance.deleted")
-EVENT_TYPES: tuple[str, ...] = JOB_EVENTS + DEPLOYMENT_EVENTS + RESOURCE_EVENTS + ASSISTANT_EVENTS
 BILLING_EVENTS: tuple[str, ...] = ("invoice.created", "invoice.paid", "billing.deployments_stopped")
-EVENT_TYPES: tuple[str, ...] = JOB_EVENTS + DEPLOYMENT_EVENTS + RESOURCE_EVENTS + BILLING_EVENTS
 ALERT_EVENTS: tuple[str, ...] = ("alert.firing", "alert.resolved")
-EVENT_TYPES: tuple[str, ...] = JOB_EVENTS + DEPLOYMENT_EVENTS + RESOURCE_EVENTS + ALERT_EVENTS
+ACCESS_EVENTS: tuple[str, ...] = ("key.created", "key.revoked", "member.added", "member.removed")
+EVENT_TYPES: tuple[str, ...] = (
+    JOB_EVENTS + DEPLOYMENT_EVENTS + RESOURCE_EVENTS + PROJECT_EVENTS + ASSISTANT_EVENTS + BILLING_EVENTS + ALERT_EVENTS + ACCESS_EVENTS
+)
 
 EventType = Literal[
     "job.started",
@@ -79,6 +79,10 @@ EventType = Literal[
     "billing.deployments_stopped",
     "alert.firing",
     "alert.resolved",
+    "key.created",
+    "key.revoked",
+    "member.added",
+    "member.removed",
 ]
 DeliveryStatus = Literal["pending", "succeeded", "failed"]
 

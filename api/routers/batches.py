@@ -20,6 +20,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
+from api import access
 from api.routers.openai import CurrentPrincipal, cancel_inference, served_models, submit_inference
 from api.schemas import ERROR_RESPONSES
 from common.errors import NotFound
@@ -33,7 +34,12 @@ from store.jobs import ACTIVE
 from store.models import Job
 from store.orgs import Principal
 
-router = APIRouter(prefix="/v1", tags=["inference"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/v1",
+    tags=["inference"],
+    responses=ERROR_RESPONSES,
+    dependencies=[access.requires_group("inference")],
+)
 
 FILE_TTL_SECONDS = 24 * 3600
 

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from api import access
 from api.deps import CurrentPrincipal, Db
 from api.routers.jobs import load_job
 from api.schemas import ERROR_RESPONSES, JobOut, Page
@@ -28,7 +29,9 @@ from crawler.schemas import EXPORT_FORMATS, CrawlProblem, CrawlRequest, PageReco
 from store import jobs as job_store
 from store.models import Job
 
-router = APIRouter(tags=["crawls"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    tags=["crawls"], responses=ERROR_RESPONSES, dependencies=[access.requires_group("crawls")]
+)
 SEPARATOR = b"\n\n---\n\n"
 
 

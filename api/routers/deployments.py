@@ -16,6 +16,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from api import access
 from api.deps import CurrentPrincipal, Db
 from api.schemas import ERROR_RESPONSES, Page, parse_statuses
 from api.submit import accepted_object
@@ -52,7 +53,11 @@ async def _lifespan(app: Any) -> AsyncIterator[None]:
 
 
 router = APIRouter(
-    prefix="/v1", tags=["deployments"], responses=ERROR_RESPONSES, lifespan=_lifespan
+    prefix="/v1",
+    tags=["deployments"],
+    responses=ERROR_RESPONSES,
+    lifespan=_lifespan,
+    dependencies=[access.requires_group("deployments")],
 )
 
 

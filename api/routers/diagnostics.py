@@ -5,12 +5,18 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from api import access
 from api.deps import CurrentPrincipal, Db
 from api.schemas import ERROR_RESPONSES, JobOut
 from api.submit import accepted, submit_job
 from diagnostics.schemas import SleepInput
 
-router = APIRouter(prefix="/v1/diagnostics", tags=["diagnostics"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/v1/diagnostics",
+    tags=["diagnostics"],
+    responses=ERROR_RESPONSES,
+    dependencies=[access.requires_group("jobs")],
+)
 
 
 @router.post(

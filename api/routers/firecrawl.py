@@ -20,6 +20,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
+from api import access
 from api.deps import CurrentPrincipal, Db
 from api.routers.jobs import cancel_job, load_job
 from api.routers.openai import CurrentPrincipal as WaitingPrincipal
@@ -36,7 +37,9 @@ from store.jobs import ACTIVE, TERMINAL, JobStatus
 from store.models import Job, ResultItem
 from store.orgs import Principal
 
-router = APIRouter(tags=["firecrawl"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    tags=["firecrawl"], responses=ERROR_RESPONSES, dependencies=[access.requires_group("crawls")]
+)
 
 #: Documents per crawl-status page (the rest follows ``next``).
 STATUS_PAGE_SIZE = 100

@@ -8,6 +8,7 @@ import redis
 from fastapi import APIRouter
 from sqlalchemy import text
 
+from api import access
 from api.schemas import ERROR_RESPONSES
 from common import redis_clients
 from common.errors import Unavailable
@@ -15,7 +16,7 @@ from config import get_settings
 from store.db import session_scope
 from tasks.maintenance import queue_health
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], dependencies=[access.public_route()])
 
 
 @router.get("/", summary="Where things are: the API docs, health, Flower")

@@ -10,6 +10,7 @@ from pydantic import Field
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from api import access
 from api.deps import Credentials, CurrentPrincipal, Db, authenticate
 from api.schemas import ERROR_RESPONSES, JobOut, ListQuery, Page, parse_statuses
 from api.views import render_result
@@ -24,7 +25,12 @@ from store.jobs import ACTIVE, ALL_STATUSES, JobFilter, JobStatus
 from store.models import Job
 from store.orgs import Principal
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/v1/jobs",
+    tags=["jobs"],
+    responses=ERROR_RESPONSES,
+    dependencies=[access.requires_group("jobs")],
+)
 
 
 class JobListQuery(ListQuery):
@@ -73,20 +79,23 @@ def load_job(db: Session, principal: Principal, job_id: str) -> Job:
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="Get a job")
-async def get_job(job_id: str, credentials: Credentials) -> Response:
-    """The polling hot path: authentication, the lookup and serialisation in one worker-thread
-    hop and one query (no transaction around it), answered without a second validation pass."""
+async def get_job(job_id: str, request: Request, credentials: Credentials) -> Response:
+    """The polling hot path: authentication (key, membership of the selected organisation),
+    the lookup and serialisation in one worker-thread hop and one query (no transaction around
+    it), answered without a second validation pass; the scope check is ``api.access``'s."""
+    org_id = access.selected_org(request)
 
     def load() -> bytes:
         token = credentials.credentials if credentials else ""
         with read_session() as session:
-            valid, job = (
-                orgs.job_for_key(session, token, job_id)
+            principal, job = (
+                orgs.job_for_key(session, token, job_id, org_id)
                 if token and len(job_id) <= 64
-                else (False, None)
+                else (None, None)
             )
-            if not valid:
-                authenticate(session, credentials)  # raises the precise 401
+            if principal is None:
+                principal = authenticate(session, credentials, request)  # the precise 401
+            access.authorize(principal, request)
             if job is None:
                 raise NotFound(f"Job {job_id!r} not found.")
             view = job_to_dict(job)

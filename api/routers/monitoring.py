@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from api import access
 from api.deps import CurrentPrincipal
 from api.errors import REQUEST_ID_HEADER, request_id_of
 from api.schemas import ERROR_RESPONSES
@@ -27,6 +28,7 @@ router = APIRouter(tags=["operations"])
 
 @router.get(
     "/v1/health/status",
+    dependencies=[access.public_route()],
     response_model=HealthStatus,
     summary="Health of every dependency (no key; 503 when the store or the broker is down)",
     responses={503: {"description": "unhealthy: the same body, plus the error envelope"}},
@@ -51,6 +53,7 @@ def health_status(request: Request) -> JSONResponse:
 
 @router.get(
     "/v1/health/runners",
+    dependencies=[access.requires("jobs:read")],
     response_model=RunnersReport,
     summary="The worker pool, from heartbeats",
     responses=ERROR_RESPONSES,
@@ -61,6 +64,7 @@ def health_runners(principal: CurrentPrincipal) -> RunnersReport:
 
 @router.get(
     "/v1/queues",
+    dependencies=[access.requires("jobs:read")],
     response_model=QueuesReport,
     summary="Per queue: depth, oldest queued job, consumers, running, completed last minute",
     responses=ERROR_RESPONSES,
@@ -78,6 +82,7 @@ def _is_loopback(host: str | None) -> bool:
 
 @router.get(
     "/metrics",
+    dependencies=[access.public_route()],  # its own token (CONVEYOR_METRICS_TOKEN) or loopback
     summary="Prometheus metrics (bearer CONVEYOR_METRICS_TOKEN, or loopback clients only)",
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE: {}}}, 403: ERROR_RESPONSES[401]},

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from functools import lru_cache
 from typing import Annotated, Any
 
@@ -30,8 +30,9 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request as StarletteRequest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api import access
 from api.contract import bearer_token, replay_body
-from api.deps import bearer
+from api.deps import bearer, require_credentials
 from api.errors import error_response
 from api.routers.deployments import deployment_models, proxy_to_deployment
 from api.schemas import ERROR_RESPONSES
@@ -57,34 +58,41 @@ from store.jobs import ACTIVE
 from store.models import Job
 from store.orgs import Principal
 
-router = APIRouter(prefix="/v1", tags=["inference"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/v1",
+    tags=["inference"],
+    responses=ERROR_RESPONSES,
+    dependencies=[access.requires_group("inference")],
+)
 
 
 def short_lived_principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> Principal:
+) -> Iterator[Principal]:
     """Authenticate with a session closed at once: a request that waits minutes for its tokens
-    must not hold a database connection (``api.deps.get_principal`` keeps it to the end)."""
-    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
-        raise Unauthorized(
-            "Missing API key: send `Authorization: Bearer <key>`.",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    must not hold a database connection (``api.deps.get_principal`` keeps it to the end). The
+    route's scope is checked (``api.access``); a mutating call's audit record is written after
+    the response, in its own small transaction."""
+    token = require_credentials(credentials)
     # A request the deployment fast path passed on was authenticated a moment ago: not twice.
     verified = getattr(request.state, VERIFIED_PRINCIPAL, None)
-    principal = verified if verified is not None else _authenticate(credentials.credentials)
+    principal = (
+        verified if verified is not None else _authenticate(token, access.selected_org(request))
+    )
     if principal is None:
         raise Unauthorized("Invalid or revoked API key.", headers={"WWW-Authenticate": "Bearer"})
+    access.authorize(principal, request)
     request.state.principal = principal
-    return principal
+    yield principal
+    access.audit_change(request, principal, None)
 
 
-def _authenticate(raw_key: str) -> Principal | None:
+def _authenticate(raw_key: str, org_id: str | None = None) -> Principal | None:
     """The key's principal, read by one statement on an autocommit connection (no BEGIN or
     COMMIT round trips around the SELECT; this runs on every request)."""
     with autocommit() as connection:
-        return orgs.authenticate(connection, raw_key)
+        return orgs.authenticate(connection, raw_key, org_id)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(short_lived_principal)]
@@ -321,9 +329,10 @@ class DeploymentFastPath:
         except ValidationError:
             await self.app(scope, replay, send)  # the route answers 400/422
             return
-        principal = await run_in_threadpool(_authenticate, token)
-        if principal is None:
-            await self.app(scope, replay, send)  # the route answers 401
+        request = StarletteRequest(scope)
+        principal = await run_in_threadpool(_authenticate, token, access.selected_org(request))
+        if principal is None or not _may_infer(principal, request):
+            await self.app(scope, replay, send)  # the route answers 401/403
             return
         scope.setdefault("state", {})["principal"] = principal
         try:
@@ -342,6 +351,15 @@ class DeploymentFastPath:
             await self.app(scope, replay, send)
             return
         await response(scope, replay, send)
+
+
+def _may_infer(principal: Principal, request: StarletteRequest) -> bool:
+    """Whether the key may call a deployment from here (else the route answers the denial)."""
+    try:
+        access.check_key(principal, request)
+    except ConveyorError:
+        return False
+    return access.has_scope(principal, "inference:write")
 
 
 async def _read_body(receive: Receive) -> bytes | None:

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.orm import Session
 
+from api import access
 from api.deps import CurrentPrincipal, Db
 from api.schemas import ERROR_RESPONSES
 from api.submit import accepted_object
@@ -33,7 +34,12 @@ from resources.schemas import (
     RestoreRequest,
 )
 
-router = APIRouter(prefix="/v1", tags=["resources"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/v1",
+    tags=["resources"],
+    responses=ERROR_RESPONSES,
+    dependencies=[access.requires_group("resources")],
+)
 
 _STATUSES = ("provisioning", "ready", "degraded", "failed", "deleting", "deleted")
 _TYPES = ("postgres", "redis", "blob", "volume")
@@ -114,7 +120,11 @@ def delete_resource(
     return _accepted(db, res)
 
 
-@router.get("/resources/{resource_id}/credentials", summary="Full credentials (unmasked)")
+@router.get(
+    "/resources/{resource_id}/credentials",
+    summary="Full credentials (unmasked; needs resources:write)",
+    dependencies=[access.requires("resources:write")],
+)
 def get_credentials(resource_id: str, principal: CurrentPrincipal, db: Db) -> dict[str, Any]:
     return service.credentials(service.get(db, principal.org_id, resource_id))
 

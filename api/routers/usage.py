@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from api import access
 from api.deps import CurrentPrincipal, Db
 from api.schemas import ERROR_RESPONSES
 from assistants import service as assistants
 from plans import service as plans
 from plans.schemas import InstanceTokens, UsageReport
 
-router = APIRouter(prefix="/v1/usage", tags=["usage"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/v1/usage",
+    tags=["usage"],
+    responses=ERROR_RESPONSES,
+    dependencies=[access.requires_group("billing")],
+)
 
 
 @router.get("", response_model=UsageReport, summary="Usage of the current period against the plan")

@@ -8,13 +8,19 @@ from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from api import access
 from api.deps import CurrentPrincipal, Db
 from api.schemas import ERROR_RESPONSES
 from common.errors import NotFound
 from webhooks import events, service
 from webhooks.schemas import DeliveryList, DeliveryOut, WebhookCreate, WebhookList, WebhookOut
 
-router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/v1/webhooks",
+    tags=["webhooks"],
+    responses=ERROR_RESPONSES,
+    dependencies=[access.requires_group("webhooks")],
+)
 
 
 class PageQuery(BaseModel):

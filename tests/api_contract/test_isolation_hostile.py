@@ -20,9 +20,10 @@ def _first_org_objects(client: Any, org: OrgKey, worker: Any) -> dict[str, tuple
     from alerts.models import Alert
     from deployments.models import Deployment
     from resources.models import Resource, ResourceBackup, ResourceBinding
+    from store import orgs
     from store.db import session_scope
-    from store.models import ApiKey, Job
     from webhooks import secretbox
+    from store.models import ApiKey, Job, Member, Organization
     from webhooks.models import WebhookDelivery, WebhookEndpoint
     from webhooks.signing import generate_secret
 
@@ -103,6 +104,8 @@ def _first_org_objects(client: Any, org: OrgKey, worker: Any) -> dict[str, tuple
             "instance_id": (AssistantInstance, instance.id),
             "conversation_id": (AssistantConversation, conversation.id),
             "alert_id": (Alert, alert.id),
+            "org_id": (Organization, org.org_id),
+            "member_id": (Member, orgs.service_member(session, org.org_id).id),
         }
 
 

@@ -1,0 +1,1 @@
+"""Access: scoped API keys, members of several organisations and their roles, the audit log."""

@@ -1,0 +1,309 @@
+"""Keys, organisations and members: the rules (who may mint, rotate, revoke, add, remove) and
+their webhook events. Routers call these inside the request's transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
+
+from access.errors import RoleTooLow, StrongerKey
+from access.scopes import ALL, ROLES, effective, expand, is_scope, minimal
+from common.errors import Conflict, NotFound, ValidationFailed
+from common.timeutil import isoformat_z, utcnow
+from store import orgs, pagination
+from store.models import ApiKey, Member, Membership, Organization
+from store.orgs import NewKey, Principal
+from webhooks import events
+
+MANAGES_OTHERS = ("owner", "admin")
+
+
+def _validate_scopes(scopes: list[str]) -> list[str]:
+    unknown = [s for s in scopes if s != ALL and not is_scope(s)]
+    if unknown:
+        raise ValidationFailed(
+            f"Unknown scope(s): {', '.join(unknown)}.",
+            details=[{"loc": ["body", "scopes"], "msg": "unknown scope", "type": "enum"}],
+        )
+    return sorted(set(scopes))
+
+
+def key_view(key: ApiKey) -> dict[str, Any]:
+    return {
+        "id": key.id,
+        "name": key.name,
+        "prefix": key.prefix,
+        "last4": key.last4,
+        "masked": f"{key.prefix}…{key.last4}",
+        "scopes": minimal(key.scopes or ()),
+        "expires_at": isoformat_z(key.expires_at),
+        "allowed_cidrs": key.allowed_cidrs,
+        "last_used_at": isoformat_z(key.last_used_at),
+        "member": key.member_id,
+        "created_by": key.created_by,
+        "created_at": isoformat_z(key.created_at),
+        "revoked_at": isoformat_z(key.revoked_at),
+    }
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    name: str = ""
+    scopes: list[str] | None = None
+    expires_at: datetime | None = None
+    allowed_cidrs: list[str] | None = None
+    member: str | None = None
+
+
+def _member_in_org(session: Session, org_id: str, member_ref: str) -> Membership | None:
+    member = session.scalar(
+        select(Member).where((Member.id == member_ref) | (Member.name == member_ref))
+    )
+    if member is None:
+        return None
+    return session.get(Membership, (org_id, member.id))
+
+
+def create_key(session: Session, caller: Principal, spec: KeySpec) -> NewKey:
+    """A key of the caller's member (or, for owners and admins, of another member of the
+    organisation) never stronger than the calling key: its scopes within the caller's, its
+    expiry no later, and only addresses the caller is restricted to."""
+    granted = effective(caller.key_scopes, caller.role)
+    if spec.scopes is None:
+        scopes = list(caller.key_scopes)
+    else:
+        scopes = _validate_scopes(spec.scopes)
+        exceeds = sorted(expand(scopes) - granted)
+        if exceeds:
+            raise StrongerKey(
+                "A key cannot create a key with more power than its own: "
+                f"this key lacks {', '.join(exceeds)}.",
+                details={"exceeds": exceeds},
+            )
+    if spec.scopes is None and caller.role not in MANAGES_OTHERS and ALL in scopes:
+        scopes = sorted(granted)  # a capped member's "every scope" is what its role allows
+    expires_at = spec.expires_at
+    if expires_at is not None and expires_at <= utcnow():
+        raise ValidationFailed(
+            "expires_at is in the past.",
+            details=[{"loc": ["body", "expires_at"], "msg": "in the past", "type": "value_error"}],
+        )
+    if caller.expires_at is not None and (expires_at is None or expires_at > caller.expires_at):
+        expires_at = caller.expires_at
+    cidrs = spec.allowed_cidrs
+    if caller.allowed_cidrs is not None and cidrs is None:
+        cidrs = list(caller.allowed_cidrs)
+    member_id = caller.member_id
+    if spec.member is not None:
+        membership = _member_in_org(session, caller.org_id, spec.member)
+        if membership is None:
+            raise NotFound("No such member in this organisation.")
+        if membership.member_id != caller.member_id and caller.role not in MANAGES_OTHERS:
+            raise RoleTooLow("Only owners and admins create keys for other members.")
+        member_id = membership.member_id
+    new = orgs.create_key(
+        session,
+        caller.org_id,
+        name=spec.name,
+        member_id=member_id,
+        scopes=scopes,
+        expires_at=expires_at,
+        allowed_cidrs=cidrs,
+        created_by=caller.member_id,
+    )
+    events.emit(session, "key.created", caller.org_id, _event(new.key))
+    return new
+
+
+def _event(key: ApiKey) -> dict[str, Any]:
+    view = key_view(key)
+    return {k: view[k] for k in ("id", "name", "masked", "scopes", "member", "expires_at")}
+
+
+def _visible_keys(caller: Principal) -> Select[ApiKey]:
+    stmt = select(ApiKey).where(ApiKey.org_id == caller.org_id)
+    if caller.role not in MANAGES_OTHERS:  # developers and viewers: their own keys only
+        stmt = stmt.where(ApiKey.member_id == caller.member_id)
+    return stmt
+
+
+def list_keys(
+    session: Session, caller: Principal, *, limit: int, cursor: str | None
+) -> tuple[list[ApiKey], str | None]:
+    now = utcnow()
+    stmt = _visible_keys(caller).where((ApiKey.revoked_at.is_(None)) | (ApiKey.revoked_at > now))
+    return pagination.list_page(session, stmt, ApiKey, limit=limit, cursor=cursor)
+
+
+def _load_key(session: Session, caller: Principal, key_id: str) -> ApiKey:
+    key = (
+        session.scalar(_visible_keys(caller).where(ApiKey.id == key_id))
+        if len(key_id) <= 64
+        else None
+    )
+    if key is None:
+        raise NotFound("API key not found.")
+    return key
+
+
+def revoke_key(session: Session, caller: Principal, key_id: str) -> ApiKey:
+    key = _load_key(session, caller, key_id)
+    now = utcnow()
+    if key.revoked_at is None or key.revoked_at > now:
+        key.revoked_at = now
+        events.emit(session, "key.revoked", caller.org_id, _event(key))
+    return key
+
+
+def rotate_key(session: Session, caller: Principal, key_id: str, grace_seconds: int) -> NewKey:
+    """A new secret for the key (a new key with the same name, member, scopes, expiry and
+    addresses); the old secret keeps working ``grace_seconds`` (0: stops at once)."""
+    old = _load_key(session, caller, key_id)
+    now = utcnow()
+    if old.revoked_at is not None and old.revoked_at <= now:
+        raise Conflict("A revoked key cannot be rotated.")
+    new = orgs.create_key(
+        session,
+        old.org_id,
+        name=old.name,
+        member_id=old.member_id,
+        scopes=list(old.scopes or ()),
+        expires_at=old.expires_at,
+        allowed_cidrs=old.allowed_cidrs,
+        created_by=caller.member_id,
+    )
+    until = now + timedelta(seconds=grace_seconds)
+    old.revoked_at = until if old.revoked_at is None else min(old.revoked_at, until)
+    events.emit(session, "key.created", caller.org_id, _event(new.key))
+    events.emit(session, "key.revoked", caller.org_id, _event(old))
+    return new
+
+
+# --- organisations and members ---------------------------------------------------------------
+
+
+def org_view(org: Organization, role: str) -> dict[str, Any]:
+    return {
+        "id": org.id,
+        "name": org.name,
+        "plan": org.plan,
+        "role": role,
+        "created_at": isoformat_z(org.created_at),
+    }
+
+
+def list_orgs(session: Session, caller: Principal) -> list[dict[str, Any]]:
+    rows = session.execute(
+        select(Organization, Membership.role)
+        .join(Membership, Membership.org_id == Organization.id)
+        .where(Membership.member_id == caller.member_id)
+        .order_by(Organization.created_at, Organization.id)
+    ).all()
+    return [org_view(org, role) for org, role in rows]
+
+
+def create_org(session: Session, caller: Principal, name: str) -> Organization:
+    """A new organisation whose owner is the caller's member."""
+    if session.scalar(select(Organization.id).where(Organization.name == name)):
+        raise Conflict("An organisation with that name exists.")
+    org = orgs.get_or_create_org(session, name)
+    session.add(Membership(org_id=org.id, member_id=caller.member_id, role="owner"))
+    session.flush()
+    return org
+
+
+def _check_org(caller: Principal, org_id: str) -> None:
+    """Members are managed in the organisation the request acts in (``X-Organization-ID``
+    selects it); any other id, a stranger's or one that does not exist, is the same 404, as
+    for every other object of another organisation."""
+    if org_id != caller.org_id:
+        raise NotFound("Organisation not found.")
+
+
+def member_view(member: Member, membership: Membership) -> dict[str, Any]:
+    return {
+        "member": member.id,
+        "name": member.name,
+        "kind": member.kind,
+        "role": membership.role,
+        "added_at": isoformat_z(membership.created_at),
+    }
+
+
+def list_members(session: Session, caller: Principal, org_id: str) -> list[dict[str, Any]]:
+    """The organisation's members (an organisation has few: one list, oldest first)."""
+    _check_org(caller, org_id)
+    rows = session.execute(
+        select(Member, Membership)
+        .join(Membership, Membership.member_id == Member.id)
+        .where(Membership.org_id == org_id)
+        .order_by(Membership.created_at, Member.id)
+        .limit(1000)
+    ).all()
+    return [member_view(member, membership) for member, membership in rows]
+
+
+def add_member(
+    session: Session, caller: Principal, org_id: str, member_ref: str, role: str, kind: str
+) -> tuple[Member, Membership]:
+    """Add a member (an existing one by id or name; a new name makes a new member) with a
+    role, or change its role. Only an owner grants or changes ``owner``."""
+    _check_org(caller, org_id)
+    if role not in ROLES:
+        raise ValidationFailed(f"Unknown role {role!r}; use one of {', '.join(ROLES)}.")
+    member = session.scalar(
+        select(Member).where((Member.id == member_ref) | (Member.name == member_ref))
+    )
+    if member is None:
+        member = Member(name=member_ref, kind=kind, default_org_id=org_id)
+        session.add(member)
+        session.flush()
+    membership = session.get(Membership, (org_id, member.id))
+    if (role == "owner" or (membership is not None and membership.role == "owner")) and (
+        caller.role != "owner"
+    ):
+        raise RoleTooLow("Only an owner grants or changes the owner role.")
+    if membership is None:
+        membership = Membership(org_id=org_id, member_id=member.id, role=role)
+        session.add(membership)
+    else:
+        if membership.role == "owner" and role != "owner":
+            _keep_an_owner(session, org_id, member.id)
+        membership.role = role
+    session.flush()
+    events.emit(
+        session, "member.added", org_id, {"member": member.id, "name": member.name, "role": role}
+    )
+    return member, membership
+
+
+def _keep_an_owner(session: Session, org_id: str, leaving: str) -> None:
+    owners = session.scalar(
+        select(func.count())
+        .select_from(Membership)
+        .where(
+            Membership.org_id == org_id,
+            Membership.role == "owner",
+            Membership.member_id != leaving,
+        )
+    )
+    if not owners:
+        raise Conflict("An organisation keeps at least one owner.")
+
+
+def remove_member(session: Session, caller: Principal, org_id: str, member_id: str) -> None:
+    _check_org(caller, org_id)
+    membership = session.get(Membership, (org_id, member_id)) if len(member_id) <= 64 else None
+    if membership is None:
+        raise NotFound("No such member in this organisation.")
+    if membership.role == "owner":
+        if caller.role != "owner":
+            raise RoleTooLow("Only an owner removes an owner.")
+        _keep_an_owner(session, org_id, member_id)
+    session.delete(membership)
+    session.flush()
+    events.emit(session, "member.removed", org_id, {"member": member_id})
