@@ -32,9 +32,6 @@ test: install system-deps services
 # The packages (pyproject's setuptools list): the duplicate-code check reads them all at once.
 PACKAGES := api cli common config crawler deployments diagnostics idempotency inference jobs \
 	monitoring plans resources store tasks webhooks workers projects assistants rag billing alerts access
-	monitoring plans resources store tasks webhooks workers projects assistants rag billing alerts access
-	monitoring plans resources store tasks webhooks workers projects assistants rag billing alerts access
-	monitoring plans resources store tasks webhooks workers projects assistants rag billing alerts access
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -126,7 +126,7 @@ def _via_inference(
 
     try:
         runtime.run(
-            execute(runtime, ctx.job_id, request, ctx, usage_recorder(ctx.org_id), before_end=store)
+            execute(runtime, ctx.job_id, request, ctx, usage_recorder(ctx), before_end=store)
         )
     except JobWasCancelled as exc:
         raise JobCancelled(ctx.job_id) from exc

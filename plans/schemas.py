@@ -59,6 +59,7 @@ class UsageReport(BaseModel):
     rate_limits: RateLimits
     replica_seconds: int = Field(
         default=0, description="App project replica-seconds this period (metered, no limit)."
+    )
     assistants: list[InstanceTokens] = Field(
         default_factory=list, description="Tokens per assistant instance this period."
     )

@@ -45,7 +45,14 @@ BILLING_EVENTS: tuple[str, ...] = ("invoice.created", "invoice.paid", "billing.d
 ALERT_EVENTS: tuple[str, ...] = ("alert.firing", "alert.resolved")
 ACCESS_EVENTS: tuple[str, ...] = ("key.created", "key.revoked", "member.added", "member.removed")
 EVENT_TYPES: tuple[str, ...] = (
-    JOB_EVENTS + DEPLOYMENT_EVENTS + RESOURCE_EVENTS + PROJECT_EVENTS + ASSISTANT_EVENTS + BILLING_EVENTS + ALERT_EVENTS + ACCESS_EVENTS
+    JOB_EVENTS
+    + DEPLOYMENT_EVENTS
+    + RESOURCE_EVENTS
+    + PROJECT_EVENTS
+    + ASSISTANT_EVENTS
+    + BILLING_EVENTS
+    + ALERT_EVENTS
+    + ACCESS_EVENTS
 )
 
 EventType = Literal[

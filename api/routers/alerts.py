@@ -18,10 +18,16 @@ from alerts.schemas import (
     AlertPatch,
     PageQuery,
 )
+from api import access
 from api.deps import CurrentPrincipal, Db
 from api.schemas import ERROR_RESPONSES
 
-router = APIRouter(prefix="/v1/alerts", tags=["alerts"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/v1/alerts",
+    tags=["alerts"],
+    responses=ERROR_RESPONSES,
+    dependencies=[access.requires_group("alerts")],
+)
 
 
 @router.post("", status_code=201, response_model=AlertOut, summary="Create an alert rule")

@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from api import access
 from api.deps import CurrentPrincipal, Db
 from api.ratelimit import RateLimiter, RateLimitPolicy
 from api.routers.openai import (
@@ -51,11 +52,17 @@ from store.db import session_scope
 from store.jobs import storable
 from store.orgs import Principal
 
-router = APIRouter(prefix="/v1", tags=["assistants"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/v1",
+    tags=["assistants"],
+    responses=ERROR_RESPONSES,
+    dependencies=[access.requires_group("assistants")],
+)
 
 #: WebSocket close codes (docs/assistants-websocket.md).
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_NOT_FOUND = 4404
+CLOSE_FORBIDDEN = 4403
 CLOSE_TOO_MANY_SOCKETS = 4429
 
 
@@ -453,6 +460,7 @@ async def _follow_logs(instance_id: str, first: list[dict[str, Any]]) -> AsyncIt
     status_code=202,
     summary="An outside event for an instance (Standard Webhooks signature or ?token=)",
     tags=["assistants"],
+    dependencies=[access.public_route()],
 )
 async def incoming_webhook(
     instance_id: str,
@@ -499,6 +507,12 @@ async def instance_socket(websocket: WebSocket, instance_id: str, token: str | N
     principal = await _socket_principal(websocket, token)
     if principal is None:
         await websocket.close(CLOSE_UNAUTHORIZED, "Invalid or missing API key.")
+        return
+    try:
+        access.authorize_connection(principal, websocket, "assistants:write")
+    except ConveyorError as exc:
+        code = CLOSE_UNAUTHORIZED if exc.status_code == 401 else CLOSE_FORBIDDEN
+        await websocket.close(code, exc.message)
         return
     try:
         ref = await run_in_threadpool(_load_instance, principal.org_id, instance_id)

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from api import access
 from api.deps import Credentials, CurrentPrincipal, Db, authenticate
 from api.schemas import ERROR_RESPONSES
 from billing import invoices, service
@@ -32,7 +33,12 @@ from common.errors import Unauthorized
 from config import get_settings
 from store import orgs
 
-router = APIRouter(prefix="/v1/billing", tags=["billing"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/v1/billing",
+    tags=["billing"],
+    responses=ERROR_RESPONSES,
+    dependencies=[access.requires_group("billing")],
+)
 
 #: Most rows ``group_by=subject`` answers (the largest subjects are not ranked: keyset order).
 SUBJECT_ROWS = 1000
@@ -114,7 +120,11 @@ def _require_operator(db: Db, credentials: Credentials) -> None:
 
 
 @router.post(
-    "/credits", status_code=201, response_model=CreditBalance, summary="Grant credits (operator)"
+    "/credits",
+    status_code=201,
+    response_model=CreditBalance,
+    summary="Grant credits (operator)",
+    dependencies=[access.public_route()],  # the platform operator's key, checked in the route
 )
 def grant_credits(body: CreditGrant, db: Db, credentials: Credentials) -> CreditBalance:
     _require_operator(db, credentials)

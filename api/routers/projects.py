@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api import access
 from api.deps import CurrentPrincipal, Db
 from api.schemas import ERROR_RESPONSES
 from api.submit import accepted_object
@@ -52,7 +53,12 @@ from projects.schemas import (
 )
 from store.db import session_scope
 
-router = APIRouter(prefix="/v1", tags=["projects"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/v1",
+    tags=["projects"],
+    responses=ERROR_RESPONSES,
+    dependencies=[access.requires_group("projects")],
+)
 
 
 class PageQuery(BaseModel):

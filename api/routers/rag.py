@@ -14,6 +14,7 @@ from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from sqlalchemy.orm import Session
 
+from api import access
 from api.deps import Credentials, CurrentPrincipal, Db, authenticate
 from api.schemas import ERROR_RESPONSES
 from api.submit import accepted_object
@@ -35,7 +36,12 @@ from rag.schemas import (
 )
 from store.orgs import Principal
 
-router = APIRouter(prefix="/v1", tags=["rag"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/v1",
+    tags=["rag"],
+    responses=ERROR_RESPONSES,
+    dependencies=[access.requires_group("rag")],
+)
 ListParams = Annotated[SyftListQuery, Query()]
 
 
@@ -278,6 +284,7 @@ def _caller(request: Request, db: Session, credentials: Any) -> Caller:
 
 @router.post(
     "/endpoints/{slug}/query",
+    dependencies=[access.public_route()],  # the endpoint's own access policies decide
     summary="Ask an endpoint: {answer, sources, usage} (OpenAI chunk SSE with stream=true)",
 )
 async def query_endpoint(

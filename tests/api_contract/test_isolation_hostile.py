@@ -16,14 +16,14 @@ PARAM = re.compile(r"\{([^}]+)\}")
 
 def _first_org_objects(client: Any, org: OrgKey, worker: Any) -> dict[str, tuple[Any, str]]:
     """One object of every kind the first organisation can own: {path param: (model, id)}."""
-    from assistants.models import AssistantConversation, AssistantInstance
     from alerts.models import Alert
+    from assistants.models import AssistantConversation, AssistantInstance
     from deployments.models import Deployment
     from resources.models import Resource, ResourceBackup, ResourceBinding
     from store import orgs
     from store.db import session_scope
-    from webhooks import secretbox
     from store.models import ApiKey, Job, Member, Organization
+    from webhooks import secretbox
     from webhooks.models import WebhookDelivery, WebhookEndpoint
     from webhooks.signing import generate_secret
 
