@@ -6,10 +6,14 @@ and the API show it alike.
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from common.errors import Gone, NotFound, NotReady
@@ -54,3 +58,33 @@ def default_result(job: Job, request: Request) -> Response:
 
 def render_result(job: Job, request: Request) -> Response:
     return result_renderers.get(job.kind, default_result)(job, request)
+
+
+def follow_sse(
+    request: Request,
+    first: list[bytes],
+    poll: Callable[[], list[Any]],
+    render: Callable[[Any], bytes],
+) -> StreamingResponse:
+    """An SSE response: ``first`` chunks, then ``render`` of what ``poll`` (blocking, run in a
+    thread) returns, every 250 ms until the client leaves; a keep-alive comment after 15 s of
+    quiet so proxies keep the stream open."""
+
+    async def events() -> AsyncIterator[bytes]:
+        for chunk in first:
+            yield chunk
+        quiet_since = time.monotonic()
+        while not await request.is_disconnected():
+            fresh = await run_in_threadpool(poll)
+            for item in fresh:
+                yield render(item)
+            if fresh:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since > 15:
+                quiet_since = time.monotonic()
+                yield b": keepalive\n\n"
+            await asyncio.sleep(0.25)
+
+    return StreamingResponse(
+        events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )

@@ -20,6 +20,7 @@ from api import access
 from api.deps import CurrentPrincipal, Db
 from api.schemas import ERROR_RESPONSES, Page, parse_statuses
 from api.submit import accepted_object
+from api.views import follow_sse
 from common.errors import ConveyorError, Unavailable
 from common.redis_clients import async_client
 from config import get_settings
@@ -191,24 +192,7 @@ async def deployment_logs(
     if follower is None:
         return JSONResponse({"deployment_id": deployment_id, "lines": lines})
 
-    async def stream() -> AsyncIterator[bytes]:
-        for line in lines:
-            yield _sse(line)
-        quiet_since = time.monotonic()
-        while not await request.is_disconnected():
-            fresh = await run_in_threadpool(follower.poll)
-            for line in fresh:
-                yield _sse(line)
-            if fresh:
-                quiet_since = time.monotonic()
-            elif time.monotonic() - quiet_since > 15:
-                quiet_since = time.monotonic()
-                yield b": keepalive\n\n"
-            await asyncio.sleep(0.25)
-
-    return StreamingResponse(
-        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
-    )
+    return follow_sse(request, [_sse(line) for line in lines], follower.poll, _sse)
 
 
 def _sse(line: str) -> bytes:

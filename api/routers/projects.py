@@ -9,15 +9,13 @@ changes the rows and creates the job on the request's session, which commits onc
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -25,6 +23,7 @@ from api import access
 from api.deps import CurrentPrincipal, Db
 from api.schemas import ERROR_RESPONSES
 from api.submit import accepted_object
+from api.views import follow_sse
 from common.errors import NotFound
 from config import get_settings
 from projects import repository, service
@@ -320,24 +319,11 @@ async def project_logs(
         backend.follow_logs, ref, state, log_query
     )
 
-    async def events() -> AsyncIterator[bytes]:
-        for line in masked:
-            yield b"data: " + json.dumps(line).encode() + b"\n\n"
-        quiet_since = time.monotonic()
-        while not await request.is_disconnected():
-            fresh = await run_in_threadpool(next, follower)
-            for item in fresh:
-                yield b"data: " + json.dumps(_masked(item, secrets)).encode() + b"\n\n"
-            if fresh:
-                quiet_since = time.monotonic()
-            elif time.monotonic() - quiet_since > 15:
-                quiet_since = time.monotonic()
-                yield b": keepalive\n\n"
-            await asyncio.sleep(0.25)
+    def event(item: Any) -> bytes:
+        return b"data: " + json.dumps(_masked(item, secrets)).encode() + b"\n\n"
 
-    return StreamingResponse(
-        events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
-    )
+    first = [b"data: " + json.dumps(line).encode() + b"\n\n" for line in masked]
+    return follow_sse(request, first, lambda: next(follower), event)
 
 
 # ---------------------------------------------------------------------------- env vars ---
