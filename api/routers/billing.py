@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api import access
 from api.deps import Credentials, CurrentPrincipal, Db, authenticate
-from api.schemas import ERROR_RESPONSES
+from api.schemas import ERROR_RESPONSES, ErrorEnvelope
 from billing import invoices, service
 from billing.errors import OperatorOnly
 from billing.prices import UNITS, currency
@@ -125,6 +125,7 @@ def _require_operator(db: Db, credentials: Credentials) -> None:
     response_model=CreditBalance,
     summary="Grant credits (operator)",
     dependencies=[access.public_route()],  # the platform operator's key, checked in the route
+    responses={403: {"model": ErrorEnvelope, "description": "forbidden (not the operator's key)"}},
 )
 def grant_credits(body: CreditGrant, db: Db, credentials: Credentials) -> CreditBalance:
     _require_operator(db, credentials)
