@@ -238,7 +238,8 @@ def test_batches_inline_and_from_an_uploaded_file(
                 "requests_failed": failed,
             }
             # The job's own usage counters (billing meters them): every line's tokens.
-            assert usage["usage_completion_tokens"] >= 4 * (len(expected) - failed)
+            # each answered request generated at least one token (max_tokens is an upper bound)
+            assert usage["usage_completion_tokens"] >= len(expected) - failed
             by_id = {row["custom_id"]: row for row in output}
             assert set(by_id) == {x["custom_id"] for x in expected}
             assert by_id["q1"]["response"]["status_code"] == 200
