@@ -20,7 +20,7 @@ pytestmark = pytest.mark.parametrize("rag_stack", ["embedded", "pgvector"], indi
 PDF_TEXT = "The basalt lighthouse keeper logs every storm in a green leather ledger."
 
 
-def _wait(api: httpx.Client, job_id: str, headers: dict[str, str], timeout: float = 120) -> Any:
+def _wait(api: httpx.Client, job_id: str, headers: dict[str, str], timeout: float = 300) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = api.get(f"/v1/jobs/{job_id}", headers=headers).json()
@@ -56,7 +56,7 @@ def _endpoint(api: httpx.Client, org: OrgKey, ds: str, **extra: Any) -> str:
 
 def test_ingest_query_dedup_delete(rag_stack: Stack) -> None:
     org = make_org()
-    api = httpx.Client(base_url=rag_stack.url, timeout=60)
+    api = httpx.Client(base_url=rag_stack.url, timeout=240)
     ds = _dataset(api, org)
     r = _upload(
         api, org, ds, [("guide.md", GUIDE_MD.encode()), ("lighthouse.pdf", pdf_with_text(PDF_TEXT))]
@@ -146,7 +146,7 @@ def test_ingest_query_dedup_delete(rag_stack: Stack) -> None:
 
 def test_bad_files_fail_clearly_and_the_worker_survives(rag_stack: Stack) -> None:
     org = make_org()
-    api = httpx.Client(base_url=rag_stack.url, timeout=60)
+    api = httpx.Client(base_url=rag_stack.url, timeout=240)
     ds = _dataset(api, org)
     r = _upload(
         api, org, ds, [("notes.md", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))]
@@ -170,7 +170,7 @@ def test_bad_files_fail_clearly_and_the_worker_survives(rag_stack: Stack) -> Non
 
 def test_policies(rag_stack: Stack) -> None:
     owner, other = make_org(), make_org()
-    api = httpx.Client(base_url=rag_stack.url, timeout=60)
+    api = httpx.Client(base_url=rag_stack.url, timeout=240)
     ds = _dataset(api, owner)
     r = _upload(api, owner, ds, [("guide.md", GUIDE_MD.encode())])
     _wait(api, r.json()["id"], owner.headers)
@@ -226,7 +226,7 @@ def test_crawl_datasets(rag_stack: Stack) -> None:
     from tests.sites.site import GeneratedSite
 
     org = make_org()
-    api = httpx.Client(base_url=rag_stack.url, timeout=60)
+    api = httpx.Client(base_url=rag_stack.url, timeout=240)
     with GeneratedSite(pages=6, traps=False) as site:
         config = {"url": site.base, "mode": "full", "max_pages": 4, "render": "never"}
         r = api.post(
