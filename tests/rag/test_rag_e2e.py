@@ -123,7 +123,10 @@ def test_ingest_query_dedup_delete(rag_stack: Stack) -> None:
     assert r.status_code == 202
     job = _wait(api, r.json()["id"], org.headers)
     assert job["progress"]["chunks_indexed"] == 5
-    assert api.get(f"/v1/datasets/{ds}", headers=org.headers).json()["chunks"] == 6
+    deadline = time.monotonic() + 15  # the index's count, read by the API process
+    while api.get(f"/v1/datasets/{ds}", headers=org.headers).json()["chunks"] != 6:
+        assert time.monotonic() < deadline, "the changed file's chunks did not replace its old ones"
+        time.sleep(0.5)
 
     # delete a file: its chunks leave the index
     files = api.get(f"/v1/datasets/{ds}/files", headers=org.headers).json()["data"]
