@@ -168,9 +168,12 @@ def other_org(migrated: dict[str, object]) -> OrgKey:
 
 @pytest.fixture(scope="session")
 def worker(migrated: dict[str, object]) -> Iterator[object]:
-    """A real Celery worker (threads pool) consuming every queue but ``inference``, in this
-    process. Inference jobs need a worker that loaded models: the inference tests start one as a
-    subprocess, and this worker must not take their jobs (nor block its threads on them)."""
+    """A real Celery worker (threads pool) consuming every queue but ``inference`` and
+    ``ingest``, in this process. Inference jobs need a worker that loaded models: the inference
+    tests start one as a subprocess, and this worker must not take their jobs (nor block its
+    threads on them). Ingest jobs write the chunk index their stack's API reads (an embedded file
+    or a pgvector server per test module): the RAG tests start their own ingest worker with that
+    index, and a job this worker took would land in this process's default index instead."""
     from celery.contrib.testing.worker import start_worker
 
     from config.queues import QUEUES
@@ -182,7 +185,7 @@ def worker(migrated: dict[str, object]) -> Iterator[object]:
         pool="threads",
         concurrency=8,
         perform_ping_check=False,
-        queues=[queue for queue in QUEUES if queue != "inference"],
+        queues=[queue for queue in QUEUES if queue not in ("inference", "ingest")],
         shutdown_timeout=30,
     ) as w:
         yield w
