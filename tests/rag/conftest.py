@@ -77,6 +77,12 @@ def rag_stack(
         else request.getfixturevalue("pgvector_url")
     )
     stack, ingest = _stack(tmp, url)
-    yield stack
+    # A crawl job goes to any worker on the crawl queue: the session's in-process worker too,
+    # which must allow the local test site as the stack's workers do.
+    from config import get_settings
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(get_settings(), "crawl_allowed_hosts", "127.0.0.1")
+        yield stack
     stack.stop()
     ingest.stop()
