@@ -194,22 +194,7 @@ def run(
     )
     worker = bench.start(
         "worker",
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers.app",
-            "worker",
-            "-Q",
-            "deploy,webhooks",
-            "-P",
-            "threads",
-            "-c",
-            "4",
-            "--loglevel",
-            "WARNING",
-        ],
+        harness.worker_command("deploy,webhooks", 4),
         env,
     )
     api = f"http://127.0.0.1:{api_port}"

@@ -194,6 +194,14 @@ def uvicorn_command(app: str, port: int, workers: int, *, factory: bool = False)
     return [*cmd, "--workers", str(workers), "--no-access-log", "--log-level", "warning"]
 
 
+def worker_command(queues: str, concurrency: int) -> list[str]:
+    """A Celery worker (threads pool) of the platform on ``queues`` (comma-separated)."""
+    return [
+        *(sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", queues),
+        *("-P", "threads", "-c", str(concurrency), "--loglevel", "WARNING"),
+    ]
+
+
 def percentile(sorted_values: list[float], pct: float) -> float:
     if not sorted_values:
         return float("nan")

@@ -16,7 +16,6 @@ import secrets
 import shutil
 import statistics
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,22 +55,7 @@ def provision_latency(bench: harness.Bench, runs: int) -> tuple[float, float]:
     )
     worker = bench.start(
         "worker",
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers.app",
-            "worker",
-            "-Q",
-            "provision",
-            "-P",
-            "threads",
-            "-c",
-            "2",
-            "--loglevel",
-            "WARNING",
-        ],
+        harness.worker_command("provision", 2),
         env,
     )
     url = f"http://127.0.0.1:{api_port}"

@@ -30,6 +30,23 @@ def _org() -> sa.Column[str]:
     )
 
 
+def _owner(name: str, table: str) -> sa.Column[str]:
+    return sa.Column(
+        name,
+        sa.String(length=40),
+        sa.ForeignKey(f"{table}.id", ondelete="CASCADE"),
+        nullable=False,
+    )
+
+
+def _project() -> sa.Column[str]:
+    return _owner("project_id", "projects")
+
+
+def _environment() -> sa.Column[str]:
+    return _owner("environment_id", "project_environments")
+
+
 def upgrade() -> None:
     op.create_table(
         "projects",
@@ -58,12 +75,7 @@ def upgrade() -> None:
         "project_environments",
         sa.Column("id", sa.String(length=40), primary_key=True),
         _org(),
-        sa.Column(
-            "project_id",
-            sa.String(length=40),
-            sa.ForeignKey("projects.id", ondelete="CASCADE"),
-            nullable=False,
-        ),
+        _project(),
         sa.Column("name", sa.String(length=63), nullable=False),
         sa.Column("domain", sa.String(length=255), nullable=True),
         sa.Column("replicas", sa.Integer(), nullable=False),
@@ -87,18 +99,8 @@ def upgrade() -> None:
         "project_deployments",
         sa.Column("id", sa.String(length=40), primary_key=True),
         _org(),
-        sa.Column(
-            "project_id",
-            sa.String(length=40),
-            sa.ForeignKey("projects.id", ondelete="CASCADE"),
-            nullable=False,
-        ),
-        sa.Column(
-            "environment_id",
-            sa.String(length=40),
-            sa.ForeignKey("project_environments.id", ondelete="CASCADE"),
-            nullable=False,
-        ),
+        _project(),
+        _environment(),
         sa.Column("environment", sa.String(length=63), nullable=False),
         sa.Column("status", sa.String(length=20), nullable=False),
         sa.Column("status_reason", sa.Text(), nullable=True),
@@ -128,12 +130,7 @@ def upgrade() -> None:
         "project_env_vars",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
         _org(),
-        sa.Column(
-            "environment_id",
-            sa.String(length=40),
-            sa.ForeignKey("project_environments.id", ondelete="CASCADE"),
-            nullable=False,
-        ),
+        _environment(),
         sa.Column("key", sa.String(length=255), nullable=False),
         sa.Column("value_encrypted", sa.Text(), nullable=False),
         sa.Column("secret", sa.Boolean(), nullable=False),
@@ -145,12 +142,7 @@ def upgrade() -> None:
         "project_volumes",
         sa.Column("id", sa.String(length=40), primary_key=True),
         _org(),
-        sa.Column(
-            "project_id",
-            sa.String(length=40),
-            sa.ForeignKey("projects.id", ondelete="CASCADE"),
-            nullable=False,
-        ),
+        _project(),
         sa.Column("name", sa.String(length=63), nullable=False),
         sa.Column("mount_path", sa.String(length=255), nullable=False),
         sa.Column("size_gb", sa.Integer(), nullable=False),
@@ -164,18 +156,8 @@ def upgrade() -> None:
         "project_tcp_proxies",
         sa.Column("id", sa.String(length=40), primary_key=True),
         _org(),
-        sa.Column(
-            "project_id",
-            sa.String(length=40),
-            sa.ForeignKey("projects.id", ondelete="CASCADE"),
-            nullable=False,
-        ),
-        sa.Column(
-            "environment_id",
-            sa.String(length=40),
-            sa.ForeignKey("project_environments.id", ondelete="CASCADE"),
-            nullable=False,
-        ),
+        _project(),
+        _environment(),
         sa.Column("service", sa.String(length=63), nullable=False),
         sa.Column("external_port", sa.Integer(), nullable=False, unique=True),
         sa.Column("target_port", sa.Integer(), nullable=False),
@@ -186,12 +168,7 @@ def upgrade() -> None:
         "project_bindings",
         sa.Column("id", sa.String(length=40), primary_key=True),
         _org(),
-        sa.Column(
-            "environment_id",
-            sa.String(length=40),
-            sa.ForeignKey("project_environments.id", ondelete="CASCADE"),
-            nullable=False,
-        ),
+        _environment(),
         sa.Column("resource_id", sa.String(length=40), nullable=False),
         sa.Column("role", sa.String(length=20), nullable=False),
         sa.Column("kind", sa.String(length=20), nullable=False),
