@@ -6,8 +6,10 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -102,23 +104,36 @@ def test_only_one_beat_schedules(migrated: dict[str, object]) -> None:
         "--max-interval",
         "1",
     ]
+    # Each beat writes its log to a file: the test waits for the first send (a loaded machine
+    # takes a while to import the app), then gives the other beat time to send if it could.
+    folder = Path(tempfile.mkdtemp(prefix="beats-"))
+    files = [(folder / f"beat-{i}.log").open("w") for i in range(2)]
     beats = [
-        subprocess.Popen(
-            cmd, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        )
-        for _ in range(2)
+        subprocess.Popen(cmd, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=file)
+        for file in files
     ]
+
+    def logs() -> list[str]:
+        return [(folder / f"beat-{i}.log").read_text() for i in range(2)]
+
     try:
-        time.sleep(12)
+        deadline = time.monotonic() + 90
+        while not any("Sending due task" in log for log in logs()):
+            assert time.monotonic() < deadline, [log[-2000:] for log in logs()]
+            time.sleep(0.5)
+        time.sleep(8)  # several of the scheduler's 1 s ticks: the other beat would send by now
     finally:
         for beat in beats:
             beat.terminate()
-        logs = [beat.communicate(timeout=30)[1] for beat in beats]
-    senders = [log for log in logs if "Sending due task" in log]
-    assert len(senders) == 1, [log[-2000:] for log in logs]
+        for beat in beats:
+            beat.wait(timeout=30)
+        for file in files:
+            file.close()
+    senders = [log for log in logs() if "Sending due task" in log]
+    assert len(senders) == 1, [log[-2000:] for log in logs()]
     # The reconciler is sent only while a deployment exists (an idle Flower stays quiet).
     from deployments.repository import any_live
 
     skipped = "reconcile-deployments not sent: nothing to do" in senders[0]
     assert skipped == (not any_live()), senders[0][-3000:]
-    assert client.exists("conveyor:redbeat::lock") or "Acquiring lock" in "".join(logs)
+    assert client.exists("conveyor:redbeat::lock") or "Acquiring lock" in "".join(logs())
