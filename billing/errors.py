@@ -7,7 +7,7 @@ Hierarchy (each a ``common.errors.ConveyorError`` with an HTTP status and a code
   ``{needed, balance}`` (micro-units), the reference's ``INSUFFICIENT_CREDITS``.
 - ``OperatorOnly`` (403 ``forbidden``): an operator action (granting credits) asked with an
   organisation's key.
-- ``InvoiceStateError`` (409 ``conflict``): e.g. paying a void invoice.
+- ``InvoiceStateError`` (409 ``conflict``): paying a void invoice, voiding a paid one.
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ charged in the open month (``service.record_usage``) and shows there as adjustme
 
 Status: ``draft`` (claimed) → ``open`` (lines and totals final, in the same transaction) →
 ``paid`` | ``void``. An invoice whose total is covered by the allowance and credits is ``paid``
-when it is closed.
+when it is closed. Voiding (``open → void``) cancels the charge: the credits the invoice applied go
+back to the ledger, the month's usage stays recorded but is not billed again (the invoice keeps
+its (org, period) slot, so a rerun of the close makes none), and a paid invoice cannot be voided.
 """
 
 from __future__ import annotations
@@ -121,6 +123,32 @@ def pay(session: Session, org_id: str, invoice_id: str) -> Invoice:
     invoice.status, invoice.paid_at = "paid", utcnow()
     session.flush()
     events.emit(session, "invoice.paid", org_id, invoice_view(invoice))
+    return invoice
+
+
+def void(session: Session, org_id: str, invoice_id: str) -> Invoice:
+    """``open → void`` (webhook ``invoice.voided``): the credits it applied are returned to the
+    ledger. Voiding a void invoice returns it unchanged; a paid (or draft) one is 409. The move is
+    a compare-and-set on the status, so two concurrent calls refund once."""
+    invoice = get(session, org_id, invoice_id)
+    moved = invoice.status == "open" and repository.move_invoice(
+        session, invoice.id, "open", {"status": "void", "voided_at": utcnow()}
+    )
+    session.refresh(invoice)  # as it stands now (another call may have moved it first)
+    if not moved:
+        if invoice.status == "void":
+            return invoice
+        raise InvoiceStateError(
+            f"A {invoice.status} invoice cannot be voided.", details={"status": invoice.status}
+        )
+    if invoice.credits_applied_micros:
+        repository.add_credit(
+            session,
+            org_id,
+            invoice.credits_applied_micros,
+            f"invoice {invoice.period} voided ({invoice.id})",
+        )
+    events.emit(session, "invoice.voided", org_id, invoice_view(invoice))
     return invoice
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, func, select, text
+from sqlalchemy import Connection, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -194,6 +194,21 @@ def claim_invoice(session: Session, values: dict[str, Any]) -> str | None:
         .returning(Invoice.id)
     )
     return session.execute(stmt).scalar()
+
+
+def move_invoice(
+    session: Session, invoice_id: str, from_status: str, values: dict[str, Any]
+) -> bool:
+    """Compare-and-set an invoice's status: apply ``values`` only while it is ``from_status``;
+    whether this call moved it."""
+    stmt = (
+        update(Invoice)
+        .where(Invoice.id == invoice_id, Invoice.status == from_status)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    result = session.execute(stmt)
+    return bool(getattr(result, "rowcount", 0) == 1)
 
 
 def get_invoice(

@@ -41,7 +41,12 @@ PROJECT_EVENTS: tuple[str, ...] = (
     "project.crashed",
 )
 ASSISTANT_EVENTS: tuple[str, ...] = ("instance.created", "instance.deleted")
-BILLING_EVENTS: tuple[str, ...] = ("invoice.created", "invoice.paid", "billing.deployments_stopped")
+BILLING_EVENTS: tuple[str, ...] = (
+    "invoice.created",
+    "invoice.paid",
+    "invoice.voided",
+    "billing.deployments_stopped",
+)
 ALERT_EVENTS: tuple[str, ...] = ("alert.firing", "alert.resolved")
 ACCESS_EVENTS: tuple[str, ...] = ("key.created", "key.revoked", "member.added", "member.removed")
 EVENT_TYPES: tuple[str, ...] = (
@@ -83,6 +88,7 @@ EventType = Literal[
     "instance.deleted",
     "invoice.created",
     "invoice.paid",
+    "invoice.voided",
     "billing.deployments_stopped",
     "alert.firing",
     "alert.resolved",

@@ -1,4 +1,5 @@
-"""``/v1/billing``: usage and its cost, credits, invoices (JSON, PDF, CSV) and paying them.
+"""``/v1/billing``: usage and its cost, credits, invoices (JSON, PDF, CSV), paying and voiding
+them.
 
 Resource group ``billing``. ``POST /v1/billing/credits`` takes the platform operator's key
 (``CONVEYOR_OPERATOR_KEY``), not an organisation's: an organisation's key gets 403 ``forbidden``.
@@ -169,7 +170,25 @@ def get_invoice(invoice_id: str, principal: CurrentPrincipal, db: Db) -> Invoice
     return InvoiceOut.model_validate(invoices.get(db, principal.org_id, invoice_id))
 
 
-@router.post("/invoices/{invoice_id}/pay", response_model=InvoiceOut, summary="Mark paid")
+@router.post(
+    "/invoices/{invoice_id}/pay",
+    response_model=InvoiceOut,
+    summary="Mark paid",
+    responses={409: {"model": ErrorEnvelope, "description": "conflict (the invoice is void)"}},
+)
 def pay_invoice(invoice_id: str, principal: CurrentPrincipal, db: Db) -> InvoiceOut:
     """Record the invoice's payment (``open → paid``, webhook ``invoice.paid``); idempotent."""
     return InvoiceOut.model_validate(invoices.pay(db, principal.org_id, invoice_id))
+
+
+@router.post(
+    "/invoices/{invoice_id}/void",
+    response_model=InvoiceOut,
+    summary="Void an invoice",
+    responses={409: {"model": ErrorEnvelope, "description": "conflict (the invoice is paid)"}},
+)
+def void_invoice(invoice_id: str, principal: CurrentPrincipal, db: Db) -> InvoiceOut:
+    """Cancel an open invoice (``open → void``, webhook ``invoice.voided``): the credits it
+    applied go back to the balance and its usage is not billed again. Idempotent; a paid invoice
+    cannot be voided (409), and a void one cannot be paid (409)."""
+    return InvoiceOut.model_validate(invoices.void(db, principal.org_id, invoice_id))

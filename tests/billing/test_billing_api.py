@@ -174,3 +174,71 @@ def test_closing_a_month_is_idempotent_and_late_usage_is_an_adjustment(
     with session_scope() as session, pytest.raises(Exception, match="not ended"):
         invoices.close_org_period(session, buyer.org_id, period_key())
     assert datetime.now(UTC) >= start
+
+
+def test_voiding_an_invoice_returns_its_credits_and_blocks_payment(
+    client: Any, operator: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from config import get_settings
+    from webhooks.models import WebhookDelivery
+
+    buyer = make_org(plan="startup")
+    monkeypatch.setattr(get_settings(), "crawl_allowed_hosts", "127.0.0.1")
+    hook = client.post(
+        "/v1/webhooks",
+        json={"url": "http://127.0.0.1:9/hook", "events": ["invoice.voided", "invoice.paid"]},
+        headers=buyer.headers,
+    )
+    assert hook.status_code == 201, hook.text
+    last = service.previous_period(period_key())
+    at = service.period_bounds(last)[0] + timedelta(days=2)
+    record(_usage(buyer.org_id, "gpu_seconds", 100_000, "a100", "v1", at))  # 99 USD
+    grant = {"org_id": buyer.org_id, "amount_micros": 3_000_000, "reason": "promo"}
+    assert client.post("/v1/billing/credits", json=grant, headers=operator).status_code == 201
+    with session_scope() as session:
+        closed = invoices.close_org_period(session, buyer.org_id, last)
+        assert closed is not None and closed.status == "open"
+        invoice_id = closed.id
+
+    def balance() -> int:
+        usage = client.get("/v1/billing/usage", headers=buyer.headers).json()
+        return int(usage["credits_balance_micros"])
+
+    assert balance() == 0  # all 3 USD applied to the invoice
+
+    other = make_org(plan="startup")  # another organisation cannot void it: 404, as if absent
+    r = client.post(f"/v1/billing/invoices/{invoice_id}/void", headers=other.headers)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+    voided = client.post(f"/v1/billing/invoices/{invoice_id}/void", headers=buyer.headers)
+    assert voided.status_code == 200, voided.text
+    body = voided.json()
+    assert body["status"] == "void" and body["voided_at"] and body["paid_at"] is None
+    assert balance() == 3_000_000  # the applied credits came back
+    again = client.post(f"/v1/billing/invoices/{invoice_id}/void", headers=buyer.headers)
+    assert again.status_code == 200 and again.json()["voided_at"] == body["voided_at"]
+    assert balance() == 3_000_000  # refunded once
+    pay = client.post(f"/v1/billing/invoices/{invoice_id}/pay", headers=buyer.headers)
+    assert pay.status_code == 409 and pay.json()["error"]["code"] == "conflict"
+    with session_scope() as session:  # the month stays closed: a rerun makes no second invoice
+        assert invoices.close_org_period(session, buyer.org_id, last) is None
+        deliveries = session.scalars(
+            select(WebhookDelivery.event_type).where(WebhookDelivery.org_id == buyer.org_id)
+        ).all()
+    assert deliveries == ["invoice.voided"]
+    listed = client.get("/v1/billing/invoices", headers=buyer.headers).json()["data"]
+    assert [(i["id"], i["status"]) for i in listed] == [(invoice_id, "void")]
+
+    # A paid invoice cannot be voided.
+    record(_usage(other.org_id, "gpu_seconds", 100_000, "a100", "v2", at))
+    with session_scope() as session:
+        second = invoices.close_org_period(session, other.org_id, last)
+        assert second is not None
+        paid_id = second.id
+    assert client.post(f"/v1/billing/invoices/{paid_id}/pay", headers=other.headers).is_success
+    r = client.post(f"/v1/billing/invoices/{paid_id}/void", headers=other.headers)
+    assert r.status_code == 409 and r.json()["error"]["details"] == {"status": "paid"}
+    assert (
+        client.get(f"/v1/billing/invoices/{paid_id}", headers=other.headers).json()["status"]
+        == "paid"
+    )
