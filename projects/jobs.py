@@ -294,6 +294,8 @@ def _finish(
             event = "project.rollback.succeeded" if dep.rollback_of else "project.deploy.succeeded"
             _event(session, event, project, dep)
         elif status == "failed":
+            if env.active_deployment_id is None:
+                env.status = "failed"  # nothing serves it (an earlier release would go on)
             _event(session, "project.deploy.failed", project, dep, reason=why)
 
 

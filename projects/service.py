@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from billing import service as billing
 from common.errors import Conflict, NotFound, ValidationFailed
 from common.timeutil import isoformat_z, utcnow
 from jobs.service import create_job
@@ -462,13 +463,15 @@ def observe(session: Session, project: Project, env: ProjectEnvironment) -> Obse
         )
     if obs.crashes or obs.events:
         env.state = obs.state.model_dump()
+    if env.active_deployment_id is not None and env.status != obs.status:
+        env.status = obs.status  # the last observation: what ``deployment_status`` alerts watch
     accrue(session, env, obs.ready_replicas)
     return obs
 
 
 def accrue(session: Session, env: ProjectEnvironment, ready: int) -> None:
     """Replica-seconds: ready replicas times the time since the last observation, billed to the
-    organisation's usage counter in whole seconds."""
+    organisation's usage counter and to billing's usage events in whole seconds."""
     from plans.service import METRIC_REPLICA_SECONDS, record_usage
 
     now = utcnow()
@@ -476,12 +479,25 @@ def accrue(session: Session, env: ProjectEnvironment, ready: int) -> None:
         elapsed = max(0.0, (now - env.accounted_at).total_seconds())
         env.replica_seconds = (env.replica_seconds or 0.0) + elapsed * ready
         whole = math.floor(env.replica_seconds)
-        if whole > (env.replica_seconds_billed or 0):
-            record_usage(
+        billed = env.replica_seconds_billed or 0
+        if whole > billed:
+            record_usage(session, env.org_id, METRIC_REPLICA_SECONDS, whole - billed)
+            # From the same durable counter, in the same transaction, keyed by the interval it
+            # covers: an observation that rolls back or runs twice writes nothing twice.
+            billing.record_usage(
                 session,
-                env.org_id,
-                METRIC_REPLICA_SECONDS,
-                whole - (env.replica_seconds_billed or 0),
+                [
+                    billing.Usage(
+                        org_id=env.org_id,
+                        meter="replica_seconds",
+                        quantity=whole - billed,
+                        dimension=env.name,
+                        subject_type="project_environment",
+                        subject_id=env.id,
+                        occurred_at=now,
+                        idempotency_key=f"project_environment:{env.id}:replica:{billed}-{whole}",
+                    )
+                ],
             )
             env.replica_seconds_billed = whole
     env.accounted_at = now if env.active_deployment_id else None
