@@ -3,8 +3,10 @@ now, the observed value and what was seen.
 
 Every measure is one indexed query (or one cached broker read); ``EvaluationRun`` shares what a
 whole evaluation run needs once (the queue snapshot). ``SUBJECTS`` maps a ``deployment_status``
-subject type to the function that reads its status, so a new kind of subject (an app project's
-environment) is one entry.
+subject type to the function that reads its status, so a new kind of subject is one entry: a
+model deployment's status, or an app project environment's last observed one (``running``,
+``degraded`` while a replica is down, ``failed`` when its deploy failed and nothing serves it,
+``stopped``), written by the projects supervisor and the deploy jobs.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from alerts.schemas import (
 )
 from deployments.models import Deployment
 from monitoring.schemas import QueueStats
+from projects.models import ProjectEnvironment
 from store.models import Job
 
 AnyCondition = (
@@ -66,9 +69,18 @@ def _deployment_status(session: Session, org_id: str, subject_id: str) -> str | 
     )
 
 
+def _environment_status(session: Session, org_id: str, subject_id: str) -> str | None:
+    return session.scalar(
+        select(ProjectEnvironment.status).where(
+            ProjectEnvironment.id == subject_id, ProjectEnvironment.org_id == org_id
+        )
+    )
+
+
 #: subject type → ``fn(session, org_id, subject_id) -> status | None`` (None: no such subject).
 SUBJECTS: dict[str, Callable[[Session, str, str], str | None]] = {
     "deployment": _deployment_status,
+    "project_environment": _environment_status,
 }
 
 

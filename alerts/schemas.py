@@ -15,8 +15,9 @@ EventState = Literal["firing", "resolved"]
 SubjectStatus = Literal["failed", "degraded", "stopped"]
 ALL_SUBJECT_STATUSES: tuple[SubjectStatus, ...] = ("failed", "degraded", "stopped")
 #: Subject types a ``deployment_status`` condition can watch (``alerts.conditions.SUBJECTS``
-#: reads each one's status; app-project environments add ``project_environment`` there).
-SUBJECT_TYPES: tuple[str, ...] = ("deployment",)
+#: reads each one's status): a model deployment (``dep_…``) or an app project's environment
+#: (``env_…``, ``GET /v1/projects/{id}/environments``).
+SUBJECT_TYPES: tuple[str, ...] = ("deployment", "project_environment")
 
 _FOR_HELP = (
     "Seconds the condition must hold before the alert fires, and be clear before it resolves "
@@ -63,7 +64,9 @@ class DeploymentStatusCondition(_Condition):
     """A deployment (or project environment) in one of ``statuses`` for ``for_seconds``."""
 
     type: Literal["deployment_status"]
-    subject_type: str = Field(default="deployment", description="deployment")
+    subject_type: str = Field(
+        default="deployment", description="`deployment` or `project_environment`."
+    )
     subject_id: str = Field(min_length=1, max_length=64)
     statuses: list[SubjectStatus] = Field(
         default_factory=lambda: list(ALL_SUBJECT_STATUSES), min_length=1, max_length=3

@@ -59,6 +59,10 @@ TRIGGERS: dict[str, tuple[str, ...]] = {
     "deployment.stopped": ("deployment_status",),
     "deployment.running": ("deployment_status",),
     "deployment.deleted": ("deployment_status",),
+    "project.crashed": ("deployment_status",),
+    "project.deploy.failed": ("deployment_status",),
+    "project.deploy.succeeded": ("deployment_status",),
+    "project.rollback.succeeded": ("deployment_status",),
 }
 
 DEBOUNCE_KEY = "conveyor:alerts:trigger:{key}"

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from config.queues import EVENT_HOOKS, WEBHOOKS, resolve
 from webhooks import service
-from webhooks.schemas import EVENT_TYPES
+from webhooks.schemas import EVENT_TYPES, JOB_EVENTS
 from workers import outbox
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,9 @@ def emit(
         raise ValueError(f"unknown webhook event type {event_type!r}")
     level = logging.WARNING if event_type in ALERTS else logging.INFO
     log.log(level, "event %s for %s: %s", event_type, data.get("id"), data.get("reason") or "")
-    if job_id is None:  # a job's events run the hooks in ``jobs.service.emit_job_event``
+    if job_id is None or event_type not in JOB_EVENTS:
+        # ``job.*`` events run the hooks in ``jobs.service.emit_job_event`` (with or without a
+        # webhook listening); every other event here, even one tied to a job (a project deploy)
         run_hooks(session, event_type, org_id, data)
     ids = service.record_event(
         session, org_id=org_id, event_type=event_type, data=data, job_id=job_id
