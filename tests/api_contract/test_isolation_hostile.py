@@ -91,7 +91,9 @@ def _first_org_objects(client: Any, org: OrgKey, worker: Any) -> dict[str, tuple
         )
         session.add(alert)
         session.flush()
+        newer = _new_domain_objects(session, org.org_id, dep.id, res.id)
         return {
+            **newer,
             "job_id": (Job, job["id"]),
             "key_id": (ApiKey, key["id"]),
             "deployment_id": (Deployment, dep.id),
@@ -107,6 +109,137 @@ def _first_org_objects(client: Any, org: OrgKey, worker: Any) -> dict[str, tuple
             "org_id": (Organization, org.org_id),
             "member_id": (Member, orgs.service_member(session, org.org_id).id),
         }
+
+
+#: First-organisation names and keys that appear in path parameters (not row ids).
+SERVICE_NAME = "isolationweb"
+SERVICE_ID = "svc_15015a7e0000beef"
+ENV_KEY = "ISOLATION_SECRET_KEY"
+CONFIG_KEY = "isolation_config_key"
+STORAGE_NAME = "isolationstore"
+ENDPOINT_SLUG = "isolation-secret-endpoint"
+
+
+def _new_domain_objects(
+    session: Any, org_id: str, deployment_id: str, resource_id: str
+) -> dict[str, tuple[Any, str]]:
+    """The first organisation's objects of the newest domains: a project with its environment,
+    env var, service, volume, release, storage binding and TCP proxy; a RAG dataset with a file,
+    a provider, a policy and an endpoint; an invoice. Rows as their services write them."""
+    import secrets
+    from datetime import timedelta
+
+    from billing.models import Invoice
+    from billing.service import period_bounds, previous_period
+    from common.timeutil import utcnow
+    from plans.service import period_key
+    from projects.models import (
+        Project,
+        ProjectBinding,
+        ProjectDeployment,
+        ProjectEnvironment,
+        ProjectEnvVar,
+        ProjectTcpProxy,
+        ProjectVolume,
+    )
+    from rag.models import Dataset, DatasetFile, Endpoint, Policy, Provider
+    from rag.schemas import EndpointCreate, PolicyCreate
+    from resources.service import credential_box
+
+    project = Project(
+        org_id=org_id,
+        name="isolation-secret-project",
+        slug=f"isolation-{secrets.token_hex(4)}",
+        git_repository="https://isolation.example/app.git",
+        services={SERVICE_NAME: {"id": SERVICE_ID, "command": "python app.py", "port": 8000}},
+        config={CONFIG_KEY: "isolation-secret-config"},
+    )
+    session.add(project)
+    session.flush()
+    env = ProjectEnvironment(
+        org_id=org_id, project_id=project.id, name="production", status="ready"
+    )
+    session.add(env)
+    session.flush()
+    release = ProjectDeployment(
+        org_id=org_id,
+        project_id=project.id,
+        environment_id=env.id,
+        environment=env.name,
+        status="failed",
+        status_reason="health_check_failed: isolation",
+    )
+    volume = ProjectVolume(
+        org_id=org_id, project_id=project.id, name="isolationvol", mount_path="/data"
+    )
+    env_var = ProjectEnvVar(
+        org_id=org_id,
+        environment_id=env.id,
+        key=ENV_KEY,
+        value_encrypted=credential_box().encrypt({"v": "isolation-secret-value"}),
+        secret=True,
+    )
+    storage = ProjectBinding(
+        org_id=org_id, environment_id=env.id, resource_id=resource_id, kind="storage",
+        name=STORAGE_NAME,
+    )  # fmt: skip
+    proxy = ProjectTcpProxy(
+        org_id=org_id,
+        project_id=project.id,
+        environment_id=env.id,
+        service=SERVICE_NAME,
+        external_port=40000 + secrets.randbelow(20000),
+        target_port=8000,
+    )
+    dataset = Dataset(
+        org_id=org_id, name="isolation-secret-dataset", dtype="local_file",
+        embedding_model="isolation-embedder", chunk_size=200, chunk_overlap=20,
+    )  # fmt: skip
+    provider = Provider(org_id=org_id, name="isolation-secret-provider", kind="conveyor")
+    policy_body = PolicyCreate(name="isolation-secret-policy", type="rate_limit")
+    policy = Policy(
+        org_id=org_id, name=policy_body.name, type="rate_limit", config=policy_body.config
+    )
+    session.add_all([release, volume, env_var, storage, proxy, dataset, provider, policy])
+    session.flush()
+    file = DatasetFile(
+        org_id=org_id, dataset_id=dataset.id, name="isolation-secret.txt", source="upload",
+        media_type="text/plain", size=5, content_hash="0" * 64, content=b"hello", status="ready",
+    )  # fmt: skip
+    body = EndpointCreate(
+        name="isolation-secret-endpoint", slug=ENDPOINT_SLUG, dataset_ids=[dataset.id],
+        response_type="search", policy_ids=[policy.id], provider=provider.id,
+    )  # fmt: skip
+    endpoint = Endpoint(
+        org_id=org_id,
+        name=body.name,
+        slug=body.slug,
+        settings=body.model_dump(exclude={"name", "slug"}),
+    )
+    period = previous_period(period_key())
+    start, end = period_bounds(period)
+    invoice = Invoice(
+        org_id=org_id, period=period, plan="unlimited", status="open", currency="USD",
+        lines=[], subtotal_micros=1_234_567, total_micros=1_234_567, period_start=start,
+        period_end=end, finalized_at=end + timedelta(hours=1), created_at=utcnow(),
+    )  # fmt: skip
+    session.add_all([file, endpoint, invoice])
+    session.flush()
+    return {
+        "project_id": (Project, project.id),
+        "env_id": (ProjectEnvironment, env.id),
+        "project_deployment_id": (ProjectDeployment, release.id),
+        "volume_id": (ProjectVolume, volume.id),
+        "env_var": (ProjectEnvVar, env_var.id),
+        "storage_binding": (ProjectBinding, storage.id),
+        "tcp_proxy": (ProjectTcpProxy, proxy.id),
+        "dataset_id": (Dataset, dataset.id),
+        "dataset_file_id": (DatasetFile, file.id),
+        "provider_id": (Provider, provider.id),
+        "policy_id": (Policy, policy.id),
+        "endpoint": (Endpoint, endpoint.id),
+        "invoice_id": (Invoice, invoice.id),
+    }
 
 
 def _finished_batch(org: OrgKey) -> str:
@@ -158,15 +291,11 @@ def test_a_second_org_sees_and_changes_nothing_on_any_route(
     client: Any, org: OrgKey, other_org: OrgKey, worker: Any
 ) -> None:
     objects = _first_org_objects(client, org, worker)
-    ids = {name: row_id for name, (_, row_id) in objects.items()}
+    ids = {name: str(row_id) for name, (_, row_id) in objects.items()}
     ids["file_id"] = _uploaded_file(client, org)  # kept in Redis, not a row
+    ids.update(PATH_VALUES)
     before = _snapshot(objects)
-    secrets_of_a = [
-        *ids.values(),
-        "isolation-secret-dep",
-        "isolation-secret-db",
-        "isolation.example",
-    ]
+    secrets_of_a = [*(v for v in ids.values() if not v.isdigit()), *SECRET_NAMES]
     spec = client.get("/openapi.json").json()
     walked: list[str] = []
     for path, operations in spec["paths"].items():
@@ -179,12 +308,9 @@ def test_a_second_org_sees_and_changes_nothing_on_any_route(
                     assert not leaked, (path, leaked)
                     walked.append(f"GET {path}")
                 continue
-            concrete = path
-            for name in names:
-                if name in UNSEEDED:  # no first-org object here yet: still never 2xx/5xx
-                    ids.setdefault(name, f"absent-{name}")
-                assert name in ids, f"no object of the first org for {{{name}}} in {path}"
-                concrete = concrete.replace("{" + name + "}", ids[name])
+            values = {name: ids[_id_key(path, name)] for name in names}
+            absent = {name: _absent(value) for name, value in values.items()}
+            concrete = _fill(path, values)
             response = client.request(method.upper(), concrete, headers=other_org.headers, json={})
             walked.append(f"{method.upper()} {path}")
             # An incoming webhook takes no API key: its own signature is what is refused.
@@ -192,9 +318,17 @@ def test_a_second_org_sees_and_changes_nothing_on_any_route(
             assert response.status_code in allowed, (method, concrete, response.status_code)
             if response.status_code == 404:
                 assert response.json()["error"]["code"] == "not_found"
+            # The first organisation's object answers exactly as an id that exists nowhere (a
+            # signed route is public: its unguessable id is the URL the sender was given).
+            twin = client.request(
+                method.upper(), _fill(path, absent), headers=other_org.headers, json={}
+            )
+            if path not in SIGNED_NOT_KEYED:
+                assert _shape(response, values) == _shape(twin, absent), (method, concrete)
             leaked = [s for s in secrets_of_a if s in response.text and s not in concrete]
             assert not leaked, (method, concrete, leaked)
     assert len(walked) >= 30
+    assert {f"GET {p}" for p in OWNER_SEES} <= set(walked)
     # Nothing of the first organisation changed: every row is exactly as it was.
     assert _snapshot(objects) == before
     assert client.get(f"/v1/jobs/{ids['job_id']}/result", headers=org.headers).status_code == 200
@@ -203,16 +337,88 @@ def test_a_second_org_sees_and_changes_nothing_on_any_route(
     assert (
         client.get(f"/v1/files/{output['output_file_id']}", headers=org.headers).status_code == 200
     )
+    # ... and the ids walked are real: the first organisation reads each of them.
+    for path in OWNER_SEES:
+        response = client.get(_fill(path, {n: ids[_id_key(path, n)] for n in PARAM.findall(path)}),
+                              headers=org.headers)  # fmt: skip
+        assert response.status_code == 200, (path, response.text)
 
 
 SIGNED_NOT_KEYED = {"/v1/webhooks/incoming/{instance_id}"}
-#: Path parameters of the newest domains (projects, RAG, billing) whose first-org objects the
-#: sweep does not create yet; their own suites test another organisation's calls. A route with
-#: them must still answer 404/422 to the second organisation, never 2xx or 5xx.
-UNSEEDED = {
-    "project_id", "env_id", "name", "key", "volume_id", "service_id", "invoice_id",
-    "dataset_id", "policy_id", "provider_id", "slug",
+#: Path parameters that are names or keys of the first organisation's objects, not row ids.
+PATH_VALUES = {
+    "name": SERVICE_NAME, "key": ENV_KEY, "slug": ENDPOINT_SLUG, "service_id": SERVICE_ID,
+    "storage_name": STORAGE_NAME, "config_key": CONFIG_KEY,
 }  # fmt: skip
+#: A parameter whose object depends on the route: (path fragment, parameter) → entry of ``ids``.
+ID_OVERRIDES = {
+    ("/v1/projects/", "deployment_id"): "project_deployment_id",
+    ("/v1/datasets/", "file_id"): "dataset_file_id",
+    ("/storage/", "name"): "storage_name",
+    ("/config/", "key"): "config_key",
+}
+SECRET_NAMES = [
+    "isolation-secret-dep", "isolation-secret-db", "isolation.example",
+    "isolation-secret-project", "isolation-secret-dataset", "isolation-secret-provider",
+    "isolation-secret-policy", "isolation-secret-value", "isolation-secret-config",
+    "isolation-secret.txt",
+]  # fmt: skip
+#: Routes of the newest domains the first organisation reads with its own key (200), so the
+#: ids the sweep used are proven real.
+OWNER_SEES = [
+    "/v1/projects/{project_id}",
+    "/v1/projects/{project_id}/environments/{env_id}",
+    "/v1/projects/{project_id}/deployments/{deployment_id}",
+    "/v1/projects/{project_id}/services/{name}",
+    "/v1/projects/{project_id}/config/{key}",
+    "/v1/projects/{project_id}/env-vars",
+    "/v1/projects/{project_id}/volumes",
+    "/v1/projects/{project_id}/storage",
+    "/v1/services/{service_id}/tcp-proxy",
+    "/v1/datasets/{dataset_id}",
+    "/v1/datasets/{dataset_id}/files/{file_id}",
+    "/v1/models/providers/{provider_id}",
+    "/v1/policies/{policy_id}",
+    "/v1/endpoints/{slug}",
+    "/v1/billing/invoices/{invoice_id}",
+    "/v1/alerts/{alert_id}",
+    "/v1/instances/{instance_id}",
+]
+
+
+def _id_key(path: str, name: str) -> str:
+    return next(
+        (key for (frag, param), key in ID_OVERRIDES.items() if param == name and frag in path), name
+    )
+
+
+def _fill(path: str, values: dict[str, str]) -> str:
+    for name, value in values.items():
+        path = path.replace("{" + name + "}", value)
+    return path
+
+
+def _absent(value: str) -> str:
+    """An id of the same shape that exists nowhere: the prefix (``prj_``) kept, every other
+    letter ``f`` (``F``) and digit ``9`` (still valid hex, UUID and name syntax)."""
+    head, sep, tail = value.partition("_")
+    if not sep or len(head) > 5:
+        head, sep, tail = "", "", value
+    swap = "".join("9" if c.isdigit() else "F" if c.isupper() else "f" if c.isalpha() else c
+                   for c in tail)  # fmt: skip
+    return head + sep + swap
+
+
+def _shape(response: Any, values: dict[str, str]) -> tuple[int, str, str]:
+    """Status, error code and message, with the path values put back as their names."""
+    if response.status_code < 400:
+        return response.status_code, "", ""
+    error = response.json()["error"]
+    message = str(error["message"])
+    for name, value in sorted(values.items(), key=lambda item: -len(item[1])):
+        message = message.replace(value, "{" + name + "}")
+    return response.status_code, str(error["code"]), message
+
 
 HOSTILE_BODIES = [
     b"{not json",
