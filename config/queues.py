@@ -91,7 +91,10 @@ JOB_TERMINAL_HOOKS: tuple[str, ...] = ("billing.metering:record_job_usage",)
 BILLING_METERS: tuple[str, ...] = ("resources.jobs:meter_storage",)
 #: What stops an organisation's running work once it is out of credit past the grace period:
 #: ``fn(session, org_id) -> list[str]`` (ids stopped; stopped, never deleted).
-BILLING_SUSPENDERS: tuple[str, ...] = ("deployments.jobs:stop_for_credit",)
+BILLING_SUSPENDERS: tuple[str, ...] = (
+    "deployments.jobs:stop_for_credit",
+    "projects.jobs:stop_for_credit",
+)
 
 # Redis redelivers an unacked message after this long: keep it above the longest hard limit.
 VISIBILITY_TIMEOUT = max(k.time_limit for k in KINDS.values()) + 600

@@ -354,3 +354,21 @@ def supervise_all() -> dict[str, int]:
             except Exception:  # one environment's failure must not stop the others
                 log.exception("supervising %s failed", env.id)
     return {"environments": len(envs), "crashes": crashes}
+
+
+def stop_for_credit(session: Session, org_id: str) -> list[str]:
+    """Stop (never delete) the organisation's running environments: billing's enforcement once
+    it is out of credit past the grace period (``config.queues.BILLING_SUSPENDERS``). Returns
+    the environment ids stopped; one that cannot be stopped is logged and the others go on."""
+    stopped: list[str] = []
+    for env in repository.live_environments(session, org_id):
+        project = repository.get_project_any(session, env.project_id)
+        if project is None or project.status == "deleting":
+            continue
+        try:
+            service.stop_environment(session, project, env)
+        except Exception:
+            log.exception("stopping environment %s for credit failed", env.id)
+            continue
+        stopped.append(env.id)
+    return stopped

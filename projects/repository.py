@@ -79,11 +79,13 @@ def environment_any(session: Session, env_id: str) -> ProjectEnvironment | None:
     return session.get(ProjectEnvironment, env_id)
 
 
-def live_environments(session: Session) -> Sequence[ProjectEnvironment]:
-    """Environments with an active release (the supervisor's work list)."""
-    return session.scalars(
-        select(ProjectEnvironment).where(ProjectEnvironment.active_deployment_id.is_not(None))
-    ).all()
+def live_environments(session: Session, org_id: str | None = None) -> Sequence[ProjectEnvironment]:
+    """Environments with an active release (the supervisor's work list), of one organisation
+    when ``org_id`` is given."""
+    query = select(ProjectEnvironment).where(ProjectEnvironment.active_deployment_id.is_not(None))
+    if org_id is not None:
+        query = query.where(ProjectEnvironment.org_id == org_id)
+    return session.scalars(query.order_by(ProjectEnvironment.id)).all()
 
 
 def any_live() -> bool:

@@ -317,6 +317,9 @@ def _claim_environment(session: Session, env: ProjectEnvironment, wait: bool) ->
 
 
 def deploy(session: Session, project: Project, body: DeployRequest) -> ProjectDeployment:
+    # Replicas spend replica-seconds: an organisation out of credit is refused before anything
+    # is written (402); the plan's concurrency quota does not apply to an existing project.
+    billing.check_credits(session, project.org_id, "project_deploy", {})
     env = get_environment(session, project, body.environment, lock=True)
     _claim_environment(session, env, body.wait)
     dep = ProjectDeployment(
@@ -345,6 +348,7 @@ def deploy(session: Session, project: Project, body: DeployRequest) -> ProjectDe
 
 
 def rollback(session: Session, project: Project, body: RollbackRequest) -> ProjectDeployment:
+    billing.check_credits(session, project.org_id, "project_rollback", {})  # as ``deploy``
     source = repository.deployment(session, project.id, body.deployment_id)
     if source is None:
         raise NotFound(f"Deployment {body.deployment_id!r} of project {project.id} not found.")
@@ -466,6 +470,21 @@ def observe(session: Session, project: Project, env: ProjectEnvironment) -> Obse
     if env.active_deployment_id is not None and env.status != obs.status:
         env.status = obs.status  # the last observation: what ``deployment_status`` alerts watch
     accrue(session, env, obs.ready_replicas)
+    return obs
+
+
+def stop_environment(session: Session, project: Project, env: ProjectEnvironment) -> Observation:
+    """Stop the environment's replicas (``stopped``), never deleting it: its configuration,
+    volumes, env vars and history stay, and a deploy or a rollback starts it again. The
+    replica-seconds up to now are accrued first."""
+    if env.active_deployment_id is not None:
+        observe(session, project, env)
+    obs = get_backend().stop(env_ref(project, env), state_of(env))
+    env.state = obs.state.model_dump()
+    env.active_deployment_id = None
+    env.accounted_at = None
+    env.status = "stopped"
+    session.flush()
     return obs
 
 

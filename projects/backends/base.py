@@ -303,6 +303,12 @@ class Backend(abc.ABC):
         crashes restarted are in ``Observation.crashes``)."""
 
     @abc.abstractmethod
+    def stop(self, env: EnvironmentRef, state: BackendState | None) -> Observation:
+        """Stop every replica of the environment (``stopped``: nothing serves it) while its
+        artifacts, volumes, secrets, routes and TCP proxies stay; a deploy or a rollback starts
+        it again. Billing's suspension of an organisation out of credit. Idempotent."""
+
+    @abc.abstractmethod
     def logs(
         self, env: EnvironmentRef, state: BackendState | None, query: LogQuery
     ) -> list[LogLine]:

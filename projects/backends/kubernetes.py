@@ -469,6 +469,23 @@ class KubernetesProjectBackend(Backend):
             fresh.sort(key=lambda line: line.ts)
             yield fresh
 
+    def stop(self, env: EnvironmentRef, state: BackendState | None) -> Observation:
+        """The release's Deployments deleted (their pods go) and forgotten by the state, so
+        observing does not re-apply them; the namespace, Secrets, Services, route and PVCs stay,
+        and the next rollout applies the Deployments again."""
+        scope = self.scope(env)
+        data = dict(self._data(state))
+        for live in self.list_objects("Deployment", scope.namespace, k.SERVICE_LABEL):
+            self.delete("Deployment", scope.namespace, live["metadata"]["name"])
+        data["active"] = None
+        return Observation(
+            status="stopped",
+            reason="stopped: a deploy or a rollback starts it again",
+            state=BackendState(backend=self.name, data=data),
+            url=self._url(env),
+            active_deployment_id=None,
+        )
+
     def teardown(self, env: EnvironmentRef, state: BackendState | None) -> None:
         self.delete("Namespace", "", self.scope(env).namespace)
 

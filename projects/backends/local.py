@@ -599,6 +599,19 @@ class LocalProjectsBackend(Backend):
                             )
             yield out
 
+    # -------------------------------------------------------------------- stopping ---
+    def stop(self, env: EnvironmentRef, state: BackendState | None) -> Observation:
+        """Every replica stopped and the route emptied (the router answers 503); the venvs,
+        volumes and proxies stay for the next rollout."""
+        with self._locked(env):
+            st = self._load(env)
+            self._stop(st.replicas)
+            st.replicas = []
+            st.active = None
+            self._save(env, st)
+            self._write_route(env, st)
+            return self._observe(env, st, restart=False)
+
     # -------------------------------------------------------------------- teardown ---
     def teardown(self, env: EnvironmentRef, state: BackendState | None) -> None:
         with self._locked(env):

@@ -450,6 +450,23 @@ def test_a_pod_deleted_behind_our_back_is_replaced_and_observed(cluster: Cluster
     assert "svc-worker" in fake.kinds("deployments")
 
 
+def test_stop_removes_the_workloads_only_and_a_rollout_brings_them_back(cluster: Cluster) -> None:
+    fake, backend = cluster
+    obs = deploy(backend, release())
+    stopped = backend.stop(ENV, obs.state)
+    assert stopped.status == "stopped" and stopped.active_deployment_id is None
+    assert fake.kinds("deployments") == [] and fake.pods_of(ns(), "svc-web") == []
+    # Never deleted: the namespace, its secret, services, route and volume claim stay.
+    assert fake.kinds("persistentvolumeclaims") == ["vol-data"]
+    assert fake.kinds("secrets") == ["env-dep-1"] and fake.kinds("httproutes") == ["route"]
+    assert fake.kinds("services") == ["svc-web", "tcp-web"]
+    seen = backend.status(ENV, stopped.state)  # observing does not re-apply what was stopped
+    assert seen.status == "stopped" and fake.kinds("deployments") == [] and not seen.events
+    assert backend.stop(ENV, seen.state).status == "stopped"  # idempotent
+    again = deploy(backend, release("dep_2", f"registry.test/apps/shop:{SHA_B}"), seen.state)
+    assert again.status == "running" and fake.kinds("deployments") == ["svc-web", "svc-worker"]
+
+
 def test_a_container_restart_is_reported_as_a_crash(cluster: Cluster) -> None:
     fake, backend = cluster
     obs = deploy(backend, release())
