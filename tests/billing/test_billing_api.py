@@ -242,3 +242,34 @@ def test_voiding_an_invoice_returns_its_credits_and_blocks_payment(
         client.get(f"/v1/billing/invoices/{paid_id}", headers=other.headers).json()["status"]
         == "paid"
     )
+
+
+def test_two_concurrent_voids_refund_once(client: Any, operator: dict[str, str]) -> None:
+    import threading
+
+    buyer = make_org(plan="startup")
+    last = service.previous_period(period_key())
+    at = service.period_bounds(last)[0] + timedelta(days=1)
+    record(_usage(buyer.org_id, "gpu_seconds", 100_000, "a100", "race", at))
+    grant = {"org_id": buyer.org_id, "amount_micros": 2_000_000, "reason": "promo"}
+    assert client.post("/v1/billing/credits", json=grant, headers=operator).status_code == 201
+    with session_scope() as session:
+        closed = invoices.close_org_period(session, buyer.org_id, last)
+        assert closed is not None and closed.credits_applied_micros == 2_000_000
+        invoice_id = closed.id
+    barrier = threading.Barrier(2)
+    statuses: list[str] = []
+
+    def void() -> None:
+        with session_scope() as session:
+            barrier.wait()
+            statuses.append(invoices.void(session, buyer.org_id, invoice_id).status)
+
+    threads = [threading.Thread(target=void) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert statuses == ["void", "void"]
+    with session_scope() as session:
+        assert service.credits_balance(session, buyer.org_id) == 2_000_000  # refunded once
