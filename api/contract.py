@@ -93,22 +93,33 @@ class KeyInfo:
     policy: RateLimitPolicy
 
 
+def selected_org(scope: Scope) -> str | None:
+    """The ``X-Organization-ID`` header (None: the key's default organisation)."""
+    value = _header(scope, b"x-organization-id")
+    return value.strip() or None if value else None
+
+
 class KeyLookup:
-    """Token → (org, rate-limit policy), cached briefly. Authentication itself stays in
-    ``api.deps`` (uncached), so a revoked key fails on its very next request."""
+    """(token, selected organisation) → (the organisation the request acts in, its plan's
+    rate-limit policy), cached briefly. Authentication itself stays in ``api.deps`` (uncached),
+    so a revoked key fails on its very next request. A member acting in another organisation
+    (``X-Organization-ID``) draws from that organisation's plan and budget; an organisation it
+    is not in falls back to the key's default one (the route answers 403)."""
 
     def __init__(self, ttl_seconds: float = 30.0, max_entries: int = 10_000) -> None:
         self.ttl = ttl_seconds
         self.max_entries = max_entries
         self._cache: dict[str, tuple[float, KeyInfo | None]] = {}
 
-    def _load(self, token: str) -> KeyInfo | None:
+    def _load(self, token: str, org_id: str | None) -> KeyInfo | None:
         from plans import service as plans
         from store import orgs
         from store.db import session_scope
 
         with session_scope() as session:
-            principal = orgs.authenticate(session, token)
+            principal = orgs.authenticate(session, token, org_id)
+            if principal is not None and not principal.org_id and org_id is not None:
+                principal = orgs.authenticate(session, token)  # not a member there
             if principal is None or not principal.org_id:  # unknown, or out of its default org
                 return None
             limits = plans.plan_limits(session, principal.plan)
@@ -116,14 +127,16 @@ class KeyLookup:
                 principal.org_id, RateLimitPolicy(limits.read_per_minute, limits.write_per_minute)
             )
 
-    async def get(self, token: str) -> KeyInfo | None:
+    async def get(self, token: str, org_id: str | None = None) -> KeyInfo | None:
         digest = hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+        if org_id is not None:
+            digest += "|" + org_id[:64]
         now = time.monotonic()
         hit = self._cache.get(digest)
         if hit is not None and now - hit[0] < self.ttl:
             return hit[1]
         try:
-            info = await anyio.to_thread.run_sync(self._load, token)
+            info = await anyio.to_thread.run_sync(self._load, token, org_id)
         except Exception:  # store down: the route itself answers 503 unavailable
             log.warning("API key lookup failed; treating the key as unknown", exc_info=True)
             return None
@@ -151,10 +164,13 @@ class RateLimitMiddleware:
             return
         exempt = scope["path"] in EXEMPT_PATHS
         token = bearer_token(scope)
-        info = await self.lookup.get(token) if token else None
+        info = await self.lookup.get(token, selected_org(scope)) if token else None
         client = scope.get("client")
-        # Unknown keys count against the caller's address, so random keys buy no extra budget.
-        identity = identity_for(token if info else None, client[0] if client else None)
+        # Unknown keys count against the caller's address, so random keys buy no extra budget;
+        # a key's budget is per organisation it acts in (its plan's).
+        identity = identity_for(
+            token if info else None, client[0] if client else None, info.org_id if info else None
+        )
         try:
             policy = info.policy if info else None
             if exempt:  # health checks and docs report the budget without spending it
@@ -458,7 +474,7 @@ class IdempotencyMiddleware:
             )
             return
         token = bearer_token(scope)
-        info = await self.lookup.get(token) if token else None
+        info = await self.lookup.get(token, selected_org(scope)) if token else None
         if info is None:  # the route answers 401 itself
             await self.app(scope, receive, send)
             return

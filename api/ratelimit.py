@@ -87,13 +87,15 @@ class RateLimitDecision:
         return values
 
 
-def identity_for(token: str | None, client_host: str | None) -> str:
-    """The counter key for a request: a hash of its bearer token, else its client address.
+def identity_for(token: str | None, client_host: str | None, org_id: str | None = None) -> str:
+    """The counter key for a request: a hash of its bearer token (and the organisation it acts
+    in: one budget per organisation of a member's key), else its client address.
 
     The token is hashed so that no key material is ever written to the limiter's storage.
     """
     if token:
-        return "key:" + hashlib.sha256(token.encode("utf-8")).hexdigest()[:32]
+        digest = "key:" + hashlib.sha256(token.encode("utf-8")).hexdigest()[:32]
+        return f"{digest}:{org_id}" if org_id else digest
     return "ip:" + (client_host or "unknown")
 
 

@@ -189,3 +189,46 @@ def test_the_last_owner_stays(client: Any, org: OrgKey) -> None:
         f"/v1/organizations/{org.org_id}/members/{owner['member']}", headers=org.headers
     )
     assert answer.status_code == 409
+
+
+def test_a_selected_organisation_draws_from_its_own_plan_and_budget(client: Any) -> None:
+    """``X-Organization-ID`` moves the request onto the selected organisation's rate limit: its
+    plan's budget (not the key's default organisation's) and a counter of its own."""
+    from sqlalchemy import update
+
+    from store.db import session_scope
+    from store.models import Organization
+
+    home = make_org(plan="free")  # 120 reads a minute
+    person = member(client, home, "developer")
+    other = make_org(plan="starter")  # 600 reads a minute
+    added = client.post(
+        f"/v1/organizations/{other.org_id}/members",
+        json={"member": person["name"], "role": "viewer"},
+        headers=other.headers,
+    )
+    assert added.status_code == 201
+    at_home = client.get("/v1/jobs", headers=person["headers"])
+    assert at_home.headers["X-RateLimit-Limit"] == "120"
+    home_left = int(at_home.headers["X-RateLimit-Remaining"])
+    away = [
+        client.get("/v1/jobs", headers={**person["headers"], ORG: other.org_id}) for _ in range(3)
+    ]
+    assert [a.status_code for a in away] == [200] * 3
+    assert {a.headers["X-RateLimit-Limit"] for a in away} == {"600"}
+    assert [int(a.headers["X-RateLimit-Remaining"]) for a in away] == [599, 598, 597]
+    # the home organisation's budget did not pay for them
+    again = client.get("/v1/jobs", headers=person["headers"])
+    assert int(again.headers["X-RateLimit-Remaining"]) == home_left - 1
+    # a plan change of the selected organisation shows once the short lookup cache is gone
+    with session_scope() as session:
+        session.execute(
+            update(Organization).where(Organization.id == other.org_id).values(plan="pro")
+        )
+    client.app.state.key_lookup.forget()
+    switched = client.get("/v1/jobs", headers={**person["headers"], ORG: other.org_id})
+    assert switched.headers["X-RateLimit-Limit"] == "3000"
+    # an organisation the member is not in: the 403 counts against the key's home budget
+    stranger = make_org(plan="pro")
+    refused = client.get("/v1/jobs", headers={**person["headers"], ORG: stranger.org_id})
+    assert refused.status_code == 403 and refused.headers["X-RateLimit-Limit"] == "120"
