@@ -307,3 +307,114 @@ def remove_member(session: Session, caller: Principal, org_id: str, member_id: s
     session.delete(membership)
     session.flush()
     events.emit(session, "member.removed", org_id, {"member": member_id})
+
+
+# --- deleting an organisation ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OrgDeletion:
+    """What deleting an organisation did (the answer of ``DELETE /v1/organizations/{id}``)."""
+
+    org_id: str
+    keys_revoked: int
+    members_removed: int
+    jobs_cancelled: int
+    teardown_jobs: list[str]
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "id": self.org_id,
+            "deleted": True,
+            "keys_revoked": self.keys_revoked,
+            "members_removed": self.members_removed,
+            "jobs_cancelled": self.jobs_cancelled,
+            "teardown_jobs": self.teardown_jobs,
+        }
+
+
+def delete_org(session: Session, caller: Principal, org_id: str) -> OrgDeletion:
+    """Delete the organisation the request acts in (its owner only), in the request's one
+    transaction: every key made in it is revoked at once, every membership ends (so no key can
+    select it any more: 403, like one that never existed), active jobs are cancelled, and its
+    deployments, resources and projects get their own deletion jobs (sent on commit), which tear
+    down what runs. Its assistant instances are deleted. The row stays as a tombstone: its name
+    stays taken (access policies name organisations), and its jobs, usage, invoices and audit
+    log stay until their own retention removes them."""
+    _check_org(caller, org_id)
+    if caller.role != "owner":
+        raise RoleTooLow("Only an owner deletes the organisation.")
+    now = utcnow()
+    keys = session.scalars(
+        select(ApiKey).where(
+            ApiKey.org_id == org_id, (ApiKey.revoked_at.is_(None)) | (ApiKey.revoked_at > now)
+        )
+    ).all()
+    for key in keys:
+        key.revoked_at = now
+    memberships = session.scalars(select(Membership).where(Membership.org_id == org_id)).all()
+    for membership in memberships:
+        session.delete(membership)
+    cancelled = _cancel_active_jobs(session, org_id)
+    teardown = _tear_down(session, org_id)
+    session.flush()
+    return OrgDeletion(org_id, len(keys), len(memberships), cancelled, teardown)
+
+
+def _cancel_active_jobs(session: Session, org_id: str) -> int:
+    from jobs.service import emit_job_event
+    from store import jobs as job_store
+    from store.models import Job
+
+    active = session.scalars(
+        select(Job.id).where(Job.org_id == org_id, Job.status.in_(list(job_store.ACTIVE)))
+    ).all()
+    cancelled = 0
+    for job_id in active:
+        if job_store.transition(
+            session, job_id, to=job_store.JobStatus.CANCELLED, from_=list(job_store.ACTIVE)
+        ):
+            emit_job_event(session, "job.cancelled", job_id)
+            cancelled += 1
+    return cancelled
+
+
+def _tear_down(session: Session, org_id: str) -> list[str]:
+    """Each running thing's own deletion (the same calls as its DELETE route); the ids of the
+    jobs that carry them out."""
+    from assistants import service as assistants
+    from assistants.models import AssistantInstance
+    from deployments import service as deployments
+    from deployments.models import Deployment
+    from projects import service as projects
+    from projects.models import Project
+    from resources import service as resources
+    from resources.models import Resource
+
+    jobs: list[str] = []
+    for dep in session.scalars(
+        select(Deployment).where(Deployment.org_id == org_id, Deployment.desired != "deleted")
+    ):
+        if deployments.delete(session, dep):
+            jobs.append(deployments.schedule(session, dep, "delete"))
+    for res in session.scalars(
+        select(Resource).where(
+            Resource.org_id == org_id, Resource.status.not_in(("deleting", "deleted"))
+        )
+    ):
+        resources.delete(session, res, purge_backups=False)
+        jobs.append(res.job_id or "")
+    for project in session.scalars(
+        select(Project).where(
+            Project.org_id == org_id, Project.status.not_in(("deleting", "deleted"))
+        )
+    ):
+        projects.delete_project(session, project)
+        jobs.append(project.job_id or "")
+    for instance in session.scalars(
+        select(AssistantInstance).where(
+            AssistantInstance.org_id == org_id, AssistantInstance.deleted_at.is_(None)
+        )
+    ):
+        assistants.delete(session, instance)
+    return [job for job in jobs if job]

@@ -65,6 +65,19 @@ class MemberList(BaseModel):
     data: list[MemberOut]
 
 
+class OrgDeleted(BaseModel):
+    id: str
+    deleted: bool
+    keys_revoked: int = Field(description="Keys made in it, revoked at once.")
+    members_removed: int = Field(description="Memberships ended (its owner's included).")
+    jobs_cancelled: int = Field(description="Queued or running jobs cancelled.")
+    teardown_jobs: list[str] = Field(
+        description="The deletion jobs of its deployments, resources and projects; they run "
+        "on their own (no key of the organisation is left to poll them: the operator sees "
+        "them in Flower)."
+    )
+
+
 @router.get("", response_model=OrgList, summary="The organisations the caller's member is in")
 def list_orgs(principal: CurrentPrincipal, db: Db) -> dict[str, Any]:
     return {"data": service.list_orgs(db, principal)}
@@ -107,3 +120,23 @@ def remove_member(
     service.remove_member(db, principal, org_id, member_id)
     access.audit_target(request, "member", member_id, "organizations.members.remove")
     return Response(status_code=204)
+
+
+@router.delete(
+    "/{org_id}",
+    response_model=OrgDeleted,
+    summary="Delete the organisation (owner only): keys revoked, members removed, teardown",
+    description="Only an owner, acting in it (`X-Organization-ID` or the key's default "
+    "organisation), deletes an organisation. At once, in one transaction: every key made in it "
+    "is revoked, every membership ends (so no key selects it any more: the same 403 as an "
+    "organisation that never existed), queued and running jobs are cancelled, and its "
+    "deployments, resources and projects get their deletion jobs; assistant instances are "
+    "deleted. Its jobs, usage, invoices and audit log are kept until their own retention, and "
+    "its name stays taken. Another organisation's id, or one that does not exist: 404.",
+)
+def delete_org(
+    org_id: str, request: Request, principal: CurrentPrincipal, db: Db
+) -> dict[str, Any]:
+    deletion = service.delete_org(db, principal, org_id)
+    access.audit_target(request, "organization", org_id)
+    return deletion.view()
