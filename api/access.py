@@ -115,11 +115,23 @@ def check_scope(principal: Principal, scope: str) -> None:
         )
 
 
-def authorize_connection(principal: Principal, conn: HTTPConnection, scope: str) -> Principal:
+async def authorize_connection(
+    principal: Principal | None, conn: HTTPConnection, scope: str
+) -> Principal:
     """For a route that authenticates itself (a WebSocket): the key's checks and ``scope``;
-    raises ``Unauthorized``/``Forbidden`` (close the socket with 4401/4403)."""
-    check_key(principal, conn)
-    check_scope(principal, scope)
+    raises ``Unauthorized`` (no or an unknown key: ``principal`` None) or ``Forbidden`` (close
+    the socket with 4401/4403). A denial is audited like an HTTP one (``<group>.connect.denied``,
+    in its own small transaction, off the event loop)."""
+    try:
+        if principal is None:
+            raise Unauthorized("Invalid or missing API key.")
+        check_key(principal, conn)
+        check_scope(principal, scope)
+    except ConveyorError as exc:
+        if exc.status_code in (401, 403):
+            action = f"{scope.split(':')[0]}.connect.denied"
+            await run_in_threadpool(_record_denial_of, conn, exc.status_code, action)
+        raise
     return principal
 
 
@@ -327,7 +339,9 @@ def audit_change(request: Request, principal: Principal, db: Session | None) -> 
     )
 
 
-def _target(request: Request, meta: RouteAccess) -> tuple[str | None, str | None, str | None]:
+def _target(
+    request: HTTPConnection, meta: RouteAccess
+) -> tuple[str | None, str | None, str | None]:
     explicit = getattr(request.state, "audit_target", None)
     if explicit is not None:
         return explicit  # type: ignore[no-any-return]
@@ -341,7 +355,7 @@ def _target(request: Request, meta: RouteAccess) -> tuple[str | None, str | None
 
 
 def _record_own_transaction(
-    request: Request,
+    request: HTTPConnection,
     principal: Principal | None,
     action: str,
     status: int,
@@ -367,12 +381,18 @@ def _record_own_transaction(
         log.warning("audit record of a denied call failed", exc_info=True)
 
 
-def record_denial(request: Request, status: int) -> None:
+def record_denial(request: HTTPConnection, status: int) -> None:
     """A 401/403's audit record, in its own small transaction."""
     meta = route_access(request.scope.get("route"))
-    principal: Principal | None = getattr(request.state, "audit_actor", None)
     action = f"{meta.action}.denied" if meta is not None else "request.denied"
-    _record_own_transaction(request, principal, action, status, meta)
+    _record_denial_of(request, status, action, meta)
+
+
+def _record_denial_of(
+    conn: HTTPConnection, status: int, action: str, meta: RouteAccess | None = None
+) -> None:
+    principal: Principal | None = getattr(conn.state, "audit_actor", None)
+    _record_own_transaction(conn, principal, action, status, meta)
 
 
 def _install_denial_audit(app: FastAPI) -> None:

@@ -504,12 +504,10 @@ async def incoming_webhook(
 async def instance_socket(websocket: WebSocket, instance_id: str, token: str | None = None) -> None:
     """Chat over a WebSocket (protocol: docs/assistants-websocket.md)."""
     await websocket.accept()
-    principal = await _socket_principal(websocket, token)
-    if principal is None:
-        await websocket.close(CLOSE_UNAUTHORIZED, "Invalid or missing API key.")
-        return
     try:
-        access.authorize_connection(principal, websocket, "assistants:write")
+        principal = await access.authorize_connection(
+            await _socket_principal(websocket, token), websocket, "assistants:write"
+        )
     except ConveyorError as exc:
         code = CLOSE_UNAUTHORIZED if exc.status_code == 401 else CLOSE_FORBIDDEN
         await websocket.close(code, exc.message)

@@ -14,12 +14,12 @@ app = FastAPI()
 
 @app.websocket("/ws")
 async def socket(websocket: WebSocket, token: str = "") -> None:
-    principal = _authenticate(token, access.selected_org(websocket))
-    if principal is None:
-        await websocket.close(code=4401)
-        return
     try:
-        access.authorize_connection(principal, websocket, "inference:write")
+        principal = await access.authorize_connection(
+            _authenticate(token, access.selected_org(websocket)) if token else None,
+            websocket,
+            "inference:write",
+        )
     except ConveyorError as exc:
         await websocket.close(code=4000 + exc.status_code)
         return
