@@ -336,7 +336,8 @@ class OrgDeletion:
 def delete_org(session: Session, caller: Principal, org_id: str) -> OrgDeletion:
     """Delete the organisation the request acts in (its owner only), in the request's one
     transaction: every key made in it is revoked at once, every membership ends (so no key can
-    select it any more: 403, like one that never existed), active jobs are cancelled, and its
+    select it any more: 403, like one that never existed; ``key.revoked`` and
+    ``member.removed`` go to its webhook endpoints), active jobs are cancelled, and its
     deployments, resources and projects get their own deletion jobs (sent on commit), which tear
     down what runs. Its assistant instances are deleted. The row stays as a tombstone: its name
     stays taken (access policies name organisations), and its jobs, usage, invoices and audit
@@ -352,9 +353,11 @@ def delete_org(session: Session, caller: Principal, org_id: str) -> OrgDeletion:
     ).all()
     for key in keys:
         key.revoked_at = now
+        events.emit(session, "key.revoked", org_id, _event(key))
     memberships = session.scalars(select(Membership).where(Membership.org_id == org_id)).all()
     for membership in memberships:
         session.delete(membership)
+        events.emit(session, "member.removed", org_id, {"member": membership.member_id})
     cancelled = _cancel_active_jobs(session, org_id)
     teardown = _tear_down(session, org_id)
     session.flush()

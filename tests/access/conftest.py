@@ -62,3 +62,36 @@ def member(client: Any, org: OrgKey, role: str, scopes: list[str] | None = None)
 
 def body_without_name(body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if k != "name"}
+
+
+ACCESS_EVENTS = ["key.created", "key.revoked", "member.added", "member.removed"]
+
+
+def subscribe(org_id: str) -> None:
+    """An endpoint of ``org_id`` for the access events, as the API stores it (no DNS here)."""
+    from store.db import session_scope
+    from webhooks.models import WebhookEndpoint
+
+    with session_scope() as session:
+        session.add(
+            WebhookEndpoint(
+                org_id=org_id,
+                url="https://hooks.example.com/conveyor",
+                events=ACCESS_EVENTS,
+                secret_encrypted="x",
+            )
+        )
+
+
+def delivered(org_id: str) -> list[tuple[str, str]]:
+    """(event type, JSON payload) of every delivery recorded for ``org_id``."""
+    import json
+
+    from sqlalchemy import select
+
+    from store.db import session_scope
+    from webhooks.models import WebhookDelivery
+
+    with session_scope() as session:
+        rows = session.scalars(select(WebhookDelivery).where(WebhookDelivery.org_id == org_id))
+        return [(r.event_type, json.dumps(r.payload, default=str)) for r in rows]

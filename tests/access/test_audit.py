@@ -8,7 +8,7 @@ import json
 from datetime import timedelta
 from typing import Any
 
-from tests.access.conftest import key, member
+from tests.access.conftest import delivered, key, member, subscribe
 from tests.conftest import OrgKey
 
 
@@ -131,29 +131,12 @@ def test_retention_purges_old_records(client: Any, org: OrgKey) -> None:
 def test_key_and_member_events_reach_the_organisations_webhooks(client: Any, org: OrgKey) -> None:
     """Each event is recorded as a delivery to the organisation's endpoint (sent after commit
     by the outbox; delivery itself is tests/api_contract/test_webhook_delivery.py's)."""
-    from sqlalchemy import select
-
-    from store.db import session_scope
-    from webhooks.models import WebhookDelivery, WebhookEndpoint
-
-    with session_scope() as session:  # the endpoint as the API stores it (no DNS here)
-        session.add(
-            WebhookEndpoint(
-                org_id=org.org_id,
-                url="https://hooks.example.com/conveyor",
-                events=["key.created", "key.revoked", "member.added", "member.removed"],
-                secret_encrypted="x",
-            )
-        )
+    subscribe(org.org_id)
     made = client.post("/v1/keys", json={}, headers=org.headers).json()
     client.delete(f"/v1/keys/{made['id']}", headers=org.headers)
     person = member(client, org, "viewer")
     client.delete(f"/v1/organizations/{org.org_id}/members/{person['id']}", headers=org.headers)
-    with session_scope() as session:
-        rows = session.scalars(
-            select(WebhookDelivery).where(WebhookDelivery.org_id == org.org_id)
-        ).all()
-        types = [r.event_type for r in rows]
-        payloads = json.dumps([r.payload for r in rows], default=str)
+    types = [event for event, _ in delivered(org.org_id)]
+    payloads = " ".join(payload for _, payload in delivered(org.org_id))
     assert {"key.created", "key.revoked", "member.added", "member.removed"} <= set(types)
     assert made["key"] not in payloads

@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from tests.access.conftest import member
+from tests.access.conftest import delivered, member, subscribe
 from tests.access.test_orgs import ORG, strip
 from tests.conftest import OrgKey, make_org
 
@@ -58,6 +58,7 @@ def test_delete_revokes_removes_cancels_and_tears_down(client: Any, org: OrgKey)
     from store.db import session_scope
     from store.models import Job, Membership
 
+    subscribe(org.org_id)
     admin = member(client, org, "admin")
     # someone whose key lives in another organisation and who is a developer here
     home = make_org()
@@ -99,6 +100,8 @@ def test_delete_revokes_removes_cancels_and_tears_down(client: Any, org: OrgKey)
     assert body["jobs_cancelled"] == 2  # the sleep and the resource's provisioning job
     assert len(body["teardown_jobs"]) == 2
 
+    events = [event for event, _ in delivered(org.org_id)]
+    assert events.count("key.revoked") == 2 and events.count("member.removed") == 3
     # keys made in it: 401 at once; the guest: its own organisation still works, this one is
     # now the 403 of an organisation that never existed
     assert client.get("/v1/jobs", headers=org.headers).status_code == 401
