@@ -292,7 +292,7 @@ def document_operation(operation: dict[str, Any]) -> None:
         operation["security"] = []
 
 
-def authorize(principal: Principal, request: Request) -> Principal:
+def authorize(principal: Principal, request: HTTPConnection) -> Principal:
     """Every principal dependency runs this after authenticating: the key's expiry, addresses
     and organisation (``check_key``), then the route's declared scope."""
     check_key(principal, request)

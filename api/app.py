@@ -75,9 +75,12 @@ def create_app() -> FastAPI:
     for module in ROUTERS:
         app.include_router(importlib.import_module(module).router)
     install_access(app)  # every route's declared scope: checks, audit, OpenAPI
+    from api.routers.jobs import PollFastPath
     from api.routers.openai import DeploymentFastPath
 
-    # Innermost: completions for a deployment skip the routing (every contract middleware applies).
+    # Innermost: polls and completions for a deployment skip the routing (every contract
+    # middleware applies).
+    app.add_middleware(PollFastPath, api=app)
     app.add_middleware(DeploymentFastPath)
     install_contract(app)  # rate limits, body limits, idempotency, CORS
     document_contract(app)  # the contract in the OpenAPI document

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
+from starlette.requests import HTTPConnection
 
 from api import access
 from common.errors import Unauthorized
@@ -48,7 +49,7 @@ def require_credentials(credentials: HTTPAuthorizationCredentials | None) -> str
 def authenticate(
     db: Session | Connection,
     credentials: HTTPAuthorizationCredentials | None,
-    request: Request | None = None,
+    request: HTTPConnection | None = None,
 ) -> Principal:
     """The caller's principal in the organisation it selected, or 401/403 (uncached: a revoked
     key fails on its next request). One indexed query (key, membership, organisation)."""
