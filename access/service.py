@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, delete, func, select
 from sqlalchemy.orm import Session
 
 from access.errors import RoleTooLow, StrongerKey
@@ -345,6 +345,7 @@ def delete_org(session: Session, caller: Principal, org_id: str) -> OrgDeletion:
     _check_org(caller, org_id)
     if caller.role != "owner":
         raise RoleTooLow("Only an owner deletes the organisation.")
+    session.get(Organization, org_id, with_for_update=True)  # concurrent deletes: one at a time
     now = utcnow()
     keys = session.scalars(
         select(ApiKey).where(
@@ -354,14 +355,14 @@ def delete_org(session: Session, caller: Principal, org_id: str) -> OrgDeletion:
     for key in keys:
         key.revoked_at = now
         events.emit(session, "key.revoked", org_id, _event(key))
-    memberships = session.scalars(select(Membership).where(Membership.org_id == org_id)).all()
-    for membership in memberships:
-        session.delete(membership)
-        events.emit(session, "member.removed", org_id, {"member": membership.member_id})
+    members = session.scalars(select(Membership.member_id).where(Membership.org_id == org_id)).all()
+    session.execute(delete(Membership).where(Membership.org_id == org_id))
+    for member_id in members:
+        events.emit(session, "member.removed", org_id, {"member": member_id})
     cancelled = _cancel_active_jobs(session, org_id)
     teardown = _tear_down(session, org_id)
     session.flush()
-    return OrgDeletion(org_id, len(keys), len(memberships), cancelled, teardown)
+    return OrgDeletion(org_id, len(keys), len(members), cancelled, teardown)
 
 
 def _cancel_active_jobs(session: Session, org_id: str) -> int:
