@@ -129,3 +129,30 @@ def test_walk_every_route_refuses_without_its_scope_and_passes_with_it(
         checked += 1
     assert checked >= 60, checked
     assert not failures, "\n".join(failures)
+
+
+def test_every_socket_route_authorizes_its_connection(app: Any) -> None:
+    """A WebSocket route authenticates itself; the walk above cannot call it, so each must hand
+    its connection to ``api.access.authorize_connection`` (the key's checks, its scope, and the
+    audit of a denial): a new socket route that does not is listed here."""
+    import inspect
+
+    from fastapi.routing import APIWebSocketRoute
+
+    sockets: list[APIWebSocketRoute] = []
+
+    def walk(routes: list[Any]) -> None:
+        for route in routes:
+            if isinstance(route, APIWebSocketRoute):
+                sockets.append(route)
+            elif hasattr(route, "original_router"):
+                walk(list(route.original_router.routes))
+
+    walk(list(app.routes))
+    assert sockets, "no WebSocket route found: the walk is broken"
+    unchecked = [
+        r.path
+        for r in sockets
+        if "access.authorize_connection(" not in inspect.getsource(r.endpoint)
+    ]
+    assert not unchecked, f"WebSocket routes that skip access.authorize_connection: {unchecked}"
