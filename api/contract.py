@@ -99,51 +99,80 @@ def selected_org(scope: Scope) -> str | None:
     return value.strip() or None if value else None
 
 
+@dataclass(frozen=True)
+class KeyOrgs:
+    """A key's organisations for the contract middlewares: its default one and the others its
+    member belongs to, each with its plan's rate-limit policy."""
+
+    default: KeyInfo
+    others: dict[str, KeyInfo]
+
+    def select(self, org_id: str | None) -> KeyInfo:
+        """The organisation ``X-Organization-ID`` names, when the member is in it; else the
+        default one (the route answers that 403 itself)."""
+        return self.others.get(org_id, self.default) if org_id else self.default
+
+
 class KeyLookup:
     """(token, selected organisation) → (the organisation the request acts in, its plan's
-    rate-limit policy), cached briefly. Authentication itself stays in ``api.deps`` (uncached),
-    so a revoked key fails on its very next request. A member acting in another organisation
-    (``X-Organization-ID``) draws from that organisation's plan and budget; an organisation it
-    is not in falls back to the key's default one (the route answers 403)."""
+    rate-limit policy), cached briefly per key (one query for all the member's organisations,
+    so random ``X-Organization-ID`` values cost no lookups). Authentication itself stays in
+    ``api.deps`` (uncached), so a revoked key fails on its very next request. A member acting in
+    another organisation draws from that organisation's plan and budget."""
 
     def __init__(self, ttl_seconds: float = 30.0, max_entries: int = 10_000) -> None:
         self.ttl = ttl_seconds
         self.max_entries = max_entries
-        self._cache: dict[str, tuple[float, KeyInfo | None]] = {}
+        self._cache: dict[str, tuple[float, KeyOrgs | None]] = {}
 
-    def _load(self, token: str, org_id: str | None) -> KeyInfo | None:
+    def _load(self, token: str) -> KeyOrgs | None:
+        from sqlalchemy import select
+
         from plans import service as plans
         from store import orgs
         from store.db import session_scope
+        from store.models import Membership, Organization
 
         with session_scope() as session:
-            principal = orgs.authenticate(session, token, org_id)
-            if principal is not None and not principal.org_id and org_id is not None:
-                principal = orgs.authenticate(session, token)  # not a member there
+            principal = orgs.authenticate(session, token)
             if principal is None or not principal.org_id:  # unknown, or out of its default org
                 return None
-            limits = plans.plan_limits(session, principal.plan)
-            return KeyInfo(
-                principal.org_id, RateLimitPolicy(limits.read_per_minute, limits.write_per_minute)
+            rows = session.execute(
+                select(Membership.org_id, Organization.plan)
+                .join(Organization, Organization.id == Membership.org_id)
+                .where(Membership.member_id == principal.member_id)
+                .limit(1000)
+            ).all()
+            policies: dict[str, RateLimitPolicy] = {}
+
+            def info(org_id: str, plan: str) -> KeyInfo:
+                if plan not in policies:
+                    limits = plans.plan_limits(session, plan)
+                    policies[plan] = RateLimitPolicy(
+                        limits.read_per_minute, limits.write_per_minute
+                    )
+                return KeyInfo(org_id, policies[plan])
+
+            return KeyOrgs(
+                info(principal.org_id, principal.plan),
+                {org_id: info(org_id, plan) for org_id, plan in rows},
             )
 
     async def get(self, token: str, org_id: str | None = None) -> KeyInfo | None:
         digest = hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
-        if org_id is not None:
-            digest += "|" + org_id[:64]
         now = time.monotonic()
         hit = self._cache.get(digest)
         if hit is not None and now - hit[0] < self.ttl:
-            return hit[1]
+            return hit[1].select(org_id) if hit[1] is not None else None
         try:
-            info = await anyio.to_thread.run_sync(self._load, token, org_id)
+            found = await anyio.to_thread.run_sync(self._load, token)
         except Exception:  # store down: the route itself answers 503 unavailable
             log.warning("API key lookup failed; treating the key as unknown", exc_info=True)
             return None
         if len(self._cache) >= self.max_entries:
             self._cache.clear()
-        self._cache[digest] = (now, info)
-        return info
+        self._cache[digest] = (now, found)
+        return found.select(org_id) if found is not None else None
 
     def forget(self) -> None:
         self._cache.clear()

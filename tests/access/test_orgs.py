@@ -232,3 +232,15 @@ def test_a_selected_organisation_draws_from_its_own_plan_and_budget(client: Any)
     stranger = make_org(plan="pro")
     refused = client.get("/v1/jobs", headers={**person["headers"], ORG: stranger.org_id})
     assert refused.status_code == 403 and refused.headers["X-RateLimit-Limit"] == "120"
+    # the key's organisations are looked up once: made-up ids cost the limiter no query
+    lookup = client.app.state.key_lookup
+    loads: list[str] = []
+    real = lookup._load
+    lookup._load = lambda token: loads.append(token) or real(token)
+    try:
+        for _ in range(3):
+            made_up = client.get("/v1/jobs", headers={**person["headers"], ORG: str(uuid.uuid4())})
+            assert made_up.status_code == 403
+    finally:
+        del lookup._load
+    assert loads == []
