@@ -339,9 +339,10 @@ def delete_org(session: Session, caller: Principal, org_id: str) -> OrgDeletion:
     select it any more: 403, like one that never existed; ``key.revoked`` and
     ``member.removed`` go to its webhook endpoints), active jobs are cancelled, and its
     deployments, resources and projects get their own deletion jobs (sent on commit), which tear
-    down what runs. Its assistant instances are deleted. The row stays as a tombstone: its name
-    stays taken (access policies name organisations), and its jobs, usage, invoices and audit
-    log stay until their own retention removes them."""
+    down what runs. Its assistant instances and RAG endpoints are deleted. The row stays as a
+    tombstone: its name stays taken (access policies name organisations), and its jobs, usage,
+    invoices and audit log stay until their own retention removes them; its RAG datasets and
+    webhook endpoints stay too, out of every key's reach."""
     _check_org(caller, org_id)
     if caller.role != "owner":
         raise RoleTooLow("Only an owner deletes the organisation.")
@@ -392,6 +393,7 @@ def _tear_down(session: Session, org_id: str) -> list[str]:
     from deployments.models import Deployment
     from projects import service as projects
     from projects.models import Project
+    from rag.models import Endpoint as RagEndpoint
     from resources import service as resources
     from resources.models import Resource
 
@@ -421,4 +423,6 @@ def _tear_down(session: Session, org_id: str) -> list[str]:
         )
     ):
         assistants.delete(session, instance)
+    for endpoint in session.scalars(select(RagEndpoint).where(RagEndpoint.org_id == org_id)):
+        session.delete(endpoint)  # a public one would otherwise keep answering (and spending)
     return [job for job in jobs if job]

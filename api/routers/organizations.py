@@ -130,9 +130,10 @@ def remove_member(
     "organisation), deletes an organisation. At once, in one transaction: every key made in it "
     "is revoked, every membership ends (so no key selects it any more: the same 403 as an "
     "organisation that never existed), queued and running jobs are cancelled, and its "
-    "deployments, resources and projects get their deletion jobs; assistant instances are "
-    "deleted. Its jobs, usage, invoices and audit log are kept until their own retention, and "
-    "its name stays taken. Another organisation's id, or one that does not exist: 404.",
+    "deployments, resources and projects get their deletion jobs; assistant instances and "
+    "RAG endpoints are deleted. Its jobs, usage, invoices and audit log are kept until their "
+    "own retention, and its name stays taken. Another organisation's id, or one that does not "
+    "exist: 404.",
 )
 def delete_org(
     org_id: str, request: Request, principal: CurrentPrincipal, db: Db

@@ -54,6 +54,7 @@ def test_delete_revokes_removes_cancels_and_tears_down(client: Any, org: OrgKey)
     from sqlalchemy import select
 
     from deployments.models import Deployment
+    from rag.models import Endpoint as RagEndpoint
     from resources.models import Resource
     from store.db import session_scope
     from store.models import Job, Membership
@@ -86,8 +87,10 @@ def test_delete_revokes_removes_cancels_and_tears_down(client: Any, org: OrgKey)
             status="running",
         )
         session.add(running)
+        public = RagEndpoint(org_id=org.org_id, name="ask", slug=f"ask-{uuid.uuid4().hex[:8]}")
+        session.add(public)
         session.flush()
-        dep_id = running.id
+        dep_id, endpoint_id = running.id, public.id
     res = client.post("/v1/resources", json={"type": "volume", "name": "v"}, headers=org.headers)
     assert res.status_code == 202, res.text
 
@@ -120,6 +123,7 @@ def test_delete_revokes_removes_cancels_and_tears_down(client: Any, org: OrgKey)
         )
         deployment = session.get(Deployment, dep_id)
         resource = session.get(Resource, res.json()["id"])
+        assert session.get(RagEndpoint, endpoint_id) is None  # no longer answers anyone
         assert deployment is not None and deployment.desired == "deleted"
         assert resource is not None and resource.status == "deleting"
         teardown = {deployment.job_id, resource.job_id}
