@@ -59,15 +59,15 @@ REGIONS = [
 ]
 
 
-def retrieval_set(seed: int = 7) -> tuple[list[tuple[str, str]], list[tuple[str, int]]]:
-    """Passages (code, text) and questions (text, index of the one relevant passage).
+def retrieval_set(seed: int = 7) -> tuple[list[tuple[str, str]], list[tuple[str, int, str]]]:
+    """Passages (code, text) and questions (text, index of the one relevant passage, kind).
 
     Three cultivars share each plant and topic; one grows in each region. A paraphrased
     question names the region in other words (no word shared: BM25 is blind to it); a code-word
     question names the cultivar's made-up code and no plant (vectors barely see the code)."""
     rng = random.Random(seed)
     passages: list[tuple[str, str]] = []
-    questions: list[tuple[str, int]] = []
+    questions: list[tuple[str, int, str]] = []
     for plant in PLANTS:
         for topic, paraphrase, detail in TOPICS:
             for region, region_paraphrase in REGIONS:
@@ -80,15 +80,17 @@ def retrieval_set(seed: int = 7) -> tuple[list[tuple[str, str]], list[tuple[str,
                 passages.append((code, text))
                 index = len(passages) - 1
                 questions.append(
-                    (f"For the {plant} of the {region_paraphrase}, {paraphrase}?", index)
+                    (f"For the {plant} of the {region_paraphrase}, {paraphrase}?", index, "para")
                 )
-                questions.append((f"What do the {code} people say about {paraphrase}?", index))
+                questions.append(
+                    (f"What do the {code} people say about {paraphrase}?", index, "exact")
+                )
     return passages, questions
 
 
-def _metrics(ranked: list[list[int]], questions: list[tuple[str, int]]) -> tuple[float, float]:
+def _metrics(ranked: list[list[int]], questions: list[tuple[str, int, str]]) -> tuple[float, float]:
     recall = ndcg = 0.0
-    for ids, (_, relevant) in zip(ranked, questions, strict=True):
+    for ids, (_, relevant, _kind) in zip(ranked, questions, strict=True):
         recall += 1.0 if relevant in ids[:5] else 0.0
         if relevant in ids[:10]:
             ndcg += 1.0 / math.log2(ids.index(relevant) + 2)
@@ -108,13 +110,16 @@ def bench_retrieval(model: object) -> None:
             index.replace_file("bench", f"p{i}", f"p{i}", [IndexedChunk(text, "", 0, len(text))],
                                np.asarray([vector]))  # fmt: skip
             chunk_of[f"p{i}"] = i
-        q_vectors = model.encode([q for q, _ in questions], batch_size=64)  # type: ignore[attr-defined]
+        q_vectors = model.encode([q for q, _, _ in questions], batch_size=64)  # type: ignore[attr-defined]
         flt = Filters(dataset_ids=("bench",))
-        results: dict[str, list[list[int]]] = {"hybrid": [], "vector": [], "bm25": []}
-        for (q, _), qv in zip(questions, q_vectors, strict=True):
+        results: dict[str, list[list[int]]] = {"hybrid": [], "rrf": [], "vector": [], "bm25": []}
+        for (q, _, _), qv in zip(questions, q_vectors, strict=True):
             qv = np.asarray(qv, dtype=np.float32)
             results["hybrid"].append(
                 [chunk_of[h.file_id] for h in index.hybrid_search(q, qv, flt, 10)]
+            )
+            results["rrf"].append(
+                [chunk_of[h.file_id] for h in index.hybrid_search(q, qv, flt, 10, fusion="rrf")]
             )
             results["vector"].append(
                 [chunk_of[h.file_id] for h in index.vector_search(qv, flt, 10)]
@@ -125,7 +130,12 @@ def bench_retrieval(model: object) -> None:
     )
     for name, ranked in results.items():
         recall, ndcg = _metrics(ranked, questions)
-        print(f"    {name:>6}: recall@5 {recall:.3f}  nDCG@10 {ndcg:.3f}")
+        parts = []
+        for kind in ("para", "exact"):
+            picked = [i for i, q in enumerate(questions) if q[2] == kind]
+            r, n = _metrics([ranked[i] for i in picked], [questions[i] for i in picked])
+            parts.append(f"{kind} {r:.3f}/{n:.3f}")
+        print(f"    {name:>6}: recall@5 {recall:.3f}  nDCG@10 {ndcg:.3f}   ({', '.join(parts)})")
 
 
 def corpus(docs: int, seed: int = 3) -> list[tuple[str, bytes]]:
