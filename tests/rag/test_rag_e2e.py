@@ -5,6 +5,7 @@ dedup, delete, policies, bad files."""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from inference.testing import Stack
 from tests.conftest import OrgKey, make_org
 from tests.rag.files import GUIDE_MD, pdf_with_text, pdf_without_text
+from tests.rag.servers import serve, slow_provider
 
 pytestmark = pytest.mark.parametrize("rag_stack", ["embedded", "pgvector"], indirect=True)
 
@@ -104,16 +106,16 @@ def test_ingest_query_dedup_delete(rag_stack: Stack) -> None:
     assert r.json()["answer"] is None
     assert r.json()["sources"][0]["heading"] == "Zephyr Garden Guide > Pests"
 
-    # streaming: OpenAI chunk events ending with [DONE]
-    with api.stream(
-        "POST",
-        f"/v1/endpoints/{slug}/query",
-        json={"query": "pruning shears", "stream": True},
-        headers=org.headers,
-    ) as response:
-        lines = [line for line in response.iter_lines() if line.startswith("data: ")]
-    assert lines[-1] == "data: [DONE]"
-    assert '"chat.completion.chunk"' in lines[0] and '"sources"' in lines[0]
+    # streaming: the worker's tokens relayed as OpenAI chunk events, ending with [DONE]
+    events = _stream(api, slug, org, {"query": "pruning shears", "max_tokens": 12})
+    assert events[0][0]["object"] == "chat.completion.chunk"
+    assert events[0][0]["sources"][0]["heading"] == "Zephyr Garden Guide > Pruning"
+    deltas = [e[1] for e in events[1:-1] if e[1]]
+    assert len(deltas) >= 3, events  # one event a generated piece, not one at the end
+    last = events[-1][0]
+    assert last["choices"][0]["finish_reason"] in ("stop", "length")
+    # each delta is at most one token (a citation suffix may follow when none was cited)
+    assert len(deltas) <= last["usage"]["completion_tokens"] + 1
 
     # unchanged file: skipped, no job; changed file: its chunks replaced
     r = _upload(api, org, ds, [("guide.md", GUIDE_MD.encode())])
@@ -145,6 +147,50 @@ def test_ingest_query_dedup_delete(rag_stack: Stack) -> None:
     # Syft Space's skip/limit lists
     page = api.get("/v1/endpoints", params={"skip": 0, "limit": 1}, headers=org.headers).json()
     assert page["total"] == 2 and len(page["items"]) == 1 and page["skip"] == 0
+
+
+def _stream(api: httpx.Client, slug: str, org: OrgKey | None, body: dict[str, Any]) -> list[Any]:
+    """The SSE events of a streamed query, each as ``(event, delta text, arrival time)``."""
+    headers = org.headers if org else {}
+    events: list[Any] = []
+    with api.stream(
+        "POST", f"/v1/endpoints/{slug}/query", json={**body, "stream": True}, headers=headers
+    ) as response:
+        assert response.status_code == 200, response.read()
+        lines = [
+            (line, time.monotonic()) for line in response.iter_lines() if line.startswith("data: ")
+        ]
+    assert lines[-1][0] == "data: [DONE]"
+    for line, arrived in lines[:-1]:
+        event = json.loads(line.removeprefix("data: "))
+        assert "error" not in event, event
+        events.append((event, event["choices"][0]["delta"].get("content"), arrived))
+    return events
+
+
+def test_answer_streams_while_the_provider_generates(rag_stack: Stack) -> None:
+    """An ``openai_compatible`` provider that sends a word every 0.4 s: the query's deltas
+    arrive as the words are generated (spread over the generation), not together at the end."""
+    org = make_org()
+    api = httpx.Client(base_url=rag_stack.url, timeout=240)
+    ds = _dataset(api, org)
+    _wait(api, _upload(api, org, ds, [("guide.md", GUIDE_MD.encode())]).json()["id"], org.headers)
+    words = ["Rain", "water", " every", " nine", " days", " [0]"]
+    with serve(slow_provider(words, gap=0.4)) as base:
+        r = api.post(
+            "/v1/models/providers",
+            json={"name": "slow", "kind": "openai_compatible", "base_url": f"{base}/v1",
+                  "models": ["m"]},
+            headers=org.headers,
+        )  # fmt: skip
+        assert r.status_code == 201, r.text
+        slug = _endpoint(api, org, ds, model="m", provider=r.json()["id"])
+        events = _stream(api, slug, org, {"query": "watering the orchid"})
+    assert events[0][0]["sources"][0]["heading"] == "Zephyr Garden Guide > Watering"
+    deltas = events[1:-1]
+    assert [d[1] for d in deltas] == words
+    assert deltas[-1][2] - deltas[0][2] > 1.2  # five gaps of 0.4 s between first and last
+    assert events[-1][0]["usage"]["completion_tokens"] == len(words)
 
 
 def test_bad_files_fail_clearly_and_the_worker_survives(rag_stack: Stack) -> None:
