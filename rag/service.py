@@ -13,19 +13,20 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from common.errors import Conflict, NotFound, ValidationFailed
 from common.timeutil import isoformat_z
+from common.urlsafety import check_url
 from config import get_settings
 from jobs.service import create_job
 from rag import documents, generation, policies, repository
-from rag.backends import get_index
+from rag.backends import external, get_index
 from rag.backends.base import Filters, SearchHit
 from rag.errors import FileTooLarge, ModelCallFailed
 from rag.models import Dataset, DatasetFile, Endpoint, Policy, Provider
@@ -38,17 +39,20 @@ from rag.schemas import (
     DatasetPatch,
     EndpointCreate,
     EndpointPatch,
+    PgVectorTableSource,
     PolicyCreate,
     PolicyPatch,
     ProviderCreate,
     ProviderPatch,
     QueryRequest,
+    RemoteVectorStoreSource,
 )
 from store.db import session_scope
 from store.models import Job
 from webhooks import secretbox
 
 MASK = "****"
+Source = TypeVar("Source", bound=BaseModel)
 
 
 def _ts(value: Any) -> str | None:
@@ -63,13 +67,13 @@ def dataset_view(ds: Dataset) -> dict[str, Any]:
         "id": ds.id,
         "name": ds.name,
         "dtype": ds.dtype,
-        "configuration": ds.configuration,
+        "configuration": {k: v for k, v in ds.configuration.items() if k != "secret"},
         "summary": ds.summary,
         "embedding_model": ds.embedding_model,
         "chunk_size": ds.chunk_size,
         "chunk_overlap": ds.chunk_overlap,
         "job_id": ds.job_id,
-        "chunks": get_index().count(ds.id),
+        "chunks": None if ds.dtype in EXTERNAL else get_index().count(ds.id),
         "created_at": _ts(ds.created_at),
         "updated_at": _ts(ds.updated_at),
     }
@@ -86,17 +90,14 @@ def create_dataset(
     session: Session, org_id: str, body: DatasetCreate
 ) -> tuple[Dataset, Job | None]:
     settings = get_settings()
-    if body.dtype in ("pgvector", "remote_vector_store"):
-        raise ValidationFailed(
-            f"dtype {body.dtype!r} (an external vector store) is not supported yet; use "
-            "local_file or crawl (Conveyor indexes them in its own store).",
-            details=[{"loc": ["body", "dtype"], "msg": "not supported", "type": "value_error"}],
-        )
+    configuration = body.configuration
+    if body.dtype in EXTERNAL:
+        configuration = _external_configuration(body.dtype, body.configuration)
     ds = Dataset(
         org_id=org_id,
         name=body.name,
         dtype=body.dtype,
-        configuration=body.configuration,
+        configuration=configuration,
         summary=body.summary,
         embedding_model=body.embedding_model or settings.rag_embedding_model,
         chunk_size=body.chunk_size or settings.rag_chunk_size,
@@ -125,12 +126,43 @@ def create_dataset(
     return ds, job
 
 
-def _crawl_source(configuration: dict[str, Any]) -> CrawlSource:
+EXTERNAL = ("pgvector", "remote_vector_store")
+
+
+def _external_configuration(dtype: str, configuration: dict[str, Any]) -> dict[str, Any]:
+    """Check an external store's configuration (its shape, the SSRF guard, for a pgvector table
+    that the table and columns exist) and return it as stored: the secret (the database URL,
+    the API key) encrypted under ``secret``, the visible fields masked."""
+    if dtype == "pgvector":
+        table = _validated(PgVectorTableSource, configuration, dtype)
+        dims = external.inspect_table(table)
+        visible = table.model_dump(exclude={"url"})
+        return {**visible, "url": external.masked_url(table.url), "dims": dims,
+                "secret": secretbox.encrypt(table.url)}  # fmt: skip
+    store = _validated(RemoteVectorStoreSource, configuration, dtype)
+    check_url(store.url, get_settings().crawl_allowed_hosts)
+    visible = store.model_dump(exclude={"api_key"})
+    secret = secretbox.encrypt(store.api_key) if store.api_key else None
+    return {**visible, "api_key": MASK if store.api_key else None, "secret": secret}
+
+
+def external_source(ds: Dataset) -> PgVectorTableSource | RemoteVectorStoreSource:
+    """An external dataset's stored configuration with its secret decrypted."""
+    stored = dict(ds.configuration)
+    secret = secretbox.decrypt(stored["secret"]) if stored.get("secret") else None
+    if ds.dtype == "pgvector":
+        fields = {k: v for k, v in stored.items() if k in PgVectorTableSource.model_fields}
+        return PgVectorTableSource.model_validate({**fields, "url": secret})
+    fields = {k: v for k, v in stored.items() if k in RemoteVectorStoreSource.model_fields}
+    return RemoteVectorStoreSource.model_validate({**fields, "api_key": secret})
+
+
+def _validated(model: type[Source], configuration: dict[str, Any], dtype: str) -> Source:
     try:
-        return CrawlSource.model_validate(configuration)
+        return model.model_validate(configuration)
     except ValidationError as exc:
         raise ValidationFailed(
-            "configuration of a crawl dataset: " + exc.errors()[0]["msg"],
+            f"configuration of a {dtype} dataset: " + exc.errors()[0]["msg"],
             details=[
                 {"loc": ["body", "configuration", *e["loc"]], "msg": e["msg"], "type": e["type"]}
                 for e in exc.errors()
@@ -138,8 +170,14 @@ def _crawl_source(configuration: dict[str, Any]) -> CrawlSource:
         ) from None
 
 
+def _crawl_source(configuration: dict[str, Any]) -> CrawlSource:
+    return _validated(CrawlSource, configuration, "crawl")
+
+
 def patch_dataset(ds: Dataset, body: DatasetPatch) -> Dataset:
     for name, value in body.model_dump(exclude_unset=True).items():
+        if name == "configuration" and value is not None and ds.dtype in EXTERNAL:
+            value = _external_configuration(ds.dtype, value)  # checked again, secret included
         if value is not None:
             setattr(ds, name, value)
     return ds
@@ -427,6 +465,13 @@ class Prepared:
         self.settings = dict(endpoint.settings)
         self.models = sorted({d.embedding_model for d in datasets})
         self.dataset_ids = tuple(d.id for d in datasets)
+        self.model_of = {d.id: d.embedding_model for d in datasets}
+        #: external datasets: (id, their decrypted source, the vector size they hold)
+        self.external = [
+            (d.id, external_source(d), d.configuration.get("dims"))
+            for d in datasets
+            if d.dtype in EXTERNAL
+        ]
         self.provider = provider
         self.budgeted = budgeted
 
@@ -490,13 +535,28 @@ async def search(
     if not wanted:
         return [], 0
     index = get_index()
+    outside = {ds_id: (src, dims) for ds_id, src, dims in prepared.external if ds_id in wanted}
     hits: list[SearchHit] = []
     tokens = 0
     for model in prepared.models:  # datasets embedded with one model are searched together
+        mine = tuple(d for d in wanted if prepared.model_of[d] == model)
+        if not mine:
+            continue
         vector, used = await generation.embed_query(prepared.org_id, model, question)
         tokens += used
-        flt = Filters(dataset_ids=wanted, source=source)
-        hits += await asyncio.to_thread(index.hybrid_search, question, vector, flt, top_k)
+        own = tuple(d for d in mine if d not in outside)
+        if own:
+            flt = Filters(dataset_ids=own, source=source)
+            hits += await asyncio.to_thread(index.hybrid_search, question, vector, flt, top_k)
+        for ds_id in (d for d in mine if d in outside):
+            src, dims = outside[ds_id]
+            external.check_dims(ds_id, dims, vector, model)
+            flt = Filters(dataset_ids=(ds_id,), source=source)
+            if isinstance(src, PgVectorTableSource):
+                table = external.PgVectorTable(ds_id, src)
+                hits += await asyncio.to_thread(table.hybrid_search, question, vector, flt, top_k)
+            else:
+                hits += await external.remote_search(ds_id, src, vector, flt, top_k)
     hits.sort(key=lambda h: -h.score)
     return hits[:top_k], tokens
 

@@ -57,28 +57,8 @@ class Filters:
     source: str | None = None
 
 
-class ChunkIndex(ABC):
-    """Chunks with their vectors (cosine) and their words (full-text), by dataset and file."""
-
-    @abstractmethod
-    def replace_file(
-        self,
-        dataset_id: str,
-        file_id: str,
-        source: str,
-        chunks: Sequence[IndexedChunk],
-        vectors: Vector,
-    ) -> int:
-        """Atomically swap the file's chunks for ``chunks``; return how many were written."""
-
-    @abstractmethod
-    def delete_file(self, dataset_id: str, file_id: str) -> int: ...
-
-    @abstractmethod
-    def delete_dataset(self, dataset_id: str) -> int: ...
-
-    @abstractmethod
-    def count(self, dataset_id: str, file_id: str | None = None) -> int: ...
+class SearchIndex(ABC):
+    """What a search needs: nearest vectors (cosine) and a full-text ranking, fused."""
 
     @abstractmethod
     def vector_search(self, vector: Vector, filters: Filters, k: int) -> list[SearchHit]:
@@ -108,6 +88,30 @@ class ChunkIndex(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional
         """Release connections."""
+
+
+class ChunkIndex(SearchIndex):
+    """Chunks with their vectors (cosine) and their words (full-text), by dataset and file."""
+
+    @abstractmethod
+    def replace_file(
+        self,
+        dataset_id: str,
+        file_id: str,
+        source: str,
+        chunks: Sequence[IndexedChunk],
+        vectors: Vector,
+    ) -> int:
+        """Atomically swap the file's chunks for ``chunks``; return how many were written."""
+
+    @abstractmethod
+    def delete_file(self, dataset_id: str, file_id: str) -> int: ...
+
+    @abstractmethod
+    def delete_dataset(self, dataset_id: str) -> int: ...
+
+    @abstractmethod
+    def count(self, dataset_id: str, file_id: str | None = None) -> int: ...
 
 
 def fuse(rankings: Sequence[Sequence[SearchHit]], k: int) -> list[SearchHit]:

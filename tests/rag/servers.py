@@ -8,7 +8,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -112,3 +112,41 @@ class QdrantStore:
             scored.append({"id": point["id"], "score": score, "payload": point["payload"]})
         scored.sort(key=lambda p: -p["score"])
         return scored[: int(body.get("limit", 10))]
+
+
+@contextmanager
+def tcp_to_unix(socket_path: str) -> Iterator[int]:
+    """A TCP port on 127.0.0.1 forwarding every connection to a Unix socket (the ``pgserver``
+    PostgreSQL listens on a socket only; an external pgvector dataset is reached over TCP)."""
+    import socket
+    import socketserver
+
+    def pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+    class Forward(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            upstream.connect(socket_path)
+            back = threading.Thread(target=pump, args=(upstream, self.request), daemon=True)
+            back.start()
+            pump(self.request, upstream)
+            back.join()
+            upstream.close()
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Forward)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()

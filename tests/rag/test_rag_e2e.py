@@ -15,7 +15,7 @@ import pytest
 from inference.testing import Stack
 from tests.conftest import OrgKey, make_org
 from tests.rag.files import GUIDE_MD, pdf_with_text, pdf_without_text
-from tests.rag.servers import serve, slow_provider
+from tests.rag.servers import QdrantStore, serve, slow_provider, tcp_to_unix
 
 pytestmark = pytest.mark.parametrize("rag_stack", ["embedded", "pgvector"], indirect=True)
 
@@ -310,3 +310,127 @@ def test_crawl_datasets(rag_stack: Stack) -> None:
     )
     sources = r.json()["sources"]
     assert sources and all(s["source"].startswith(site.base) for s in sources)
+
+
+PASSAGES = [
+    (
+        "https://docs.test/tides",
+        "Tides",
+        "The harbour gate closes before the spring tide.",
+    ),
+    ("https://docs.test/bees", "Bees", "The apiary moves the hives to the heather in August."),
+    ("https://docs.test/forge", "Forge", "The blacksmith tempers the quench oil at sixty degrees."),
+]
+
+
+def _embed(api: httpx.Client, org: OrgKey, texts: list[str]) -> list[list[float]]:
+    r = api.post(
+        "/v1/embeddings", json={"model": "all-MiniLM-L6-v2", "input": texts}, headers=org.headers
+    )
+    assert r.status_code == 200, r.text
+    return [d["embedding"] for d in r.json()["data"]]
+
+
+def _search(api: httpx.Client, org: OrgKey, slug: str, body: dict[str, Any]) -> httpx.Response:
+    return api.post(f"/v1/endpoints/{slug}/query", json=body, headers=org.headers)
+
+
+def test_pgvector_table_dataset(rag_stack: Stack, pgvector_url: str) -> None:
+    """``dtype: pgvector``: someone's table (own column names) in a real PostgreSQL + pgvector
+    reached over TCP, searched in place with the endpoint's question."""
+    import psycopg
+
+    org = make_org()
+    api = httpx.Client(base_url=rag_stack.url, timeout=240)
+    name = f"ext_{time.monotonic_ns() % 10**9}"
+    folder = pgvector_url.split("host=")[1]
+    with psycopg.connect(pgvector_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    vectors = _embed(api, org, [text for _, _, text in PASSAGES])
+    with psycopg.connect(pgvector_url.replace("/rag_index?", f"/{name}?"), autocommit=True) as c:
+        c.execute("CREATE EXTENSION vector")
+        c.execute(
+            "CREATE TABLE kb (pk serial PRIMARY KEY, body text, url text, section text,"
+            " emb vector(384))"
+        )
+        for (url, section, text), vector in zip(PASSAGES, vectors, strict=True):
+            c.execute(
+                "INSERT INTO kb (body, url, section, emb) VALUES (%s, %s, %s, %s::vector)",
+                (text, url, section, str(vector)),
+            )
+    with tcp_to_unix(f"{folder}/.s.PGSQL.5432") as port:
+        config = {
+            "url": f"postgresql://postgres:hunter2@127.0.0.1:{port}/{name}",
+            "table": "kb", "id_column": "pk", "embedding_column": "emb", "text_column": "body",
+            "source_column": "url", "heading_column": "section",
+        }  # fmt: skip
+        body = {"name": "kb", "dtype": "pgvector", "configuration": config}
+        r = api.post("/v1/datasets", json=body, headers=org.headers)
+        assert r.status_code == 201, r.text
+        ds = r.json()
+        assert ds["configuration"]["dims"] == 384 and ds["chunks"] is None
+        assert "hunter2" not in r.text and ":****@" in ds["configuration"]["url"]
+        slug = _endpoint(api, org, ds["id"], response_type="search", model=None)
+        r = _search(api, org, slug, {"query": "when does the harbour gate shut", "top_k": 2})
+        assert r.status_code == 200, r.text
+        top = r.json()["sources"][0]
+        assert (top["source"], top["heading"]) == ("https://docs.test/tides", "Tides")
+        assert top["dataset_id"] == ds["id"] and "spring tide" in top["text"]
+        # a filter is part of the table's WHERE: only that source's row, even if far
+        only = {"source": "https://docs.test/forge"}
+        r = _search(api, org, slug, {"query": "harbour gate", "filters": only, "top_k": 3})
+        assert [s["source"] for s in r.json()["sources"]] == ["https://docs.test/forge"]
+        # wrong table, wrong column, an unsafe host, a Unix socket: 422 naming the field
+        for change, field in (
+            ({"table": "nope"}, "table"),
+            ({"text_column": "nope"}, "text_column"),
+            ({"embedding_column": "body"}, "embedding_column"),
+        ):
+            bad = {**body, "configuration": {**config, **change}}
+            r = api.post("/v1/datasets", json=bad, headers=org.headers)
+            assert r.status_code == 422, r.text
+            assert r.json()["error"]["details"][0]["loc"] == ["body", "configuration", field]
+        for url, code in (
+            ("postgresql://postgres@169.254.169.254:5432/x", "unsafe_url"),
+            (f"postgresql://postgres@/x?host={folder}", "validation_error"),
+        ):
+            bad = {**body, "configuration": {**config, "url": url}}
+            r = api.post("/v1/datasets", json=bad, headers=org.headers)
+            assert r.status_code == 422 and r.json()["error"]["code"] == code, r.text
+        r = _upload(api, org, ds["id"], [("a.md", b"# A\n\ntext")])
+        assert r.status_code == 422  # nothing is ingested into someone else's table
+
+
+def test_remote_vector_store_dataset(rag_stack: Stack) -> None:
+    """``dtype: remote_vector_store``: a Qdrant-compatible REST store (a real HTTP server)."""
+    org = make_org()
+    api = httpx.Client(base_url=rag_stack.url, timeout=240)
+    store = QdrantStore("kb", api_key="k-123")
+    vectors = _embed(api, org, [text for _, _, text in PASSAGES])
+    for i, ((url, section, text), vector) in enumerate(zip(PASSAGES, vectors, strict=True)):
+        payload = {"text": text, "source": url, "heading": section}
+        store.points.append({"id": i + 1, "vector": vector, "payload": payload})
+    with serve(store.handler()) as base:
+        config = {"url": base, "collection": "kb", "api_key": "k-123"}
+        body = {"name": "remote", "dtype": "remote_vector_store", "configuration": config}
+        r = api.post("/v1/datasets", json=body, headers=org.headers)
+        assert r.status_code == 201, r.text
+        ds = r.json()
+        assert ds["configuration"]["api_key"] == "****" and "k-123" not in r.text
+        slug = _endpoint(api, org, ds["id"], response_type="search", model=None)
+        r = _search(api, org, slug, {"query": "moving beehives to heather", "top_k": 2})
+        assert r.status_code == 200, r.text
+        sources = r.json()["sources"]
+        assert sources[0]["source"] == "https://docs.test/bees" and len(sources) == 2
+        assert sources[0]["heading"] == "Bees" and store.requests[-1]["limit"] >= 2
+        only = {"source": "https://docs.test/forge"}
+        r = _search(api, org, slug, {"query": "bees", "filters": only})
+        assert [s["source"] for s in r.json()["sources"]] == ["https://docs.test/forge"]
+        assert store.requests[-1]["filter"]["must"][0]["match"]["value"] == only["source"]
+        # the store refuses a wrong key: the query says so (503), the API stays up
+        store.api_key = "rotated"
+        r = _search(api, org, slug, {"query": "bees"})
+        assert r.status_code == 503 and "answered 403" in r.json()["error"]["message"]
+    bad = {**body, "configuration": {**config, "url": "http://169.254.169.254/"}}
+    r = api.post("/v1/datasets", json=bad, headers=org.headers)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "unsafe_url"
