@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import httpx
@@ -37,7 +37,9 @@ def _create_inference_job(org_id: str, operation: str, body: dict[str, Any]) -> 
         return str(create_job(db, "inference", org_id, payload, quota=False).id)
 
 
-async def _relay_events(org_id: str, operation: str, body: dict[str, Any]) -> AsyncIterator[Any]:
+async def _relay_events(
+    org_id: str, operation: str, body: dict[str, Any]
+) -> AsyncGenerator[Any, None]:
     """The relay events of one inference job (``chunk``, ``result``; an ``error`` raises), until
     its ``result`` or ``end``. A job left unfinished (timeout, reader gone) is cancelled."""
     job_id = await asyncio.to_thread(_create_inference_job, org_id, operation, body)
@@ -58,10 +60,10 @@ async def _relay_events(org_id: str, operation: str, body: dict[str, Any]) -> As
                         f"The model refused the request: {error.get('message', 'error')}",
                         details={"job_id": job_id, "model": body.get("model")},
                     )
+                finished = event.type in ("result", "end")
                 if event.type in ("chunk", "result"):
                     yield event
-                if event.type in ("result", "end"):
-                    finished = True
+                if finished:
                     return
         raise ModelCallFailed("No inference worker answered in time.", details={"job_id": job_id})
     finally:
@@ -72,10 +74,11 @@ async def _relay_events(org_id: str, operation: str, body: dict[str, Any]) -> As
 
 async def call_inference(org_id: str, operation: str, body: dict[str, Any]) -> dict[str, Any]:
     """Run one inference request on the inference queue and return its OpenAI-shaped body."""
-    async for event in _relay_events(org_id, operation, body):
-        if event.type == "result":
-            result: dict[str, Any] = event.json()
-            return result
+    async with contextlib.aclosing(_relay_events(org_id, operation, body)) as events:
+        async for event in events:
+            if event.type == "result":
+                result: dict[str, Any] = event.json()
+                return result
     raise ModelCallFailed("The inference worker ended without an answer.")
 
 

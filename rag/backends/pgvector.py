@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 import queue
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -42,6 +43,7 @@ EF_SEARCH = 100
 EF_SEARCH_MAX = 1000  # pgvector's limit
 EXACT_LIMIT = 20_000  # a filter over at most this many chunks may be scanned exactly
 POOL_SIZE = 8
+SHARE_TTL_SECONDS = 10.0
 
 
 class PgVectorIndex(ChunkIndex):
@@ -49,6 +51,7 @@ class PgVectorIndex(ChunkIndex):
         self.url = url.replace("postgresql+psycopg://", "postgresql://", 1)
         self._idle: queue.LifoQueue[psycopg.Connection[Any]] = queue.LifoQueue()
         self._dims_ready: set[int] = set()
+        self._shares: dict[tuple[str, str], tuple[float, int, float]] = {}
         self.iterative_scan = False
         with self._conn() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(7410001)")
@@ -190,7 +193,22 @@ class PgVectorIndex(ChunkIndex):
         self, conn: psycopg.Connection[Any], dims: int, where: str, args: list[Any]
     ) -> tuple[int, float]:
         """How many chunks the filter keeps (counted up to ``EXACT_LIMIT + 1``) and its share of
-        the index's chunks of this size (the planner's row estimate past that)."""
+        the index's chunks of this size (the planner's row estimate past that), remembered for
+        ``SHARE_TTL_SECONDS`` (it only picks the plan: a short HNSW answer is redone exactly)."""
+        key = (where, repr(args))
+        now = time.monotonic()
+        known = self._shares.get(key)
+        if known is not None and now - known[0] < SHARE_TTL_SECONDS:
+            return known[1], known[2]
+        matching, share = self._count_share(conn, dims, where, args)
+        if len(self._shares) > 1024:
+            self._shares.clear()
+        self._shares[key] = (now, matching, share)
+        return matching, share
+
+    def _count_share(
+        self, conn: psycopg.Connection[Any], dims: int, where: str, args: list[Any]
+    ) -> tuple[int, float]:
         cap = EXACT_LIMIT + 1
         row = conn.execute(
             f"SELECT (SELECT count(*) FROM (SELECT 1 FROM rag_chunks WHERE {where} LIMIT {cap}) a),"
