@@ -38,6 +38,13 @@ class IndexedChunk:
     end: int
 
 
+def chunk_row(
+    dataset_id: str, file_id: str, source: str, chunk: IndexedChunk
+) -> tuple[str, str, str, str, str, int, int]:
+    """The leading columns of a chunk's row, in the order both indexes store them."""
+    return (dataset_id, file_id, source, chunk.heading, chunk.text, chunk.start, chunk.end)
+
+
 @dataclass(frozen=True)
 class SearchHit:
     chunk_id: int

@@ -12,7 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
-from rag.backends.base import ChunkIndex, Filters, IndexedChunk, SearchHit, Vector, keyword_terms
+from rag.backends.base import (
+    ChunkIndex,
+    Filters,
+    IndexedChunk,
+    SearchHit,
+    Vector,
+    chunk_row,
+    keyword_terms,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunks (
@@ -95,13 +103,7 @@ class EmbeddedIndex(ChunkIndex):
                     "INSERT INTO chunks (dataset_id, file_id, source, heading, text, start_char, "
                     "end_char, vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
-                        dataset_id,
-                        file_id,
-                        source,
-                        chunk.heading,
-                        chunk.text,
-                        chunk.start,
-                        chunk.end,
+                        *chunk_row(dataset_id, file_id, source, chunk),
                         vector.astype(np.float32).tobytes(),
                     ),
                 )

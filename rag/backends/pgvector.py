@@ -24,7 +24,15 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from rag.backends.base import ChunkIndex, Filters, IndexedChunk, SearchHit, Vector, keyword_terms
+from rag.backends.base import (
+    ChunkIndex,
+    Filters,
+    IndexedChunk,
+    SearchHit,
+    Vector,
+    chunk_row,
+    keyword_terms,
+)
 
 _SCHEMA = """
 CREATE EXTENSION IF NOT EXISTS vector;
@@ -118,19 +126,8 @@ class PgVectorIndex(ChunkIndex):
                     "end_char, dims, embedding) FROM STDIN"
                 ) as copy:
                     for chunk, vector in zip(chunks, vectors, strict=True):
-                        copy.write_row(
-                            (
-                                dataset_id,
-                                file_id,
-                                source,
-                                chunk.heading,
-                                chunk.text,
-                                chunk.start,
-                                chunk.end,
-                                dims,
-                                _literal(vector),
-                            )
-                        )
+                        row = chunk_row(dataset_id, file_id, source, chunk)
+                        copy.write_row((*row, dims, _literal(vector)))
         return len(chunks)
 
     def _run(self, sql: str, args: Sequence[Any]) -> list[Any]:
