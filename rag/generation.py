@@ -10,8 +10,10 @@ is loaded in the API. An ``openai_compatible`` provider is called over HTTP afte
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import httpx
@@ -35,26 +37,49 @@ def _create_inference_job(org_id: str, operation: str, body: dict[str, Any]) -> 
         return str(create_job(db, "inference", org_id, payload, quota=False).id)
 
 
-async def call_inference(org_id: str, operation: str, body: dict[str, Any]) -> dict[str, Any]:
-    """Run one inference request on the inference queue and return its OpenAI-shaped body."""
+async def _relay_events(
+    org_id: str, operation: str, body: dict[str, Any]
+) -> AsyncGenerator[Any, None]:
+    """The relay events of one inference job (``chunk``, ``result``; an ``error`` raises), until
+    its ``result`` or ``end``. A job left unfinished (timeout, reader gone) is cancelled."""
     job_id = await asyncio.to_thread(_create_inference_job, org_id, operation, body)
     redis = redis_clients.async_client()
-    deadline = time.monotonic() + get_settings().rag_inference_timeout_seconds
+    timeout = get_settings().rag_inference_timeout_seconds
+    deadline = time.monotonic() + timeout
     after = "0"
-    while time.monotonic() < deadline:
-        for event in await relay.read(redis, job_id, after, block_ms=250):
-            after = event.id
+    finished = False
+    try:
+        while time.monotonic() < deadline:
+            for event in await relay.read(redis, job_id, after, block_ms=250):
+                after = event.id
+                deadline = time.monotonic() + timeout  # the worker is alive: wait again
+                if event.type == "error":
+                    finished = True
+                    error = event.json().get("error", {})
+                    raise ModelCallFailed(
+                        f"The model refused the request: {error.get('message', 'error')}",
+                        details={"job_id": job_id, "model": body.get("model")},
+                    )
+                finished = event.type in ("result", "end")
+                if event.type in ("chunk", "result"):
+                    yield event
+                if finished:
+                    return
+        raise ModelCallFailed("No inference worker answered in time.", details={"job_id": job_id})
+    finally:
+        if not finished:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(relay.request_cancel(redis, job_id))
+
+
+async def call_inference(org_id: str, operation: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Run one inference request on the inference queue and return its OpenAI-shaped body."""
+    async with contextlib.aclosing(_relay_events(org_id, operation, body)) as events:
+        async for event in events:
             if event.type == "result":
                 result: dict[str, Any] = event.json()
                 return result
-            if event.type == "error":
-                error = event.json().get("error", {})
-                raise ModelCallFailed(
-                    f"The model refused the request: {error.get('message', 'error')}",
-                    details={"job_id": job_id, "model": body.get("model")},
-                )
-    await relay.request_cancel(redis, job_id)
-    raise ModelCallFailed("No inference worker answered in time.", details={"job_id": job_id})
+    raise ModelCallFailed("The inference worker ended without an answer.")
 
 
 async def embed_query(org_id: str, model: str, text: str) -> tuple[Vector, int]:
@@ -84,20 +109,87 @@ async def chat(
     return await _remote_chat(provider, body)
 
 
-async def _remote_chat(provider: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+async def chat_stream(
+    org_id: str,
+    model: str,
+    messages: list[dict[str, str]],
+    *,
+    max_tokens: int,
+    temperature: float,
+    provider: dict[str, Any] | None = None,
+) -> AsyncIterator[dict[str, Any]]:
+    """The answer's OpenAI ``chat.completion.chunk`` documents as the model generates them: from
+    the inference worker's token relay (the path ``/v1/chat/completions`` streams on), or from
+    the provider's own SSE stream. The last usage-bearing chunk carries ``usage``."""
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": messages,
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    if provider is None or provider["kind"] == "conveyor":
+        async for event in _relay_events(org_id, "chat.completions", body):
+            for line in event.data.split("\n") if event.type == "chunk" else []:
+                if line:
+                    yield json.loads(line)
+        return
+    async for chunk in _remote_chat_stream(provider, body):
+        yield chunk
+
+
+async def _remote_chat_stream(
+    provider: dict[str, Any], body: dict[str, Any]
+) -> AsyncIterator[dict[str, Any]]:
+    url, headers = await _provider_call(provider)
+    try:
+        async with (
+            httpx.AsyncClient(timeout=60, follow_redirects=False) as client,
+            client.stream("POST", url, json=body, headers=headers) as response,
+        ):
+            if response.status_code >= 400:
+                await response.aread()
+                raise _refused(provider, response)
+            async for line in response.aiter_lines():
+                data = line.removeprefix("data:").strip() if line.startswith("data:") else ""
+                if data == "[DONE]":
+                    return
+                if data:
+                    try:
+                        yield json.loads(data)
+                    except json.JSONDecodeError as exc:
+                        raise ModelCallFailed(
+                            f"The provider {provider['name']!r} sent an event that is not JSON."
+                        ) from exc
+    except httpx.HTTPError as exc:
+        raise ModelCallFailed(f"The provider {provider['name']!r} did not answer: {exc}") from exc
+
+
+async def _provider_call(provider: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """The provider's chat URL (cleared by the SSRF guard) and its auth header."""
     url = provider["base_url"].rstrip("/") + "/chat/completions"
     await check_url_async(url, get_settings().crawl_allowed_hosts)
     headers = {"Authorization": f"Bearer {provider['api_key']}"} if provider.get("api_key") else {}
+    return url, headers
+
+
+def _refused(provider: dict[str, Any], response: httpx.Response) -> ModelCallFailed:
+    return ModelCallFailed(
+        f"The provider {provider['name']!r} answered {response.status_code}.",
+        details={"status": response.status_code, "body": response.text[:500]},
+    )
+
+
+async def _remote_chat(provider: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    url, headers = await _provider_call(provider)
     try:
         async with httpx.AsyncClient(timeout=60, follow_redirects=False) as client:
             response = await client.post(url, json=body, headers=headers)
     except httpx.HTTPError as exc:
         raise ModelCallFailed(f"The provider {provider['name']!r} did not answer: {exc}") from exc
     if response.status_code >= 400:
-        raise ModelCallFailed(
-            f"The provider {provider['name']!r} answered {response.status_code}.",
-            details={"status": response.status_code, "body": response.text[:500]},
-        )
+        raise _refused(provider, response)
     try:
         result: dict[str, Any] = response.json()
     except json.JSONDecodeError as exc:

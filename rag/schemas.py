@@ -64,6 +64,39 @@ class CrawlSource(_Body):
         return self
 
 
+IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
+TABLE = r"^([A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$"
+
+
+class PgVectorTableSource(_Body):
+    """``dtype: pgvector``: an existing table with a pgvector column in someone's PostgreSQL,
+    searched in place (Conveyor writes nothing there). ``url`` is ``postgresql://user:password@
+    host:port/db`` over TCP (no Unix socket; the host passes the SSRF guard)."""
+
+    url: str = Field(min_length=1, max_length=2000)
+    table: str = Field(pattern=TABLE, description="table or schema.table")
+    id_column: str = Field(default="id", pattern=IDENTIFIER)
+    embedding_column: str = Field(default="embedding", pattern=IDENTIFIER)
+    text_column: str = Field(default="text", pattern=IDENTIFIER)
+    source_column: str | None = Field(default=None, pattern=IDENTIFIER)
+    heading_column: str | None = Field(default=None, pattern=IDENTIFIER)
+    text_search: bool = Field(default=True, description="hybrid: full text over text_column")
+
+
+class RemoteVectorStoreSource(_Body):
+    """``dtype: remote_vector_store``: a collection of a vector store that speaks Qdrant's REST
+    search (``POST {url}/collections/{collection}/points/search``), its points' payload holding
+    the chunk's text (and optionally its source and heading)."""
+
+    url: str = Field(min_length=1, max_length=2000, description="http(s) base URL")
+    collection: str = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_.-]+$")
+    api_key: str | None = Field(default=None, max_length=2000)
+    vector_name: str | None = Field(default=None, max_length=255)
+    text_field: str = Field(default="text", min_length=1, max_length=255)
+    source_field: str = Field(default="source", min_length=1, max_length=255)
+    heading_field: str = Field(default="heading", min_length=1, max_length=255)
+
+
 class IngestJobInput(_Body):
     """The input of an ``ingest`` job: index a dataset's pending files, or a crawl's pages."""
 

@@ -11,21 +11,24 @@ import asyncio
 import hashlib
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+import anyio
+from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from common.errors import Conflict, NotFound, ValidationFailed
 from common.timeutil import isoformat_z
+from common.urlsafety import check_url
 from config import get_settings
 from jobs.service import create_job
 from rag import documents, generation, policies, repository
-from rag.backends import get_index
+from rag.backends import external, get_index
 from rag.backends.base import Filters, SearchHit
-from rag.errors import FileTooLarge
+from rag.errors import FileTooLarge, ModelCallFailed
 from rag.models import Dataset, DatasetFile, Endpoint, Policy, Provider
 from rag.policies import Caller
 from rag.schemas import (
@@ -36,17 +39,20 @@ from rag.schemas import (
     DatasetPatch,
     EndpointCreate,
     EndpointPatch,
+    PgVectorTableSource,
     PolicyCreate,
     PolicyPatch,
     ProviderCreate,
     ProviderPatch,
     QueryRequest,
+    RemoteVectorStoreSource,
 )
 from store.db import session_scope
 from store.models import Job
 from webhooks import secretbox
 
 MASK = "****"
+Source = TypeVar("Source", bound=BaseModel)
 
 
 def _ts(value: Any) -> str | None:
@@ -61,13 +67,13 @@ def dataset_view(ds: Dataset) -> dict[str, Any]:
         "id": ds.id,
         "name": ds.name,
         "dtype": ds.dtype,
-        "configuration": ds.configuration,
+        "configuration": {k: v for k, v in ds.configuration.items() if k != "secret"},
         "summary": ds.summary,
         "embedding_model": ds.embedding_model,
         "chunk_size": ds.chunk_size,
         "chunk_overlap": ds.chunk_overlap,
         "job_id": ds.job_id,
-        "chunks": get_index().count(ds.id),
+        "chunks": None if ds.dtype in EXTERNAL else get_index().count(ds.id),
         "created_at": _ts(ds.created_at),
         "updated_at": _ts(ds.updated_at),
     }
@@ -84,17 +90,14 @@ def create_dataset(
     session: Session, org_id: str, body: DatasetCreate
 ) -> tuple[Dataset, Job | None]:
     settings = get_settings()
-    if body.dtype in ("pgvector", "remote_vector_store"):
-        raise ValidationFailed(
-            f"dtype {body.dtype!r} (an external vector store) is not supported yet; use "
-            "local_file or crawl (Conveyor indexes them in its own store).",
-            details=[{"loc": ["body", "dtype"], "msg": "not supported", "type": "value_error"}],
-        )
+    configuration = body.configuration
+    if body.dtype in EXTERNAL:
+        configuration = _external_configuration(body.dtype, body.configuration)
     ds = Dataset(
         org_id=org_id,
         name=body.name,
         dtype=body.dtype,
-        configuration=body.configuration,
+        configuration=configuration,
         summary=body.summary,
         embedding_model=body.embedding_model or settings.rag_embedding_model,
         chunk_size=body.chunk_size or settings.rag_chunk_size,
@@ -123,12 +126,43 @@ def create_dataset(
     return ds, job
 
 
-def _crawl_source(configuration: dict[str, Any]) -> CrawlSource:
+EXTERNAL = ("pgvector", "remote_vector_store")
+
+
+def _external_configuration(dtype: str, configuration: dict[str, Any]) -> dict[str, Any]:
+    """Check an external store's configuration (its shape, the SSRF guard, for a pgvector table
+    that the table and columns exist) and return it as stored: the secret (the database URL,
+    the API key) encrypted under ``secret``, the visible fields masked."""
+    if dtype == "pgvector":
+        table = _validated(PgVectorTableSource, configuration, dtype)
+        dims = external.inspect_table(table)
+        visible = table.model_dump(exclude={"url"})
+        return {**visible, "url": external.masked_url(table.url), "dims": dims,
+                "secret": secretbox.encrypt(table.url)}  # fmt: skip
+    store = _validated(RemoteVectorStoreSource, configuration, dtype)
+    check_url(store.url, get_settings().crawl_allowed_hosts)
+    visible = store.model_dump(exclude={"api_key"})
+    secret = secretbox.encrypt(store.api_key) if store.api_key else None
+    return {**visible, "api_key": MASK if store.api_key else None, "secret": secret}
+
+
+def external_source(ds: Dataset) -> PgVectorTableSource | RemoteVectorStoreSource:
+    """An external dataset's stored configuration with its secret decrypted."""
+    stored = dict(ds.configuration)
+    secret = secretbox.decrypt(stored["secret"]) if stored.get("secret") else None
+    if ds.dtype == "pgvector":
+        fields = {k: v for k, v in stored.items() if k in PgVectorTableSource.model_fields}
+        return PgVectorTableSource.model_validate({**fields, "url": secret})
+    fields = {k: v for k, v in stored.items() if k in RemoteVectorStoreSource.model_fields}
+    return RemoteVectorStoreSource.model_validate({**fields, "api_key": secret})
+
+
+def _validated(model: type[Source], configuration: dict[str, Any], dtype: str) -> Source:
     try:
-        return CrawlSource.model_validate(configuration)
+        return model.model_validate(configuration)
     except ValidationError as exc:
         raise ValidationFailed(
-            "configuration of a crawl dataset: " + exc.errors()[0]["msg"],
+            f"configuration of a {dtype} dataset: " + exc.errors()[0]["msg"],
             details=[
                 {"loc": ["body", "configuration", *e["loc"]], "msg": e["msg"], "type": e["type"]}
                 for e in exc.errors()
@@ -136,8 +170,14 @@ def _crawl_source(configuration: dict[str, Any]) -> CrawlSource:
         ) from None
 
 
+def _crawl_source(configuration: dict[str, Any]) -> CrawlSource:
+    return _validated(CrawlSource, configuration, "crawl")
+
+
 def patch_dataset(ds: Dataset, body: DatasetPatch) -> Dataset:
     for name, value in body.model_dump(exclude_unset=True).items():
+        if name == "configuration" and value is not None and ds.dtype in EXTERNAL:
+            value = _external_configuration(ds.dtype, value)  # checked again, secret included
         if value is not None:
             setattr(ds, name, value)
     return ds
@@ -425,6 +465,13 @@ class Prepared:
         self.settings = dict(endpoint.settings)
         self.models = sorted({d.embedding_model for d in datasets})
         self.dataset_ids = tuple(d.id for d in datasets)
+        self.model_of = {d.id: d.embedding_model for d in datasets}
+        #: external datasets: (id, their decrypted source, the vector size they hold)
+        self.external = [
+            (d.id, external_source(d), d.configuration.get("dims"))
+            for d in datasets
+            if d.dtype in EXTERNAL
+        ]
         self.provider = provider
         self.budgeted = budgeted
 
@@ -488,13 +535,28 @@ async def search(
     if not wanted:
         return [], 0
     index = get_index()
+    outside = {ds_id: (src, dims) for ds_id, src, dims in prepared.external if ds_id in wanted}
     hits: list[SearchHit] = []
     tokens = 0
     for model in prepared.models:  # datasets embedded with one model are searched together
+        mine = tuple(d for d in wanted if prepared.model_of[d] == model)
+        if not mine:
+            continue
         vector, used = await generation.embed_query(prepared.org_id, model, question)
         tokens += used
-        flt = Filters(dataset_ids=wanted, source=source)
-        hits += await asyncio.to_thread(index.hybrid_search, question, vector, flt, top_k)
+        own = tuple(d for d in mine if d not in outside)
+        if own:
+            flt = Filters(dataset_ids=own, source=source)
+            hits += await asyncio.to_thread(index.hybrid_search, question, vector, flt, top_k)
+        for ds_id in (d for d in mine if d in outside):
+            src, dims = outside[ds_id]
+            external.check_dims(ds_id, dims, vector, model)
+            flt = Filters(dataset_ids=(ds_id,), source=source)
+            if isinstance(src, PgVectorTableSource):
+                table = external.PgVectorTable(ds_id, src)
+                hits += await asyncio.to_thread(table.hybrid_search, question, vector, flt, top_k)
+            else:
+                hits += await external.remote_search(ds_id, src, vector, flt, top_k)
     hits.sort(key=lambda h: -h.score)
     return hits[:top_k], tokens
 
@@ -507,80 +569,131 @@ def _prompt(prepared: Prepared, question: str, hits: list[SearchHit]) -> str:
     return str(template).replace("{context}", context).replace("{question}", question)
 
 
-async def query(slug: str, caller: Caller, body: QueryRequest) -> dict[str, Any]:
-    """Search the endpoint's datasets and (``response_type: answer``) answer from the sources."""
+class Searched:
+    """A query past its policies and its search: what the answer (or the stream) starts from."""
+
+    def __init__(
+        self, prepared: Prepared, body: QueryRequest, hits: list[SearchHit], tokens: int
+    ) -> None:
+        self.prepared = prepared
+        self.body = body
+        self.question = body.question()
+        self.hits = hits
+        self.sources = [_source_view(h) for h in hits]
+        self.usage = {"prompt_tokens": tokens, "completion_tokens": 0, "total_tokens": tokens}
+        self.answering = prepared.settings.get("response_type", "answer") == "answer"
+
+    def messages(self) -> list[dict[str, str]]:
+        return [
+            *[m.model_dump() for m in self.body.messages or [] if m.role == "system"],
+            {"role": "user", "content": _prompt(self.prepared, self.question, self.hits)},
+        ]
+
+    def model_args(self) -> dict[str, Any]:
+        return {
+            "max_tokens": self.body.max_tokens,
+            "temperature": self.body.temperature,
+            "provider": self.prepared.provider,
+        }
+
+    def add_usage(self, got: dict[str, Any]) -> None:
+        self.usage["prompt_tokens"] += int(got.get("prompt_tokens", 0))
+        self.usage["completion_tokens"] = int(got.get("completion_tokens", 0))
+        self.usage["total_tokens"] = self.usage["prompt_tokens"] + self.usage["completion_tokens"]
+
+
+async def _searched(slug: str, caller: Caller, body: QueryRequest) -> Searched:
+    """Policies (403/429 raise here, before any answer or stream starts), then the search."""
     prepared = await asyncio.to_thread(_prepare, slug, caller)
     top_k = body.top_k or int(prepared.settings.get("top_k") or 5)
-    question = body.question()
+    hits, embed_tokens = await search(prepared, body.question(), top_k, body.filters)
+    return Searched(prepared, body, hits, embed_tokens)
+
+
+async def query(slug: str, caller: Caller, body: QueryRequest) -> dict[str, Any]:
+    """Search the endpoint's datasets and (``response_type: answer``) answer from the sources."""
     started = time.monotonic()
-    hits, embed_tokens = await search(prepared, question, top_k, body.filters)
-    sources = [_source_view(h) for h in hits]
-    usage = {"prompt_tokens": embed_tokens, "completion_tokens": 0, "total_tokens": embed_tokens}
+    found = await _searched(slug, caller, body)
+    prepared = found.prepared
     answer: str | None = None
-    if prepared.settings.get("response_type", "answer") == "answer":
-        messages = [
-            *[m.model_dump() for m in body.messages or [] if m.role == "system"],
-            {"role": "user", "content": _prompt(prepared, question, hits)},
-        ]
+    if found.answering:
         completion = await generation.chat(
-            prepared.org_id,
-            str(prepared.settings["model"]),
-            messages,
-            max_tokens=body.max_tokens,
-            temperature=body.temperature,
-            provider=prepared.provider,
+            prepared.org_id, str(prepared.settings["model"]), found.messages(), **found.model_args()
         )
         answer = str(completion["choices"][0]["message"].get("content") or "")
-        answer = _with_citations(answer, hits)
-        got = completion.get("usage") or {}
-        usage["prompt_tokens"] += int(got.get("prompt_tokens", 0))
-        usage["completion_tokens"] = int(got.get("completion_tokens", 0))
-        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-    await asyncio.to_thread(_record, prepared, caller, usage["total_tokens"])
+        answer = answer + _missing_citations(answer, found.hits)
+        found.add_usage(completion.get("usage") or {})
+    await asyncio.to_thread(_record, prepared, caller, found.usage["total_tokens"])
     return {
         "endpoint": prepared.slug,
         "answer": answer,
-        "sources": sources,
-        "usage": usage,
+        "sources": found.sources,
+        "usage": found.usage,
         "took_ms": round((time.monotonic() - started) * 1000, 1),
     }
 
 
-def _with_citations(answer: str, hits: list[SearchHit]) -> str:
-    """The model's answer, with the source indices appended when it cited none (a small model
-    may not follow the instruction; the reader still sees which sources it was given)."""
+def _missing_citations(answer: str, hits: list[SearchHit]) -> str:
+    """The source indices to append when the answer cited none (a small model may not follow
+    the instruction; the reader still sees which sources it was given)."""
     if not hits or any(f"[{i}]" in answer for i in range(len(hits))):
-        return answer
-    return f"{answer.strip()} " + "".join(f"[{i}]" for i in range(len(hits)))
+        return ""
+    return " " + "".join(f"[{i}]" for i in range(len(hits)))
 
 
-async def stream(result: dict[str, Any], model: str) -> AsyncIterator[bytes]:
-    """An answer as OpenAI ``chat.completion.chunk`` SSE events (sources ride on the first)."""
+def _sse(document: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(document).encode() + b"\n\n"
+
+
+async def stream_query(slug: str, caller: Caller, body: QueryRequest) -> AsyncIterator[bytes]:
+    """Policies and search first (their errors answer as usual), then the answer as OpenAI
+    ``chat.completion.chunk`` SSE events while the model generates it: the sources ride on the
+    first event, each generated piece is one ``delta``, the last event has ``finish_reason`` and
+    ``usage``, then ``data: [DONE]``. A model failure mid-stream is an ``error`` event."""
+    found = await _searched(slug, caller, body)
+    return _stream_events(found, caller)
+
+
+async def _stream_events(found: Searched, caller: Caller) -> AsyncIterator[bytes]:
+    prepared = found.prepared
     base = {
-        "id": f"chatcmpl-rag-{int(time.time() * 1000)}",
+        "id": f"chatcmpl-rag-{uuid.uuid4().hex[:24]}",
         "object": "chat.completion.chunk",
         "created": int(time.time()),
-        "model": model,
+        "model": prepared.slug,
     }
-    first = {
-        **base,
-        "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}],
-        "sources": result["sources"],
-    }
-    yield b"data: " + json.dumps(first).encode() + b"\n\n"
-    text = result["answer"] or ""
-    for start in range(0, len(text), 16):
-        piece = {
-            **base,
-            "choices": [
-                {"index": 0, "delta": {"content": text[start : start + 16]}, "finish_reason": None}
-            ],
-        }
-        yield b"data: " + json.dumps(piece).encode() + b"\n\n"
-    last = {
-        **base,
-        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-        "usage": result["usage"],
-    }
-    yield b"data: " + json.dumps(last).encode() + b"\n\n"
+
+    def event(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        return _sse({**base, "choices": [choice], **extra})
+
+    yield event({"role": "assistant", "content": ""}, sources=found.sources)
+    finish = "stop"
+    try:
+        if found.answering:
+            text: list[str] = []
+            model = str(prepared.settings["model"])
+            pieces = generation.chat_stream(
+                prepared.org_id, model, found.messages(), **found.model_args()
+            )
+            async for chunk in pieces:
+                if chunk.get("usage"):
+                    found.add_usage(chunk["usage"])
+                for choice in chunk.get("choices") or []:
+                    content = (choice.get("delta") or {}).get("content")
+                    if choice.get("index", 0) == 0 and content:
+                        text.append(content)
+                        yield event({"content": content})
+                    if choice.get("index", 0) == 0 and choice.get("finish_reason"):
+                        finish = str(choice["finish_reason"])
+            suffix = _missing_citations("".join(text), found.hits)
+            if suffix:
+                yield event({"content": suffix})
+        yield event({}, finish, usage=found.usage)
+    except ModelCallFailed as exc:
+        error = {"code": str(exc.code), "message": exc.message, "details": exc.details}
+        yield _sse({"error": error})
+    finally:
+        with anyio.CancelScope(shield=True):  # the budget counts what was generated
+            await asyncio.to_thread(_record, prepared, caller, found.usage["total_tokens"])
     yield b"data: [DONE]\n\n"

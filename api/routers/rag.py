@@ -291,7 +291,7 @@ async def query_endpoint(
     slug: str, body: QueryRequest, request: Request, db: Db, credentials: Credentials
 ) -> Any:
     caller = _caller(request, db, credentials)
-    result = await service.query(slug, caller, body)
     if body.stream:
-        return StreamingResponse(service.stream(result, slug), media_type="text/event-stream")
-    return result
+        events = await service.stream_query(slug, caller, body)
+        return StreamingResponse(events, media_type="text/event-stream")
+    return await service.query(slug, caller, body)

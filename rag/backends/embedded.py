@@ -12,7 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
-from rag.backends.base import ChunkIndex, Filters, IndexedChunk, SearchHit, Vector, keyword_terms
+from rag.backends.base import (
+    ChunkIndex,
+    Filters,
+    IndexedChunk,
+    SearchHit,
+    Vector,
+    chunk_row,
+    keyword_terms,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunks (
@@ -33,6 +41,17 @@ class _Matrix:
         self.ids = ids
         self.sources = sources
         self.matrix = matrix
+        self._rows: dict[str, np.ndarray] = {}
+
+    def rows(self, source: str | None) -> np.ndarray | None:
+        """The row numbers of ``source``'s chunks (None: every row), computed once."""
+        if source is None:
+            return None
+        found = self._rows.get(source)
+        if found is None:
+            found = np.flatnonzero(np.array([s == source for s in self.sources], dtype=bool))
+            self._rows[source] = found
+        return found
 
 
 class EmbeddedIndex(ChunkIndex):
@@ -84,13 +103,7 @@ class EmbeddedIndex(ChunkIndex):
                     "INSERT INTO chunks (dataset_id, file_id, source, heading, text, start_char, "
                     "end_char, vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
-                        dataset_id,
-                        file_id,
-                        source,
-                        chunk.heading,
-                        chunk.text,
-                        chunk.start,
-                        chunk.end,
+                        *chunk_row(dataset_id, file_id, source, chunk),
                         vector.astype(np.float32).tobytes(),
                     ),
                 )
@@ -164,12 +177,11 @@ class EmbeddedIndex(ChunkIndex):
             m = self._matrix(dataset_id)
             if not len(m.ids) or m.matrix.shape[1] != query.shape[0]:
                 continue
-            scores = m.matrix @ query
-            if filters.source is not None:
-                mask = np.array([s == filters.source for s in m.sources])
-                scores = np.where(mask, scores, -np.inf)
-            top = np.argsort(-scores)[:k] if len(scores) > k else np.argsort(-scores)
-            scored += [(float(scores[i]), int(m.ids[i])) for i in top if np.isfinite(scores[i])]
+            rows = m.rows(filters.source)  # the filter first: only its rows are multiplied
+            ids = m.ids if rows is None else m.ids[rows]
+            scores = (m.matrix if rows is None else m.matrix[rows]) @ query
+            top = np.argpartition(-scores, k)[:k] if len(scores) > k else np.arange(len(scores))
+            scored += [(float(scores[i]), int(ids[i])) for i in top]
         scored.sort(key=lambda pair: -pair[0])
         return self._hits(scored[:k])
 

@@ -1,18 +1,38 @@
 """The PostgreSQL index: one ``rag_chunks`` table with a pgvector column (an HNSW index with
 cosine distance per vector size, as a partial expression index) and a generated ``tsvector``
-column with a GIN index for full-text ranking (``ts_rank_cd``)."""
+column with a GIN index for full-text ranking (``ts_rank_cd``).
+
+Filters (the endpoint's datasets, a ``source``) are part of the search, never applied to HNSW's
+answer afterwards (which keeps only the ``ef_search`` nearest of the whole index, so a dataset
+holding 1% of the chunks would get about one hit of ten). With pgvector 0.8 or later the HNSW
+scan is iterative (``hnsw.iterative_scan = relaxed_order``): it goes on until ``k`` rows pass the
+WHERE. Before 0.8, the filter's share of the index decides: a selective filter over at most
+``EXACT_LIMIT`` chunks is an exact scan of those chunks (their B-tree, then the distances), a
+wider one raises ``hnsw.ef_search`` for that query so about ``2 * k`` candidates pass; an HNSW
+answer short of ``k`` is redone exactly.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import math
 import queue
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import psycopg
 
-from rag.backends.base import ChunkIndex, Filters, IndexedChunk, SearchHit, Vector, keyword_terms
+from rag.backends.base import (
+    ChunkIndex,
+    Filters,
+    IndexedChunk,
+    SearchHit,
+    Vector,
+    chunk_row,
+    keyword_terms,
+)
 
 _SCHEMA = """
 CREATE EXTENSION IF NOT EXISTS vector;
@@ -28,7 +48,10 @@ CREATE INDEX IF NOT EXISTS ix_rag_chunks_tsv ON rag_chunks USING gin (tsv);
 """
 _COLUMNS = "id, dataset_id, file_id, source, heading, text, start_char, end_char"
 EF_SEARCH = 100
+EF_SEARCH_MAX = 1000  # pgvector's limit
+EXACT_LIMIT = 20_000  # a filter over at most this many chunks may be scanned exactly
 POOL_SIZE = 8
+SHARE_TTL_SECONDS = 10.0
 
 
 class PgVectorIndex(ChunkIndex):
@@ -36,9 +59,18 @@ class PgVectorIndex(ChunkIndex):
         self.url = url.replace("postgresql+psycopg://", "postgresql://", 1)
         self._idle: queue.LifoQueue[psycopg.Connection[Any]] = queue.LifoQueue()
         self._dims_ready: set[int] = set()
+        self._shares: dict[tuple[str, str], tuple[float, int, float]] = {}
+        self.iterative_scan = False
         with self._conn() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(7410001)")
             conn.execute(_SCHEMA)
+        with self._conn() as conn:
+            row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+            found = row.fetchone()
+        self.pgvector_version = str(found[0]) if found else "0"
+        self.iterative_scan = _version(self.pgvector_version) >= (0, 8)
+        if self.iterative_scan:
+            self.close()  # the pool's connections were opened before the setting applied
 
     @contextlib.contextmanager
     def _conn(self) -> Iterator[psycopg.Connection[Any]]:
@@ -48,6 +80,8 @@ class PgVectorIndex(ChunkIndex):
         except queue.Empty:
             conn = psycopg.connect(self.url, autocommit=True)
             conn.execute(f"SET hnsw.ef_search = {EF_SEARCH}")
+            if self.iterative_scan:
+                conn.execute("SET hnsw.iterative_scan = relaxed_order")
         try:
             yield conn
         except BaseException:
@@ -92,19 +126,8 @@ class PgVectorIndex(ChunkIndex):
                     "end_char, dims, embedding) FROM STDIN"
                 ) as copy:
                     for chunk, vector in zip(chunks, vectors, strict=True):
-                        copy.write_row(
-                            (
-                                dataset_id,
-                                file_id,
-                                source,
-                                chunk.heading,
-                                chunk.text,
-                                chunk.start,
-                                chunk.end,
-                                dims,
-                                _literal(vector),
-                            )
-                        )
+                        row = chunk_row(dataset_id, file_id, source, chunk)
+                        copy.write_row((*row, dims, _literal(vector)))
         return len(chunks)
 
     def _run(self, sql: str, args: Sequence[Any]) -> list[Any]:
@@ -138,13 +161,63 @@ class PgVectorIndex(ChunkIndex):
     def vector_search(self, vector: Vector, filters: Filters, k: int) -> list[SearchHit]:
         dims = int(vector.shape[0])
         where, args = self._where(filters)
-        rows = self._run(
-            f"SELECT {_COLUMNS}, 1 - (embedding::vector({dims}) <=> %s::vector({dims})) "
-            f"FROM rag_chunks WHERE dims = {dims} AND {where} "
-            f"ORDER BY embedding::vector({dims}) <=> %s::vector({dims}) LIMIT %s",
-            [_literal(vector), *args, _literal(vector), k],
-        )
-        return [_hit(r) for r in rows]
+        where = f"dims = {dims} AND {where}"
+        distance = f"embedding::vector({dims}) <=> %s::vector({dims})"
+        literal = _literal(vector)
+        with self._conn() as conn:
+            matching, share = self._share(conn, dims, where, args)
+            rows: list[Any] = []
+            if self.iterative_scan or share * EF_SEARCH_MAX >= 2 * k or matching > EXACT_LIMIT:
+                ef = EF_SEARCH if self.iterative_scan else _ef_search(k, share)
+                with conn.transaction():
+                    conn.execute(f"SET LOCAL hnsw.ef_search = {ef}")
+                    rows = conn.execute(
+                        f"SELECT {_COLUMNS}, 1 - ({distance}) FROM rag_chunks WHERE {where} "
+                        f"ORDER BY {distance} LIMIT %s",
+                        [literal, *args, literal, k],
+                    ).fetchall()
+            if len(rows) < min(k, matching):  # a selective filter, or HNSW came back short
+                rows = conn.execute(
+                    f"WITH c AS MATERIALIZED (SELECT {_COLUMNS}, {distance} AS d FROM rag_chunks "
+                    f"WHERE {where}) SELECT {_COLUMNS}, 1 - d FROM c ORDER BY d LIMIT %s",
+                    [literal, *args, k],
+                ).fetchall()
+        hits = [_hit(r) for r in rows]
+        hits.sort(key=lambda h: (-h.score, h.chunk_id))  # relaxed_order may swap neighbours
+        return hits
+
+    def _share(
+        self, conn: psycopg.Connection[Any], dims: int, where: str, args: list[Any]
+    ) -> tuple[int, float]:
+        """How many chunks the filter keeps (counted up to ``EXACT_LIMIT + 1``) and its share of
+        the index's chunks of this size (the planner's row estimate past that), remembered for
+        ``SHARE_TTL_SECONDS`` (it only picks the plan: a short HNSW answer is redone exactly)."""
+        key = (where, repr(args))
+        now = time.monotonic()
+        known = self._shares.get(key)
+        if known is not None and now - known[0] < SHARE_TTL_SECONDS:
+            return known[1], known[2]
+        matching, share = self._count_share(conn, dims, where, args)
+        if len(self._shares) > 1024:
+            self._shares.clear()
+        self._shares[key] = (now, matching, share)
+        return matching, share
+
+    def _count_share(
+        self, conn: psycopg.Connection[Any], dims: int, where: str, args: list[Any]
+    ) -> tuple[int, float]:
+        cap = EXACT_LIMIT + 1
+        row = conn.execute(
+            f"SELECT (SELECT count(*) FROM (SELECT 1 FROM rag_chunks WHERE {where} LIMIT {cap}) a),"
+            f" (SELECT count(*) FROM (SELECT 1 FROM rag_chunks WHERE dims = {dims} LIMIT {cap}) b),"
+            " (SELECT reltuples FROM pg_class WHERE oid = 'rag_chunks'::regclass)",
+            args,
+        ).fetchone()
+        assert row is not None
+        matching, total, estimate = int(row[0]), int(row[1]), float(row[2])
+        if total >= cap:
+            total = max(int(estimate), total)
+        return matching, (matching / total if total else 1.0)
 
     def keyword_search(self, query: str, filters: Filters, k: int) -> list[SearchHit]:
         terms = keyword_terms(query)
@@ -163,6 +236,15 @@ class PgVectorIndex(ChunkIndex):
     def close(self) -> None:
         while not self._idle.empty():
             self._idle.get_nowait().close()
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".") if part.isdigit())
+
+
+def _ef_search(k: int, share: float) -> int:
+    """``ef_search`` for a filter keeping ``share`` of the chunks: about ``2k`` pass it."""
+    return int(min(EF_SEARCH_MAX, max(EF_SEARCH, math.ceil(2 * k / max(share, 1e-9)))))
 
 
 def _literal(vector: Vector) -> str:
