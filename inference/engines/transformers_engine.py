@@ -151,6 +151,7 @@ class TransformersEngine(ChatEngine):
         self.batches_run = 0  # observable by tests and benchmarks
         self.max_rows_seen = 0
         self.rows_cancelled = 0
+        self.batches_joined = 0  # newcomers joined to a running batch's cache
 
     # -- lifecycle ---------------------------------------------------------------------
     @property
@@ -281,9 +282,9 @@ class TransformersEngine(ChatEngine):
     def _generation_loop(self) -> None:
         """Continuous batching: requests join the running batch between decoding steps.
 
-        When new requests arrive (or most rows have finished), the batch is rebuilt: every live
-        row's prompt plus the tokens it generated so far is prefilled again together with the
-        newcomers (recompute instead of merging KV caches), then decoding goes on step by step.
+        When new requests arrive (or most rows have finished), the batch is rebuilt
+        (``_rebuild``): finished rows leave it, the newcomers are prefilled on their own and
+        joined to the running rows' KV cache, then decoding goes on step by step.
         """
         import torch
 
@@ -304,16 +305,15 @@ class TransformersEngine(ChatEngine):
                     jobs, stop_now = self._drain(self.max_batch_size - len(live))
                     stopping = stopping or stop_now
                 if jobs or state is None or len(live) * 2 <= len(rows):
-                    rows = live + self._new_rows(jobs)
-                    if not rows:
-                        state = None
-                        continue
+                    newcomers = self._new_rows(jobs)
                     try:
-                        state = self._prefill(rows)
+                        rows, state = self._rebuild(rows, state, newcomers)
                     except Exception as exc:
-                        self._fail(rows, exc)
+                        self._fail([*rows, *newcomers], exc)
                         self._outbox.flush()
                         rows, state = [], None
+                        continue
+                    if state is None:
                         continue
                 try:
                     self._step(rows, state)
@@ -321,6 +321,27 @@ class TransformersEngine(ChatEngine):
                     self._fail(rows, exc)
                     rows, state = [], None
                 self._outbox.flush()
+
+    def _rebuild(
+        self, rows: list[_Row], state: _BatchState | None, newcomers: list[_Row]
+    ) -> tuple[list[_Row], _BatchState | None]:
+        """The batch without its finished rows and with the newcomers. The running rows keep
+        their KV cache (rows are selected from it, newcomers prefilled alone and joined to it),
+        so a request arriving mid-generation costs its own prompt, not everyone's again; a
+        cache that cannot be joined (not a plain per-layer dynamic cache) is recomputed."""
+        keep = [i for i, r in enumerate(rows) if not r.finished]
+        live = [rows[i] for i in keep]
+        if not live and not newcomers:
+            return [], None
+        if state is None or not live or not _joinable(state.past):
+            everyone = live + newcomers
+            return everyone, self._prefill(everyone)
+        if len(keep) < len(rows):
+            state = _select(state, keep)
+        if newcomers:
+            state = _join(state, self._prefill(newcomers))
+            self.batches_joined += 1
+        return live + newcomers, state
 
     def _fail(self, rows: list[_Row], exc: Exception) -> None:
         logger.exception("generation batch failed", exc_info=exc)
@@ -498,6 +519,72 @@ class TransformersEngine(ChatEngine):
         if job.rows_left == 0:
             job.emit(Usage(len(job.prompt_ids), job.completion_tokens))
             job.emit(_END)
+
+
+def _layers(past: Any) -> list[Any]:
+    return list(getattr(past, "layers", None) or [])
+
+
+def _joinable(past: Any) -> bool:
+    """Whether the cache is per-layer ``keys``/``values`` tensors that grow with every token
+    (``DynamicLayer``), which rows can be selected from and joined to."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = _layers(past)
+    return bool(layers) and all(
+        type(layer) is DynamicLayer and getattr(layer, "keys", None) is not None
+        for layer in layers
+    )
+
+
+def _select(state: _BatchState, keep: list[int]) -> _BatchState:
+    """The batch's rows ``keep`` only; leading columns no remaining row uses are cut."""
+    import torch
+
+    index = torch.tensor(keep, device=state.attention.device)
+    attention = state.attention.index_select(0, index)
+    used = attention.any(dim=0).nonzero()
+    start = int(used[0]) if len(used) else 0
+    for layer in _layers(state.past):
+        layer.keys = layer.keys.index_select(0, index)[:, :, start:, :]
+        layer.values = layer.values.index_select(0, index)[:, :, start:, :]
+    return _BatchState(
+        past=state.past,
+        logits=state.logits.index_select(0, index),
+        attention=attention[:, start:],
+        last_pos=state.last_pos.index_select(0, index),
+        temperatures=state.temperatures.index_select(0, index),
+        top_ps=state.top_ps.index_select(0, index),
+        greedy=[state.greedy[i] for i in keep],
+    )
+
+
+def _join(running: _BatchState, added: _BatchState) -> _BatchState:
+    """Two batches as one: the shorter one's cache and mask are left-padded (masked out)."""
+    import torch
+
+    width = max(running.attention.shape[1], added.attention.shape[1])
+
+    def pad(tensor: torch.Tensor, dim: int) -> torch.Tensor:
+        missing = width - tensor.shape[dim]
+        if missing == 0:
+            return tensor
+        shape = list(tensor.shape)
+        shape[dim] = missing
+        return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+    for mine, theirs in zip(_layers(running.past), _layers(added.past), strict=True):
+        mine.keys = torch.cat([pad(mine.keys, 2), pad(theirs.keys, 2)], dim=0)
+        mine.values = torch.cat([pad(mine.values, 2), pad(theirs.values, 2)], dim=0)
+    return _BatchState(
+        past=running.past,
+        logits=torch.cat([running.logits, added.logits], dim=0),
+        attention=torch.cat([pad(running.attention, 1), pad(added.attention, 1)], dim=0),
+        last_pos=torch.cat([running.last_pos, added.last_pos], dim=0),
+        temperatures=torch.cat([running.temperatures, added.temperatures], dim=0),
+        top_ps=torch.cat([running.top_ps, added.top_ps], dim=0),
+        greedy=running.greedy + added.greedy,
+    )
 
 
 def _first_stop(text: str, stops: Sequence[str], sent: int) -> int | None:

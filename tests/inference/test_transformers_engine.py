@@ -139,3 +139,32 @@ def test_a_request_joins_a_running_batch(tiny_engine: TransformersEngine) -> Non
     finished_first, tokens = asyncio.run(run())
     assert finished_first  # it did not wait for the 220-token request to end
     assert tokens == 3
+
+
+def test_joining_a_running_batch_keeps_both_continuations(tiny_engine: TransformersEngine) -> None:
+    """A newcomer is prefilled alone and joined to the running rows' cache (left-padded), and
+    a finished row leaves it: neither changes a greedy continuation."""
+    running_prompt = "Conveyor turns every request into a job"
+    joining_prompt = "x x x The quick brown fox jumps over"
+    alone_running = asyncio.run(
+        tiny_engine.generate(_req(running_prompt, max_tokens=60, temperature=0))
+    )
+    alone_joining = asyncio.run(
+        tiny_engine.generate(_req(joining_prompt, max_tokens=20, temperature=0))
+    )
+
+    async def run() -> tuple[list[str], list[str], list[str]]:
+        running = asyncio.create_task(
+            tiny_engine.generate(_req(running_prompt, max_tokens=60, temperature=0))
+        )
+        short = asyncio.create_task(tiny_engine.generate(_req("Hello", max_tokens=2, seed=3)))
+        await asyncio.sleep(0.15)  # both are decoding; the short one finishes and leaves
+        joining = await tiny_engine.generate(_req(joining_prompt, max_tokens=20, temperature=0))
+        await short
+        return (await running).texts, joining.texts, (await short).texts
+
+    joined = tiny_engine.batches_joined
+    running_texts, joining_texts, _ = asyncio.run(run())
+    assert tiny_engine.batches_joined > joined  # the newcomer was prefilled on its own
+    assert running_texts == alone_running.texts
+    assert joining_texts == alone_joining.texts
