@@ -26,14 +26,17 @@ def submit_job(db: Session, principal: Principal, kind: str, payload: dict[str, 
     return create_job(db, kind, principal.org_id, payload)
 
 
-def submit_job_now(principal: Principal, kind: str, payload: dict[str, Any]) -> tuple[Job, Any]:
+def submit_job_now(
+    principal: Principal, kind: str, payload: dict[str, Any], *, webhook: bool = True
+) -> tuple[Job, Any]:
     """For async routes that hold no request session: the same creation in a transaction of its
-    own, committed (and the job sent) before returning; also returns the per-job webhook view."""
+    own, committed (and the job sent) before returning; also returns the per-job webhook view
+    (``webhook=False``: a caller that answers with the job's output, not the job, skips it)."""
     with session_scope() as db:
         db.info[outbox.ON_SEND_FAILURE] = "reject"
         job = create_job(db, kind, principal.org_id, payload)
-        webhook = job_webhook_view(db, job.id, with_secret=True)
-    return job, webhook
+        view = job_webhook_view(db, job.id, with_secret=True) if webhook else None
+    return job, view
 
 
 def accepted_object(view: dict[str, Any], location: str) -> JSONResponse:

@@ -20,7 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,6 +114,7 @@ class ChatStack:
     url: str
     key: str
     api_pid: int
+    worker_pid: int
     engine: Any
     model: Path
     work: Path
@@ -124,7 +125,7 @@ def chat_stack(args: argparse.Namespace, batch_size: int) -> Iterator[ChatStack]
     """Start everything (see the module docstring); stop it all on exit."""
     work = Path(tempfile.mkdtemp(prefix="conveyor-bench-"))
     sys.path.insert(0, str(ROOT))
-    from inference.testing import Stack, build_tiny_model, free_port
+    from inference.testing import build_tiny_model, free_port
 
     model = Path(args.model) if args.model else build_tiny_model(work / "tiny")
     # The platform's settings come from the environment: set them before importing config.
@@ -159,10 +160,9 @@ def chat_stack(args: argparse.Namespace, batch_size: int) -> Iterator[ChatStack]
 def _started(
     args: argparse.Namespace, batch_size: int, model: Path, work: Path
 ) -> Iterator[ChatStack]:
-    from inference.testing import Stack
-
     from config import get_settings
     from inference.engines.transformers_engine import TransformersEngine
+    from inference.testing import Stack
     from store import migrate, orgs
     from store.db import session_scope
     from workers.embedded import ensure_embedded_broker, stop_embedded_broker
@@ -184,7 +184,7 @@ def _started(
     try:
         asyncio.run(engine.start())
         stack.wait_ready(["bench"])
-        yield ChatStack(stack.url, key, stack.api.pid, engine, model, work)
+        yield ChatStack(stack.url, key, stack.api.pid, stack.worker.pid, engine, model, work)
     finally:
         stack.stop()
         asyncio.run(engine.close())
@@ -194,8 +194,8 @@ def _started(
 
 def alternate(
     rounds: int,
-    direct: Callable[[], Awaitable[RunStats]],
-    ours: Callable[[], Awaitable[RunStats]],
+    direct: Callable[[], Coroutine[Any, Any, RunStats]],
+    ours: Callable[[], Coroutine[Any, Any, RunStats]],
 ) -> tuple[list[RunStats], list[RunStats]]:
     """``rounds`` alternating rounds of the anchor and Conveyor (each its own event loop)."""
     anchors: list[RunStats] = []
@@ -204,6 +204,20 @@ def alternate(
         anchors.append(asyncio.run(direct()))
         measured.append(asyncio.run(ours()))
     return anchors, measured
+
+
+@contextlib.contextmanager
+def cpu_per_request(stack: ChatStack, requests: int) -> Iterator[None]:
+    """Print the API's and the worker's CPU milliseconds per request over the block."""
+    from benchmarks.harness import cpu_seconds
+
+    before = (cpu_seconds(stack.api_pid), cpu_seconds(stack.worker_pid))
+    yield
+    api, worker = (cpu_seconds(stack.api_pid), cpu_seconds(stack.worker_pid))
+    print(
+        f"cpu per request: API {(api - before[0]) / requests * 1000:.1f} ms, "
+        f"worker {(worker - before[1]) / requests * 1000:.1f} ms (engine included)"
+    )
 
 
 def _spread(values: list[float]) -> str:

@@ -19,15 +19,18 @@ Shared parts (the stack, the anchor, the report): ``benchmarks/chat_bench.py``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import chat_bench  # noqa: E402
-from benchmarks.chat_bench import RunStats  # noqa: E402
+from benchmarks import chat_bench
+from benchmarks.chat_bench import RunStats
 
 #: job id → (client send, client first token) in Unix seconds, for ``--trace``.
 TIMELINE: dict[str, tuple[float, float]] = {}
@@ -86,7 +89,7 @@ def trace() -> None:
         ).all()
     for job_id, created, started in rows:
         sent, first = TIMELINE[job_id]
-        entries = redis.xrange(events_key(job_id), count=3)
+        entries: Any = redis.xrange(events_key(job_id), count=3)
         stamps = [int(entry_id.decode().split("-")[0]) / 1000 for entry_id, _ in entries]
         marks = {
             "api → job row": created.timestamp() - sent,
@@ -121,11 +124,12 @@ def main() -> None:
         )
         if args.trace:
             TIMELINE.clear()
-            chat_bench.alternate(
-                1,
-                lambda: chat_bench.run_direct(stack.engine, prompts[:1], 1),
-                lambda: run_conveyor(stack.url, stack.key, prompts, args.max_tokens),
-            )
+            cpu = time.process_time()
+            asyncio.run(chat_bench.run_direct(stack.engine, prompts, args.max_tokens))
+            cpu = (time.process_time() - cpu) / len(prompts) * 1000
+            print(f"cpu per request: direct engine {cpu:.1f} ms")
+            with chat_bench.cpu_per_request(stack, len(prompts)):
+                asyncio.run(run_conveyor(stack.url, stack.key, prompts, args.max_tokens))
             trace()
     chat_bench.report(args, stack, direct, ours)
 

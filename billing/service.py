@@ -238,11 +238,22 @@ def estimate_job_cost(tier: Tier, kind: str, input: Mapping[str, Any]) -> int:
     return cost
 
 
-def check_credits(session: Session, org_id: str, kind: str, input: Mapping[str, Any]) -> None:
+def check_credits(
+    session: Session,
+    org_id: str,
+    kind: str,
+    input: Mapping[str, Any],
+    *,
+    plan: str | None = None,
+) -> None:
     """402 ``quota_exceeded`` (details ``{needed, balance}``) when a prepaid organisation cannot
     pay for a new ``kind`` job from its allowance and credits. Called by ``jobs.service.
-    create_job`` before anything is inserted or queued."""
-    plan, tier = org_tier(session, org_id)
+    create_job`` before anything is inserted or queued (``plan``: the organisation's plan when
+    the caller already read it)."""
+    if plan is None:
+        plan, tier = org_tier(session, org_id)
+    else:
+        tier = tier_for_plan(plan)
     if not tier.prepaid:
         return
     position = credit_position(session, org_id, tier=(plan, tier))

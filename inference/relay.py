@@ -65,12 +65,31 @@ async def read(
     return events
 
 
+def cancel_signal_key(job_id: str) -> str:
+    return f"conveyor:inference:{job_id}:cancel-signal"
+
+
 async def request_cancel(redis: Redis, job_id: str) -> None:
-    await redis.set(cancel_key(job_id), b"1", ex=EVENT_TTL_SECONDS)
+    """Flag the job (``cancel_requested``) and wake the worker blocked in ``wait_cancel``."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.set(cancel_key(job_id), b"1", ex=EVENT_TTL_SECONDS)
+        pipe.rpush(cancel_signal_key(job_id), b"1")
+        pipe.expire(cancel_signal_key(job_id), EVENT_TTL_SECONDS)
+        await pipe.execute()
 
 
 async def cancel_requested(redis: Redis, job_id: str) -> bool:
     return bool(await redis.exists(cancel_key(job_id)))
+
+
+async def wait_cancel(redis: Redis, job_id: str, timeout_s: float) -> bool:
+    """Block (no polling) until the API asks to cancel the job or ``timeout_s`` passes; True
+    when it asked. The signal stays for a later waiter (it is pushed back)."""
+    popped = await redis.blpop([cancel_signal_key(job_id)], timeout=timeout_s)
+    if popped is None:
+        return False
+    await redis.rpush(cancel_signal_key(job_id), b"1")
+    return True
 
 
 async def announce_models(redis: Redis, models: Sequence[tuple[str, str]], worker: str) -> None:

@@ -174,17 +174,21 @@ async def execute(
     return Outcome(result=result, meter=meter, engine_seconds=seconds)
 
 
+#: How long the cancel watcher blocks on the API's signal between two looks at the store (a
+#: job cancelled through ``/v1/jobs/{id}/cancel`` is seen within this).
+STORE_CANCEL_CHECK_SECONDS = 1.0
+
+
 async def _watch_cancel(redis: Redis, job_id: str, hooks: JobHooks) -> None:
-    """Return once the API flagged the job (fast path) or the store says it was cancelled."""
-    last_store_check = time.monotonic()
+    """Return once the API signals a cancel (a blocking wait on the relay, no polling) or the
+    store says the job was cancelled."""
+    if await relay.cancel_requested(redis, job_id):  # flagged before the job started
+        return
     while True:
-        await asyncio.sleep(0.1)
-        if await relay.cancel_requested(redis, job_id):
+        if await relay.wait_cancel(redis, job_id, STORE_CANCEL_CHECK_SECONDS):
             return
-        if time.monotonic() - last_store_check >= 1.0:
-            last_store_check = time.monotonic()
-            if await asyncio.to_thread(hooks.cancelled):
-                return
+        if await asyncio.to_thread(hooks.cancelled):
+            return
 
 
 async def _dispatch(

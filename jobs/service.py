@@ -79,8 +79,9 @@ def create_job(
     clean.pop("webhook", None)  # a model's WithWebhook default: kept apart, never in the input
     check_input(kind, clean)
     if quota:
-        plans.enforce_quota(session, org_id, kind, clean)  # 402 quota_exceeded
-        billing.check_credits(session, org_id, kind, clean)  # 402: beyond allowance + credits
+        plan = plans.org_plan(session, org_id)  # read once for both checks
+        plans.enforce_quota(session, org_id, kind, clean, plan=plan)  # 402 quota_exceeded
+        billing.check_credits(session, org_id, kind, clean, plan=plan.name)  # 402: no credits
     job = job_store.insert_job(session, org_id=org_id, kind=kind, input=clean, job_id=job_id)
     if hook is not None:
         webhooks.attach_job_webhook(session, org_id, job.id, hook)

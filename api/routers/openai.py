@@ -15,6 +15,7 @@ before the routes are matched.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -121,19 +122,34 @@ def _configured(models: str, default_embedding: bool) -> dict[str, str]:
     return {s.name: s.kind for s in configured_models(models, default_embedding=default_embedding)}
 
 
-async def served_models() -> dict[str, str]:
-    """name → kind: the configured models plus those inference workers announced."""
+#: The workers' announced models as last read, and when (monotonic seconds): a request for a
+#: model seen within ``ANNOUNCED_FRESH_SECONDS`` needs no Redis round trip; a name not in it is
+#: always looked up again, so a model announced a moment ago is found at once.
+_announced: tuple[float, dict[str, str]] = (float("-inf"), {})
+ANNOUNCED_FRESH_SECONDS = 2.0
+
+
+async def served_models(*, fresh: bool = True) -> dict[str, str]:
+    """name → kind: the configured models plus those inference workers announced
+    (``fresh=False``: the announcements read in the last couple of seconds will do)."""
+    global _announced
     settings = get_settings()
     models = dict(_configured(settings.models, settings.inference_default_embedding))
-    try:
-        models.update(await relay.announced_models(async_client()))
-    except Exception as exc:  # the broker's Redis is down: the config still answers
-        raise Unavailable("The inference broker is unavailable.") from exc
+    read_at, announced = _announced
+    if fresh or time.monotonic() - read_at > ANNOUNCED_FRESH_SECONDS:
+        try:
+            announced = await relay.announced_models(async_client())
+        except Exception as exc:  # the broker's Redis is down: the config still answers
+            raise Unavailable("The inference broker is unavailable.") from exc
+        _announced = (time.monotonic(), announced)
+    models.update(announced)
     return models
 
 
 async def _check_model(name: str, kind: str) -> None:
-    models = await served_models()
+    models = await served_models(fresh=False)
+    if name not in models:
+        models = await served_models()
     if name not in models:
         raise ModelNotFoundError(name)
     if models[name] != kind:
@@ -147,16 +163,22 @@ def _wants_async(async_: bool, prefer: str | None) -> bool:
     return async_ or (prefer is not None and "respond-async" in prefer.lower())
 
 
-async def _create(principal: Principal, payload: InferenceJobInput) -> tuple[Job, Any]:
-    """Create the inference job (sent once committed); also its per-job webhook view."""
+async def _create(
+    principal: Principal, payload: InferenceJobInput, *, webhook: bool
+) -> tuple[Job, Any]:
+    """Create the inference job (sent once committed); also its per-job webhook view when the
+    answer is the job (202), not the generation."""
     return await run_in_threadpool(
-        submit_job_now, principal, "inference", payload.model_dump(mode="json", exclude_none=True)
+        functools.partial(submit_job_now, webhook=webhook),
+        principal,
+        "inference",
+        payload.model_dump(mode="json", exclude_none=True),
     )
 
 
 async def submit_inference(principal: Principal, payload: InferenceJobInput) -> JSONResponse:
     """Create the inference job and answer 202 with it."""
-    job, webhook = await _create(principal, payload)
+    job, webhook = await _create(principal, payload, webhook=True)
     return accepted(job, webhook=webhook)
 
 
@@ -238,7 +260,7 @@ class _ClientGone(Exception):
 
 async def _run_sync(request: Request, principal: Principal, payload: InferenceJobInput) -> Any:
     """Create the job, wait for its body (or stream it), cancel it when the client leaves."""
-    job, _ = await _create(principal, payload)
+    job, _ = await _create(principal, payload, webhook=False)
     waiter = _Waiter(job.id, request)
     headers = {"X-Conveyor-Job-Id": job.id}
     try:

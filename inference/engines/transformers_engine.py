@@ -532,8 +532,7 @@ def _joinable(past: Any) -> bool:
 
     layers = _layers(past)
     return bool(layers) and all(
-        type(layer) is DynamicLayer and getattr(layer, "keys", None) is not None
-        for layer in layers
+        type(layer) is DynamicLayer and getattr(layer, "keys", None) is not None for layer in layers
     )
 
 
