@@ -48,6 +48,7 @@ from inference.schemas import (
     new_id,
     now,
 )
+from inference.tools import ToolCallStream, split_tool_calls
 
 
 @dataclass
@@ -81,10 +82,10 @@ def _chat_request(
 ) -> GenerationRequest:
     if req.stop is not None and not isinstance(req.stop, str) and len(req.stop) > 4:
         raise InvalidRequestError("stop may hold at most 4 sequences.", param="stop")
-    messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+    messages = [m.as_prompt() for m in req.messages]
     return GenerationRequest(
         request_id=request_id,
-        prompt=engine.render_chat(messages),
+        prompt=engine.render_chat(messages, req.tool_list() or None),
         params=sampling_from(
             max_tokens=req.token_budget(),
             temperature=req.temperature,
@@ -104,16 +105,24 @@ async def chat_completion(
     result = await engine.generate(_chat_request(engine, req, response_id))
     if meter is not None:
         meter.add(result.usage)
+    offered = bool(req.tool_list())
+    choices: list[ChatChoice] = []
+    for i, (text, reason) in enumerate(zip(result.texts, result.finish_reasons, strict=True)):
+        calls: list[dict[str, Any]] = []
+        if offered:
+            text, calls = split_tool_calls(text)
+        choices.append(
+            ChatChoice(
+                index=i,
+                message=ChatMessageOut(content=text, tool_calls=calls or None),
+                finish_reason="tool_calls" if calls else reason,
+            )
+        )
     return ChatCompletion(
         id=response_id,
         created=now(),
         model=req.model,
-        choices=[
-            ChatChoice(index=i, message=ChatMessageOut(content=text), finish_reason=reason)
-            for i, (text, reason) in enumerate(
-                zip(result.texts, result.finish_reasons, strict=True)
-            )
-        ],
+        choices=choices,
         usage=_usage_out(result.usage),
     )
 
@@ -149,6 +158,7 @@ async def chat_completion_stream(
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     created = now()
     n = req.n or 1
+    calls = {i: ToolCallStream() for i in range(n)} if req.tool_list() else {}
 
     def chunk(choices: list[ChatChunkChoice], usage: UsageOut | None = None) -> ChatCompletionChunk:
         return ChatCompletionChunk(
@@ -170,17 +180,27 @@ async def chat_completion_stream(
                     if include_usage:
                         yield chunk([], _usage_out(event))
                     continue
-                if event.text:
+                tools = calls.get(event.index)
+                text = event.text if tools is None else tools.feed(event.text)
+                if event.finish_reason is not None and tools is not None:
+                    text += tools.finish()
+                if text:
                     yield chunk(
-                        [ChatChunkChoice(index=event.index, delta=ChunkDelta(content=event.text))]
+                        [ChatChunkChoice(index=event.index, delta=ChunkDelta(content=text))]
                     )
                 if event.finish_reason is not None:
+                    found = tools.calls if tools is not None else []
+                    if found:
+                        delta = [{"index": k, **call} for k, call in enumerate(found)]
+                        yield chunk(
+                            [ChatChunkChoice(index=event.index, delta=ChunkDelta(tool_calls=delta))]
+                        )
                     yield chunk(
                         [
                             ChatChunkChoice(
                                 index=event.index,
                                 delta=ChunkDelta(),
-                                finish_reason=event.finish_reason,
+                                finish_reason="tool_calls" if found else event.finish_reason,
                             )
                         ]
                     )

@@ -8,9 +8,9 @@ their model and their batching; callers only see these types.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 FinishReason = Literal["stop", "length"]
 
@@ -119,8 +119,13 @@ class ChatEngine(abc.ABC):
         """Release the model and any background threads."""
 
     @abc.abstractmethod
-    def render_chat(self, messages: Sequence[ChatMessage]) -> str:
-        """Render chat messages into a prompt with the model's chat template."""
+    def render_chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> str:
+        """Render chat messages (and the tools offered, OpenAI format: ``inference.tools``)
+        into a prompt with the model's chat template."""
 
     @abc.abstractmethod
     def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:

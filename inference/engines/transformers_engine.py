@@ -16,7 +16,7 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 from inference.engines import batching
 from inference.engines.base import (
     ChatEngine,
-    ChatMessage,
     FinishReason,
     GenerationEvent,
     GenerationRequest,
@@ -32,6 +31,7 @@ from inference.engines.base import (
     Usage,
 )
 from inference.errors import ContextLengthError, EngineUnavailableError, InvalidRequestError
+from inference.tools import apply_template, render_messages
 
 if TYPE_CHECKING:
     import torch
@@ -202,15 +202,16 @@ class TransformersEngine(ChatEngine):
         self._model = None
 
     # -- request side (caller's event loop) ---------------------------------------------
-    def render_chat(self, messages: Sequence[ChatMessage]) -> str:
+    def render_chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> str:
         tokenizer = self._require_tokenizer()
         if getattr(tokenizer, "chat_template", None):
             with self._tokenizer_lock:
-                rendered = tokenizer.apply_chat_template(
-                    list(messages), tokenize=False, add_generation_prompt=True
-                )
-            return str(rendered)
-        lines = [f"{m['role']}: {m['content']}" for m in messages]
+                return apply_template(tokenizer, messages, tools)
+        lines = [f"{m['role']}: {m['content']}" for m in render_messages(messages, tools)]
         return "\n".join([*lines, "assistant:"])
 
     def count_tokens(self, text: str) -> int:

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from inference.engines.base import (
     ChatEngine,
-    ChatMessage,
     FinishReason,
     GenerationEvent,
     GenerationRequest,
@@ -24,6 +23,7 @@ from inference.engines.base import (
     Usage,
 )
 from inference.errors import ContextLengthError, EngineUnavailableError, InvalidRequestError
+from inference.tools import apply_template
 
 logger = logging.getLogger(__name__)
 
@@ -88,14 +88,14 @@ class VLLMEngine(ChatEngine):
         if engine is not None and hasattr(engine, "shutdown"):
             engine.shutdown()
 
-    def render_chat(self, messages: Sequence[ChatMessage]) -> str:
+    def render_chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> str:
         if self._tokenizer is None:
             raise EngineUnavailableError(f"Model '{self.name}' is not loaded.")
-        return str(
-            self._tokenizer.apply_chat_template(
-                list(messages), tokenize=False, add_generation_prompt=True
-            )
-        )
+        return apply_template(self._tokenizer, messages, tools)
 
     def _budget(self, prompt_tokens: int, max_tokens: int | None) -> int:
         room = self._context_length - prompt_tokens
