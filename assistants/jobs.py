@@ -11,9 +11,10 @@ chunks relayed the same way.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,9 +27,12 @@ from inference.engines.base import ChatEngine
 from inference.jobs import usage_recorder
 from inference.schemas import InferenceJobInput
 from inference.service import Meter
+from inference.tools import apply_template, merge_deltas, merged
 from inference.worker import RUNTIME, InferenceRuntime, JobWasCancelled, execute
 from jobs.context import JobCancelled, JobContext
 from store.db import session_scope
+
+TokenCounter = Callable[[list[dict[str, Any]]], int]
 
 
 @dataclass(frozen=True)
@@ -38,9 +42,10 @@ class Prompt:
     org_id: str
     model: str
     backend: str
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     max_tokens: int
     temperature: float | None
+    tools: list[dict[str, Any]]
 
 
 def _load(payload: ReplyJobInput) -> Prompt:
@@ -60,27 +65,27 @@ def _load(payload: ReplyJobInput) -> Prompt:
             messages=service.model_messages(instance, history),
             max_tokens=instance.max_tokens or get_settings().assistant_default_max_tokens,
             temperature=instance.temperature,
+            tools=list(instance.tools or []),
         )
 
 
-def _token_counter(engine: ChatEngine) -> Any:
+def _token_counter(engine: ChatEngine, tools: list[dict[str, Any]]) -> TokenCounter:
     count = getattr(engine, "count_tokens", None)
 
-    def tokens(messages: list[dict[str, str]]) -> int:
-        rendered = engine.render_chat(messages)
+    def tokens(messages: list[dict[str, Any]]) -> int:
+        rendered = engine.render_chat(messages, tools or None)
         return int(count(rendered)) if count is not None else len(rendered) // 4 + 1
 
     return tokens
 
 
-def _fit(engine: ChatEngine, prompt: Prompt) -> tuple[list[dict[str, str]], int, int]:
+def _fit(
+    prompt: Prompt, window: int, count_tokens: TokenCounter
+) -> tuple[list[dict[str, Any]], int, int]:
     """The messages that fit the context window with room for the reply; the dropped turns;
     the reply's token budget (smaller than asked when the window is small)."""
-    window = engine.context_length
     max_tokens = min(prompt.max_tokens, max(1, window // 2))
-    messages, dropped = service.fit_context(
-        prompt.messages, _token_counter(engine), window - max_tokens
-    )
+    messages, dropped = service.fit_context(prompt.messages, count_tokens, window - max_tokens)
     return messages, dropped, max_tokens
 
 
@@ -102,15 +107,10 @@ def _via_inference(
     runtime: InferenceRuntime, ctx: JobContext, payload: ReplyJobInput, prompt: Prompt
 ) -> dict[str, Any]:
     engine = runtime.pool.chat(prompt.model)
-    messages, dropped, max_tokens = _fit(engine, prompt)
-    body: dict[str, Any] = {
-        "model": prompt.model,
-        "messages": messages,
-        "max_tokens": max_tokens,
-        "stream": payload.relay,
-    }
-    if prompt.temperature is not None:
-        body["temperature"] = prompt.temperature
+    messages, dropped, max_tokens = _fit(
+        prompt, engine.context_length, _token_counter(engine, prompt.tools)
+    )
+    body = _request_body(prompt, messages, max_tokens, stream=payload.relay)
     request = InferenceJobInput(operation="chat.completions", body=body, relay=payload.relay)
     answer: dict[str, Any] = {}
 
@@ -118,11 +118,12 @@ def _via_inference(
         result = result or {}
         if payload.relay:
             content = (result.get("texts") or [""])[0]
+            calls = (result.get("tool_calls") or [[]])[0]
         else:
-            content = result["choices"][0]["message"]["content"]
-        answer.update(
-            _store(ctx, payload, content, meter.prompt_tokens, meter.completion_tokens, dropped)
-        )
+            message = result["choices"][0]["message"]
+            content, calls = message["content"], message.get("tool_calls") or []
+        reply = Reply(content, meter.prompt_tokens, meter.completion_tokens, dropped, calls)
+        answer.update(_store(ctx, payload, reply))
 
     try:
         runtime.run(
@@ -133,14 +134,33 @@ def _via_inference(
     return answer
 
 
-def _store(
-    ctx: JobContext,
-    payload: ReplyJobInput,
-    content: str,
-    prompt_tokens: int,
-    completion_tokens: int,
-    dropped: int,
+def _request_body(
+    prompt: Prompt, messages: list[dict[str, Any]], max_tokens: int, *, stream: bool
 ) -> dict[str, Any]:
+    """The OpenAI chat request of a reply (the instance's tools offered when it has any)."""
+    body: dict[str, Any] = {
+        "model": prompt.model,
+        "messages": messages,
+        "max_tokens": max_tokens,
+        "stream": stream,
+    }
+    if prompt.temperature is not None:
+        body["temperature"] = prompt.temperature
+    if prompt.tools:
+        body["tools"] = prompt.tools
+    return body
+
+
+@dataclass(frozen=True)
+class Reply:
+    content: str
+    prompt_tokens: int
+    completion_tokens: int
+    dropped: int
+    tool_calls: list[dict[str, Any]]
+
+
+def _store(ctx: JobContext, payload: ReplyJobInput, answer: Reply) -> dict[str, Any]:
     with session_scope() as session:
         instance = repository.get_instance_any(session, payload.instance_id)
         if instance is None:
@@ -150,12 +170,13 @@ def _store(
             instance,
             conversation_id=payload.conversation_id,
             reply_id=payload.reply_id,
-            content=content,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            dropped_turns=dropped,
+            content=answer.content,
+            prompt_tokens=answer.prompt_tokens,
+            completion_tokens=answer.completion_tokens,
+            dropped_turns=answer.dropped,
             job_id=ctx.job_id,
             source=payload.source,
+            tool_calls=answer.tool_calls,
         )
         view = service.reply_view(reply)
     view["message"]["created_at"] = view["message"]["created_at"].isoformat()
@@ -186,19 +207,14 @@ async def _via_deployment(
 
     from deployments import proxy
 
-    endpoints = await asyncio.to_thread(service.deployment_endpoints, prompt.org_id, prompt.model)
-    body: dict[str, Any] = {
-        "model": prompt.model,
-        "messages": prompt.messages,
-        "max_tokens": prompt.max_tokens,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    if prompt.temperature is not None:
-        body["temperature"] = prompt.temperature
+    replicas = await asyncio.to_thread(service.deployment_endpoints, prompt.org_id, prompt.model)
+    window, count_tokens = await deployment_window(replicas, prompt)
+    messages, dropped, max_tokens = _fit(prompt, window, count_tokens)
+    body = _request_body(prompt, messages, max_tokens, stream=True)
+    body["stream_options"] = {"include_usage": True}
     try:
         upstream = await proxy.send(
-            endpoints,
+            replicas.endpoints,
             "/v1/chat/completions",
             json.dumps(body).encode(),
             timeout=get_settings().deploy_proxy_timeout_seconds,
@@ -216,12 +232,15 @@ async def _via_deployment(
     if payload.relay:
         await relay.publish(redis, ctx.job_id, "started")
     texts: list[str] = []
+    calls: dict[int, dict[str, Any]] = {}
     usage = {"prompt_tokens": 0, "completion_tokens": 0}
     checked = time.monotonic()
     async for line in _sse_lines(upstream.stream()):
         chunk = json.loads(line)
         for choice in chunk.get("choices") or []:
-            texts.append((choice.get("delta") or {}).get("content") or "")
+            delta = choice.get("delta") or {}
+            texts.append(delta.get("content") or "")
+            merge_deltas(calls, delta.get("tool_calls") or [])
         if chunk.get("usage"):
             usage = chunk["usage"]
         if payload.relay:
@@ -232,18 +251,106 @@ async def _via_deployment(
                 redis, ctx.job_id
             ):
                 raise JobCancelled(ctx.job_id)
-    answer = await asyncio.to_thread(
-        _store,
-        ctx,
-        payload,
+    reply = Reply(
         "".join(texts),
         int(usage.get("prompt_tokens", 0)),
         int(usage.get("completion_tokens", 0)),
-        0,
+        dropped,
+        merged(calls),
     )
+    answer = await asyncio.to_thread(_store, ctx, payload, reply)
     if payload.relay:
         await relay.publish(redis, ctx.job_id, "end")
     return answer
+
+
+async def deployment_window(replicas: service.Replicas, prompt: Prompt) -> tuple[int, TokenCounter]:
+    """A deployment's context window and how to count a prompt's tokens against it:
+
+    1. the deployment's model directory, when this worker can read it: its tokenizer (the
+       chat template and the tools rendered as the replica renders them) and its config's
+       window (``max_position_embeddings``/``n_positions``, capped by the tokenizer's);
+    2. else the window a replica reports in ``GET /v1/models`` (``max_model_len``, as vLLM and
+       ``inference.server`` answer), counted by the documented estimate :func:`estimate_tokens`;
+    3. else ``CONVEYOR_ASSISTANT_DEFAULT_CONTEXT_TOKENS`` (4096) with the same estimate.
+    """
+    import asyncio
+
+    local = await asyncio.to_thread(_local_tokenizer, replicas.model_path)
+    if local is not None:
+        tokenizer, window = local
+
+        def with_tokenizer(messages: list[dict[str, Any]]) -> int:
+            text = apply_template(tokenizer, messages, prompt.tools or None)
+            return len(tokenizer(text, add_special_tokens=True)["input_ids"])
+
+        return window, with_tokenizer
+    reported = await _reported_window(replicas.endpoints, prompt.model)
+    window = reported or get_settings().assistant_default_context_tokens
+    return window, lambda messages: estimate_tokens(messages, prompt.tools)
+
+
+def estimate_tokens(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> int:
+    """Tokens of a prompt whose tokenizer is unknown: a token per 3 characters of content
+    (rounded up; English averages about 4, so this errs on the side of dropping a turn) plus 8
+    a message for the template's markers, and the tools' JSON at the same rate."""
+    chars = sum(
+        len(str(m.get("content") or "")) + len(json.dumps(m.get("tool_calls") or []))
+        for m in messages
+    )
+    chars += len(json.dumps(tools)) if tools else 0
+    return -(-chars // 3) + 8 * len(messages)
+
+
+@functools.lru_cache(maxsize=32)
+def _local_tokenizer(path: str) -> tuple[Any, int] | None:
+    """A readable model directory's tokenizer and window (cached per path), else None."""
+    from pathlib import Path
+
+    directory = Path(path)
+    if not (directory / "config.json").is_file():
+        return None
+    try:
+        from transformers import AutoConfig, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        config = AutoConfig.from_pretrained(directory, local_files_only=True)
+    except Exception:  # not a Hugging Face directory this worker can load: ask the replica
+        return None
+    limits = [
+        int(v)
+        for v in (
+            getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 0),
+            getattr(tokenizer, "model_max_length", 0),
+        )
+        if v and v < 10**9
+    ]
+    if not limits or not getattr(tokenizer, "chat_template", None):
+        return None
+    return tokenizer, min(limits)
+
+
+_reported: dict[tuple[str, str], int | None] = {}
+
+
+async def _reported_window(endpoints: list[str], model: str) -> int | None:
+    """``max_model_len`` of ``model`` in a replica's ``GET /v1/models`` (remembered)."""
+    import httpx
+
+    for endpoint in endpoints:
+        key = (endpoint, model)
+        if key in _reported:
+            return _reported[key]
+        try:
+            async with httpx.AsyncClient(timeout=2.0) as client:
+                cards = (await client.get(f"{endpoint}/v1/models")).json().get("data") or []
+        except (httpx.HTTPError, ValueError):
+            continue
+        found = [c for c in cards if c.get("id") == model] or (cards if len(cards) == 1 else [])
+        value = found[0].get("max_model_len") if found else None
+        _reported[key] = int(value) if isinstance(value, int) and value > 0 else None
+        return _reported[key]
+    return None
 
 
 async def _sse_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:

@@ -93,6 +93,8 @@ class AssistantMessage(Base):
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
     dropped_turns: Mapped[int] = mapped_column(Integer, default=0)
+    tool_calls: Mapped[list[Any] | None] = mapped_column(JSONType, default=None)  # OpenAI's
+    tool_call_id: Mapped[str | None] = mapped_column(String(64), default=None)  # role "tool"
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (

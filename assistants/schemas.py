@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from inference.tools import ToolDefinition
+
 Plan = Literal["hobby", "starter", "pro", "team"]
 Source = Literal["chat", "websocket", "webhook"]
 
@@ -21,7 +23,12 @@ class InstanceCreate(BaseModel):
     system_prompt: str | None = Field(default=None, max_length=32_000)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     max_tokens: int | None = Field(default=None, ge=1, le=32_768)
-    tools: list[dict[str, Any]] = Field(default_factory=list, max_length=64)
+    tools: list[ToolDefinition] = Field(
+        default_factory=list,
+        max_length=64,
+        description="OpenAI-format function tools offered to the model; its calls come back "
+        "as `tool_calls` (answer each with a `tool_call_id` message).",
+    )
     message_template: str = Field(
         default=DEFAULT_MESSAGE_TEMPLATE,
         max_length=8_000,
@@ -39,7 +46,7 @@ class InstancePatch(BaseModel):
     system_prompt: str | None = Field(default=None, max_length=32_000)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     max_tokens: int | None = Field(default=None, ge=1, le=32_768)
-    tools: list[dict[str, Any]] | None = Field(default=None, max_length=64)
+    tools: list[ToolDefinition] | None = Field(default=None, max_length=64)
     message_template: str | None = Field(default=None, max_length=8_000)
     log_content: bool | None = None
 
@@ -50,6 +57,12 @@ class ChatRequest(BaseModel):
     message: str = Field(min_length=1, max_length=32_000)
     conversation_id: str | None = Field(default=None, max_length=40)
     stream: bool = False
+    tool_call_id: str | None = Field(
+        default=None,
+        max_length=64,
+        description="The message is the result of this tool call of the conversation's last "
+        "reply (needs `conversation_id`); the model then goes on.",
+    )
 
 
 class IncomingEvent(BaseModel):

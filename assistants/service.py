@@ -37,6 +37,7 @@ from assistants.schemas import (
 from common.errors import NotFound, Unauthorized, ValidationFailed
 from common.timeutil import utcnow
 from config import get_settings
+from inference.tools import tool_dicts
 from jobs.service import create_job
 from plans.service import period_key
 from store.jobs import storable
@@ -138,7 +139,7 @@ def create(
         system_prompt=body.system_prompt,
         temperature=body.temperature,
         max_tokens=body.max_tokens,
-        tools=body.tools,
+        tools=tool_dicts(body.tools),
         message_template=body.message_template,
         log_content=body.log_content,
         webhook_secret_encrypted=secretbox.encrypt(secret),
@@ -157,7 +158,10 @@ def get(session: Session, org_id: str, instance_id: str) -> AssistantInstance:
 
 
 def patch(session: Session, instance: AssistantInstance, body: InstancePatch) -> None:
-    for field, value in body.model_dump(exclude_unset=True).items():
+    changes = body.model_dump(exclude_unset=True)
+    if body.tools is not None:
+        changes["tools"] = tool_dicts(body.tools)
+    for field, value in changes.items():
         if value is None and field in ("name", "plan", "tools", "message_template", "log_content"):
             raise ValidationFailed(
                 f"{field} cannot be null.",
@@ -187,12 +191,17 @@ def rotate_secret(session: Session, instance: AssistantInstance) -> str:
 
 
 def message_view(message: AssistantMessage) -> dict[str, Any]:
-    return {
+    view: dict[str, Any] = {
         "id": message.id,
         "role": message.role,
         "content": message.content,
         "created_at": message.created_at,
     }
+    if message.tool_calls:
+        view["tool_calls"] = message.tool_calls
+    if message.tool_call_id is not None:
+        view["tool_call_id"] = message.tool_call_id
+    return view
 
 
 def conversation_view(conversation: AssistantConversation) -> dict[str, Any]:
@@ -233,26 +242,52 @@ def get_conversation(
 
 
 def open_turn(
-    session: Session, instance: AssistantInstance, content: str, conversation_id: str | None
+    session: Session,
+    instance: AssistantInstance,
+    content: str,
+    conversation_id: str | None,
+    tool_call_id: str | None = None,
 ) -> AssistantConversation:
-    """Store the user's message (in a new conversation when none is named)."""
+    """Store the user's message (in a new conversation when none is named), or with
+    ``tool_call_id`` the result of one of the last reply's tool calls (a ``tool`` message)."""
     if conversation_id is None:
+        if tool_call_id is not None:
+            raise _invalid("conversation_id", "a tool result needs its conversation_id")
         conversation = AssistantConversation(instance_id=instance.id, org_id=instance.org_id)
         session.add(conversation)
         session.flush()
     else:
         conversation = get_conversation(session, instance, conversation_id)
         conversation.updated_at = utcnow()
+    if tool_call_id is not None and tool_call_id not in _open_calls(session, conversation.id):
+        raise _invalid("tool_call_id", "no tool call of this conversation has this id")
     session.add(
         AssistantMessage(
             conversation_id=conversation.id,
             instance_id=instance.id,
-            role="user",
+            role="user" if tool_call_id is None else "tool",
             content=storable(content),
+            tool_call_id=tool_call_id,
         )
     )
     session.flush()
     return conversation
+
+
+def _open_calls(session: Session, conversation_id: str) -> set[str]:
+    """The ids of the tool calls the conversation's assistant messages made."""
+    return {
+        str(call.get("id"))
+        for message in repository.history(session, conversation_id)
+        for call in message.tool_calls or ()
+    }
+
+
+def _invalid(field: str, message: str) -> ValidationFailed:
+    return ValidationFailed(
+        f"{field}: {message}.",
+        details=[{"loc": ["body", field], "msg": message, "type": "value_error"}],
+    )
 
 
 @dataclass(frozen=True)
@@ -270,9 +305,11 @@ def start_turn(
     *,
     source: Source,
     relay: bool,
+    tool_call_id: str | None = None,
 ) -> Turn:
-    """Store the user's message and create the job that answers it (sent after commit)."""
-    conversation = open_turn(session, instance, content, conversation_id)
+    """Store the user's message (or a tool's result) and create the job that answers it (sent
+    after commit)."""
+    conversation = open_turn(session, instance, content, conversation_id, tool_call_id)
     reply_id = new_message_id()
     payload = ReplyJobInput(
         instance_id=instance.id,
@@ -292,17 +329,25 @@ def delete_conversation(session: Session, conversation: AssistantConversation) -
 
 def model_messages(
     instance: AssistantInstance, history: Sequence[AssistantMessage]
-) -> list[dict[str, str]]:
-    """The chat messages sent to the model: the system prompt, then the conversation."""
-    messages = (
+) -> list[dict[str, Any]]:
+    """The chat messages sent to the model: the system prompt, then the conversation (with the
+    assistant's tool calls and the tools' results, OpenAI-shaped)."""
+    messages: list[dict[str, Any]] = (
         [{"role": "system", "content": instance.system_prompt}] if instance.system_prompt else []
     )
-    return messages + [{"role": m.role, "content": m.content} for m in history]
+    for m in history:
+        message: dict[str, Any] = {"role": m.role, "content": m.content}
+        if m.tool_calls:
+            message["tool_calls"] = m.tool_calls
+        if m.tool_call_id is not None:
+            message["tool_call_id"] = m.tool_call_id
+        messages.append(message)
+    return messages
 
 
 def fit_context(
-    messages: list[dict[str, str]], count_tokens: Callable[[list[dict[str, str]]], int], budget: int
-) -> tuple[list[dict[str, str]], int]:
+    messages: list[dict[str, Any]], count_tokens: Callable[[list[dict[str, Any]]], int], budget: int
+) -> tuple[list[dict[str, Any]], int]:
     """Drop the oldest turns until the prompt fits ``budget`` tokens; the system prompt and the
     last message are always kept. Returns the messages and how many turns were dropped."""
     system = messages[:1] if messages and messages[0]["role"] == "system" else []
@@ -326,6 +371,7 @@ def store_reply(
     dropped_turns: int,
     job_id: str | None,
     source: str,
+    tool_calls: list[dict[str, Any]] | None = None,
 ) -> AssistantMessage:
     """Write the assistant's reply and count its tokens, once: a retried job finds its reply
     already written and counts nothing again."""
@@ -342,6 +388,7 @@ def store_reply(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         dropped_turns=dropped_turns,
+        tool_calls=tool_calls or None,
     )
     session.add(reply)
     session.flush()
@@ -356,6 +403,8 @@ def store_reply(
         "usage": usage_view(prompt_tokens, completion_tokens),
         "dropped_turns": dropped_turns,
     }
+    if tool_calls:
+        data["tool_calls"] = [call["function"]["name"] for call in tool_calls]
     if instance.log_content:
         data["reply"] = content
     log(session, instance, "chat", f"{source} reply of {completion_tokens} tokens", data)
@@ -489,7 +538,15 @@ def check_available(session: Session, instance: AssistantInstance) -> None:
         raise deployment_service.unavailable(dep)
 
 
-def deployment_endpoints(org_id: str, model: str) -> list[str]:
+@dataclass(frozen=True)
+class Replicas:
+    """Where a deployment-backed instance's model answers, and its model directory."""
+
+    endpoints: list[str]
+    model_path: str
+
+
+def deployment_endpoints(org_id: str, model: str) -> Replicas:
     """The replicas of the organisation's deployment ``model`` (503 when it cannot serve)."""
     from deployments import repository as deployments
     from deployments import service as deployment_service
@@ -502,4 +559,4 @@ def deployment_endpoints(org_id: str, model: str) -> list[str]:
         endpoints = deployment_service.serving(dep)
         if not endpoints:
             raise deployment_service.unavailable(dep)
-        return endpoints
+        return Replicas(list(endpoints), dep.model_path)

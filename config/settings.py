@@ -271,6 +271,9 @@ class Settings(BaseSettings):
     assistant_plan_sockets: str = "hobby=1,starter=3,pro=10,team=0"
     assistant_default_plan: str = "hobby"
     assistant_default_max_tokens: int = 256
+    # A deployment-backed instance whose window is known neither from the model directory nor
+    # from the replica's /v1/models (max_model_len): this many tokens.
+    assistant_default_context_tokens: int = 4096
     assistant_ws_queue_frames: int = 64  # frames buffered per socket before producers wait
     assistant_ws_slot_ttl_seconds: float = 45.0  # a socket slot lapses unless renewed
     assistant_ws_auth_timeout_seconds: float = 10.0  # first-frame auth must arrive by then

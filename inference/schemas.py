@@ -209,6 +209,7 @@ class ModelCard(BaseModel):
     created: int = 0
     owned_by: str = "conveyor"
     kind: Literal["chat", "embedding"] = "chat"
+    max_model_len: int | None = None  # the context window in tokens (vLLM's field name)
 
 
 class ModelList(BaseModel):

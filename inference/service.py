@@ -74,7 +74,16 @@ def _usage_out(usage: Usage) -> UsageOut:
 
 
 def list_models(pool: ModelPool) -> ModelList:
-    return ModelList(data=[ModelCard(id=e.name, kind=e.kind) for e in pool.engines()])
+    return ModelList(
+        data=[
+            ModelCard(
+                id=e.name,
+                kind=e.kind,
+                max_model_len=e.context_length if isinstance(e, ChatEngine) else None,
+            )
+            for e in pool.engines()
+        ]
+    )
 
 
 def _chat_request(

@@ -54,9 +54,8 @@ def system_text(tools: Sequence[Mapping[str, Any]]) -> str:
     """The tools and the calling convention, for a template that does not take ``tools``."""
     listed = "\n".join(json.dumps(dict(t), separators=(",", ":")) for t in tools)
     return (
-        "You may call these tools (JSON Schema function signatures):\n"
-        f"<tools>\n{listed}\n</tools>\n"
-        f'To call one, answer with {OPEN}{{"name": <name>, "arguments": <object>}}{CLOSE}.'
+        f"Tools:\n<tools>\n{listed}\n</tools>\n"
+        f'Call one as {OPEN}{{"name": …, "arguments": {{…}}}}{CLOSE}.'
     )
 
 
@@ -182,3 +181,27 @@ def _open_prefix(text: str) -> int:
         if text.endswith(OPEN[:k]):
             return k
     return 0
+
+
+def merge_deltas(calls: dict[int, dict[str, Any]], deltas: Sequence[Mapping[str, Any]]) -> None:
+    """Accumulate streamed ``delta.tool_calls`` (OpenAI: keyed by ``index``; ``id``, ``type``
+    and the name come once, ``arguments`` in fragments) into whole calls by index."""
+    for delta in deltas:
+        found = calls.setdefault(
+            int(delta.get("index", len(calls))),
+            {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
+        )
+        if delta.get("id"):
+            found["id"] = delta["id"]
+        function = delta.get("function") or {}
+        if function.get("name"):
+            found["function"]["name"] = function["name"]
+        found["function"]["arguments"] += function.get("arguments") or ""
+
+
+def merged(calls: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The accumulated calls in order (a call that came without an id gets one)."""
+    ordered = [calls[i] for i in sorted(calls)]
+    for call in ordered:
+        call["id"] = call["id"] or new_call_id()
+    return ordered

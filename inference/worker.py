@@ -36,6 +36,7 @@ from inference.schemas import (
     EmbeddingRequest,
     InferenceJobInput,
 )
+from inference.tools import merge_deltas, merged
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -239,11 +240,12 @@ async def _relay_chunks(
     assert runtime.redis is not None
     pending: asyncio.Queue[str | None] = asyncio.Queue()
     texts: dict[int, list[str]] = {}
+    calls: dict[int, dict[int, dict[str, Any]]] = {}
 
     async def produce() -> None:
         try:
             async for chunk in chunks:
-                _collect_text(chunk, texts)
+                _collect_text(chunk, texts, calls)
                 pending.put_nowait(chunk.model_dump_json())
         finally:
             pending.put_nowait(None)
@@ -273,6 +275,7 @@ async def _relay_chunks(
         "object": "stream.summary",
         "chunks": count,
         "texts": ["".join(texts[i]) for i in sorted(texts)],
+        "tool_calls": [merged(calls[i]) for i in sorted(calls)],
         "usage": {
             "prompt_tokens": meter.prompt_tokens,
             "completion_tokens": meter.completion_tokens,
@@ -281,13 +284,18 @@ async def _relay_chunks(
     }
 
 
-def _collect_text(chunk: Any, texts: dict[int, list[str]]) -> None:
-    """Keep a streamed choice's text (chat deltas or text chunks) for the stream's summary."""
+def _collect_text(
+    chunk: Any, texts: dict[int, list[str]], calls: dict[int, dict[int, dict[str, Any]]]
+) -> None:
+    """Keep a streamed choice's text (chat deltas or text chunks) and tool calls for the
+    stream's summary."""
     for choice in chunk.choices:
         delta = getattr(choice, "delta", None)
         text = delta.content if delta is not None else getattr(choice, "text", None)
         if text:
             texts.setdefault(choice.index, []).append(text)
+        if delta is not None and delta.tool_calls:
+            merge_deltas(calls.setdefault(choice.index, {}), delta.tool_calls)
 
 
 async def _run_batch(

@@ -48,6 +48,7 @@ from common.errors import ConveyorError, NotFound, RateLimited, Unavailable, Val
 from common.redis_clients import async_client
 from config import get_settings
 from inference import relay
+from inference.tools import merge_deltas, merged
 from store.db import session_scope
 from store.jobs import storable
 from store.orgs import Principal
@@ -221,7 +222,11 @@ def _load_instance(org_id: str, instance_id: str) -> InstanceRef:
 
 
 def _start_turn(
-    ref: InstanceRef, content: str, conversation_id: str | None, source: str
+    ref: InstanceRef,
+    content: str,
+    conversation_id: str | None,
+    source: str,
+    tool_call_id: str | None = None,
 ) -> service.Turn:
     """Store the message and create its job in a transaction of its own (committed, the job
     sent, before the caller waits for tokens)."""
@@ -236,6 +241,7 @@ def _start_turn(
                 conversation_id,
                 source=source,  # type: ignore[arg-type]
                 relay=True,
+                tool_call_id=tool_call_id,
             )
     except Unavailable as exc:
         _log_refusal(ref, source, exc)
@@ -278,9 +284,18 @@ def _job_failure(job_id: str) -> ConveyorError | None:
         )
 
 
-async def relay_deltas(job_id: str) -> AsyncIterator[str]:
-    """The reply's text chunks as the worker relays them; returns at the relay's end, raises the
-    relayed error. Gives up (and cancels the job) after ``inference_wait_seconds``."""
+async def relay_deltas(job_id: str) -> AsyncIterator[str | dict[str, Any]]:
+    """The reply's text chunks as the worker relays them, then its tool calls (whole, OpenAI
+    shape: they are complete only at the end); returns at the relay's end, raises the relayed
+    error. Gives up (and cancels the job) after ``inference_wait_seconds``."""
+    calls: dict[int, dict[str, Any]] = {}
+    async for text in _relay_text(job_id, calls):
+        yield text
+    for call in merged(calls):
+        yield call
+
+
+async def _relay_text(job_id: str, calls: dict[int, dict[str, Any]]) -> AsyncIterator[str]:
     after = "0"
     deadline = time.monotonic() + get_settings().inference_wait_seconds
     last_check = time.monotonic()
@@ -301,7 +316,9 @@ async def relay_deltas(job_id: str) -> AsyncIterator[str]:
             if event.type == "chunk":
                 for line in event.data.split("\n"):
                     for choice in json.loads(line).get("choices") or []:
-                        text = (choice.get("delta") or {}).get("content")
+                        delta = choice.get("delta") or {}
+                        merge_deltas(calls, delta.get("tool_calls") or [])
+                        text = delta.get("content")
                         if text:  # as stored: PostgreSQL's text holds no NUL
                             yield storable(text)
             elif event.type == "error":
@@ -320,7 +337,9 @@ async def chat(
 ) -> Any:
     ref = await run_in_threadpool(_load_instance, principal.org_id, instance_id)
     await check_rate(ref.id, ref.plan)
-    turn = await run_in_threadpool(_start_turn, ref, body.message, body.conversation_id, "chat")
+    turn = await run_in_threadpool(
+        _start_turn, ref, body.message, body.conversation_id, "chat", body.tool_call_id
+    )
     headers = {"X-Conveyor-Job-Id": turn.job.id}
     if body.stream:
         return StreamingResponse(
@@ -334,6 +353,13 @@ async def chat(
             await cancel_inference(turn.job.id)
         raise
     return JSONResponse(await run_in_threadpool(_reply, turn.reply_id), headers=headers)
+
+
+def _piece_frame(piece: str | dict[str, Any]) -> dict[str, Any]:
+    """A relayed piece as a frame: ``delta`` (text) or ``tool_call`` (a whole call)."""
+    if isinstance(piece, str):
+        return {"type": "delta", "content": piece}
+    return {"type": "tool_call", "tool_call": piece}
 
 
 def _sse(frame: dict[str, Any]) -> bytes:
@@ -353,8 +379,8 @@ async def _chat_sse(request: Request, turn: service.Turn) -> AsyncIterator[bytes
             }
         )
         try:
-            async for text in relay_deltas(turn.job.id):
-                yield _sse({"type": "delta", "content": text})
+            async for piece in relay_deltas(turn.job.id):
+                yield _sse(_piece_frame(piece))
             yield _sse({"type": "done", **await run_in_threadpool(_reply, turn.reply_id)})
         except ConveyorError as exc:
             yield _sse({"type": "error", "code": str(exc.code), "message": exc.message})
@@ -619,11 +645,22 @@ class ChatSocket:
         kind = frame.get("type")
         if kind == "ping":
             await self.send({"type": "pong", "ts": time.time()})
-        elif kind == "message":
+        elif kind in ("message", "tool_result"):
             content = frame.get("content")
             message_id = str(frame.get("id") or secrets.token_hex(6))
+            tool_call_id = frame.get("tool_call_id") if kind == "tool_result" else None
             if not isinstance(content, str) or not content:
                 await self.send(_error(message_id, "validation_error", "content is required."))
+            elif kind == "tool_result" and not (
+                isinstance(tool_call_id, str) and frame.get("conversation_id")
+            ):
+                await self.send(
+                    _error(
+                        message_id,
+                        "validation_error",
+                        "A tool_result needs tool_call_id and conversation_id.",
+                    )
+                )
             elif message_id in self.inflight:
                 await self.send(
                     _error(message_id, "conflict", "A message with this id is in flight.")
@@ -632,7 +669,7 @@ class ChatSocket:
                 conversation_id = frame.get("conversation_id")
                 job: list[str] = []
                 task = asyncio.ensure_future(
-                    self._answer(message_id, content, conversation_id, job)
+                    self._answer(message_id, content, conversation_id, job, tool_call_id)
                 )
                 self.inflight[message_id] = (task, job)
                 task.add_done_callback(functools.partial(self._forget, message_id))
@@ -660,7 +697,12 @@ class ChatSocket:
         await self.send(_error(message_id, "cancelled", "The generation was cancelled."))
 
     async def _answer(
-        self, message_id: str, content: str, conversation_id: Any, job: list[str]
+        self,
+        message_id: str,
+        content: str,
+        conversation_id: Any,
+        job: list[str],
+        tool_call_id: str | None = None,
     ) -> None:
         try:
             await check_rate(self.instance.id, self.instance.plan)
@@ -671,6 +713,7 @@ class ChatSocket:
                     content,
                     str(conversation_id) if conversation_id else None,
                     "websocket",
+                    tool_call_id,
                 )
             )
             try:
@@ -689,8 +732,8 @@ class ChatSocket:
                     "job_id": turn.job.id,
                 }
             )
-            async for text in relay_deltas(turn.job.id):
-                await self.send({"type": "delta", "id": message_id, "content": text})
+            async for piece in relay_deltas(turn.job.id):
+                await self.send({**_piece_frame(piece), "id": message_id})
             reply = await run_in_threadpool(_reply, turn.reply_id)
             await self.send({"type": "done", "id": message_id, **reply})
         except ConveyorError as exc:

@@ -4,14 +4,17 @@ to create instances and to sign incoming webhooks."""
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from inference.testing import Stack
+from inference.testing import Stack, free_port
 from tests.conftest import OrgKey, make_org
+from tests.helpers import ServiceProcess
 from tests.inference.stack import start_stack
 
 
@@ -41,3 +44,46 @@ def create_instance(client: httpx.Client, **fields: Any) -> dict[str, Any]:
     response = client.post("/v1/instances", json=body)
     assert response.status_code == 201, response.text
     return dict(response.json())
+
+
+@pytest.fixture
+def replica(stack: Stack, tmp_path: Any) -> Iterator[str]:
+    """A real model server (``inference.server``) serving the tiny model: a deployment replica."""
+    port = free_port()
+    model = stack.env["CONVEYOR_MODELS"].split(",")[0].split("=", 1)[1]
+    cmd = [sys.executable, "-m", "inference.server", "--model", f"my-llm={model}"]
+    cmd += ["--port", str(port), "--device", "cpu", "--log-level", "warning"]
+    env = {**stack.env, "CONVEYOR_INFERENCE_DEFAULT_EMBEDDING": "false"}
+    proc = ServiceProcess(cmd, env=env, log=tmp_path / "replica.log")
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    try:
+        yield url
+    finally:
+        proc.stop()
+
+
+def add_deployment(tenant: OrgKey, name: str, **fields: Any) -> None:
+    """A deployment row of the tenant (the model deployments' own machinery is not needed)."""
+    from deployments.models import Deployment
+    from store.db import session_scope
+
+    row = {
+        "org_id": tenant.org_id,
+        "name": name,
+        "model": "tiny",
+        "model_path": "/models/tiny",
+        "runtime": "transformers",
+        "backend": "local",
+        "status": "running",
+        "ready_replicas": 1,
+        **fields,
+    }
+    with session_scope() as session:
+        session.add(Deployment(**row))

@@ -162,29 +162,6 @@ def test_stopped_deployment_answers_503_with_retry_after(api: httpx.Client, tena
     assert [(line["kind"], line["data"]["code"]) for line in logs] == [("error", "unavailable")]
 
 
-@pytest.fixture
-def replica(stack: Stack, tmp_path: Any) -> Iterator[str]:
-    """A real model server (``inference.server``) serving the tiny model: a deployment replica."""
-    port = free_port()
-    model = stack.env["CONVEYOR_MODELS"].split(",")[0].split("=", 1)[1]
-    cmd = [sys.executable, "-m", "inference.server", "--model", f"my-llm={model}"]
-    cmd += ["--port", str(port), "--device", "cpu", "--log-level", "warning"]
-    env = {**stack.env, "CONVEYOR_INFERENCE_DEFAULT_EMBEDDING": "false"}
-    proc = ServiceProcess(cmd, env=env, log=tmp_path / "replica.log")
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    try:
-        yield url
-    finally:
-        proc.stop()
-
-
 def test_running_deployment_answers_through_its_replica(
     api: httpx.Client, tenant: OrgKey, replica: str
 ) -> None:
