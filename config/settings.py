@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     inference_device: str = "auto"  # auto | cpu | cuda | cuda:N
     inference_max_batch_size: int = 32
     inference_batch_wait_ms: float = 5.0
+    # After a streamed reply's first token, a job writes its chunks to the relay at most this
+    # often (the tokens in between go together); 0: every step's token on its own.
+    inference_relay_flush_ms: float = 10.0
     inference_default_max_tokens: int = 256
     inference_tensor_parallel_size: int = 1
     inference_default_embedding: bool = True  # serve the packaged all-MiniLM-L6-v2
