@@ -133,13 +133,13 @@ def create_app(pool: ModelPool) -> FastAPI:
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return service.list_models(pool).model_dump()
+        return service.list_models(pool).model_dump(exclude_none=True)
 
     @app.get("/v1/models/{model_id}")
     async def model(model_id: str) -> dict[str, Any]:
         for card in service.list_models(pool).data:
             if card.id == model_id:
-                return card.model_dump()
+                return card.model_dump(exclude_none=True)
         from inference.errors import ModelNotFoundError
 
         raise ModelNotFoundError(model_id)

@@ -407,7 +407,7 @@ async def list_models(principal: CurrentPrincipal) -> dict[str, Any]:
     models = await served_models()
     models.update(await deployment_models(principal))  # the caller's deployments
     cards = [ModelCard(id=name, kind=kind) for name, kind in sorted(models.items())]  # type: ignore[arg-type]
-    return ModelList(data=cards).model_dump()
+    return ModelList(data=cards).model_dump(exclude_none=True)
 
 
 @router.post("/chat/completions", summary="OpenAI chat completions (SSE with stream=true)")
