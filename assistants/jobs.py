@@ -6,7 +6,10 @@ first, the system prompt stays); the request then runs through the inference pat
 organisation's usage). The reply is written, and the instance's tokens counted, before the relay's
 final event, so a client that saw ``done`` finds the reply in the conversation. An instance on a
 model deployment is answered by the deployment's replicas through ``deployments.proxy``, its
-chunks relayed the same way.
+chunks relayed the same way, its history fitted to the deployment's window
+(:func:`deployment_window`). The instance's ``tools`` are offered on every reply; the model's
+calls are stored on the reply (``tool_calls``) and the client answers them with ``tool``
+messages.
 """
 
 from __future__ import annotations
