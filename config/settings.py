@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     canary_max_age_seconds: int = 180
     diagnostics_allow_crash: bool = False  # lets a diagnostics job SIGKILL its worker (tests)
     worker_concurrency: int = 0  # 0: the queue group's default (config.queues.WORKER_GROUPS)
+    # Comma-separated task modules this worker imports (set by `conveyor worker --group` from
+    # config.queues.WORKER_GROUPS); empty: all of config.queues.TASK_MODULES.
+    worker_task_modules: str = ""
     # Beat wakes at least this often; its redbeat lock (renewed every tick) lapses after
     # beat_lock_timeout, so a beat that died is replaced within that time, not redbeat's 300 s.
     beat_max_loop_interval: float = 5.0
