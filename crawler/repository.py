@@ -132,15 +132,14 @@ def contents_seen(session: Session, job_id: str, hashes: Iterable[str]) -> set[s
     wanted = list(set(hashes))
     if not wanted:
         return set()
-    return set(
-        session.scalars(
-            select(CrawlPage.content_hash).where(
-                CrawlPage.job_id == job_id,
-                CrawlPage.content_hash.in_(wanted),
-                CrawlPage.status == CRAWLED,
-            )
-        ).all()
-    ) - {None}
+    found = session.scalars(
+        select(CrawlPage.content_hash).where(
+            CrawlPage.job_id == job_id,
+            CrawlPage.content_hash.in_(wanted),
+            CrawlPage.status == CRAWLED,
+        )
+    ).all()
+    return {h for h in found if h is not None}
 
 
 @dataclass(frozen=True)
