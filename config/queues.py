@@ -164,7 +164,7 @@ class WorkerGroup:
 
 
 WORKER_GROUPS: dict[str, WorkerGroup] = {
-    "crawl": WorkerGroup((CRAWL,), "prefork", 2, ("tasks.crawl",)),
+    "crawl": WorkerGroup((CRAWL,), "threads", 2, ("tasks.crawl",)),
     "deploy": WorkerGroup((DEPLOY,), "prefork", 2),
     "provision": WorkerGroup((PROVISION,), "prefork", 2),
     "inference": WorkerGroup((INFERENCE,), "threads", 32),

@@ -207,6 +207,9 @@ class Settings(BaseSettings):
     crawl_global_concurrency: int = 16  # pages in flight per worker task
     crawl_per_host_concurrency: int = 8
     crawl_render_pool_size: int = 4  # browser pages at once per worker process
+    # Processes converting HTML to Markdown per worker process (started on first use; 0: one
+    # per CPU core but one), so a crawl's conversion is spread over the cores.
+    crawl_convert_processes: int = 0
     crawl_chromium_path: str = "/usr/bin/chromium"
     crawl_split_threshold: int = 50  # crawls of this many pages or more get helper tasks
     crawl_split_workers: int = 2  # tasks crawling one site at once (main + helpers)

@@ -333,6 +333,7 @@ async def run_worker(
             return await crawl_page(
                 page.url, request, fetcher=runtime.fetcher, renderer=renderer,
                 robots=robots, depth=page.depth, session_key=job_id,
+                executor=runtime.converter,
             )  # fmt: skip
         finally:
             sem.release()
