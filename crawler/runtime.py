@@ -15,7 +15,7 @@ import multiprocessing
 import os
 import threading
 from collections.abc import Callable, Coroutine
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, ParamSpec, TypeVar
 
@@ -37,21 +37,31 @@ class ConvertPool(Executor):
     needs (lxml, markdownify): each costs about 15 MB, not a copy of the platform. By default
     one per CPU core but one, the event loop's (fetching and recording). A pool whose process
     died is replaced on the next submit.
+
+    A prefork pool's child may not start processes (it is daemonic): it converts in threads,
+    while its sibling processes give the crawl the other cores.
     """
 
     def __init__(self, processes: int) -> None:
         self.processes = processes or max(1, (os.cpu_count() or 1) - 1)
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: Executor | None = None
         self._lock = threading.Lock()
 
-    def _current(self) -> ProcessPoolExecutor:
+    @staticmethod
+    def in_threads() -> bool:
+        return bool(multiprocessing.current_process().daemon)
+
+    def _current(self) -> Executor:
         with self._lock:
             if self._pool is None:
-                context = multiprocessing.get_context("spawn")
-                self._pool = ProcessPoolExecutor(self.processes, mp_context=context)
+                if self.in_threads():
+                    self._pool = ThreadPoolExecutor(thread_name_prefix="convert")
+                else:
+                    context = multiprocessing.get_context("spawn")
+                    self._pool = ProcessPoolExecutor(self.processes, mp_context=context)
             return self._pool
 
-    def _replace(self, broken: ProcessPoolExecutor) -> None:
+    def _replace(self, broken: Executor) -> None:
         with self._lock:
             if self._pool is broken:
                 self._pool = None
@@ -67,7 +77,7 @@ class ConvertPool(Executor):
 
     def start(self) -> None:
         """Boot the processes now, so that a first crawl waits for none of them."""
-        for _ in range(self.processes):
+        for _ in range(0 if self.in_threads() else self.processes):
             self.submit(convert, b"", "http://localhost/")
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
