@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -72,7 +73,7 @@ process = CrawlerProcess(settings={
 process.crawl(SiteSpider)
 process.start()
 print(json.dumps({"pages": STATS["pages"], "elapsed": time.monotonic() - START,
-                  "first": STATS["first"]}))
+                  "first": STATS["first"], "cpu_s": time.process_time()}))
 """
 
 SITE_SERVER = r"""
@@ -141,13 +142,26 @@ def run_scrapy(base: str) -> dict[str, Any]:
     stats = json.loads(out.strip().splitlines()[-1])
     stats["peak_mem_mb"] = peak
     stats["pages_per_s"] = stats["pages"] / stats["elapsed"]
+    stats["cpu_ms_per_page"] = 1000 * stats.pop("cpu_s") / max(1, stats["pages"])
     return stats
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a process and its live descendants."""
+    total = 0.0
+    root = psutil.Process(pid)
+    for proc in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
 
 
 def run_conveyor(
     api: str, headers: dict[str, str], body: dict[str, Any], worker_pid: int
 ) -> dict[str, Any]:
     rss = PeakRSS(worker_pid)
+    cpu = tree_cpu_s(worker_pid)
     started = time.monotonic()
     r = httpx.post(f"{api}/v1/crawls", json=body, headers=headers, timeout=30)
     r.raise_for_status()
@@ -162,6 +176,7 @@ def run_conveyor(
                 break
             time.sleep(0.05)
     elapsed = time.monotonic() - started
+    cpu = tree_cpu_s(worker_pid) - cpu
     peak = rss.stop()
     if job["status"] != "completed":
         raise RuntimeError(f"conveyor crawl ended {job['status']}: {job['error']}")
@@ -172,6 +187,7 @@ def run_conveyor(
         "first": first,
         "peak_mem_mb": peak,
         "pages_per_s": job["pages_crawled"] / elapsed,
+        "cpu_ms_per_page": 1000 * cpu / max(1, job["pages_crawled"]),
     }
 
 
@@ -237,18 +253,24 @@ def main() -> None:
     print(f"site_pages={args.pages} machine_cores={psutil.cpu_count()} rounds={args.rounds}")
     print(
         f"scrapy: pages={scrapy_stats['pages']} pages_per_s={scrapy_stats['pages_per_s']:.1f} "
-        f"peak_mem_mb={scrapy_stats['peak_mem_mb']:.0f} first_page_s={scrapy_stats['first']:.2f}"
+        f"peak_mem_mb={scrapy_stats['peak_mem_mb']:.0f} first_page_s={scrapy_stats['first']:.2f} "
+        f"cpu_ms_per_page={scrapy_stats['cpu_ms_per_page']:.1f}"
     )
     print(
         f"conveyor: pages={static['pages']} pages_per_s={static['pages_per_s']:.1f} "
         f"peak_mem_mb={static['peak_mem_mb']:.0f} (crawl worker group) "
-        f"first_page_s={static['first']:.2f} (submit to first page available)"
+        f"first_page_s={static['first']:.2f} (submit to first page available) "
+        f"cpu_ms_per_page={static['cpu_ms_per_page']:.1f} (crawl worker group)"
     )
     print(
         f"conveyor_rendered: pages={rendered['pages']} "
         f"pages_per_s={rendered['pages_per_s']:.1f} peak_mem_mb={rendered['peak_mem_mb']:.0f}"
     )
+    mem_ratio = static["peak_mem_mb"] / scrapy_stats["peak_mem_mb"]
     print(f"ratio_per_round={rounds}")
+    print(
+        f"memory_ratio={mem_ratio:.2f} load_average={' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
     print(f"ratio={ratio:.2f}")
 
 

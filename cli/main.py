@@ -79,6 +79,16 @@ def worker_command(
     )
 
 
+def worker_env(group: str | None) -> dict[str, str]:
+    """A worker's environment: a group with its own ``task_modules`` imports only those."""
+    env = dict(os.environ)
+    env.pop("CONVEYOR_WORKER_TASK_MODULES", None)
+    modules = WORKER_GROUPS[group].task_modules if group else ()
+    if modules:
+        env["CONVEYOR_WORKER_TASK_MODULES"] = ",".join(modules)
+    return env
+
+
 def flower_command() -> tuple[list[str], dict[str, str]]:
     settings = get_settings()
     # A busy box answers Flower's remote-control inspect slowly: give it time (ms).
@@ -162,7 +172,10 @@ def worker(
     concurrency: Annotated[int | None, typer.Option()] = None,
 ) -> None:
     """Run a Celery worker on some queues (default: all)."""
-    _exec(worker_command(group, queues.split(",") if queues else None, concurrency))
+    _exec(
+        worker_command(group, queues.split(",") if queues else None, concurrency),
+        worker_env(group),
+    )
 
 
 @app.command()
@@ -327,6 +340,7 @@ def up(
                 Child(
                     f"worker {group}",
                     worker_command(group, None, None),
+                    env=worker_env(group),
                     log=log_of(f"worker {group}"),
                 )
                 for group in WORKER_GROUPS

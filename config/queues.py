@@ -99,6 +99,13 @@ BILLING_SUSPENDERS: tuple[str, ...] = (
 # Redis redelivers an unacked message after this long: keep it above the longest hard limit.
 VISIBILITY_TIMEOUT = max(k.time_limit for k in KINDS.values()) + 600
 
+# Not tasks but Celery signal handlers every worker needs, imported by name like the tasks
+# (no import edge from the Celery app to the domains that record through the outbox).
+HOOK_MODULES: tuple[str, ...] = (
+    "workers.lifecycle",  # start and close each process's shared resources
+    "monitoring.jobs",  # worker metrics and heartbeats
+)
+
 # Modules that hold Celery tasks (imported by the worker).
 TASK_MODULES: list[str] = [
     "tasks.diagnostics",
@@ -113,12 +120,17 @@ TASK_MODULES: list[str] = [
     "tasks.rag",
     "tasks.alerts",
     "tasks.access",
-    # Not tasks but Celery signal handlers every worker needs, imported by name like the tasks
-    # (no import edge from the Celery app to the domains that record through the outbox):
-    "workers.lifecycle",  # start and close each process's shared resources
-    "monitoring.jobs",  # worker metrics and heartbeats
+    *HOOK_MODULES,
     "tasks.billing",
 ]
+
+
+def task_modules(selected: str = "") -> list[str]:
+    """The modules a worker imports: ``selected`` (comma-separated, a worker group's own
+    ``task_modules``) and the signal handlers every worker needs; all of them when empty."""
+    chosen = [m.strip() for m in selected.split(",") if m.strip()]
+    return [*chosen, *HOOK_MODULES] if chosen else list(TASK_MODULES)
+
 
 # Routes for tasks that are not job kinds (maintenance, webhooks …).
 EXTRA_ROUTES: dict[str, dict[str, str]] = {
@@ -146,10 +158,13 @@ class WorkerGroup:
     queues: tuple[str, ...]
     pool: str
     concurrency: int
+    #: The only task modules its processes import (every task routed to its queues must be in
+    #: them); empty: all of ``TASK_MODULES``. Fewer imports, less memory per process.
+    task_modules: tuple[str, ...] = ()
 
 
 WORKER_GROUPS: dict[str, WorkerGroup] = {
-    "crawl": WorkerGroup((CRAWL,), "prefork", 2),
+    "crawl": WorkerGroup((CRAWL,), "threads", 2, ("tasks.crawl",)),
     "deploy": WorkerGroup((DEPLOY,), "prefork", 2),
     "provision": WorkerGroup((PROVISION,), "prefork", 2),
     "inference": WorkerGroup((INFERENCE,), "threads", 32),

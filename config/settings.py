@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     canary_max_age_seconds: int = 180
     diagnostics_allow_crash: bool = False  # lets a diagnostics job SIGKILL its worker (tests)
     worker_concurrency: int = 0  # 0: the queue group's default (config.queues.WORKER_GROUPS)
+    # Comma-separated task modules this worker imports (set by `conveyor worker --group` from
+    # config.queues.WORKER_GROUPS); empty: all of config.queues.TASK_MODULES.
+    worker_task_modules: str = ""
     # Beat wakes at least this often; its redbeat lock (renewed every tick) lapses after
     # beat_lock_timeout, so a beat that died is replaced within that time, not redbeat's 300 s.
     beat_max_loop_interval: float = 5.0
@@ -207,6 +210,9 @@ class Settings(BaseSettings):
     crawl_global_concurrency: int = 16  # pages in flight per worker task
     crawl_per_host_concurrency: int = 8
     crawl_render_pool_size: int = 4  # browser pages at once per worker process
+    # Processes converting HTML to Markdown per worker process (started on first use; 0: one
+    # per CPU core but one), so a crawl's conversion is spread over the cores.
+    crawl_convert_processes: int = 0
     crawl_chromium_path: str = "/usr/bin/chromium"
     crawl_split_threshold: int = 50  # crawls of this many pages or more get helper tasks
     crawl_split_workers: int = 2  # tasks crawling one site at once (main + helpers)

@@ -28,6 +28,7 @@ class CrawlConfig:
     global_concurrency: int = default("crawl_global_concurrency")
     per_host_delay_s: float = default("crawl_per_host_delay_s")
     render_pool_size: int = default("crawl_render_pool_size")
+    convert_processes: int = default("crawl_convert_processes")
     render_timeout_ms: int = default("crawl_render_timeout_ms")
     chromium_path: str = default("crawl_chromium_path")
 

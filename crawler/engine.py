@@ -12,6 +12,7 @@ import base64
 import html as html_lib
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -59,13 +60,18 @@ def _problem(
     )
 
 
+def _unconverted(url: str, final_url: str, status_code: int | None) -> PageOutcome:
+    message = "The process converting this page died twice."
+    return _problem(url, PageErrorCode.CRAWL_FAILED, message, final_url, status_code)
+
+
 async def _convert(
     request: CrawlRequest,
     markup: str | bytes,
     base_url: str,
     charset: str | None,
     executor: Executor | None,
-) -> Document:
+) -> Document | None:
     job = partial(
         convert,
         markup,
@@ -77,8 +83,14 @@ async def _convert(
         want_html=request.wants("html"),
         want_text=request.wants("text"),
     )
-    # Off the event loop, so fetches keep flowing while a page converts.
-    return await asyncio.get_running_loop().run_in_executor(executor, job)
+    # Off the event loop (in the conversion processes), so fetches keep flowing meanwhile.
+    loop = asyncio.get_running_loop()
+    for _attempt in range(2):
+        try:
+            return await loop.run_in_executor(executor, job)
+        except BrokenProcessPool:
+            continue  # its process died (killed, or crashed on this page): once more, anew
+    return None
 
 
 @dataclass
@@ -129,6 +141,8 @@ async def crawl_page(
         if not fetched.is_html:
             body = f"<pre>{html_lib.escape(fetched.text())}</pre>"
         doc = await _convert(request, body, fetched.final_url, fetched.charset, executor)
+        if doc is None:
+            return _unconverted(url, fetched.final_url, fetched.status_code)
         page = _Page(
             doc,
             fetched.final_url,
@@ -156,6 +170,8 @@ async def crawl_page(
                 result.status_code,
             )
         doc = await _convert(request, result.html, result.final_url, None, executor)
+        if doc is None:
+            return _unconverted(url, result.final_url, result.status_code)
         page = _Page(
             doc, result.final_url, result.status_code, result.fetched_at, True, result.screenshot
         )

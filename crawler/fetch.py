@@ -70,6 +70,7 @@ class PageErrorCode(StrEnum):
     RENDER_FAILED = ErrorCode.RENDER_FAILED.value
     DUPLICATE_CONTENT = ErrorCode.DUPLICATE_CONTENT.value
     OUT_OF_SCOPE = ErrorCode.OUT_OF_SCOPE.value
+    CRAWL_FAILED = ErrorCode.CRAWL_FAILED.value  # e.g. its conversion process died
 
 
 # Codes that mean "not crawled on purpose" rather than "failed".

@@ -15,21 +15,26 @@ import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
-from playwright.async_api import Browser, BrowserContext, Page, Playwright, Route, async_playwright
-from playwright.async_api import Error as PlaywrightError
+# The same class as ``playwright.async_api.Error``, without importing Playwright's client (a few
+# MB per worker process) before a crawl first needs a browser.
+from playwright._impl._errors import Error as PlaywrightError
 
 from crawler.config import CHROMIUM_ARGS, CrawlConfig
 from crawler.fetch import CREDENTIAL_HEADERS, REDIRECT_STATUSES, PageErrorCode, clean_headers
 from crawler.safety import AllowList, DNSError, UnsafeURLError, check_url_async
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser, BrowserContext, Page, Playwright, Route
 
 # Not needed to read a page's content (all of them are loaded when taking a screenshot).
 HEAVY_RESOURCES = frozenset({"image", "font", "media", "stylesheet"})
 # A page showing less text than this after "load" is given time for its scripts to fill it.
 SETTLE_TEXT_CHARS = 200
 SETTLE_MAX_MS = 2500
-RouteHandler = Callable[[Route], Awaitable[None]]
+RouteHandler = Callable[["Route"], Awaitable[None]]
 
 
 @dataclass
@@ -105,6 +110,8 @@ class Renderer:
                     "CONVEYOR_CRAWL_CHROMIUM_PATH. Crawls with render=never need no browser."
                 )
             if self._playwright is None:
+                from playwright.async_api import async_playwright
+
                 self._playwright = await async_playwright().start()
             self._browser = await self._playwright.chromium.launch(
                 executable_path=self.config.chromium_path,

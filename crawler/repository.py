@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -127,48 +127,63 @@ def release_worker(session: Session, job_id: str, worker: str) -> None:
     )
 
 
-def content_seen(session: Session, job_id: str, content_hash: str) -> bool:
-    return (
-        session.scalar(
-            select(CrawlPage.id)
-            .where(
-                CrawlPage.job_id == job_id,
-                CrawlPage.content_hash == content_hash,
-                CrawlPage.status == CRAWLED,
-            )
-            .limit(1)
+def contents_seen(session: Session, job_id: str, hashes: Iterable[str]) -> set[str]:
+    """Which of ``hashes`` an already crawled page of the job has (one query for a batch)."""
+    wanted = list(set(hashes))
+    if not wanted:
+        return set()
+    found = session.scalars(
+        select(CrawlPage.content_hash).where(
+            CrawlPage.job_id == job_id,
+            CrawlPage.content_hash.in_(wanted),
+            CrawlPage.status == CRAWLED,
         )
-        is not None
-    )
+    ).all()
+    return {h for h in found if h is not None}
 
 
-def finish_page(
-    session: Session,
-    page_id: int,
-    *,
-    status: str,
-    reason: str | None = None,
-    message: str | None = None,
-    status_code: int | None = None,
-    final_url: str | None = None,
-    content_hash: str | None = None,
-    size: int = 0,
-) -> None:
+@dataclass(frozen=True)
+class Finish:
+    """How one claimed page ended (a row of :func:`finish_pages`)."""
+
+    page_id: int
+    status: str
+    reason: str | None = None
+    message: str | None = None
+    status_code: int | None = None
+    final_url: str | None = None
+    content_hash: str | None = None
+    size: int = 0
+
+
+def finish_pages(session: Session, finished: Sequence[Finish]) -> None:
+    """Record how a batch of pages ended: one ``UPDATE`` sent for many rows (executemany)."""
+    if not finished:
+        return
+    now = utcnow()
     session.execute(
-        update(CrawlPage)
-        .where(CrawlPage.id == page_id)
-        .values(
-            status=status,
-            reason=reason,
-            message=(message or "")[:2000] or None,
-            status_code=status_code,
-            final_url=final_url,
-            content_hash=content_hash,
-            size=size,
-            updated_at=utcnow(),
-        )
-        .execution_options(synchronize_session=False)
+        update(CrawlPage),
+        [
+            {
+                "id": f.page_id,
+                "status": f.status,
+                "reason": f.reason,
+                "message": (f.message or "")[:2000] or None,
+                "status_code": f.status_code,
+                "final_url": f.final_url,
+                "content_hash": f.content_hash,
+                "size": f.size,
+                "updated_at": now,
+            }
+            for f in finished
+        ],
     )
+
+
+def add_results(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert a batch of result items (``ResultItem`` column values) in one statement."""
+    if rows:
+        session.execute(insert(ResultItem), list(rows))
 
 
 def counts(session: Session, job_id: str) -> dict[str, int]:

@@ -1,4 +1,5 @@
-"""Per-process crawl resources: one event loop thread, one HTTP client, one browser.
+"""Per-process crawl resources: one event loop thread, one HTTP client, one browser, and the
+processes that convert pages (:class:`ConvertPool`).
 
 Celery runs task bodies synchronously; crawls are asyncio. Each worker process gets one event
 loop in a background thread (created lazily, after fork), and every crawl task of that process
@@ -10,16 +11,80 @@ holds it: the worker's lifecycle hooks start and close it.
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import os
 import threading
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, ParamSpec, TypeVar
 
 from common.process import ProcessResource
 from crawler.config import CrawlConfig
+from crawler.convert import convert
 from crawler.fetch import Fetcher
 from crawler.render import Renderer
 
 T = TypeVar("T")
+P = ParamSpec("P")
+
+
+class ConvertPool(Executor):
+    """Processes that convert pages (HTML → Markdown is a crawl's CPU work), so a worker
+    process's crawls use every core while its event loop keeps fetching.
+
+    Started on first use as fresh interpreters (``spawn``) that import only what conversion
+    needs (lxml, markdownify): each costs about 15 MB, not a copy of the platform. By default
+    one per CPU core but one, the event loop's (fetching and recording). A pool whose process
+    died is replaced on the next submit.
+
+    A prefork pool's child may not start processes (it is daemonic): it converts in threads,
+    while its sibling processes give the crawl the other cores.
+    """
+
+    def __init__(self, processes: int) -> None:
+        self.processes = processes or max(1, (os.cpu_count() or 1) - 1)
+        self._pool: Executor | None = None
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def in_threads() -> bool:
+        return bool(multiprocessing.current_process().daemon)
+
+    def _current(self) -> Executor:
+        with self._lock:
+            if self._pool is None:
+                if self.in_threads():
+                    self._pool = ThreadPoolExecutor(thread_name_prefix="convert")
+                else:
+                    context = multiprocessing.get_context("spawn")
+                    self._pool = ProcessPoolExecutor(self.processes, mp_context=context)
+            return self._pool
+
+    def _replace(self, broken: Executor) -> None:
+        with self._lock:
+            if self._pool is broken:
+                self._pool = None
+        broken.shutdown(wait=False, cancel_futures=True)
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        pool = self._current()
+        try:
+            return pool.submit(fn, *args, **kwargs)
+        except BrokenProcessPool:
+            self._replace(pool)
+            return self._current().submit(fn, *args, **kwargs)
+
+    def start(self) -> None:
+        """Boot the processes now, so that a first crawl waits for none of them."""
+        for _ in range(0 if self.in_threads() else self.processes):
+            self.submit(convert, b"", "http://localhost/")
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=wait, cancel_futures=cancel_futures)
 
 
 class CrawlRuntime:
@@ -31,6 +96,8 @@ class CrawlRuntime:
         )
         self._thread.start()
         self.fetcher: Fetcher = self.run(self._make_fetcher())
+        self.converter = ConvertPool(config.convert_processes)
+        self.converter.start()
         self._renderer: Renderer | None = None
         self._renderer_lock: asyncio.Lock | None = None
 
@@ -71,6 +138,7 @@ class CrawlRuntime:
             await self._renderer.close()
             self._renderer = None
         await self.fetcher.aclose()
+        self.converter.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
         if self.loop.is_closed():

@@ -40,7 +40,6 @@ from crawler.safety import AllowList, check_url
 from crawler.schemas import CrawlRequest
 from store import jobs as job_store
 from store.db import session_scope
-from store.models import ResultItem
 
 log = logging.getLogger(__name__)
 Cancelled = Callable[[], bool]
@@ -53,6 +52,10 @@ class WorkerOptions:
     stale_after_s: float = 300.0
     idle_poll_s: float = 0.2
     worker_id: str = "main"
+    #: Finished pages are recorded together: this many, or after this long, or when no other
+    #: page is in flight (so the first page is available at once).
+    record_batch: int = 8
+    record_every_s: float = 0.25
 
 
 def make_scope(request: CrawlRequest) -> Scope:
@@ -136,57 +139,107 @@ class Finished:
     outcome: PageOutcome
 
 
-def record(job_id: str, request: CrawlRequest, scope: Scope, batch: list[Finished]) -> None:
-    """Store a batch of outcomes in one transaction, with exact counters."""
+#: A worker remembers at most this many URLs it knows are in the frontier (then starts over).
+KNOWN_URLS_MAX = 200_000
+
+
+@dataclass
+class LinkFilter:
+    """One worker's view of a crawl's links: normalised, in scope, not already known.
+
+    Every page repeats most of its site's links (menus, footers); each raw link is normalised
+    once, and a URL this worker already put in the frontier (or found there) is not sent to
+    the store again. Only a shortcut: the store's unique key still decides what is new.
+    """
+
+    request: CrawlRequest
+    scope: Scope
+    known: set[str] = field(default_factory=set)
+    _normal: dict[str, str] = field(default_factory=dict)
+
+    def new_links(self, links: list[str], depth: int) -> list[tuple[str, int]]:
+        found: list[tuple[str, int]] = []
+        for link in links:
+            url = self._normal.get(link)
+            if url is None:
+                if len(self._normal) >= KNOWN_URLS_MAX:
+                    self._normal.clear()
+                url = self._normal[link] = _norm(self.request, link)
+            if url not in self.known and self.scope.allows(url, depth):
+                found.append((url, depth))
+        return found
+
+    def remember(self, items: list[tuple[str, int]]) -> None:
+        if len(self.known) + len(items) > KNOWN_URLS_MAX:
+            self.known.clear()
+        self.known.update(url for url, _ in items)
+
+
+def _finish(page: repo.Claimed, out: PageOutcome, status: str, size: int = 0) -> repo.Finish:
+    return repo.Finish(
+        page.id,
+        status,
+        reason=out.reason or None,
+        message=out.message or None,
+        status_code=out.status_code,
+        final_url=out.final_url or None,
+        content_hash=out.content_hash or None if status == repo.CRAWLED else None,
+        size=size,
+    )
+
+
+def record(
+    job_id: str,
+    request: CrawlRequest,
+    scope: Scope,
+    batch: list[Finished],
+    links: LinkFilter | None = None,
+) -> None:
+    """Store a batch of outcomes in one transaction, with exact counters: a handful of
+    statements for the whole batch (duplicate check, page updates, result rows, new links)."""
     follow = request.mode == "full"
+    links = links or LinkFilter(request, scope)
     with session_scope() as session:
         if repo.lock_job(session, job_id) is None:
             return  # cancelled (or ended) meanwhile: pages finished after that are discarded
         deltas = {"pages_crawled": 0, "pages_failed": 0, "pages_skipped": 0, "pages_discovered": 0}
+        seen = repo.contents_seen(
+            session, job_id, (d.outcome.content_hash for d in batch if d.outcome.record)
+        )
+        finished: list[repo.Finish] = []
+        results: list[dict[str, Any]] = []
+        found: list[tuple[str, int]] = []
         for done in batch:
             out, page = done.outcome, done.page
-            if out.status == "crawled" and repo.content_seen(session, job_id, out.content_hash):
+            if out.status == "crawled" and out.content_hash in seen:
                 out.status, out.reason = "skipped", PageErrorCode.DUPLICATE_CONTENT.value
                 out.message = "Same content as a page already crawled."
             if out.status == "crawled" and out.record is not None:
-                repo.finish_page(
-                    session,
-                    page.id,
-                    status=repo.CRAWLED,
-                    content_hash=out.content_hash,
-                    size=len(out.record.markdown),
-                    status_code=out.status_code,
-                    final_url=out.final_url or None,
-                )
-                session.add(
-                    ResultItem(
-                        job_id=job_id,
-                        seq=page.id,
-                        name=page.url[:2048],
-                        content_type="application/json",
-                        data=out.record.public(),
-                    )
+                seen.add(out.content_hash)  # a twin later in this batch is a duplicate too
+                finished.append(_finish(page, out, repo.CRAWLED, len(out.record.markdown)))
+                results.append(
+                    {
+                        "job_id": job_id,
+                        "seq": page.id,
+                        "name": page.url[:2048],
+                        "content_type": "application/json",
+                        "data": out.record.public(),
+                    }
                 )
                 deltas["pages_crawled"] += 1
                 if out.record.rendered:  # billed apart (billing.metering: pages_crawled)
                     deltas["pages_rendered"] = deltas.get("pages_rendered", 0) + 1
                 if follow:
-                    links = [(_norm(request, link), page.depth + 1) for link in out.links]
-                    links = [(u, d) for u, d in links if scope.allows(u, d)]
-                    deltas["pages_discovered"] += repo.insert_urls(session, job_id, links)
+                    found += links.new_links(out.links, page.depth + 1)
             else:
                 status = repo.SKIPPED if out.status == "skipped" else repo.FAILED
-                repo.finish_page(
-                    session,
-                    page.id,
-                    status=status,
-                    reason=out.reason,
-                    message=out.message,
-                    status_code=out.status_code,
-                    final_url=out.final_url or None,
-                )
+                finished.append(_finish(page, out, status))
                 deltas["pages_failed" if status == repo.FAILED else "pages_skipped"] += 1
+        repo.finish_pages(session, finished)
+        repo.add_results(session, results)
+        deltas["pages_discovered"] += repo.insert_urls(session, job_id, found)
         job_store.increment_progress(session, job_id, deltas)
+    links.remember(found)
 
 
 # --- one worker's loop ---------------------------------------------------------------------
@@ -280,21 +333,25 @@ async def run_worker(
             return await crawl_page(
                 page.url, request, fetcher=runtime.fetcher, renderer=renderer,
                 robots=robots, depth=page.depth, session_key=job_id,
+                executor=runtime.converter,
             )  # fmt: skip
         finally:
             sem.release()
 
+    links = LinkFilter(request, scope)
+    pending: list[Finished] = []  # finished pages not yet recorded (still claimed)
+    recorded_at = 0.0  # never: the first page is recorded as soon as it is done
+    claim_at = max(1, opts.concurrency // 4)  # claim in batches, not one URL per page done
     try:
         while True:
             if await asyncio.to_thread(cancelled):
                 break
             free = opts.concurrency - len(in_flight)
-            claimed: list[repo.Claimed] = []
-            if free > 0:
+            if free >= claim_at or (free > 0 and not in_flight):
                 claimed = await asyncio.to_thread(_claim, job_id, free, budget, opts.worker_id)
                 for page in claimed:
                     in_flight[asyncio.create_task(crawl_one(page))] = page
-            if not in_flight:
+            if not in_flight and not pending:
                 settled = extra is None or extra.done()
                 if extra is not None and extra.done():
                     extra.result()  # surface a failure of the background work
@@ -304,12 +361,20 @@ async def run_worker(
                     break
                 await asyncio.sleep(opts.idle_poll_s)
                 continue
-            done, _ = await asyncio.wait(
-                in_flight, timeout=1.0, return_when=asyncio.FIRST_COMPLETED
-            )
-            batch = [Finished(in_flight.pop(task), task.result()) for task in done]
-            if batch:
-                await asyncio.to_thread(record, job_id, request, scope, batch)
+            if in_flight:
+                done, _ = await asyncio.wait(
+                    in_flight, timeout=opts.record_every_s, return_when=asyncio.FIRST_COMPLETED
+                )
+                pending += [Finished(in_flight.pop(task), task.result()) for task in done]
+            # One transaction per batch of pages: a few statements, whatever the batch's size.
+            if pending and (
+                not in_flight
+                or len(pending) >= opts.record_batch
+                or time.monotonic() - recorded_at >= opts.record_every_s
+            ):
+                batch, pending = pending, []
+                await asyncio.to_thread(record, job_id, request, scope, batch, links)
+                recorded_at = time.monotonic()
     finally:
         if extra is not None and not extra.done():
             extra.cancel()

@@ -8,7 +8,7 @@ from celery import Celery
 from kombu.entity import Queue
 
 from config import Settings, get_settings
-from config.queues import QUEUES, TASK_MODULES, VISIBILITY_TIMEOUT, beat_schedule, task_routes
+from config.queues import QUEUES, VISIBILITY_TIMEOUT, beat_schedule, task_modules, task_routes
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -66,8 +66,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 def create_celery(settings: Settings | None = None, *, set_as_current: bool = True) -> Celery:
     """The Conveyor Celery app. ``set_as_current=False`` for a second app (e.g. a client for
     another broker) that must not become the process's default app."""
-    app = Celery("conveyor", include=list(TASK_MODULES), set_as_current=set_as_current)
-    app.conf.update(celery_config(settings or get_settings()))
+    settings = settings or get_settings()
+    # A worker group's processes import only its own task modules (cli.main.worker_env).
+    include = task_modules(settings.worker_task_modules)
+    app = Celery("conveyor", include=include, set_as_current=set_as_current)
+    app.conf.update(celery_config(settings))
     return app
 
 

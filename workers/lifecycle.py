@@ -1,19 +1,26 @@
 """A worker process's lifecycle: the hooks that create its shared resources and close them.
 
-On start (a prefork child's ``worker_process_init``; for a threads or solo pool, whose tasks
-run in the main process, ``worker_ready``) each queue the worker consumes starts the resources
-its tasks borrow (``RESOURCES``); on shutdown every resource the process opened is closed
-(``common.process.close_all``) and so are its Redis clients. Tasks never create them on import.
-"""
+Before forking each prefork child the parent freezes its heap (``gc.freeze``), so the children
+keep sharing its pages. On start (a prefork child's ``worker_process_init``; for a threads or
+solo pool, whose tasks run in the main process, ``worker_ready``) each queue the worker
+consumes starts the resources its tasks borrow (``RESOURCES``); on shutdown every resource the
+process opened is closed (``common.process.close_all``) and so are its Redis clients. Tasks
+never create them on import."""
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 from typing import Any
 
 from celery import current_app
-from celery.signals import worker_process_init, worker_process_shutdown, worker_ready
+from celery.signals import (
+    worker_before_create_process,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+)
 from celery.signals import worker_shutdown as worker_main_shutdown
 
 from common import process, redis_clients
@@ -51,6 +58,14 @@ def start_resources(queues: set[str], *, models: bool) -> None:
             continue  # loaded by the first inference job instead
         for path in RESOURCES.get(queue, ()):
             _resource(path).start()
+
+
+@worker_before_create_process.connect
+def _freeze_heap(**_: Any) -> None:
+    """In the parent, before each pool child is forked: move every object it holds to the
+    collector's permanent generation, so that the children's collections never write to (and
+    so copy) the pages they share with the parent: less memory per child."""
+    gc.freeze()
 
 
 @worker_process_init.connect

@@ -66,7 +66,12 @@ def test_conveyor_up_runs_a_job_end_to_end(tmp_path: Path) -> None:
             time.sleep(0.5)
         assert len(workers) == len(WORKER_GROUPS), sorted(workers)
         for info in workers.values():
-            assert info["active_queues"] and "diagnostics.run" in info["registered"]
+            queues = {q["name"] for q in info["active_queues"]}
+            # Every worker knows its queues' tasks; the crawl group imports only the crawl tasks.
+            crawl_only = queues == {"crawl"}
+            expected = "crawl.run" if crawl_only else "diagnostics.run"
+            assert queues and expected in info["registered"], (queues, info["registered"])
+            assert crawl_only == ("diagnostics.run" not in info["registered"])
         headers = {"Authorization": f"Bearer {key}"}
         base = f"http://127.0.0.1:{api_port}"
         deadline = time.monotonic() + 180
