@@ -261,6 +261,11 @@ async def _via_deployment(
         dropped,
         merged(calls),
     )
+    # The replica's own usage, on the job (billing meters it once, with the job's terminal
+    # transition); the replicas' GPU time is the deployment's, metered by the deployment.
+    ctx.progress(
+        usage_prompt_tokens=reply.prompt_tokens, usage_completion_tokens=reply.completion_tokens
+    )
     answer = await asyncio.to_thread(_store, ctx, payload, reply)
     if payload.relay:
         await relay.publish(redis, ctx.job_id, "end")

@@ -77,7 +77,8 @@ class IncomingEvent(BaseModel):
 class ReplyJobInput(BaseModel):
     """The input of an ``assistant`` job: answer the conversation's last user message, writing
     the reply as message ``reply_id``. ``relay``: stream the tokens to the API
-    (``inference.relay``)."""
+    (``inference.relay``). ``model``: the instance's model when the turn began (billing meters
+    the reply's tokens under it)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -86,3 +87,4 @@ class ReplyJobInput(BaseModel):
     reply_id: str
     source: Source = "chat"
     relay: bool = False
+    model: str | None = None

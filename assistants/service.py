@@ -317,6 +317,7 @@ def start_turn(
         reply_id=reply_id,
         source=source,
         relay=relay,
+        model=instance.model,
     )
     job = create_job(session, KIND, instance.org_id, payload.model_dump())
     return Turn(job, conversation.id, reply_id)

@@ -36,7 +36,7 @@ def _job_row(executor: Session | Connection, job_id: str) -> Any:
 
 
 def _model_of(job_input: dict[str, Any]) -> str:
-    model = (job_input.get("body") or {}).get("model")
+    model = job_input.get("model") or (job_input.get("body") or {}).get("model")
     if not model:
         lines = job_input.get("requests") or []
         body = (lines[0].get("body") or {}) if lines and isinstance(lines[0], dict) else {}

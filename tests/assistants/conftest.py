@@ -46,6 +46,35 @@ def create_instance(client: httpx.Client, **fields: Any) -> dict[str, Any]:
     return dict(response.json())
 
 
+def billed_tokens(org_id: str, total: tuple[int, int], timeout: float = 60.0) -> dict[str, int]:
+    """The organisation's ``tokens_in``/``tokens_out`` usage events by ``meter:model``, once their
+    sum is ``total`` (prompt, completion): they are written with each job's terminal transition,
+    which may come a moment after the client has its answer."""
+    from sqlalchemy import func, select
+
+    from billing.models import UsageEvent
+    from store.db import session_scope
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with session_scope() as session:
+            rows = session.execute(
+                select(UsageEvent.meter, UsageEvent.dimension, func.sum(UsageEvent.quantity))
+                .where(
+                    UsageEvent.org_id == org_id, UsageEvent.meter.in_(("tokens_in", "tokens_out"))
+                )
+                .group_by(UsageEvent.meter, UsageEvent.dimension)
+            ).all()
+        billed = {f"{meter}:{model}": int(quantity) for meter, model, quantity in rows}
+        sums = tuple(
+            sum(q for k, q in billed.items() if k.startswith(m))
+            for m in ("tokens_in", "tokens_out")
+        )
+        if sums == total or time.monotonic() > deadline:
+            return billed
+        time.sleep(0.2)
+
+
 @pytest.fixture
 def replica(stack: Stack, tmp_path: Any) -> Iterator[str]:
     """A real model server (``inference.server``) serving the tiny model: a deployment replica."""

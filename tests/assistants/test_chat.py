@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from inference.testing import Stack
-from tests.assistants.conftest import create_instance
+from tests.assistants.conftest import billed_tokens, create_instance
 from tests.conftest import OrgKey
 
 pytestmark = pytest.mark.e2e
@@ -42,7 +42,7 @@ def test_instance_crud_and_unknown_model(api: httpx.Client) -> None:
     assert api.get(f"/v1/instances/{created['id']}").status_code == 404
 
 
-def test_chat_keeps_history_and_counts_usage_once(api: httpx.Client) -> None:
+def test_chat_keeps_history_and_counts_usage_once(api: httpx.Client, tenant: OrgKey) -> None:
     instance = create_instance(api, system_prompt="You are terse.")
     first = api.post(f"/v1/instances/{instance['id']}/chat", json={"message": "Hello world!"})
     assert first.status_code == 200, first.text
@@ -81,6 +81,14 @@ def test_chat_keeps_history_and_counts_usage_once(api: httpx.Client) -> None:
             "total_tokens": one["usage"]["total_tokens"] + second["usage"]["total_tokens"],
         }
     ]
+
+    # Billing meters the same tokens, once, under the instance's model.
+    prompt = one["usage"]["prompt_tokens"] + second["usage"]["prompt_tokens"]
+    completion = one["usage"]["completion_tokens"] + second["usage"]["completion_tokens"]
+    assert billed_tokens(tenant.org_id, (prompt, completion)) == {
+        "tokens_in:tiny": prompt,
+        "tokens_out:tiny": completion,
+    }
 
     deleted = api.delete(f"/v1/instances/{instance['id']}/conversations/{one['conversation_id']}")
     assert deleted.status_code == 204

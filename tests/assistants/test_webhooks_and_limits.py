@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from inference.testing import Stack, free_port
-from tests.assistants.conftest import create_instance
+from tests.assistants.conftest import billed_tokens, create_instance
 from tests.conftest import OrgKey
 from tests.helpers import ServiceProcess, wait_for_job
 from webhooks.signing import signature_headers
@@ -201,3 +201,10 @@ def test_running_deployment_answers_through_its_replica(
         json={"message": "More", "conversation_id": done["conversation_id"]},
     ).json()
     assert again["usage"]["prompt_tokens"] > done["usage"]["total_tokens"]
+    # The replica's usage is billed under the deployment's name, once per reply.
+    prompt = done["usage"]["prompt_tokens"] + again["usage"]["prompt_tokens"]
+    completion = done["usage"]["completion_tokens"] + again["usage"]["completion_tokens"]
+    assert billed_tokens(tenant.org_id, (prompt, completion)) == {
+        "tokens_in:my-llm": prompt,
+        "tokens_out:my-llm": completion,
+    }
