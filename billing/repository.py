@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, func, select, text, update
+from sqlalchemy import Connection, func, literal_column, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -88,6 +88,47 @@ def insert_events_with_rollups(session: Executor, rows: Sequence[dict[str, Any]]
         return 0
     params = {name: [row[name] for row in rows] for name, _ in _EVENT_COLUMNS}
     return int(session.execute(_INSERT_WITH_ROLLUPS, params).scalar_one())
+
+
+def insert_events_ctes(source: Any) -> tuple[Any, Any]:
+    """PostgreSQL, as data-modifying CTEs of a caller's statement: the events of ``source`` (a
+    CTE or subquery with the columns of :data:`_EVENT_COLUMNS`; a key already written is
+    skipped) and the rollups of those actually inserted, as :func:`insert_events_with_rollups`
+    does, so a state change and its usage commit as one statement."""
+    names = [name for name, _ in _EVENT_COLUMNS]
+    ins = (
+        pg_insert(UsageEvent)
+        .from_select(names, select(*(source.c[name] for name in names)))
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        .returning(
+            UsageEvent.org_id,
+            UsageEvent.period,
+            UsageEvent.occurred_at,
+            UsageEvent.meter,
+            UsageEvent.dimension,
+            UsageEvent.quantity,
+        )
+        .cte("usage_ins")
+    )
+    # Constants as SQL literals: the grouped expression must match the selected one exactly.
+    day = func.to_char(
+        func.timezone(literal_column("'UTC'"), ins.c.occurred_at), literal_column("'YYYY-MM-DD'")
+    )
+    keys = (ins.c.org_id, ins.c.period, day, ins.c.meter, ins.c.dimension)
+    rollup = pg_insert(UsageRollup).from_select(
+        ["org_id", "period", "day", "meter", "dimension", "quantity", "events"],
+        select(*keys, func.sum(ins.c.quantity), func.count())
+        .group_by(*keys)
+        .order_by(*keys),  # rollup rows locked in key order: no deadlock between writers
+    )
+    rollup = rollup.on_conflict_do_update(
+        index_elements=["org_id", "period", "day", "meter", "dimension"],
+        set_={
+            "quantity": UsageRollup.quantity + rollup.excluded.quantity,
+            "events": UsageRollup.events + rollup.excluded.events,
+        },
+    )
+    return ins, rollup.cte("usage_roll")
 
 
 def add_to_rollups(session: Executor, rows: Sequence[dict[str, Any]]) -> None:

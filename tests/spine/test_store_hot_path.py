@@ -43,12 +43,18 @@ def test_start_then_complete_is_one_statement_each(org: OrgKey) -> None:
             result={"ok": True},
             result_seq=0,
             delivery_id="delivery-1",
+            kind="diagnostics",
             merge_progress={"steps": 1},
         )
         assert won
         # A second completion (or one racing a cancel) loses and writes no second result.
         assert not job_store.complete(
-            connection, job_id, result={"ok": 2}, result_seq=1, delivery_id="delivery-1"
+            connection,
+            job_id,
+            result={"ok": 2},
+            result_seq=1,
+            delivery_id="delivery-1",
+            kind="diagnostics",
         )
     with session_scope() as session:
         row = session.get(Job, job_id)
@@ -68,7 +74,12 @@ def test_complete_loses_to_cancel_exactly_once(org: OrgKey) -> None:
     def finish(job_id: str) -> None:
         with autocommit() as connection:
             if job_store.complete(
-                connection, job_id, result={"x": 1}, result_seq=0, delivery_id=f"d-{job_id}"
+                connection,
+                job_id,
+                result={"x": 1},
+                result_seq=0,
+                delivery_id=f"d-{job_id}",
+                kind="diagnostics",
             ):
                 results[job_id].append("completed")
 
@@ -166,6 +177,7 @@ def test_a_result_holding_nul_characters_is_stored(org: OrgKey) -> None:
             result={"text": "a\x00b", "lines": [{"content": "\x00"}]},
             result_seq=0,
             delivery_id="d-nul",
+            kind="diagnostics",
         )
     assert won
     [item] = list(job_store.iter_result_items(job_id))
