@@ -247,6 +247,29 @@ def _start_statement(also: ColumnElement[Any] | None) -> Any:
     )
 
 
+def start_first(
+    executor: Session | Connection,
+    job_id: str,
+    delivery_id: str,
+    *,
+    also: ColumnElement[Any] | None = None,
+) -> tuple[StartedJob, Any] | None:
+    """The first delivery's start: one ``UPDATE … RETURNING`` (compare-and-set from
+    ``queued``), so it needs no surrounding transaction; None when the job was not queued (see
+    :func:`start` for the rest). ``also`` is an extra SQL expression over the job row (e.g.
+    "does a webhook listen?") returned by that same statement, its value second."""
+    now = utcnow()
+    lease_until = now + timedelta(seconds=get_settings().job_lease_seconds)
+    first = executor.execute(
+        _start_statement(also),
+        {"job_id": job_id, "delivery_id": delivery_id, "now": now, "lease_until": lease_until},
+    ).first()
+    if first is None:
+        return None
+    extra = first[4] if also is not None else None
+    return StartedJob(first.org_id, first.kind, dict(first.input), first.attempts), extra
+
+
 def start(
     executor: Session | Connection,
     job_id: str,
@@ -257,25 +280,15 @@ def start(
 ) -> tuple[StartOutcome, StartedJob | None, Any]:
     """Mark a job running for one delivery of its message, counting deliveries.
 
-    The first delivery is one ``UPDATE … RETURNING`` (compare-and-set from ``queued``), so it
-    needs no surrounding transaction (an autocommit connection commits it in one round trip).
-    ``also`` is an extra SQL expression over the job row (e.g. "does a webhook listen?")
-    returned by that same statement; its value comes back as the third element (None on the
-    rarer redelivery paths, where the caller asks separately).
+    The first delivery is :func:`start_first`; a job that is not ``queued`` is a redelivery to
+    run, a duplicate to skip, or past its delivery cap (failed ``worker_lost``). ``also``'s
+    value comes back as the third element (None on the rarer redelivery paths, where the caller
+    asks separately).
     """
-    now = utcnow()
-    lease_until = now + timedelta(seconds=get_settings().job_lease_seconds)
-    first = executor.execute(
-        _start_statement(also),
-        {"job_id": job_id, "delivery_id": delivery_id, "now": now, "lease_until": lease_until},
-    ).first()
+    first = start_first(executor, job_id, delivery_id, also=also)
     if first is not None:
-        extra = first[4] if also is not None else None
-        return (
-            StartOutcome.STARTED,
-            StartedJob(first.org_id, first.kind, dict(first.input), first.attempts),
-            extra,
-        )
+        return StartOutcome.STARTED, first[0], first[1]
+    lease_until = utcnow() + timedelta(seconds=get_settings().job_lease_seconds)
     outcome = _redeliver(executor, job_id, delivery_id, max_deliveries, lease_until)
     if outcome != StartOutcome.REDELIVERED:
         return outcome, None, None

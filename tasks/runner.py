@@ -153,9 +153,15 @@ def run_job(task: Task, job_id: str, handler: Handler) -> None:
     handler runs, and record the outcome, fenced by this delivery."""
     delivery_id = str(task.request.id)
 
-    # The start is one compare-and-set statement, committed on its own (durably); a connection
-    # found dead is replaced and the statement tried once more.
+    # The start is one compare-and-set statement, committed on its own without waiting for its
+    # disk flush (the completion's durable commit flushes it; see store.db.autocommit); a
+    # connection found dead is replaced and the statement tried once more. A job that was not
+    # queued (a redelivery, a duplicate) takes the durable path.
     def start() -> tuple[StartOutcome, StartedJob | None, Any]:
+        with autocommit(durable=False) as connection:
+            first = job_store.start_first(connection, job_id, delivery_id, also=LISTENING_TO_JOB)
+        if first is not None:
+            return StartOutcome.STARTED, first[0], first[1]
         with autocommit() as connection:
             return job_store.start(
                 connection,
