@@ -171,3 +171,33 @@ def test_metering_off_writes_no_usage(monkeypatch: pytest.MonkeyPatch) -> None:
         assert _complete(job_id, "crawl")
     assert len(seen) == 1 and "usage_events" not in seen[0]
     assert _written(org.org_id, job_id) == set()
+
+
+def test_concurrent_writers_add_to_their_own_rollup_shard_and_readers_sum_them() -> None:
+    from billing import repository
+
+    org = make_org()
+    jobs = [_running(org, "diagnostics", {"seconds": 0}, {}) for _ in range(2)]
+    # Two connections held at once (two worker processes): each writes its own shard's row.
+    with autocommit() as first, autocommit() as second:
+        pids = [c.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() for c in (first, second)]
+        for connection, job_id in zip((first, second), jobs, strict=True):
+            assert job_store.complete(
+                connection,
+                job_id,
+                result=None,
+                result_seq=0,
+                delivery_id=f"d-{job_id}",
+                kind="diagnostics",
+            )
+    with session_scope() as session:
+        shards = session.scalars(
+            select(UsageRollup.shard).where(UsageRollup.org_id == org.org_id)
+        ).all()
+        assert sorted(shards) == sorted({pid % 32 for pid in pids}) or len(set(pids)) == 1
+        period = session.scalar(select(UsageRollup.period).where(UsageRollup.org_id == org.org_id))
+        assert period is not None
+        totals = repository.rollup_totals(session, org.org_id, period)
+        assert [(m, d, int(q), int(n)) for m, d, q, n in totals] == [("jobs", "diagnostics", 2, 2)]
+        lines = repository.rollup_lines(session, org.org_id, period)
+        assert [(m, d, int(q)) for m, d, _, q in lines] == [("jobs", "diagnostics", 2)]
