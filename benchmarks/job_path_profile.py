@@ -56,7 +56,7 @@ class Counts:
         import redis.connection
         from sqlalchemy import event
 
-        from store.db import get_autocommit_engine, get_engine
+        from store.db import get_autocommit_engine, get_engine, get_relaxed_autocommit_engine
 
         counts = self
 
@@ -76,7 +76,7 @@ class Counts:
             if counts.on:
                 counts.sql["ROLLBACK"] += 1
 
-        for engine in (get_engine(), get_autocommit_engine()):
+        for engine in (get_engine(), get_autocommit_engine(), get_relaxed_autocommit_engine()):
             event.listen(engine, "before_cursor_execute", statement)
         event.listen(get_engine(), "begin", begin)
         event.listen(get_engine(), "commit", commit)
