@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, SmallInteger, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from common.timeutil import utcnow
@@ -42,7 +42,9 @@ class UsageEvent(Base):
 
 class UsageRollup(Base):
     """Per organisation, billing month, day, meter and dimension: the sum of the events' quantities,
-    kept by upsert in the transaction that inserts the events (reads never scan events)."""
+    kept by upsert in the transaction that inserts the events (reads never scan events). Split
+    into ``shard`` rows by the writing database connection (:data:`ROLLUP_SHARDS`), so
+    concurrent writers of one key do not wait on one row's lock; readers sum the shards."""
 
     __tablename__ = "usage_rollups"
 
@@ -53,8 +55,15 @@ class UsageRollup(Base):
     day: Mapped[str] = mapped_column(String(10), primary_key=True)  # day occurred, "2026-12-06"
     meter: Mapped[str] = mapped_column(String(40), primary_key=True)
     dimension: Mapped[str] = mapped_column(String(100), primary_key=True)
+    shard: Mapped[int] = mapped_column(
+        SmallInteger, primary_key=True, default=0, server_default="0"
+    )
     quantity: Mapped[int] = mapped_column(BigInteger, default=0)
     events: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+#: How many rows one rollup key may be split into (by writing connection, on PostgreSQL).
+ROLLUP_SHARDS = 32
 
 
 class CreditEntry(Base):

@@ -5,12 +5,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, func, select, text, update
+from sqlalchemy import Connection, func, literal_column, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from billing.models import BillingAccount, CreditEntry, Invoice, UsageEvent, UsageRollup
+from billing.models import (
+    ROLLUP_SHARDS,
+    BillingAccount,
+    CreditEntry,
+    Invoice,
+    UsageEvent,
+    UsageRollup,
+)
 from store import pagination
 
 Executor = Session | Connection
@@ -66,11 +73,11 @@ _INSERT_WITH_ROLLUPS = text(
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING org_id, period, occurred_at, meter, dimension, quantity
     ), roll AS (
-        INSERT INTO usage_rollups (org_id, period, day, meter, dimension, quantity, events)
+        INSERT INTO usage_rollups (org_id, period, day, meter, dimension, shard, quantity, events)
         SELECT org_id, period, to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD'), meter,
-               dimension, sum(quantity), count(*)
+               dimension, pg_backend_pid() % {ROLLUP_SHARDS}, sum(quantity), count(*)
         FROM ins GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
-        ON CONFLICT (org_id, period, day, meter, dimension) DO UPDATE
+        ON CONFLICT (org_id, period, day, meter, dimension, shard) DO UPDATE
         SET quantity = usage_rollups.quantity + EXCLUDED.quantity,
             events = usage_rollups.events + EXCLUDED.events
     )
@@ -90,17 +97,65 @@ def insert_events_with_rollups(session: Executor, rows: Sequence[dict[str, Any]]
     return int(session.execute(_INSERT_WITH_ROLLUPS, params).scalar_one())
 
 
+_ROLLUP_KEY = ("org_id", "period", "day", "meter", "dimension", "shard")
+#: The writing connection's rollup shard: concurrent writers (each its own connection) add to
+#: different rows of one key, so none waits on another's row lock until its commit is flushed.
+_SHARD: Any = literal_column(f"pg_backend_pid() % {ROLLUP_SHARDS}")
+
+
+def insert_events_ctes(source: Any) -> tuple[Any, Any]:
+    """PostgreSQL, as data-modifying CTEs of a caller's statement: the events of ``source`` (a
+    CTE or subquery with the columns of :data:`_EVENT_COLUMNS`; a key already written is
+    skipped) and the rollups of those actually inserted, as :func:`insert_events_with_rollups`
+    does, so a state change and its usage commit as one statement."""
+    names = [name for name, _ in _EVENT_COLUMNS]
+    ins = (
+        pg_insert(UsageEvent)
+        .from_select(names, select(*(source.c[name] for name in names)))
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        .returning(
+            UsageEvent.org_id,
+            UsageEvent.period,
+            UsageEvent.occurred_at,
+            UsageEvent.meter,
+            UsageEvent.dimension,
+            UsageEvent.quantity,
+        )
+        .cte("usage_ins")
+    )
+    # Constants as SQL literals: the grouped expression must match the selected one exactly.
+    day = func.to_char(
+        func.timezone(literal_column("'UTC'"), ins.c.occurred_at), literal_column("'YYYY-MM-DD'")
+    )
+    keys = (ins.c.org_id, ins.c.period, day, ins.c.meter, ins.c.dimension)
+    rollup = pg_insert(UsageRollup).from_select(
+        [*_ROLLUP_KEY, "quantity", "events"],
+        select(*keys, _SHARD, func.sum(ins.c.quantity), func.count())
+        .group_by(*keys)
+        .order_by(*keys),  # rollup rows locked in key order: no deadlock between writers
+    )
+    rollup = rollup.on_conflict_do_update(
+        index_elements=list(_ROLLUP_KEY),
+        set_={
+            "quantity": UsageRollup.quantity + rollup.excluded.quantity,
+            "events": UsageRollup.events + rollup.excluded.events,
+        },
+    )
+    return ins, rollup.cte("usage_roll")
+
+
 def add_to_rollups(session: Executor, rows: Sequence[dict[str, Any]]) -> None:
     """Upsert-increment rollup rows ``{org_id, period, day, meter, dimension, quantity, events}``
-    (sorted, so concurrent writers lock rows in one order)."""
+    (sorted, so concurrent writers lock rows in one order; shard 0: SQLite has one writer)."""
     if not rows:
         return
     ordered = sorted(
-        rows, key=lambda r: (r["org_id"], r["period"], r["day"], r["meter"], r["dimension"])
+        ({**r, "shard": 0} for r in rows),
+        key=lambda r: (r["org_id"], r["period"], r["day"], r["meter"], r["dimension"]),
     )
     stmt = _insert(session, UsageRollup).values(ordered)
     stmt = stmt.on_conflict_do_update(
-        index_elements=["org_id", "period", "day", "meter", "dimension"],
+        index_elements=list(_ROLLUP_KEY),
         set_={
             "quantity": UsageRollup.quantity + stmt.excluded.quantity,
             "events": UsageRollup.events + stmt.excluded.events,
@@ -125,10 +180,12 @@ def rollup_totals(session: Session, org_id: str, period: str, *, by_day: bool = 
 
 def rollup_lines(session: Session, org_id: str, period: str) -> list[Any]:
     """``(meter, dimension, day, quantity)`` rows of one month (for invoice lines)."""
+    keys = (UsageRollup.meter, UsageRollup.dimension, UsageRollup.day)
     query = (
-        select(UsageRollup.meter, UsageRollup.dimension, UsageRollup.day, UsageRollup.quantity)
+        select(*keys, func.sum(UsageRollup.quantity))
         .where(UsageRollup.org_id == org_id, UsageRollup.period == period)
-        .order_by(UsageRollup.meter, UsageRollup.dimension, UsageRollup.day)
+        .group_by(*keys)
+        .order_by(*keys)
     )
     return list(session.execute(query).all())
 

@@ -242,22 +242,19 @@ def check_credits(
     session: Session,
     org_id: str,
     kind: str,
-    input: Mapping[str, Any],
-    *,
+    *inputs: Mapping[str, Any],
     plan: str | None = None,
 ) -> None:
     """402 ``quota_exceeded`` (details ``{needed, balance}``) when a prepaid organisation cannot
-    pay for a new ``kind`` job from its allowance and credits. Called by ``jobs.service.
-    create_job`` before anything is inserted or queued (``plan``: the organisation's plan when
-    the caller already read it)."""
-    if plan is None:
-        plan, tier = org_tier(session, org_id)
-    else:
-        tier = tier_for_plan(plan)
+    pay for new ``kind`` jobs (one per input) from its allowance and credits. Called by
+    ``jobs.service.create_job`` before anything is inserted or queued; ``plan``: the
+    organisation's plan name when the caller already read it."""
+    found = (plan, tier_for_plan(plan)) if plan is not None else org_tier(session, org_id)
+    tier = found[1]
     if not tier.prepaid:
         return
-    position = credit_position(session, org_id, tier=(plan, tier))
-    needed = estimate_job_cost(tier, kind, input)
+    position = credit_position(session, org_id, tier=found)
+    needed = sum(estimate_job_cost(tier, kind, input) for input in inputs)
     if needed > position.available_micros:
         raise InsufficientCredits(
             "Not enough credits for this operation: it needs "

@@ -86,6 +86,12 @@ DEPLOYMENT_ENV_PROVIDERS: tuple[str, ...] = ("resources.service:bound_env",)
 #: name"`` paths of ``fn(executor, job_id)`` called by ``store.jobs`` after the transition that won
 #: (billing meters the job's usage). Declared here, not registered on import.
 JOB_TERMINAL_HOOKS: tuple[str, ...] = ("billing.metering:record_job_usage",)
+#: A terminal hook's work as part of a job's completing statement on PostgreSQL (no round trip of
+#: its own): hook path → ``"module:name"`` of ``fn(kind) -> store.jobs.CompletionPart | None``.
+#: A completion runs the part instead of the hook; every other terminal transition, the hook.
+JOB_COMPLETION_PARTS: dict[str, str] = {
+    "billing.metering:record_job_usage": "billing.metering:completion_part"
+}
 #: Billing's beat reads usage from other domains' durable state: ``"module:name"`` of
 #: ``fn() -> int`` (events written, idempotent per interval).
 BILLING_METERS: tuple[str, ...] = ("resources.jobs:meter_storage",)

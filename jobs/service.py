@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -72,21 +72,72 @@ def create_job(
     caller's commit). ``payload`` may carry ``webhook`` (a per-job webhook, stored apart with its
     secret encrypted; never part of the input). ``quota=False`` for work on an object that
     exists (a deployment's rollout, a resource's backup): the plan meters new work only."""
+    return create_jobs(session, kind, org_id, [payload], quota=quota, job_ids=[job_id])[0]
+
+
+def create_jobs(
+    session: Session,
+    kind: str,
+    org_id: str,
+    payloads: Sequence[Mapping[str, Any]],
+    *,
+    quota: bool = True,
+    job_ids: Sequence[str | None] | None = None,
+) -> list[Job]:
+    """:func:`create_job` for many ``kind`` jobs of one organisation at once, all or none (one
+    payload refused refuses them all; a batch's error names the payload's index in ``loc``):
+    the same checks, with the plan read and the quota and credits checked once for the batch,
+    the rows inserted in one statement, and the messages sent together after the commit."""
+    if not payloads:
+        return []
+    batch = len(payloads) > 1
+    prepared: list[tuple[dict[str, Any], Any]] = []
+    for index, payload in enumerate(payloads):
+        try:
+            prepared.append(_prepare(kind, payload))
+        except ValidationFailed as exc:
+            if not batch:
+                raise
+            raise ValidationFailed(
+                f"Job {index}: {exc.message}", details=_at_index(exc.details, index)
+            ) from exc
+    inputs = [clean for clean, _ in prepared]
+    if quota:
+        plan = plans.org_plan(session, org_id)
+        plans.enforce_quota(session, org_id, kind, *inputs, plan=plan)  # 402 quota_exceeded
+        # 402 beyond allowance + credits
+        billing.check_credits(session, org_id, kind, *inputs, plan=plan.name)
+    jobs = job_store.insert_jobs(session, org_id=org_id, kind=kind, inputs=inputs, job_ids=job_ids)
+    for job, (clean, hook) in zip(jobs, prepared, strict=True):
+        if hook is not None:
+            webhooks.attach_job_webhook(session, org_id, job.id, hook)
+        outbox.enqueue(session, kind, job.id, label=task_label(kind, clean))
+    return jobs
+
+
+def _prepare(kind: str, payload: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
+    """A payload's validated input and its per-job webhook (parsed; None without one)."""
     clean = dict(payload)
     hook_value = clean.pop("webhook", None)
     hook = webhooks.parse_job_webhook(hook_value) if hook_value is not None else None
     clean = validate_input(kind, clean)
     clean.pop("webhook", None)  # a model's WithWebhook default: kept apart, never in the input
     check_input(kind, clean)
-    if quota:
-        plan = plans.org_plan(session, org_id)  # read once for both checks
-        plans.enforce_quota(session, org_id, kind, clean, plan=plan)  # 402 quota_exceeded
-        billing.check_credits(session, org_id, kind, clean, plan=plan.name)  # 402: no credits
-    job = job_store.insert_job(session, org_id=org_id, kind=kind, input=clean, job_id=job_id)
-    if hook is not None:
-        webhooks.attach_job_webhook(session, org_id, job.id, hook)
-    outbox.enqueue(session, kind, job.id, label=task_label(kind, clean))
-    return job
+    return clean, hook
+
+
+def _at_index(details: Any, index: int) -> Any:
+    """Validation details of one payload of a batch, located at its index."""
+    if not isinstance(details, list):
+        return details
+    out = []
+    for item in details:
+        if isinstance(item, dict) and isinstance(item.get("loc"), list):
+            loc = item["loc"]
+            rest = loc[1:] if loc[:1] == ["body"] else loc
+            item = {**item, "loc": ["body", index, *rest]}
+        out.append(item)
+    return out
 
 
 def task_label(kind: str, input: Mapping[str, Any]) -> str:

@@ -207,11 +207,11 @@ def enforce_quota(
     session: Session,
     org_id: str,
     kind: str,
-    input: Mapping[str, Any],
-    *,
+    *inputs: Mapping[str, Any],
     plan: OrgPlan | None = None,
 ) -> None:
-    """Raise 402 ``quota_exceeded`` when creating a ``kind`` job would go over the plan.
+    """Raise 402 ``quota_exceeded`` when creating ``kind`` jobs (one per input) would go over
+    the plan.
 
     On PostgreSQL the organisation row is locked for the rest of the caller's transaction, so
     concurrent creations for one organisation are counted one after the other. ``plan``: the
@@ -223,13 +223,15 @@ def enforce_quota(
         # Lock the org row so concurrent creations are counted one after the other.
         repository.get_org(session, org_id, lock=True)
         active = repository.count_active_jobs(session, org_id, ACTIVE_STATUSES, at_most=limit)
-        if active >= limit:
+        if active + len(inputs) > limit:
             raise QuotaExceeded(
                 f"You have {active} / {limit} concurrent jobs queued or running "
-                f"on the {plan.name} plan.",
+                f"on the {plan.name} plan"
+                + (f"; {len(inputs)} more would go over it." if len(inputs) > 1 else "."),
                 details={"quota": "concurrent_jobs", "used": active, "limit": limit},
             )
-    check_usage(session, org_id, plan, kind, input)
+    for input in inputs:
+        check_usage(session, org_id, plan, kind, input)
 
 
 def check_usage(

@@ -6,8 +6,8 @@ Functions take the caller's session and never commit (the caller owns the transa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from functools import lru_cache
@@ -61,28 +61,47 @@ def insert_job(
     input: dict[str, Any],
     job_id: str | None = None,
 ) -> Job:
-    """Insert a new queued job with one Core ``INSERT`` (no unit-of-work flush) and return it
-    as a detached ``Job`` holding exactly the values written. Only ``jobs.service.create_job``
-    calls this: it also validates, applies the quota and records the job's message."""
-    job = Job(
-        id=job_id or new_id(),
-        org_id=org_id,
-        kind=kind,
-        input=input,
-        status=JobStatus.QUEUED.value,
-        progress={},
-        error=None,
-        attempts=0,
-        delivery_id=None,
-        created_at=utcnow(),
-        started_at=None,
-        completed_at=None,
-        expires_at=None,
-        result_deleted_at=None,
-        lease_expires_at=None,
-    )
-    session.execute(_INSERT_JOB, {name: getattr(job, name) for name in _JOB_COLUMNS})
-    return job
+    """One job of :func:`insert_jobs` (tests and benchmarks seed rows with it)."""
+    return insert_jobs(session, org_id=org_id, kind=kind, inputs=[input], job_ids=[job_id])[0]
+
+
+def insert_jobs(
+    session: Session | Connection,
+    *,
+    org_id: str,
+    kind: str,
+    inputs: Sequence[dict[str, Any]],
+    job_ids: Sequence[str | None] | None = None,
+) -> list[Job]:
+    """Insert new queued jobs with one Core ``INSERT`` (no unit-of-work flush; many rows: one
+    executemany, pipelined by the driver) and return them as detached ``Job`` objects holding
+    exactly the values written. Only ``jobs.service.create_jobs`` calls this: it also validates,
+    applies the quota and records the jobs' messages."""
+    now = utcnow()
+    ids = list(job_ids) if job_ids is not None else [None] * len(inputs)
+    jobs = [
+        Job(
+            id=job_id or new_id(),
+            org_id=org_id,
+            kind=kind,
+            input=input,
+            status=JobStatus.QUEUED.value,
+            progress={},
+            error=None,
+            attempts=0,
+            delivery_id=None,
+            created_at=now,
+            started_at=None,
+            completed_at=None,
+            expires_at=None,
+            result_deleted_at=None,
+            lease_expires_at=None,
+        )
+        for job_id, input in zip(ids, inputs, strict=True)
+    ]
+    rows = [{name: getattr(job, name) for name in _JOB_COLUMNS} for job in jobs]
+    session.execute(_INSERT_JOB, rows[0] if len(rows) == 1 else rows)
+    return jobs
 
 
 _JOB_COLUMNS: tuple[str, ...] = tuple(Job.__table__.columns.keys())
@@ -134,18 +153,49 @@ def transition(
     return won
 
 
+@dataclass(frozen=True)
+class CompletionPart:
+    """A terminal hook's work folded into a job's completing statement (PostgreSQL), so it costs
+    no round trip of its own: data-modifying CTEs over ``done``, the row the completion changed
+    (columns ``id``, ``org_id``, ``kind``, ``started_at``, ``completed_at`` and ``columns``).
+
+    ``key`` names the CTEs' shape (parts with equal keys build equal CTEs: the statement is built
+    once per shape); ``params`` are the bind values they use."""
+
+    key: Hashable
+    build: Callable[[Any], Sequence[Any]]
+    columns: tuple[str, ...] = ()
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+TerminalHook = Callable[[Session | Connection, str], None]
+#: ``fn(kind) -> CompletionPart | None``: a hook's work for a completion of ``kind`` as part of
+#: the completing statement; None when the hook has nothing to do for that completion.
+PartOf = Callable[[str], CompletionPart | None]
+
+
 @lru_cache(maxsize=1)
-def _terminal_hooks() -> tuple[Callable[[Session | Connection, str], None], ...]:
-    from config.queues import JOB_TERMINAL_HOOKS, resolve
+def _terminal_hooks() -> tuple[tuple[TerminalHook, PartOf | None], ...]:
+    from config.queues import JOB_COMPLETION_PARTS, JOB_TERMINAL_HOOKS, resolve
 
-    return tuple(resolve(path) for path in JOB_TERMINAL_HOOKS)
+    return tuple(
+        (
+            resolve(path),
+            resolve(JOB_COMPLETION_PARTS[path]) if path in JOB_COMPLETION_PARTS else None,
+        )
+        for path in JOB_TERMINAL_HOOKS
+    )
 
 
-def after_terminal(executor: Session | Connection, job_id: str) -> None:
+def after_terminal(
+    executor: Session | Connection, job_id: str, *, folded: Sequence[TerminalHook] = ()
+) -> None:
     """Run ``config.queues.JOB_TERMINAL_HOOKS`` for a job that just became terminal, in the
-    transaction of that transition (billing meters its usage there: exactly once)."""
-    for hook in _terminal_hooks():
-        hook(executor, job_id)
+    transaction of that transition (billing meters its usage there: exactly once), except those
+    in ``folded`` (already done by the completing statement itself)."""
+    for hook, _ in _terminal_hooks():
+        if hook not in folded:
+            hook(executor, job_id)
 
 
 def fail_worker_lost(session: Session | Connection, job_id: str, why: str) -> bool:
@@ -197,6 +247,29 @@ def _start_statement(also: ColumnElement[Any] | None) -> Any:
     )
 
 
+def start_first(
+    executor: Session | Connection,
+    job_id: str,
+    delivery_id: str,
+    *,
+    also: ColumnElement[Any] | None = None,
+) -> tuple[StartedJob, Any] | None:
+    """The first delivery's start: one ``UPDATE … RETURNING`` (compare-and-set from
+    ``queued``), so it needs no surrounding transaction; None when the job was not queued (see
+    :func:`start` for the rest). ``also`` is an extra SQL expression over the job row (e.g.
+    "does a webhook listen?") returned by that same statement, its value second."""
+    now = utcnow()
+    lease_until = now + timedelta(seconds=get_settings().job_lease_seconds)
+    first = executor.execute(
+        _start_statement(also),
+        {"job_id": job_id, "delivery_id": delivery_id, "now": now, "lease_until": lease_until},
+    ).first()
+    if first is None:
+        return None
+    extra = first[4] if also is not None else None
+    return StartedJob(first.org_id, first.kind, dict(first.input), first.attempts), extra
+
+
 def start(
     executor: Session | Connection,
     job_id: str,
@@ -207,25 +280,15 @@ def start(
 ) -> tuple[StartOutcome, StartedJob | None, Any]:
     """Mark a job running for one delivery of its message, counting deliveries.
 
-    The first delivery is one ``UPDATE … RETURNING`` (compare-and-set from ``queued``), so it
-    needs no surrounding transaction (an autocommit connection commits it in one round trip).
-    ``also`` is an extra SQL expression over the job row (e.g. "does a webhook listen?")
-    returned by that same statement; its value comes back as the third element (None on the
-    rarer redelivery paths, where the caller asks separately).
+    The first delivery is :func:`start_first`; a job that is not ``queued`` is a redelivery to
+    run, a duplicate to skip, or past its delivery cap (failed ``worker_lost``). ``also``'s
+    value comes back as the third element (None on the rarer redelivery paths, where the caller
+    asks separately).
     """
-    now = utcnow()
-    lease_until = now + timedelta(seconds=get_settings().job_lease_seconds)
-    first = executor.execute(
-        _start_statement(also),
-        {"job_id": job_id, "delivery_id": delivery_id, "now": now, "lease_until": lease_until},
-    ).first()
+    first = start_first(executor, job_id, delivery_id, also=also)
     if first is not None:
-        extra = first[4] if also is not None else None
-        return (
-            StartOutcome.STARTED,
-            StartedJob(first.org_id, first.kind, dict(first.input), first.attempts),
-            extra,
-        )
+        return StartOutcome.STARTED, first[0], first[1]
+    lease_until = utcnow() + timedelta(seconds=get_settings().job_lease_seconds)
     outcome = _redeliver(executor, job_id, delivery_id, max_deliveries, lease_until)
     if outcome != StartOutcome.REDELIVERED:
         return outcome, None, None
@@ -235,10 +298,22 @@ def start(
     return outcome, StartedJob(again.org_id, again.kind, dict(again.input), again.attempts), None
 
 
-@lru_cache(maxsize=4)
-def _complete_statement(with_progress: bool, with_result: bool) -> Any:
-    """PostgreSQL: ``running → completed`` plus the result item as one statement
-    (data-modifying CTEs), built once per shape; yields 1 when this caller won."""
+#: The completing statements built so far, by shape (statement construction costs more CPU
+#: than executing it): (with progress, with result, the folded parts' keys) → statement.
+_COMPLETE_STATEMENTS: dict[tuple[bool, bool, tuple[Hashable, ...]], Any] = {}
+_DONE_COLUMNS = ("id", "org_id", "kind", "started_at", "completed_at")
+
+
+def _complete_statement(
+    with_progress: bool, with_result: bool, parts: Sequence[CompletionPart] = ()
+) -> Any:
+    """PostgreSQL: ``running → completed`` plus the result item and the folded terminal hooks'
+    work as one statement (data-modifying CTEs), built once per shape; yields 1 when this caller
+    won (the CTEs reading ``done`` write nothing otherwise)."""
+    shape = (with_progress, with_result, tuple(part.key for part in parts))
+    built = _COMPLETE_STATEMENTS.get(shape)
+    if built is not None:
+        return built
     changes: dict[str, Any] = {
         "status": JobStatus.COMPLETED.value,
         "completed_at": bindparam("now", type_=Job.completed_at.type),
@@ -248,6 +323,9 @@ def _complete_statement(with_progress: bool, with_result: bool) -> Any:
     }
     if with_progress:
         changes["progress"] = Job.progress.op("||")(bindparam("progress", type_=postgresql.JSONB))
+    columns = list(_DONE_COLUMNS) if parts else ["id"]
+    for part in parts:
+        columns += [name for name in part.columns if name not in columns]
     done = (
         update(Job)
         .where(
@@ -256,7 +334,7 @@ def _complete_statement(with_progress: bool, with_result: bool) -> Any:
             Job.delivery_id == bindparam("held_by"),
         )
         .values(**changes)
-        .returning(Job.id)
+        .returning(*(Job.__table__.c[name] for name in columns))
         .cte("done")
     )
     query = select(func.count()).select_from(done)
@@ -273,6 +351,9 @@ def _complete_statement(with_progress: bool, with_result: bool) -> Any:
             ),
         )
         query = query.add_cte(item.cte("item"))
+    for part in parts:
+        query = query.add_cte(*part.build(done))
+    _COMPLETE_STATEMENTS[shape] = query
     return query
 
 
@@ -283,12 +364,16 @@ def complete(
     result: dict[str, Any] | None,
     result_seq: int,
     delivery_id: str,
+    kind: str,
     merge_progress: dict[str, Any] | None = None,
 ) -> bool:
     """``running → completed`` with the job's small result item, atomically; True if it won
     (only while delivery ``delivery_id`` still holds the job).
 
-    PostgreSQL: one statement, so an autocommit connection commits it in one round trip.
+    PostgreSQL: one statement, so an autocommit connection commits it in one round trip. The
+    terminal hooks that declare a :class:`CompletionPart` for the job's ``kind``
+    (``config.queues.JOB_COMPLETION_PARTS``: billing's metering) are part of that statement
+    too; any other hook runs after it, in ``executor``'s transaction (a Session then).
     Elsewhere (``executor`` must then be a Session): the insert and the transition in the
     caller's transaction, rolled back if the job lost the race.
     """
@@ -319,10 +404,19 @@ def complete(
     if result is not None:
         params["seq"] = result_seq
         params["data"] = storable(result)
-    statement = _complete_statement(bool(merge_progress), result is not None)
+    folded: list[TerminalHook] = []
+    parts: list[CompletionPart] = []
+    for hook, part_of in _terminal_hooks():
+        if part_of is not None:
+            folded.append(hook)
+            part = part_of(kind)
+            if part is not None:
+                parts.append(part)
+                params.update(part.params)
+    statement = _complete_statement(bool(merge_progress), result is not None, parts)
     won = bool(executor.execute(statement, params).scalar_one() == 1)
-    if won:
-        after_terminal(executor, job_id)
+    if won and len(folded) < len(_terminal_hooks()):
+        after_terminal(executor, job_id, folded=folded)
     return won
 
 

@@ -7,9 +7,10 @@ job whose worker keeps dying fails with ``worker_lost``), holds the job's lease 
 runs (``jobs.jobs.LeaseKeeper``), calls the handler with a ``JobContext`` and records the outcome,
 fenced by its delivery: a job re-queued after its lease lapsed is no longer this delivery's to end.
 A store that cannot be reached never consumes the message: the delivery is retried with backoff.
-``JobTask.submit`` is the Python entry point; it creates jobs through ``jobs.service.create_job``,
-the same function every REST route uses. What a handler gets (``JobContext``, ``JobCancelled``)
-is ``jobs/context.py``; the handlers themselves are each domain's ``jobs.py``.
+``JobTask.submit`` (and ``submit_many``, many jobs in one transaction) is the Python entry point;
+it creates jobs through ``jobs.service.create_jobs``, the function behind every REST route. What
+a handler gets (``JobContext``, ``JobCancelled``) is ``jobs/context.py``; the handlers themselves
+are each domain's ``jobs.py``.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, cast
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy import Connection
+from sqlalchemy.orm import Session
 
 from common.errors import ConveyorError, NotFound
 from common.retry import RetryPolicy
@@ -30,7 +33,7 @@ from config import get_settings
 from config.queues import KINDS
 from jobs import jobs as job_leases
 from jobs.context import Handler, JobCancelled, JobContext
-from jobs.service import create_job, emit_job_event
+from jobs.service import create_jobs, emit_job_event
 from store import jobs as job_store
 from store import orgs
 from store.db import (
@@ -41,7 +44,6 @@ from store.db import (
     session_scope,
     store_reachable,
     store_retry,
-    transaction,
 )
 from store.jobs import JobStatus, StartedJob, StartOutcome
 from store.migrate import require_migrated
@@ -60,15 +62,20 @@ class JobTask(Task):  # type: ignore[misc]
     def submit(self, input: dict[str, Any] | None = None, *, org: str, **fields: Any) -> str:
         """Create the job for organisation ``org`` (name or id) and return its id; it is sent
         when the creating transaction commits (the REST path's very function and checks)."""
-        payload = {**(input or {}), **fields}
+        return self.submit_many([{**(input or {}), **fields}], org=org)[0]
+
+    def submit_many(self, inputs: Sequence[dict[str, Any]], *, org: str) -> list[str]:
+        """Create one job per input for organisation ``org`` in one transaction, all or none,
+        and return their ids in order: the checks of :meth:`submit` (the plan and credits read
+        once), one multi-row insert, and the messages sent together after the commit."""
         require_migrated()  # a missing or unmigrated store: one line saying what to run
         with session_scope() as session:
             session.info[outbox.ON_SEND_FAILURE] = "reject"
             organisation = orgs.find_org(session, org)
             if organisation is None:
                 raise NotFound(f"Organisation {org!r} does not exist.")
-            job = create_job(session, self.kind, organisation.id, payload)
-        return job.id
+            jobs = create_jobs(session, self.kind, organisation.id, list(inputs))
+        return [job.id for job in jobs]
 
 
 def _store_retry_delay(task: Task) -> float:
@@ -108,49 +115,37 @@ def _finish_failed(ctx: JobContext, delivery_id: str, code: str, message: str) -
 
 def _finish_completed(ctx: JobContext, delivery_id: str, result: dict[str, Any] | None) -> bool:
     """``running → completed`` with the result, for this delivery; True if it won. Without a
-    listening webhook on PostgreSQL it is one statement on an autocommit connection; with one,
-    the completion and its event's deliveries commit together."""
+    listening webhook on PostgreSQL it is one statement on an autocommit connection (the result
+    item and the usage events included); with one, the completion and its event's deliveries
+    commit together."""
     pending = ctx.take_pending_progress()
     seq = ctx.reserve_seq() if result is not None else 0
     if not ctx.listening and time.monotonic() - ctx.started_monotonic > 1.0:
         with session_scope() as session:  # a webhook registered while a longer job ran
             ctx.listening = has_targets(session, ctx.org_id, ctx.job_id)
 
-    def complete() -> bool:
+    def complete(executor: Session | Connection) -> bool:
+        return job_store.complete(
+            executor,
+            ctx.job_id,
+            result=result,
+            result_seq=seq,
+            delivery_id=delivery_id,
+            merge_progress=pending,
+            kind=ctx.kind,  # the kind's metering is part of the completing statement
+        )
+
+    def record() -> bool:
         if ctx.listening or not is_postgresql():
             with session_scope() as session:
-                won = job_store.complete(
-                    session,
-                    ctx.job_id,
-                    result=result,
-                    result_seq=seq,
-                    delivery_id=delivery_id,
-                    merge_progress=pending,
-                )
+                won = complete(session)
                 if won and ctx.listening:
                     emit_job_event(session, "job.completed", ctx.job_id)
                 return won
-        if get_settings().billing_metering:  # the usage events commit with the completion
-            with transaction() as connection:
-                return job_store.complete(
-                    connection,
-                    ctx.job_id,
-                    result=result,
-                    result_seq=seq,
-                    delivery_id=delivery_id,
-                    merge_progress=pending,
-                )
-        with autocommit() as connection:
-            return job_store.complete(
-                connection,
-                ctx.job_id,
-                result=result,
-                result_seq=seq,
-                delivery_id=delivery_id,
-                merge_progress=pending,
-            )
+        with autocommit() as connection:  # one statement: the completion, result and usage
+            return complete(connection)
 
-    return store_retry.call(complete)
+    return store_retry.call(record)
 
 
 def run_job(task: Task, job_id: str, handler: Handler) -> None:
@@ -158,9 +153,15 @@ def run_job(task: Task, job_id: str, handler: Handler) -> None:
     handler runs, and record the outcome, fenced by this delivery."""
     delivery_id = str(task.request.id)
 
-    # The start is one compare-and-set statement, committed on its own (durably); a connection
-    # found dead is replaced and the statement tried once more.
+    # The start is one compare-and-set statement, committed on its own without waiting for its
+    # disk flush (the completion's durable commit flushes it; see store.db.autocommit); a
+    # connection found dead is replaced and the statement tried once more. A job that was not
+    # queued (a redelivery, a duplicate) takes the durable path.
     def start() -> tuple[StartOutcome, StartedJob | None, Any]:
+        with autocommit(durable=False) as connection:
+            first = job_store.start_first(connection, job_id, delivery_id, also=LISTENING_TO_JOB)
+        if first is not None:
+            return StartOutcome.STARTED, first[0], first[1]
         with autocommit() as connection:
             return job_store.start(
                 connection,

@@ -152,7 +152,12 @@ def test_a_lapsed_lease_requeues_the_job_and_fences_the_old_delivery(
     assert done["status"] == "completed" and done["attempts"] == 2
     with autocommit() as connection:  # the first delivery comes back: it changes nothing
         won = job_store.complete(
-            connection, job_id, result={"late": True}, result_seq=9, delivery_id="dead-worker"
+            connection,
+            job_id,
+            result={"late": True},
+            result_seq=9,
+            delivery_id="dead-worker",
+            kind="diagnostics",
         )
     assert not won
 

@@ -43,12 +43,18 @@ def test_start_then_complete_is_one_statement_each(org: OrgKey) -> None:
             result={"ok": True},
             result_seq=0,
             delivery_id="delivery-1",
+            kind="diagnostics",
             merge_progress={"steps": 1},
         )
         assert won
         # A second completion (or one racing a cancel) loses and writes no second result.
         assert not job_store.complete(
-            connection, job_id, result={"ok": 2}, result_seq=1, delivery_id="delivery-1"
+            connection,
+            job_id,
+            result={"ok": 2},
+            result_seq=1,
+            delivery_id="delivery-1",
+            kind="diagnostics",
         )
     with session_scope() as session:
         row = session.get(Job, job_id)
@@ -68,7 +74,12 @@ def test_complete_loses_to_cancel_exactly_once(org: OrgKey) -> None:
     def finish(job_id: str) -> None:
         with autocommit() as connection:
             if job_store.complete(
-                connection, job_id, result={"x": 1}, result_seq=0, delivery_id=f"d-{job_id}"
+                connection,
+                job_id,
+                result={"x": 1},
+                result_seq=0,
+                delivery_id=f"d-{job_id}",
+                kind="diagnostics",
             ):
                 results[job_id].append("completed")
 
@@ -122,8 +133,9 @@ def test_a_job_survives_its_pooled_connections_dying_inside_the_bypass_window(
 
     monkeypatch.setattr(db, "PING_BYPASS_SECONDS", 3600.0)
     job_id = _queued(org)
-    with autocommit() as connection:  # make sure the autocommit pool holds a connection
-        connection.execute(text("SELECT 1"))
+    for durable in (True, False):  # make sure the autocommit pools hold a connection
+        with autocommit(durable=durable) as connection:
+            connection.execute(text("SELECT 1"))
 
     def kill_pooled() -> None:
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
@@ -145,6 +157,7 @@ def test_a_job_survives_its_pooled_connections_dying_inside_the_bypass_window(
     finally:  # other connections of the pools were killed too: drop them for the next tests
         db.get_engine().dispose()
         db.get_autocommit_engine().dispose()
+        db.get_relaxed_autocommit_engine().dispose()
     # At least the start met a dead connection (the completion may draw one the pool already
     # knew to replace, depending on which pooled connection it gets).
     assert any("connection lost" in r.getMessage() for r in caplog.records)
@@ -166,7 +179,33 @@ def test_a_result_holding_nul_characters_is_stored(org: OrgKey) -> None:
             result={"text": "a\x00b", "lines": [{"content": "\x00"}]},
             result_seq=0,
             delivery_id="d-nul",
+            kind="diagnostics",
         )
     assert won
     [item] = list(job_store.iter_result_items(job_id))
     assert item.data == {"text": "a\ufffdb", "lines": [{"content": "\ufffd"}]}
+
+
+def test_the_start_skips_its_disk_flush_and_the_completion_does_not(org: OrgKey) -> None:
+    """A job's start commits without waiting for the disk (its completion's durable commit
+    flushes it, the log being flushed in order); the completion and every other write wait."""
+    with autocommit(durable=False) as relaxed, autocommit() as durable:
+        assert relaxed.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
+        assert durable.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
+    with session_scope() as session:
+        assert session.execute(text("SHOW synchronous_commit")).scalar() == "on"
+    job_id = _queued(org)
+    with autocommit(durable=False) as relaxed:
+        first = job_store.start_first(relaxed, job_id, "d-relaxed", also=LISTENING_TO_JOB)
+        assert first is not None and first[0].attempts == 1 and first[1] is False
+        # Not queued any more: the first-delivery statement changes nothing.
+        assert job_store.start_first(relaxed, job_id, "d-other") is None
+    with autocommit() as durable:
+        assert job_store.complete(
+            durable,
+            job_id,
+            result=None,
+            result_seq=0,
+            delivery_id="d-relaxed",
+            kind="diagnostics",
+        )
