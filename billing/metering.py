@@ -155,6 +155,7 @@ def _usage_ctes(done: Any, *, crawl: bool, tokens: bool) -> tuple[Any, ...]:
         body = done.c.input.op("->")(_sql_string("body"))
         first = done.c.input.op("->")(_sql_string("requests")).op("->")(literal_column("0"))
         model = func.coalesce(
+            func.nullif(done.c.input.op("->>")(_sql_string("model")), ""),
             func.nullif(body.op("->>")(_sql_string("model")), ""),
             func.nullif(first.op("->")(_sql_string("body")).op("->>")(_sql_string("model")), ""),
             _sql_string("unknown"),

@@ -108,6 +108,13 @@ def _written(org_id: str, job_id: str) -> set[tuple[str, str, int, str]]:
             {"usage_prompt_tokens": 5, "usage_completion_tokens": 0},
             {"jobs", "tokens_in"},
         ),
+        (
+            "assistant",  # a reply names its instance's model; a replica's reply has no engine time
+            {"instance_id": "ins_1", "conversation_id": "c", "reply_id": "m", "model": "my-llm"},
+            {},
+            {"usage_prompt_tokens": 9, "usage_completion_tokens": 4},
+            {"jobs", "tokens_in", "tokens_out"},
+        ),
     ],
 )
 def test_the_completion_meters_its_usage_in_its_one_statement(
