@@ -10,6 +10,13 @@ means "no term shared" (min-max would stretch near-equal BM25 scores, which diff
 chunk length, over the whole [0, 1]). Unlike rank fusion, keyword candidates that tie add the
 same amount to each and leave the vector order alone, while a rare exact term that only one
 chunk holds lifts that chunk. Reciprocal rank fusion (k=60) stays available (``fusion="rrf"``).
+
+The keyword half's cost is bounded whatever the corpus, like Lucene's ``cutoff_frequency``
+(common-terms query): a query term held by more than ``MAX_TERM_CHUNKS`` chunks is *common*
+and left out of the full-text match, so at most ``terms * MAX_TERM_CHUNKS`` chunks are ranked
+(BM25 over every chunk holding "water" is what made hybrid search ten times the vector half). A
+query of only common terms has no keyword half: its words say little about which chunk is
+meant, and the vector half carries the search.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ import numpy.typing as npt
 RRF_K = 60
 ALPHA = 0.75  # the vector half's weight in relative score fusion (Weaviate's default)
 DEPTH = 50  # the least candidates taken from each half before fusing
+#: a term held by more chunks than this is common: not matched, so not ranked (bounded cost)
+MAX_TERM_CHUNKS = 1000
 Vector = npt.NDArray[np.float32]
 
 
@@ -99,6 +108,8 @@ class SearchIndex(ABC):
 
 class ChunkIndex(SearchIndex):
     """Chunks with their vectors (cosine) and their words (full-text), by dataset and file."""
+
+    max_term_chunks: int = MAX_TERM_CHUNKS
 
     @abstractmethod
     def replace_file(

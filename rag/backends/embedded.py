@@ -185,18 +185,38 @@ class EmbeddedIndex(ChunkIndex):
         scored.sort(key=lambda pair: -pair[0])
         return self._hits(scored[:k])
 
+    def _rare_terms(self, terms: list[str]) -> list[str]:
+        """The terms held by at most ``max_term_chunks`` chunks: each counted by an FTS5 match
+        stopped at ``max_term_chunks + 1`` rowids (its doclist is read in rowid order, so the
+        count costs the same for a term in every chunk; a term's chunks are counted over the
+        whole index, as Lucene's document frequencies are over the whole shard)."""
+        conn = self._conn()
+        cap = self.max_term_chunks + 1
+        rare = []
+        for term in terms:
+            row = conn.execute(
+                "SELECT count(*) FROM (SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH ? "
+                "LIMIT ?)",
+                (term, cap),
+            ).fetchone()
+            if int(row[0]) < cap:
+                rare.append(term)
+        return rare
+
     def keyword_search(self, query: str, filters: Filters, k: int) -> list[SearchHit]:
-        terms = keyword_terms(query)
-        if not terms or not filters.dataset_ids:
+        if not filters.dataset_ids:
             return []
-        match = " OR ".join('"' + t.replace('"', "") + '"' for t in terms)
+        quoted = ['"' + t.replace('"', "") + '"' for t in keyword_terms(query)]
+        terms = self._rare_terms([t for t in quoted if t != '""'])
+        if not terms:
+            return []
         marks = ",".join("?" for _ in filters.dataset_ids)
         sql = (
             "SELECT c.id, -bm25(chunks_fts) FROM chunks_fts "
             "JOIN chunks c ON c.id = chunks_fts.rowid "
             f"WHERE chunks_fts MATCH ? AND c.dataset_id IN ({marks})"
         )
-        args: list[object] = [match, *filters.dataset_ids]
+        args: list[object] = [" OR ".join(terms), *filters.dataset_ids]
         if filters.source is not None:
             sql += " AND c.source = ?"
             args.append(filters.source)

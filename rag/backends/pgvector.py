@@ -10,6 +10,12 @@ WHERE. Before 0.8, the filter's share of the index decides: a selective filter o
 ``EXACT_LIMIT`` chunks is an exact scan of those chunks (their B-tree, then the distances), a
 wider one raises ``hnsw.ef_search`` for that query so about ``2 * k`` candidates pass; an HNSW
 answer short of ``k`` is redone exactly.
+
+Full text ranks only the query's rare lexemes (``MAX_TERM_CHUNKS`` in ``base``): ``rag_terms``
+holds each dataset's lexemes with the number of chunks holding them, kept in the transaction
+that writes or deletes the chunks (``ts_stat`` over the file's rows only), so a search reads a
+few primary-key rows instead of counting a lexeme's chunks (``ts_stat`` over a dataset at
+search time costs as much as the ranking it would save).
 """
 
 from __future__ import annotations
@@ -45,6 +51,21 @@ CREATE TABLE IF NOT EXISTS rag_chunks (
 );
 CREATE INDEX IF NOT EXISTS ix_rag_chunks_dataset_file ON rag_chunks (dataset_id, file_id);
 CREATE INDEX IF NOT EXISTS ix_rag_chunks_tsv ON rag_chunks USING gin (tsv);
+CREATE TABLE IF NOT EXISTS rag_terms (
+    dataset_id TEXT NOT NULL, term TEXT NOT NULL, chunks INTEGER NOT NULL,
+    PRIMARY KEY (dataset_id, term)
+);
+"""
+#: add (sign 1) or take away (-1) the lexemes of the rows matching the WHERE (format's %L
+#: quotes its values into ts_stat's query text); in lexeme order, so that concurrent writers to
+#: one dataset wait for each other rather than deadlock
+_COUNT_TERMS = """
+INSERT INTO rag_terms (dataset_id, term, chunks)
+SELECT %(dataset)s::text, word, %(sign)s::int * ndoc FROM ts_stat(format(
+    'SELECT tsv FROM rag_chunks WHERE dataset_id = %%L AND file_id = %%L',
+    %(dataset)s::text, %(file)s::text
+)) ORDER BY word
+ON CONFLICT (dataset_id, term) DO UPDATE SET chunks = rag_terms.chunks + EXCLUDED.chunks
 """
 _COLUMNS = "id, dataset_id, file_id, source, heading, text, start_char, end_char"
 EF_SEARCH = 100
@@ -116,10 +137,7 @@ class PgVectorIndex(ChunkIndex):
         if dims:
             self._ensure_dims(dims)
         with self._conn() as conn, conn.transaction(), conn.cursor() as cur:
-            cur.execute(
-                "DELETE FROM rag_chunks WHERE dataset_id = %s AND file_id = %s",
-                (dataset_id, file_id),
-            )
+            self._drop_file(cur, dataset_id, file_id)
             if chunks:
                 with cur.copy(
                     "COPY rag_chunks (dataset_id, file_id, source, heading, text, start_char, "
@@ -128,7 +146,32 @@ class PgVectorIndex(ChunkIndex):
                     for chunk, vector in zip(chunks, vectors, strict=True):
                         row = chunk_row(dataset_id, file_id, source, chunk)
                         copy.write_row((*row, dims, _literal(vector)))
+                cur.execute(_COUNT_TERMS, {"dataset": dataset_id, "file": file_id, "sign": 1})
         return len(chunks)
+
+    def _drop_file(self, cur: psycopg.Cursor[Any], dataset_id: str, file_id: str) -> int:
+        """Delete a file's chunks and take their lexemes off the dataset's term counts."""
+        cur.execute(_COUNT_TERMS, {"dataset": dataset_id, "file": file_id, "sign": -1})
+        if cur.rowcount:
+            cur.execute(
+                "DELETE FROM rag_terms WHERE dataset_id = %s AND chunks <= 0", (dataset_id,)
+            )
+        cur.execute(
+            "DELETE FROM rag_chunks WHERE dataset_id = %s AND file_id = %s", (dataset_id, file_id)
+        )
+        return cur.rowcount
+
+    def count_terms(self, dataset_id: str) -> None:
+        """Recount a dataset's lexemes from its chunks (after rows were bulk-loaded by COPY
+        straight into ``rag_chunks``, as the benchmark does)."""
+        with self._conn() as conn, conn.transaction():
+            conn.execute("DELETE FROM rag_terms WHERE dataset_id = %s", (dataset_id,))
+            conn.execute(
+                "INSERT INTO rag_terms (dataset_id, term, chunks) "
+                "SELECT %(dataset)s::text, word, ndoc FROM ts_stat(format("
+                "'SELECT tsv FROM rag_chunks WHERE dataset_id = %%L', %(dataset)s::text))",
+                {"dataset": dataset_id},
+            )
 
     def _run(self, sql: str, args: Sequence[Any]) -> list[Any]:
         with self._conn() as conn:
@@ -136,11 +179,14 @@ class PgVectorIndex(ChunkIndex):
             return cur.fetchall() if cur.description else [cur.rowcount]
 
     def delete_file(self, dataset_id: str, file_id: str) -> int:
-        sql = "DELETE FROM rag_chunks WHERE dataset_id = %s AND file_id = %s"
-        return int(self._run(sql, (dataset_id, file_id))[0])
+        with self._conn() as conn, conn.transaction(), conn.cursor() as cur:
+            return self._drop_file(cur, dataset_id, file_id)
 
     def delete_dataset(self, dataset_id: str) -> int:
-        return int(self._run("DELETE FROM rag_chunks WHERE dataset_id = %s", (dataset_id,))[0])
+        with self._conn() as conn, conn.transaction():
+            conn.execute("DELETE FROM rag_terms WHERE dataset_id = %s", (dataset_id,))
+            cur = conn.execute("DELETE FROM rag_chunks WHERE dataset_id = %s", (dataset_id,))
+            return cur.rowcount
 
     def count(self, dataset_id: str, file_id: str | None = None) -> int:
         if file_id is None:
@@ -220,17 +266,28 @@ class PgVectorIndex(ChunkIndex):
         return matching, (matching / total if total else 1.0)
 
     def keyword_search(self, query: str, filters: Filters, k: int) -> list[SearchHit]:
+        """``ts_rank_cd`` over the chunks holding one of the query's rare lexemes (the
+        ``english`` configuration's, looked up in ``rag_terms`` for the filter's datasets)."""
         terms = keyword_terms(query)
         if not terms:
             return []
         where, args = self._where(filters)
-        tsquery = " | ".join(t.replace("'", "") for t in terms)
-        rows = self._run(
-            f"SELECT {_COLUMNS}, ts_rank_cd(tsv, q) FROM rag_chunks, "
-            "to_tsquery('english', %s) q "
-            f"WHERE tsv @@ q AND {where} ORDER BY ts_rank_cd(tsv, q) DESC, id LIMIT %s",
-            [tsquery, *args, k],
-        )
+        with self._conn() as conn:
+            row = conn.execute(
+                "SELECT array_agg(q.term) FROM unnest(tsvector_to_array("
+                "to_tsvector('english', %s))) q(term) WHERE coalesce((SELECT sum(t.chunks) FROM "
+                "rag_terms t WHERE t.dataset_id = ANY(%s) AND t.term = q.term), 0) <= %s",
+                [" ".join(terms), list(filters.dataset_ids), self.max_term_chunks],
+            ).fetchone()
+            if row is None or row[0] is None:
+                return []  # no term, or only common ones: the vector half carries the search
+            tsquery = " | ".join(_lexeme(term) for term in row[0])
+            rows = conn.execute(
+                f"SELECT {_COLUMNS}, ts_rank_cd(tsv, %s::tsquery) FROM rag_chunks "
+                f"WHERE tsv @@ %s::tsquery AND {where} "
+                "ORDER BY ts_rank_cd(tsv, %s::tsquery) DESC, id LIMIT %s",
+                [tsquery, tsquery, *args, tsquery, k],
+            ).fetchall()
         return [_hit(r) for r in rows]
 
     def close(self) -> None:
@@ -245,6 +302,11 @@ def _version(text: str) -> tuple[int, ...]:
 def _ef_search(k: int, share: float) -> int:
     """``ef_search`` for a filter keeping ``share`` of the chunks: about ``2k`` pass it."""
     return int(min(EF_SEARCH_MAX, max(EF_SEARCH, math.ceil(2 * k / max(share, 1e-9)))))
+
+
+def _lexeme(term: str) -> str:
+    """A lexeme quoted for tsquery input (no operator in it is read as one)."""
+    return "'" + term.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def _literal(vector: Vector) -> str:
