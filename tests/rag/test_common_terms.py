@@ -67,7 +67,7 @@ def pg_index(pgvector_url: str) -> Iterator[PgVectorIndex]:
 def test_pgvector_ranks_only_rare_terms(pg_index: PgVectorIndex) -> None:
     _check(pg_index)
     with psycopg.connect(pg_index.url, autocommit=True) as conn:
-        counts = dict(
+        counts: dict[str, int] = dict(
             conn.execute("SELECT term, chunks FROM rag_terms WHERE dataset_id = 'docs'").fetchall()
         )
         assert counts == {"garden": 5, "bed": 3, "0": 1, "1": 1, "2": 1, "zinnia": 1, "path": 1}
