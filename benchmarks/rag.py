@@ -16,6 +16,9 @@
 
     python benchmarks/rag.py                         # all three, 10k chunks
     python benchmarks/rag.py --only c --chunks 100000 --index pgvector
+
+``--max-term-chunks`` sets the common-terms cutoff (``rag.backends.base.MAX_TERM_CHUNKS``): a
+query term held by more chunks is left out of the keyword half (0: the default).
 """
 
 from __future__ import annotations
@@ -99,13 +102,14 @@ def _metrics(ranked: list[list[int]], questions: list[tuple[str, int, str]]) -> 
     return recall / len(questions), ndcg / len(questions)
 
 
-def bench_retrieval(model: object) -> None:
+def bench_retrieval(model: object, max_term_chunks: int = 0) -> None:
     from rag.backends.base import Filters, IndexedChunk
     from rag.backends.embedded import EmbeddedIndex
 
     passages, questions = retrieval_set()
     with tempfile.TemporaryDirectory() as tmp:
         index = EmbeddedIndex(f"sqlite:///{tmp}/index.db")
+        index.max_term_chunks = max_term_chunks or index.max_term_chunks
         vectors = model.encode([t for _, t in passages], batch_size=64)  # type: ignore[attr-defined]
         chunk_of: dict[str, int] = {}
         for i, ((_, text), vector) in enumerate(zip(passages, vectors, strict=True)):
@@ -128,7 +132,8 @@ def bench_retrieval(model: object) -> None:
             )
             results["bm25"].append([chunk_of[h.file_id] for h in index.keyword_search(q, flt, 10)])
     print(
-        f"(b) retrieval: {len(passages)} passages, {len(questions)} questions (one relevant each)"
+        f"(b) retrieval: {len(passages)} passages, {len(questions)} questions (one relevant each),"
+        f" common terms: in more than {index.max_term_chunks} chunks"
     )
     for name, ranked in results.items():
         recall, ndcg = _metrics(ranked, questions)
@@ -271,20 +276,31 @@ def _load_pgvector(index: object, n: int, dims: int, rng: np.random.Generator) -
     started = time.perf_counter()
     index._ensure_dims(dims)  # type: ignore[attr-defined]
     built = time.perf_counter() - started
+    started = time.perf_counter()
+    index.count_terms("lat")  # type: ignore[attr-defined]
+    counted = time.perf_counter() - started
     with conn_of() as conn:
         conn.execute("ANALYZE rag_chunks")
-    return f"COPY {copied:.1f}s, HNSW build {built:.1f}s ({n / built:.0f} vectors/s)"
+    return (
+        f"COPY {copied:.1f}s, HNSW build {built:.1f}s ({n / built:.0f} vectors/s), "
+        f"term counts {counted:.1f}s"
+    )
 
 
-def _latency(index: object, n: int, dims: int, queries: int, label: str) -> None:
+def _latency(
+    index: object, n: int, dims: int, queries: int, label: str, max_term_chunks: int
+) -> None:
     from rag.backends.base import Filters
 
+    if max_term_chunks:
+        index.max_term_chunks = max_term_chunks  # type: ignore[attr-defined]
     rng = np.random.default_rng(0)
     loader = _load_pgvector if label == "pgvector" else _load_embedded
     loaded = loader(index, n, dims, rng)
     flt = Filters(dataset_ids=("lat",))
     words = _texts(rng, queries + 5, 6)
     times: dict[str, list[float]] = {"vector": [], "hybrid": []}
+    keyword = sum(bool(index.keyword_search(w, flt, 1)) for w in words[5:])  # type: ignore[attr-defined]
     for i in range(queries + 5):
         q = rng.standard_normal(dims).astype(np.float32)
         t0 = time.perf_counter()
@@ -299,17 +315,19 @@ def _latency(index: object, n: int, dims: int, queries: int, label: str) -> None
         got.sort()
         p50, p99 = harness.percentile(got, 50) * 1000, harness.percentile(got, 99) * 1000
         figures.append(f"{name} p50 {p50:.1f} ms p99 {p99:.1f} ms")
-    print(f"    {label:>9} @ {n} chunks ({loaded}): {'; '.join(figures)} ({queries} queries)")
+    print(f"    {label:>9} @ {n} chunks ({loaded}): {'; '.join(figures)} ({queries} queries,"
+          f" {keyword} with a keyword half)")  # fmt: skip
 
 
-def bench_latency(n: int, queries: int, only: str | None) -> None:
+def bench_latency(n: int, queries: int, only: str | None, max_term_chunks: int) -> None:
     from rag.backends.embedded import EmbeddedIndex
     from rag.backends.pgvector import PgVectorIndex
 
     print("(c) search-only latency (query vector precomputed; vector half alone, and hybrid)")
     with tempfile.TemporaryDirectory() as tmp:
         if only in (None, "embedded"):
-            _latency(EmbeddedIndex(f"sqlite:///{tmp}/index.db"), n, 384, queries, "embedded")
+            _latency(EmbeddedIndex(f"sqlite:///{tmp}/index.db"), n, 384, queries, "embedded",
+                     max_term_chunks)  # fmt: skip
         if only == "embedded":
             return
         with warnings.catch_warnings():
@@ -319,7 +337,7 @@ def bench_latency(n: int, queries: int, only: str | None) -> None:
         server = pgserver.get_server(Path(tmp) / "pg", cleanup_mode="stop")  # type: ignore[attr-defined]
         try:
             _latency(PgVectorIndex(f"postgresql://postgres@/postgres?host={tmp}/pg"), n, 384,
-                     queries, "pgvector")  # fmt: skip
+                     queries, "pgvector", max_term_chunks)  # fmt: skip
         finally:
             server.cleanup()
 
@@ -331,6 +349,7 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=10_000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--index", choices=["embedded", "pgvector"], default=None)
+    parser.add_argument("--max-term-chunks", type=int, default=0)
     args = parser.parse_args()
     if args.only in (None, "a"):
         with harness.services() as bench:
@@ -340,9 +359,10 @@ def main() -> None:
 
         from inference.engines.embeddings_engine import packaged_minilm_path
 
-        bench_retrieval(SentenceTransformer(str(packaged_minilm_path()), device="cpu"))
+        model = SentenceTransformer(str(packaged_minilm_path()), device="cpu")
+        bench_retrieval(model, args.max_term_chunks)
     if args.only in (None, "c"):
-        bench_latency(args.chunks, args.queries, args.index)
+        bench_latency(args.chunks, args.queries, args.index, args.max_term_chunks)
 
 
 if __name__ == "__main__":
