@@ -263,7 +263,14 @@ class PgVectorIndex(ChunkIndex):
         matching, total, estimate = int(row[0]), int(row[1]), float(row[2])
         if total >= cap:
             total = max(int(estimate), total)
-        return matching, (matching / total if total else 1.0)
+        if matching >= cap:  # counted only up to the cap: the planner's estimate of the filter
+            plan = conn.execute(
+                f"EXPLAIN (FORMAT JSON) SELECT 1 FROM rag_chunks WHERE {where}", args
+            )
+            found = plan.fetchone()
+            assert found is not None
+            matching = max(matching, int(found[0][0]["Plan"]["Plan Rows"]))
+        return matching, (min(1.0, matching / total) if total else 1.0)
 
     def keyword_search(self, query: str, filters: Filters, k: int) -> list[SearchHit]:
         """``ts_rank_cd`` over the chunks holding one of the query's rare lexemes (the
