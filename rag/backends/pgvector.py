@@ -235,9 +235,11 @@ class PgVectorIndex(ChunkIndex):
     def _share(
         self, conn: psycopg.Connection[Any], dims: int, where: str, args: list[Any]
     ) -> tuple[int, float]:
-        """How many chunks the filter keeps (counted up to ``EXACT_LIMIT + 1``) and its share of
-        the index's chunks of this size (the planner's row estimate past that), remembered for
-        ``SHARE_TTL_SECONDS`` (it only picks the plan: a short HNSW answer is redone exactly)."""
+        """How many chunks the filter keeps and its share of the index's chunks of this size
+        (each counted up to ``EXACT_LIMIT + 1``, the planner's row estimates past that: a
+        capped count would make a whole-index filter look like a sliver and raise
+        ``ef_search``), remembered for ``SHARE_TTL_SECONDS`` (it only picks the plan: a short
+        HNSW answer is redone exactly)."""
         key = (where, repr(args))
         now = time.monotonic()
         known = self._shares.get(key)
