@@ -147,7 +147,7 @@ def test_joining_a_running_batch_keeps_both_continuations(tiny_engine: Transform
     running_prompt = "Conveyor turns every request into a job"
     joining_prompt = "x x x The quick brown fox jumps over"
     alone_running = asyncio.run(
-        tiny_engine.generate(_req(running_prompt, max_tokens=60, temperature=0))
+        tiny_engine.generate(_req(running_prompt, max_tokens=200, temperature=0))
     )
     alone_joining = asyncio.run(
         tiny_engine.generate(_req(joining_prompt, max_tokens=20, temperature=0))
@@ -155,12 +155,13 @@ def test_joining_a_running_batch_keeps_both_continuations(tiny_engine: Transform
 
     async def run() -> tuple[list[str], list[str], list[str]]:
         running = asyncio.create_task(
-            tiny_engine.generate(_req(running_prompt, max_tokens=60, temperature=0))
+            tiny_engine.generate(_req(running_prompt, max_tokens=200, temperature=0))
         )
         short = asyncio.create_task(tiny_engine.generate(_req("Hello", max_tokens=2, seed=3)))
-        await asyncio.sleep(0.15)  # both are decoding; the short one finishes and leaves
+        await short  # both decoded together; the short one finished and left the batch
+        assert not running.done()  # 200 tokens: still decoding, whatever the machine's speed
         joining = await tiny_engine.generate(_req(joining_prompt, max_tokens=20, temperature=0))
-        await short
+        assert not running.done()  # the newcomer joined a batch that was still running
         return (await running).texts, joining.texts, (await short).texts
 
     joined = tiny_engine.batches_joined
