@@ -171,7 +171,9 @@ class ProjectVolume(Base):
 
 class ProjectTcpProxy(Base):
     """A TCP entry point to one service of one environment; ``allowlist`` is
-    ``[{cidr, description}]`` (empty: every connection refused)."""
+    ``[{cidr, description}]`` (empty: every connection refused). A disabled proxy
+    (``DELETE`` without ``?permanent=true``) runs nothing but keeps its external port for the
+    service, as a NodePort allocation is kept."""
 
     __tablename__ = "project_tcp_proxies"
 
@@ -185,6 +187,7 @@ class ProjectTcpProxy(Base):
     external_port: Mapped[int] = mapped_column(Integer, unique=True)
     target_port: Mapped[int] = mapped_column(Integer)
     allowlist: Mapped[list[Any]] = mapped_column(JSONType, default=list)
+    enabled: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -744,6 +744,7 @@ def proxy_specs(session: Session, env: ProjectEnvironment) -> list[TcpProxySpec]
             allow=[str(a["cidr"]) for a in p.allowlist],
         )
         for p in repository.tcp_proxies(session, env.id)
+        if p.enabled
     ]
 
 
@@ -758,9 +759,14 @@ def apply_proxies(session: Session, project: Project, env: ProjectEnvironment) -
 def create_tcp_proxy(
     session: Session, project: Project, service: str, body: TcpProxyCreate
 ) -> ProjectTcpProxy:
+    """Open (or re-enable, on the port it kept) the service's TCP proxy."""
     env = get_environment(session, project, body.environment)
     for existing in repository.tcp_proxies(session, env.id):
         if existing.service == service:
+            if not existing.enabled:
+                existing.enabled = True
+                session.flush()
+                apply_proxies(session, project, env)
             return existing
     used = repository.used_external_ports(session)
     port = body.external_port
@@ -780,6 +786,7 @@ def create_tcp_proxy(
         external_port=port,
         target_port=body.target_port or project.port,
         allowlist=[],
+        enabled=True,
     )
     session.add(proxy)
     session.flush()
@@ -795,6 +802,7 @@ def tcp_proxy_view(proxy: ProjectTcpProxy) -> dict[str, Any]:
         "external_port": proxy.external_port,
         "target_port": proxy.target_port,
         "allowlist": proxy.allowlist,
+        "enabled": proxy.enabled,
         "created_at": iso(proxy.created_at),
     }
 
@@ -807,10 +815,17 @@ def service_proxy(session: Session, project: Project, service: str) -> ProjectTc
     raise NotFound(f"Service {service!r} has no TCP proxy.")
 
 
-def delete_tcp_proxy(session: Session, project: Project, service: str) -> None:
+def delete_tcp_proxy(
+    session: Session, project: Project, service: str, *, permanent: bool = False
+) -> None:
+    """Disable the service's TCP proxy: nothing listens any more, but the external port stays
+    the service's (re-enabling gets it back); ``permanent`` frees the port too."""
     proxy = service_proxy(session, project, service)
     env = get_environment(session, project, env_id=proxy.environment_id)
-    session.delete(proxy)
+    if permanent:
+        session.delete(proxy)
+    else:
+        proxy.enabled = False
     session.flush()
     apply_proxies(session, project, env)
 

@@ -452,7 +452,9 @@ def create_tcp_proxy(
 
 
 @router.delete(
-    "/services/{service_id}/tcp-proxy", status_code=204, summary="Close a service's TCP proxy"
+    "/services/{service_id}/tcp-proxy",
+    status_code=204,
+    summary="Disable a service's TCP proxy (it keeps its port; `?permanent=true` frees it)",
 )
 def delete_tcp_proxy(
     service_id: str,
@@ -461,7 +463,7 @@ def delete_tcp_proxy(
     query: Annotated[PermanentQuery, Query()],
 ) -> Response:
     project, name = service.find_service(db, principal.org_id, service_id)
-    service.delete_tcp_proxy(db, project, name)
+    service.delete_tcp_proxy(db, project, name, permanent=query.permanent)
     return Response(status_code=204)
 
 

@@ -210,3 +210,127 @@ def test_a_deployment_follows_its_job_and_concurrent_deploys(
     client.post(
         f"/v1/projects/{pid}/deployments/{last.json()['deployment_id']}/cancel", headers=org.headers
     )
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_services_tcp_proxy_permanence_logs_cap_secrets_at_rest_and_delete(
+    client: Any, org: Any, projects_backend: Any, tmp_path: Path
+) -> None:
+    """Services are declared and changed; a TCP proxy disabled without ``?permanent=true``
+    keeps its external port (no other service may take it; re-enabling gets it back) and
+    ``permanent`` frees it; the log tail is capped at 1000; env var values are encrypted in
+    the database; a repeated DELETE of a project answers the same job."""
+    from sqlalchemy import select
+
+    from projects.models import ProjectEnvVar
+    from store.db import session_scope
+
+    repo = tmp_path / "repo"
+    commit_version(repo, "v1")
+    pid = _project(client, org, repo)["id"]
+    other = _project(client, org, repo)["id"]
+
+    # ---- services: POST, GET, PATCH (409 on a duplicate, 404 on an unknown one)
+    body = {"name": "db", "command": "python db.py", "port": 5432}
+    created = client.post(f"/v1/projects/{pid}/services", json=body, headers=org.headers)
+    assert created.status_code == 201, created.text
+    svc = created.json()
+    assert svc["name"] == "db" and svc["port"] == 5432 and svc["id"].startswith("svc_")
+    dup = client.post(f"/v1/projects/{pid}/services", json=body, headers=org.headers)
+    assert dup.status_code == 409
+    patched = client.patch(
+        f"/v1/projects/{pid}/services/db", json={"replicas": 2}, headers=org.headers
+    ).json()
+    assert patched["replicas"] == 2 and patched["command"] == "python db.py"
+    got = client.get(f"/v1/projects/{pid}/services/db", headers=org.headers).json()
+    assert got == patched
+    assert client.get(f"/v1/projects/{pid}/services/nope", headers=org.headers).status_code == 404
+    other_svc = client.post(
+        f"/v1/projects/{other}/services", json={"name": "db", "port": 5432}, headers=org.headers
+    ).json()
+
+    # ---- TCP proxy: a real listener; disabling keeps the port, permanent frees it
+    base = f"/v1/services/{svc['id']}/tcp-proxy"
+    proxy = client.post(base, json={"target_port": 5432}, headers=org.headers)
+    assert proxy.status_code == 201, proxy.text
+    port = proxy.json()["external_port"]
+    assert proxy.json()["enabled"] is True and _listening(port)
+    allow = client.post(
+        f"{base}/allowlist", json={"cidr": "10.1.2.3", "description": "office"}, headers=org.headers
+    )
+    assert allow.status_code == 201
+    assert allow.json()["data"] == [{"cidr": "10.1.2.3/32", "description": "office"}]
+    bad = client.post(f"{base}/allowlist", json={"cidr": "not-a-cidr"}, headers=org.headers)
+    assert bad.status_code == 422
+
+    assert client.delete(base, headers=org.headers).status_code == 204
+    kept = client.get(base, headers=org.headers).json()
+    assert kept["enabled"] is False and kept["external_port"] == port
+    assert kept["allowlist"] == [{"cidr": "10.1.2.3/32", "description": "office"}]
+    assert not _listening(port)
+    taken = client.post(
+        f"/v1/services/{other_svc['id']}/tcp-proxy",
+        json={"external_port": port},
+        headers=org.headers,
+    )
+    assert taken.status_code == 409, taken.text  # the disabled proxy still holds its port
+    again = client.post(base, json={}, headers=org.headers)
+    assert again.status_code == 201
+    assert again.json()["external_port"] == port and again.json()["enabled"] is True
+    assert _listening(port)
+    assert (
+        client.delete(
+            f"{base}/allowlist", params={"cidr": "10.1.2.3/32"}, headers=org.headers
+        ).status_code
+        == 204
+    )
+    assert client.get(f"{base}/allowlist", headers=org.headers).json()["data"] == []
+
+    assert client.delete(f"{base}?permanent=true", headers=org.headers).status_code == 204
+    assert client.get(base, headers=org.headers).status_code == 404
+    assert not _listening(port)
+    freed = client.post(
+        f"/v1/services/{other_svc['id']}/tcp-proxy",
+        json={"external_port": port},
+        headers=org.headers,
+    )
+    assert freed.status_code == 201, freed.text  # the port is free for anyone now
+    client.delete(f"/v1/services/{other_svc['id']}/tcp-proxy?permanent=true", headers=org.headers)
+
+    # ---- logs: the tail is capped at 1000 lines
+    assert client.get(f"/v1/projects/{pid}/logs?tail=1001", headers=org.headers).status_code == 422
+    assert client.get(f"/v1/projects/{pid}/logs?tail=1000", headers=org.headers).status_code == 200
+
+    # ---- env var values are encrypted at rest, secret or not
+    client.post(
+        f"/v1/projects/{pid}/env-vars",
+        json={
+            "vars": [
+                {"key": "PLAIN_VALUE", "value": "visible-but-encrypted"},
+                {"key": "API_TOKEN", "value": "t0p-s3cret-value", "secret": True},
+            ]
+        },
+        headers=org.headers,
+    )
+    with session_scope() as session:
+        stored = [
+            row.value_encrypted
+            for row in session.scalars(
+                select(ProjectEnvVar).where(ProjectEnvVar.org_id == org.org_id)
+            )
+        ]
+    assert len(stored) == 2
+    assert not [v for v in stored if "visible-but-encrypted" in v or "t0p-s3cret-value" in v]
+
+    # ---- delete: 202 with a job, and the same job again (idempotent); the project is gone
+    first = client.delete(f"/v1/projects/{pid}", headers=org.headers)
+    assert first.status_code == 202, first.text
+    second = client.delete(f"/v1/projects/{pid}", headers=org.headers)
+    assert second.status_code == 202 and second.json()["job_id"] == first.json()["job_id"]
+    assert client.get(f"/v1/projects/{pid}", headers=org.headers).status_code == 404
