@@ -2,8 +2,9 @@
 worker, the router in front. Create, env vars (one secret), deploy, call through the router,
 redeploy a new commit, a concurrent deploy refused, roll back (first commit and env back), a
 failed health check leaves the old release serving, a killed replica restarts (``project.crashed``),
-volume data survives, logs (NDJSON and SSE) with the secret masked, TCP proxy allow-list, delete
-(no process, port or route left)."""
+volume data survives, logs (NDJSON and SSE) with the secret masked, TCP proxy allow-list, a deploy
+after the rollback keeps the current env vars, delete (no process, port, route, volume or env var
+left)."""
 
 from __future__ import annotations
 
@@ -87,6 +88,7 @@ def test_project_lifecycle_on_the_local_backend(
                 url="http://127.0.0.1:9/hook",
                 events=[
                     "project.crashed",
+                    "project.deploy.started",
                     "project.deploy.succeeded",
                     "project.rollback.succeeded",
                     "project.deploy.failed",
@@ -252,6 +254,7 @@ def test_project_lifecycle_on_the_local_backend(
     kinds = [d["event_type"] for d in deliveries["data"]]
     assert "project.crashed" in kinds
     assert {
+        "project.deploy.started",
         "project.deploy.succeeded",
         "project.rollback.succeeded",
         "project.deploy.failed",
@@ -282,7 +285,15 @@ def test_project_lifecycle_on_the_local_backend(
     usage = client.get("/v1/usage", headers=org.headers).json()
     assert usage["replica_seconds"] >= 1, usage
 
-    # ---- delete: no process, port or route left
+    # ---- a deploy after the rollback runs the env vars as they are now (the rollback's
+    # snapshot did not revert them), on the commit asked for
+    dep5 = _finish(client, org, pid, _deploy(client, org, pid, git_commit=c2))
+    assert dep5["status"] == "succeeded" and dep5["git_commit"] == c2, dep5
+    answer = _app(client, slug).json()
+    assert answer["version"] == "v2" and answer["greeting"] == "bonjour", answer
+    assert _app(client, slug, "/volume").json()["data"] == "one\n"  # still there
+
+    # ---- delete: no process, port, route, volume or env var left
     state = json.loads(
         (
             projects_backend.config.runtime_dir / "envs" / f"{slug}-production" / "state.json"
@@ -299,4 +310,15 @@ def test_project_lifecycle_on_the_local_backend(
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", p)) != 0
     assert not (projects_backend.config.runtime_dir / "routes" / f"{slug}-production.json").exists()
+    assert not (projects_backend.config.runtime_dir / "volumes" / f"{slug}-production").exists()
     assert _app(client, slug).status_code == 503
+    from sqlalchemy import func, select
+
+    from projects.models import ProjectEnvVar, ProjectTcpProxy, ProjectVolume
+
+    with session_scope() as session:
+        for model in (ProjectEnvVar, ProjectVolume, ProjectTcpProxy):
+            left = session.scalar(
+                select(func.count()).select_from(model).where(model.org_id == org.org_id)
+            )
+            assert left == 0, model
