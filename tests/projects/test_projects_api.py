@@ -149,6 +149,22 @@ def test_create_validation_conflicts_and_crud(
         == 409
     )
 
+    vols = client.get(f"/v1/projects/{pid}/volumes", headers=org.headers).json()["data"]
+    assert [(v["name"], v["mount_path"], v["size_gb"]) for v in vols] == [("data", "/data", 1)]
+    assert (
+        client.delete(
+            f"/v1/projects/{pid}/volumes/{vols[0]['id']}", headers=org.headers
+        ).status_code
+        == 204
+    )
+    assert client.get(f"/v1/projects/{pid}/volumes", headers=org.headers).json()["data"] == []
+    assert (
+        client.delete(
+            f"/v1/projects/{pid}/volumes/{vols[0]['id']}", headers=org.headers
+        ).status_code
+        == 404
+    )
+
     # a rollback to a deployment that does not exist; a deploy of an unknown environment
     assert (
         client.post(

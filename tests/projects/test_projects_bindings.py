@@ -144,3 +144,25 @@ def test_storage_binding_rotation_and_unbinding(
         headers=org.headers,
     )
     assert rebound.status_code == 201 and rebound.json()["applied"] is False
+
+    # deleting a storage deletes its blob resource (and its binding)
+    made = client.post(
+        f"/v1/projects/{pid}/storage", json={"name": "scratch"}, headers=org.headers
+    ).json()
+    assert _wait_resource(client, org, made["resource_id"])["status"] == "ready"
+    names = [
+        s["name"]
+        for s in client.get(f"/v1/projects/{pid}/storage", headers=org.headers).json()["data"]
+    ]
+    assert names == ["scratch"]
+    gone = client.delete(
+        f"/v1/projects/{pid}/storage/scratch?environment=production", headers=org.headers
+    )
+    assert gone.status_code == 204, gone.text
+    assert client.get(f"/v1/projects/{pid}/storage", headers=org.headers).json()["data"] == []
+    res = client.get(f"/v1/resources/{made['resource_id']}", headers=org.headers)
+    assert res.status_code == 404 or res.json()["status"] in ("deleting", "deleted"), res.text
+    again = client.delete(
+        f"/v1/projects/{pid}/storage/scratch?environment=production", headers=org.headers
+    )
+    assert again.status_code == 404
