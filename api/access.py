@@ -316,8 +316,9 @@ def audit_target(request: Request, type_: str, id_: str, action: str | None = No
 
 def audit_change(request: Request, principal: Principal, db: Session | None) -> None:
     """After a mutating call's endpoint returned: its record, in ``db`` (the change's own
-    transaction) or, for routes without one, in a small transaction of its own."""
-    if request.method not in MUTATING:
+    transaction) or, for routes without one, in a small transaction of its own. A call whose
+    change already carried its record (``audit_in``) gets no second one."""
+    if request.method not in MUTATING or getattr(request.state, AUDITED, False):
         return
     meta = route_access(request.scope.get("route"))
     if meta is None or meta.scope is None:
@@ -337,6 +338,17 @@ def audit_change(request: Request, principal: Principal, db: Session | None) -> 
         target_type=target_type,
         target_id=target_id,
     )
+
+
+AUDITED = "audit_recorded"
+
+
+def audit_in(db: Session, request: Request, principal: Principal) -> None:
+    """Write a mutating call's audit record in ``db``, the transaction of its change (a route
+    whose principal holds no session, e.g. an inference call creating its job), and mark the
+    request so the after-response hook writes nothing more: one commit, not two."""
+    audit_change(request, principal, db)
+    setattr(request.state, AUDITED, True)
 
 
 def _target(

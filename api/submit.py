@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi import Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
+from api import access
 from jobs.service import create_job
 from jobs.views import job_to_dict
 from store.db import session_scope
@@ -27,14 +29,22 @@ def submit_job(db: Session, principal: Principal, kind: str, payload: dict[str, 
 
 
 def submit_job_now(
-    principal: Principal, kind: str, payload: dict[str, Any], *, webhook: bool = True
+    principal: Principal,
+    kind: str,
+    payload: dict[str, Any],
+    *,
+    webhook: bool = True,
+    request: Request | None = None,
 ) -> tuple[Job, Any]:
     """For async routes that hold no request session: the same creation in a transaction of its
     own, committed (and the job sent) before returning; also returns the per-job webhook view
-    (``webhook=False``: a caller that answers with the job's output, not the job, skips it)."""
+    (``webhook=False``: a caller that answers with the job's output, not the job, skips it).
+    With ``request``, the call's audit record is written in the same transaction."""
     with session_scope() as db:
         db.info[outbox.ON_SEND_FAILURE] = "reject"
         job = create_job(db, kind, principal.org_id, payload)
+        if request is not None:
+            access.audit_in(db, request, principal)
         view = job_webhook_view(db, job.id, with_secret=True) if webhook else None
     return job, view
 

@@ -62,6 +62,11 @@ class JobContext:
         if time.monotonic() - self._last_flush >= PROGRESS_FLUSH_SECONDS:
             self.flush_progress()
 
+    def final_progress(self, **counters: Any) -> None:
+        """Set counters that are written with the job's final transition only (no write of
+        their own): what the job's completion reads, such as its usage."""
+        self._pending.update(counters)
+
     def flush_progress(self) -> None:
         if not self._pending:
             return

@@ -92,24 +92,34 @@ def get_counter(session: Session | Connection, org_id: str, period: str, metric:
 
 def add_to_counter(session: Session, org_id: str, period: str, metric: str, amount: int) -> None:
     """Atomic upsert-increment (safe under concurrent workers on PostgreSQL and SQLite)."""
-    values: dict[str, Any] = {
-        "org_id": org_id,
-        "period": period,
-        "metric": metric,
-        "amount": amount,
-    }
-    dialect = session.get_bind().dialect.name
+    add_to_counters(session, org_id, period, {metric: amount})
+
+
+def add_to_counters(
+    executor: Session | Connection, org_id: str, period: str, amounts: dict[str, int]
+) -> None:
+    """Upsert-increment several metrics in one statement. Rows are written in metric order, so
+    two writers of the same organisation's counters take the row locks in the same order."""
+    rows: list[dict[str, Any]] = [
+        {"org_id": org_id, "period": period, "metric": metric, "amount": amount}
+        for metric, amount in sorted(amounts.items())
+        if amount > 0
+    ]
+    if not rows:
+        return
+    bind = executor.get_bind() if isinstance(executor, Session) else executor
+    dialect = bind.dialect.name
     if dialect == "postgresql":
-        pg = pg_insert(UsageCounter).values(**values)
-        session.execute(
+        pg = pg_insert(UsageCounter).values(rows)
+        executor.execute(
             pg.on_conflict_do_update(
                 index_elements=["org_id", "period", "metric"],
                 set_={"amount": UsageCounter.amount + pg.excluded.amount},
             )
         )
     elif dialect == "sqlite":
-        lite = sqlite_insert(UsageCounter).values(**values)
-        session.execute(
+        lite = sqlite_insert(UsageCounter).values(rows)
+        executor.execute(
             lite.on_conflict_do_update(
                 index_elements=["org_id", "period", "metric"],
                 set_={"amount": UsageCounter.amount + lite.excluded.amount},

@@ -135,6 +135,11 @@ def record_usage(session: Session, org_id: str, metric: str, amount: int) -> Non
     repository.add_to_counter(session, org_id, period_key(), metric, amount)
 
 
+def record_usages(executor: Session | Connection, org_id: str, amounts: dict[str, int]) -> None:
+    """Add several metrics' usage to this month in one statement (the inference job path)."""
+    repository.add_to_counters(executor, org_id, period_key(), amounts)
+
+
 def pages_used(session: Session | Connection, org_id: str, now: datetime | None = None) -> int:
     start, _ = current_period(now)
     from_jobs = repository.pages_crawled_since(session, org_id, start, CRAWL_KINDS)

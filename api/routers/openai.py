@@ -164,21 +164,28 @@ def _wants_async(async_: bool, prefer: str | None) -> bool:
 
 
 async def _create(
-    principal: Principal, payload: InferenceJobInput, *, webhook: bool
+    principal: Principal,
+    payload: InferenceJobInput,
+    *,
+    webhook: bool,
+    request: Request | None = None,
 ) -> tuple[Job, Any]:
-    """Create the inference job (sent once committed); also its per-job webhook view when the
-    answer is the job (202), not the generation."""
+    """Create the inference job (sent once committed), with the call's audit record in the same
+    transaction when ``request`` is given; also its per-job webhook view when the answer is the
+    job (202), not the generation."""
     return await run_in_threadpool(
-        functools.partial(submit_job_now, webhook=webhook),
+        functools.partial(submit_job_now, webhook=webhook, request=request),
         principal,
         "inference",
         payload.model_dump(mode="json", exclude_none=True),
     )
 
 
-async def submit_inference(principal: Principal, payload: InferenceJobInput) -> JSONResponse:
+async def submit_inference(
+    principal: Principal, payload: InferenceJobInput, request: Request | None = None
+) -> JSONResponse:
     """Create the inference job and answer 202 with it."""
-    job, webhook = await _create(principal, payload, webhook=True)
+    job, webhook = await _create(principal, payload, webhook=True, request=request)
     return accepted(job, webhook=webhook)
 
 
@@ -260,7 +267,7 @@ class _ClientGone(Exception):
 
 async def _run_sync(request: Request, principal: Principal, payload: InferenceJobInput) -> Any:
     """Create the job, wait for its body (or stream it), cancel it when the client leaves."""
-    job, _ = await _create(principal, payload, webhook=False)
+    job, _ = await _create(principal, payload, webhook=False, request=request)
     waiter = _Waiter(job.id, request)
     headers = {"X-Conveyor-Job-Id": job.id}
     try:
@@ -468,6 +475,6 @@ async def _dispatch(
     if _wants_async(async_, prefer):
         raw["stream"] = False
         payload = InferenceJobInput(operation=operation, body=raw, relay=False)  # type: ignore[arg-type]
-        return await submit_inference(principal, payload)
+        return await submit_inference(principal, payload, request)
     payload = InferenceJobInput(operation=operation, body=raw, relay=True)  # type: ignore[arg-type]
     return await _run_sync(request, principal, payload)

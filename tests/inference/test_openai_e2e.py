@@ -49,7 +49,9 @@ def test_models_lists_chat_and_embedding_models(ai: openai.OpenAI) -> None:
     assert models["all-MiniLM-L6-v2"].model_extra == {"kind": "embedding"}
 
 
-def test_chat_completion_with_usage_recorded_per_org(ai: openai.OpenAI, tenant: OrgKey) -> None:
+def test_chat_completion_with_usage_recorded_per_org(
+    ai: openai.OpenAI, tenant: OrgKey, stack: Stack
+) -> None:
     first = ai.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=9, seed=4)
     again = ai.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=9, seed=4)
     choice = first.choices[0]
@@ -81,6 +83,15 @@ def test_chat_completion_with_usage_recorded_per_org(ai: openai.OpenAI, tenant: 
     assert prompt >= 2 * first.usage.prompt_tokens
     assert completion >= 18
     assert gpu >= 2
+    # Each call's audit record is written with its job (one transaction), exactly once.
+    log = httpx.get(
+        f"{stack.url}/v1/audit-log",
+        params={"limit": 200},
+        headers={"Authorization": f"Bearer {tenant.key}"},
+    ).json()["data"]
+    chats = [r for r in log if r["action"] == "inference.completions"]
+    assert len(chats) == 2, log
+    assert all(r["status"] == 200 and r["actor"]["key_id"] for r in chats)
 
 
 def test_chat_stream_relays_the_same_text(ai: openai.OpenAI) -> None:
