@@ -10,8 +10,10 @@ announce the models they serve in the hash ``conveyor:inference:models``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -43,12 +45,56 @@ class RelayEvent:
 
 
 async def publish(redis: Redis, job_id: str, type_: EventType, data: str = "") -> None:
-    key = events_key(job_id)
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.xadd(key, {"t": type_, "d": data})
-        if type_ in ("started", "end", "error", "result"):
-            pipe.expire(key, EVENT_TTL_SECONDS)
-        await pipe.execute()
+    """Append an event to the job's stream; returns once it is in Redis.
+
+    Every job a worker process relays at once writes through one :class:`RelayWriter` per Redis
+    client: events published while a write is in flight go together in the next pipeline (one
+    round trip and one connection checkout for all of them, not one per event and job)."""
+    writer = _WRITERS.get(redis)
+    if writer is None:
+        writer = _WRITERS[redis] = RelayWriter(redis)
+    await writer.publish(job_id, type_, data)
+
+
+class RelayWriter:
+    """Group-writes relay events: a caller's event joins the pending batch, and one flushing
+    task sends each batch as a pipeline (events of a job stay in order: batches are sent one
+    after another, in the order their events were published)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._pending: list[tuple[str, EventType, str, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def publish(self, job_id: str, type_: EventType, data: str) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((job_id, type_, data, done))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush())
+        await done
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for job_id, type_, data, _ in batch:
+                        key = events_key(job_id)
+                        pipe.xadd(key, {"t": type_, "d": data})
+                        if type_ in ("started", "end", "error", "result"):
+                            pipe.expire(key, EVENT_TTL_SECONDS)
+                    await pipe.execute()
+            except Exception as exc:  # every waiter of the batch sees the failure
+                for *_, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+            else:
+                for *_, done in batch:
+                    if not done.done():
+                        done.set_result(None)
+
+
+_WRITERS: weakref.WeakKeyDictionary[Redis, RelayWriter] = weakref.WeakKeyDictionary()
 
 
 async def read(
