@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from pydantic import BaseModel
+from pydantic import BaseModel, field_serializer, field_validator
 
 from deployments.backends.local import free_port, process_matches, tail_lines
 from projects.backends.base import (
@@ -102,6 +102,23 @@ class Replica(BaseModel):
     next_restart_at: float | None = None
     started_at: float = 0.0
     health_path: str | None = None  # web: probed before a restarted replica gets traffic
+
+    # The environment's variables (secrets among them) are encrypted in ``state.json`` with
+    # the credentials' key, as in the database; the replica's restart decrypts them.
+    @field_serializer("env")
+    def _seal_env(self, env: dict[str, str]) -> str:
+        from resources.service import credential_box
+
+        return credential_box().encrypt({"env": env})
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _open_env(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            from resources.service import credential_box
+
+            return credential_box().decrypt(value).get("env", {})
+        return value
 
     @property
     def url(self) -> str:

@@ -46,8 +46,13 @@ def _release(backend: LocalProjectsBackend, env: EnvironmentRef, repo: Path, dep
     )
 
 
+SECRET = "s3cret-value-in-state"
+
+
 def _deploy(backend: LocalProjectsBackend, env: EnvironmentRef, repo: Path, dep: str) -> Any:
-    release = _release(backend, env, repo, dep)
+    release = _release(backend, env, repo, dep).model_copy(
+        update={"env_vars": {"API_TOKEN": SECRET}, "secret_keys": ["API_TOKEN"]}
+    )
     return release.artifact, backend.rollout(release, None, timeout_s=20)
 
 
@@ -71,11 +76,16 @@ def test_restart_ports_reuse_and_teardown(projects_backend: Any, tmp_path: Path)
         ]
     ]
     assert len(ports) == len(set(ports)) == 6  # no collision across environments
+    # the replicas' variables are encrypted in the state file (the secret is not on disk)
+    for state in (rt / "envs").glob("*/state.json"):
+        assert SECRET not in state.read_text()
 
     # a new backend instance (an API or worker restart) sees the same live processes
     again = LocalProjectsBackend(runtime.local_config(get_settings()))
     seen = again.status(a, None)
     assert seen.status == "running" and seen.ready_replicas == 3 and not seen.crashes
+    reloaded = again._load(a)  # decrypted again for a replica's restart
+    assert all(r.env.get("API_TOKEN") == SECRET for r in reloaded.replicas)
     assert seen.active_deployment_id == "d1"
 
     # the same commit again: the artifact is reused, not rebuilt
