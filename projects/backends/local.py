@@ -7,7 +7,8 @@ Layout under the runtime directory (``CONVEYOR_PROJECTS_RUNTIME_DIR``, default
     builds/<project>/mirror.git          a bare mirror of the repository (fetched per build)
     builds/<project>/<commit>/src        the checkout at the commit
     builds/<project>/<commit>/venv       its venv (kept: a rollback starts in seconds)
-    envs/<slug>-<env>/state.json         the environment's replicas (pid + start time) and proxies
+    envs/<slug>-<env>/state.json         the environment's replicas (pid + start time; their env
+                                         vars encrypted with the credentials' key) and proxies
     envs/<slug>-<env>/logs/<deployment>/<service>.<n>.log
     volumes/<slug>-<env>/<name>          persistent volumes (survive deploys and restarts)
     routes/<slug>-<env>.json             what the router sends traffic to (atomically replaced)
