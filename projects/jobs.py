@@ -123,7 +123,9 @@ def _wait_turn(ctx: JobContext, job: ProjectJobInput) -> None:
 def run_deploy(ctx: JobContext) -> dict[str, Any] | None:
     """Build (unless a rollback) and roll out one deployment of one environment."""
     job = ProjectJobInput.model_validate(ctx.input)
+    marks = [("start", time.monotonic())]
     _wait_turn(ctx, job)
+    marks.append(("turn", time.monotonic()))
     backend = get_backend()
     settings = get_settings()
     with session_scope() as session:
@@ -163,7 +165,7 @@ def run_deploy(ctx: JobContext) -> dict[str, Any] | None:
         if len(lines) % 50 == 0:
             _store_build_log(job, lines)
 
-    marks = [("start", time.monotonic())]
+    marks.append(("prepare", time.monotonic()))
     try:
         if rollback_source is None:
             artifact = backend.build(

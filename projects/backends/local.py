@@ -85,6 +85,11 @@ class LocalProjectsConfig:
     base_env: dict[str, str] = field(default_factory=dict)
 
 
+#: Between two health probes of a starting replica (a local connection: cheap; traffic
+#: switches this much sooner after the app listens).
+HEALTH_POLL_S = 0.01
+
+
 class Replica(BaseModel):
     id: str
     deployment_id: str
@@ -237,7 +242,8 @@ class LocalProjectsBackend(Backend):
             _git("clone", "--quiet", "--no-checkout", repo, str(scratch / "src"))
             wanted = commit or spec.source.git_commit or "HEAD"
             _git("checkout", "--quiet", wanted, cwd=scratch / "src")
-            commit = _git("rev-parse", "HEAD", cwd=scratch / "src")
+            # a resolved commit is already the full SHA checked out
+            commit = wanted if len(wanted) == 40 else _git("rev-parse", "HEAD", cwd=scratch / "src")
             log(f"commit {commit}")
             target = base / commit
             if (target / ".ready").exists():
@@ -462,7 +468,7 @@ class LocalProjectsBackend(Backend):
                     new,
                     f"{release.health_check_path} did not answer 2xx/3xx within {timeout_s:.0f}s",
                 )
-            time.sleep(0.02)
+            time.sleep(HEALTH_POLL_S)
 
     def _healthy(self, port: int, path: str) -> bool:
         """One health probe: a 2xx/3xx answer to GET ``path`` (a plain connection, no client

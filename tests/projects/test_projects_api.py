@@ -348,5 +348,9 @@ def test_services_tcp_proxy_permanence_logs_cap_secrets_at_rest_and_delete(
     first = client.delete(f"/v1/projects/{pid}", headers=org.headers)
     assert first.status_code == 202, first.text
     second = client.delete(f"/v1/projects/{pid}", headers=org.headers)
-    assert second.status_code == 202 and second.json()["job_id"] == first.json()["job_id"]
+    # while the deletion runs: the same job; once it finished (the test worker is quick), the
+    # project is gone and a repeat answers 404 like any missing project (DELETE is idempotent)
+    assert second.status_code in (202, 404), second.text
+    if second.status_code == 202:
+        assert second.json()["job_id"] == first.json()["job_id"]
     assert client.get(f"/v1/projects/{pid}", headers=org.headers).status_code == 404
