@@ -37,6 +37,17 @@ def _insert(executor: Executor, model: Any) -> Any:
     raise RuntimeError(f"unsupported dialect {dialect}")  # pragma: no cover
 
 
+#: What an inserted event returns: the columns its rollup adds up.
+_INSERTED = (
+    UsageEvent.org_id,
+    UsageEvent.period,
+    UsageEvent.occurred_at,
+    UsageEvent.meter,
+    UsageEvent.dimension,
+    UsageEvent.quantity,
+)
+
+
 def insert_events(session: Executor, rows: Sequence[dict[str, Any]]) -> list[Any]:
     """Insert events, skipping any whose idempotency key exists; the rows actually inserted."""
     if not rows:
@@ -45,14 +56,7 @@ def insert_events(session: Executor, rows: Sequence[dict[str, Any]]) -> list[Any
         _insert(session, UsageEvent)
         .values(list(rows))
         .on_conflict_do_nothing(index_elements=["idempotency_key"])
-        .returning(
-            UsageEvent.org_id,
-            UsageEvent.period,
-            UsageEvent.occurred_at,
-            UsageEvent.meter,
-            UsageEvent.dimension,
-            UsageEvent.quantity,
-        )
+        .returning(*_INSERTED)
     )
     return list(session.execute(stmt).all())
 
@@ -113,14 +117,7 @@ def insert_events_ctes(source: Any) -> tuple[Any, Any]:
         pg_insert(UsageEvent)
         .from_select(names, select(*(source.c[name] for name in names)))
         .on_conflict_do_nothing(index_elements=["idempotency_key"])
-        .returning(
-            UsageEvent.org_id,
-            UsageEvent.period,
-            UsageEvent.occurred_at,
-            UsageEvent.meter,
-            UsageEvent.dimension,
-            UsageEvent.quantity,
-        )
+        .returning(*_INSERTED)
         .cte("usage_ins")
     )
     # Constants as SQL literals: the grouped expression must match the selected one exactly.

@@ -90,16 +90,12 @@ def get_counter(session: Session | Connection, org_id: str, period: str, metric:
     return int(value or 0)
 
 
-def add_to_counter(session: Session, org_id: str, period: str, metric: str, amount: int) -> None:
-    """Atomic upsert-increment (safe under concurrent workers on PostgreSQL and SQLite)."""
-    add_to_counters(session, org_id, period, {metric: amount})
-
-
 def add_to_counters(
     executor: Session | Connection, org_id: str, period: str, amounts: dict[str, int]
 ) -> None:
-    """Upsert-increment several metrics in one statement. Rows are written in metric order, so
-    two writers of the same organisation's counters take the row locks in the same order."""
+    """Atomic upsert-increment of several metrics in one statement (safe under concurrent
+    workers on PostgreSQL and SQLite). Rows are written in metric order, so two writers of the
+    same organisation's counters take the row locks in the same order."""
     rows: list[dict[str, Any]] = [
         {"org_id": org_id, "period": period, "metric": metric, "amount": amount}
         for metric, amount in sorted(amounts.items())

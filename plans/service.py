@@ -132,7 +132,7 @@ def record_usage(session: Session, org_id: str, metric: str, amount: int) -> Non
     """Add metered usage (e.g. ``record_usage(s, org, "gpu_seconds", 12)``) to this month."""
     if amount <= 0:
         return
-    repository.add_to_counter(session, org_id, period_key(), metric, amount)
+    repository.add_to_counters(session, org_id, period_key(), {metric: amount})
 
 
 def record_usages(executor: Session | Connection, org_id: str, amounts: dict[str, int]) -> None:

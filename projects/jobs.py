@@ -29,6 +29,8 @@ from projects.backends.base import (
     ServiceResources,
     ServiceSpec,
     VolumeSpec,
+    decrypt_env,
+    encrypt_env,
     reason,
 )
 from projects.models import Project, ProjectDeployment, ProjectEnvironment
@@ -142,14 +144,14 @@ def run_deploy(ctx: JobContext) -> dict[str, Any] | None:
             bound = service.bound_env(session, env)  # resources' variables; own vars win
             secret_keys = sorted({*secret_keys, *(k for k in bound if k not in values)})
             values = {**bound, **values}
-            dep.env_encrypted = service.encrypt_env(values)
+            dep.env_encrypted = encrypt_env(values)
             dep.secret_keys = secret_keys
             volumes = [
                 VolumeSpec(id=v.id, name=v.name, mount_path=v.mount_path, size_gb=v.size_gb)
                 for v in repository.volumes(session, project.id)
             ]
         else:
-            values, secret_keys = service.decrypt_env(dep.env_encrypted), list(dep.secret_keys)
+            values, secret_keys = decrypt_env(dep.env_encrypted), list(dep.secret_keys)
             volumes = []
         secrets = service.secret_values(session, env) + [
             values[k] for k in secret_keys if values.get(k)

@@ -31,6 +31,7 @@ from projects.backends.base import (
     SourceSpec,
     TcpProxySpec,
     UnsupportedBuild,
+    decrypt_env,
 )
 from projects.errors import DeployInProgress, ProjectNotFound, UnsupportedOnBackend
 from projects.models import (
@@ -588,16 +589,6 @@ def env_snapshot(session: Session, env: ProjectEnvironment) -> tuple[dict[str, s
         if row.secret:
             secret_keys.append(row.key)
     return values, secret_keys
-
-
-def encrypt_env(values: dict[str, str]) -> str:
-    return credential_box().encrypt({"env": values})
-
-
-def decrypt_env(token: str | None) -> dict[str, str]:
-    if not token:
-        return {}
-    return {k: str(v) for k, v in credential_box().decrypt(token).get("env", {}).items()}
 
 
 def secret_values(session: Session, env: ProjectEnvironment) -> list[str]:

@@ -337,3 +337,19 @@ class Backend(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release clients held by the backend."""
+
+
+def encrypt_env(values: dict[str, str]) -> str:
+    """A project's env vars (secrets among them) sealed with the resources' credentials key:
+    a deployment's snapshot in the database, a replica's variables in the local state file."""
+    from resources.service import credential_box
+
+    return credential_box().encrypt({"env": values})
+
+
+def decrypt_env(token: str | None) -> dict[str, str]:
+    if not token:
+        return {}
+    from resources.service import credential_box
+
+    return {k: str(v) for k, v in credential_box().decrypt(token).get("env", {}).items()}

@@ -63,6 +63,8 @@ from projects.backends.base import (
     SourceSpec,
     TcpProxySpec,
     UnsupportedBuild,
+    decrypt_env,
+    encrypt_env,
     reason,
 )
 
@@ -113,18 +115,12 @@ class Replica(BaseModel):
     # the credentials' key, as in the database; the replica's restart decrypts them.
     @field_serializer("env")
     def _seal_env(self, env: dict[str, str]) -> str:
-        from resources.service import credential_box
-
-        return credential_box().encrypt({"env": env})
+        return encrypt_env(env)
 
     @field_validator("env", mode="before")
     @classmethod
     def _open_env(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            from resources.service import credential_box
-
-            return credential_box().decrypt(value).get("env", {})
-        return value
+        return decrypt_env(value) if isinstance(value, str) else value
 
     @property
     def url(self) -> str:
