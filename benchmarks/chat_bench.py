@@ -179,6 +179,7 @@ def _started(
         device=args.device,
         max_batch_size=batch_size,
         batch_wait_ms=settings.inference_batch_wait_ms,
+        cpu_threads=settings.inference_cpu_threads,  # the workers' setting: the same threads
     )
     stack = Stack(dict(os.environ), concurrency=batch_size, log_dir=work / "logs")
     try:

@@ -101,6 +101,11 @@ class Settings(BaseSettings):
     inference_relay_flush_ms: float = 10.0
     inference_default_max_tokens: int = 256
     inference_tensor_parallel_size: int = 1
+    # PyTorch's intra-op threads for models on the CPU (0: one core fewer than the machine has,
+    # at least one: the API, the Celery threads and the relay share the machine with the engine,
+    # and a thread per core only spins against them — on 2 cores the tiny model decodes as fast
+    # on 1 thread as on 2, with half the CPU).
+    inference_cpu_threads: int = Field(default=0, ge=0)
     inference_default_embedding: bool = True  # serve the packaged all-MiniLM-L6-v2
     inference_wait_seconds: float = 600.0  # the API gives up on a sync request after this
 

@@ -51,6 +51,7 @@ class EngineOptions:
     batch_wait_ms: float = default("inference_batch_wait_ms")
     default_max_tokens: int = default("inference_default_max_tokens")
     tensor_parallel_size: int = default("inference_tensor_parallel_size")
+    cpu_threads: int = default("inference_cpu_threads")
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> EngineOptions:
@@ -68,7 +69,11 @@ def create_engine(spec: ModelSpec, options: EngineOptions | None = None) -> Engi
     opts = options or EngineOptions()
     if spec.kind == "embedding":
         return SentenceTransformerEngine(
-            spec.name, spec.path, device=opts.device, batch_wait_ms=opts.batch_wait_ms
+            spec.name,
+            spec.path,
+            device=opts.device,
+            batch_wait_ms=opts.batch_wait_ms,
+            cpu_threads=opts.cpu_threads,
         )
     if opts.engine == "vllm" or (opts.engine == "auto" and vllm_available()):
         return VLLMEngine(
@@ -84,4 +89,5 @@ def create_engine(spec: ModelSpec, options: EngineOptions | None = None) -> Engi
         max_batch_size=opts.max_batch_size,
         batch_wait_ms=opts.batch_wait_ms,
         default_max_tokens=opts.default_max_tokens,
+        cpu_threads=opts.cpu_threads,
     )

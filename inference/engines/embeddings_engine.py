@@ -19,7 +19,7 @@ from typing import Any
 
 from inference.engines import batching
 from inference.engines.base import EmbeddingEngine, EmbeddingOutput
-from inference.engines.transformers_engine import resolve_device
+from inference.engines.transformers_engine import resolve_device, use_cpu_threads
 from inference.errors import EngineUnavailableError, InvalidRequestError
 
 logger = logging.getLogger(__name__)
@@ -64,10 +64,12 @@ class SentenceTransformerEngine(EmbeddingEngine):
         device: str = "auto",
         max_batch_texts: int = 256,
         batch_wait_ms: float = 5.0,
+        cpu_threads: int = 0,
     ) -> None:
         super().__init__(name)
         self.path = Path(path)
         self.device = device
+        self.cpu_threads = cpu_threads
         self.max_batch_texts = max_batch_texts
         self.batch_wait_s = batch_wait_ms / 1000.0
         self._model: Any = None
@@ -99,6 +101,7 @@ class SentenceTransformerEngine(EmbeddingEngine):
 
         hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         self.device = resolve_device(self.device)
+        use_cpu_threads(self.device, self.cpu_threads)
         model = SentenceTransformer(str(self.path), device=self.device, local_files_only=True)
         model.eval()
         self._model = model

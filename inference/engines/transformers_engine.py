@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
 import threading
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -49,6 +50,17 @@ def resolve_device(device: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def use_cpu_threads(device: str, threads: int) -> None:
+    """Set PyTorch's intra-op threads for a model on the CPU (process-wide): ``threads``, or
+    with 0 one core fewer than the machine has (at least one), leaving a core to the Python
+    threads and processes beside the engine."""
+    if device != "cpu":
+        return
+    import torch
+
+    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) - 1))
 
 
 @dataclass
@@ -134,10 +146,12 @@ class TransformersEngine(ChatEngine):
         max_batch_size: int = 32,
         batch_wait_ms: float = 5.0,
         default_max_tokens: int = 256,
+        cpu_threads: int = 0,
     ) -> None:
         super().__init__(name)
         self.path = Path(path)
         self.device = device
+        self.cpu_threads = cpu_threads
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_ms / 1000.0
         self.default_max_tokens = default_max_tokens
@@ -174,6 +188,7 @@ class TransformersEngine(ChatEngine):
 
         hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         self.device = resolve_device(self.device)
+        use_cpu_threads(self.device, self.cpu_threads)
         dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
         tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
         model: Any = AutoModelForCausalLM.from_pretrained(

@@ -169,3 +169,30 @@ def test_joining_a_running_batch_keeps_both_continuations(tiny_engine: Transform
     assert tiny_engine.batches_joined > joined  # the newcomer was prefilled on its own
     assert running_texts == alone_running.texts
     assert joining_texts == alone_joining.texts
+
+
+def test_cpu_threads_default_leaves_a_core_to_the_platform(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A CPU engine sets PyTorch's intra-op threads: the setting, or one core fewer than the
+    machine has (at least one); a GPU engine leaves them alone."""
+    import os
+
+    import torch
+
+    from inference.engines.transformers_engine import use_cpu_threads
+
+    before = torch.get_num_threads()
+    try:
+        use_cpu_threads("cpu", 3)
+        assert torch.get_num_threads() == 3
+        monkeypatch.setattr(os, "cpu_count", lambda: 2)
+        use_cpu_threads("cpu", 0)
+        assert torch.get_num_threads() == 1
+        monkeypatch.setattr(os, "cpu_count", lambda: 16)
+        use_cpu_threads("cpu", 0)
+        assert torch.get_num_threads() == 15
+        use_cpu_threads("cuda", 4)
+        assert torch.get_num_threads() == 15
+    finally:
+        torch.set_num_threads(before)
