@@ -20,8 +20,8 @@ from config import get_settings
 
 #: A short connect timeout, so a health check or a request fails fast when Redis is down.
 CONNECT_TIMEOUT_S = 2.0
-#: One event loop's connections to one Redis: redis-py's asyncio default (100) is reached by an
-#: API relaying 100 streams (each a blocking XREAD) or a worker running 100 inference jobs.
+#: One event loop's connections to one Redis: redis-py's asyncio default (100) is reached by a
+#: worker running 100 inference jobs (its relay writes and cancel checks) or a busy API.
 ASYNC_MAX_CONNECTIONS = 4096
 #: Sync calls never block for long (the async clients' reads may block on purpose: XREAD).
 SOCKET_TIMEOUT_S = 5.0

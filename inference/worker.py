@@ -181,15 +181,14 @@ STORE_CANCEL_CHECK_SECONDS = 1.0
 
 
 async def _watch_cancel(redis: Redis, job_id: str, hooks: JobHooks) -> None:
-    """Return once the API signals a cancel (a blocking wait on the relay, no polling) or the
-    store says the job was cancelled."""
-    if await relay.cancel_requested(redis, job_id):  # flagged before the job started
-        return
-    while True:
-        if await relay.wait_cancel(redis, job_id, STORE_CANCEL_CHECK_SECONDS):
-            return
-        if await asyncio.to_thread(hooks.cancelled):
-            return
+    """Return once the API signals a cancel (the process's one subscription wakes it, no
+    polling of Redis) or the store says the job was cancelled."""
+    async with relay.cancel_watch(redis, job_id) as cancelled:
+        while not cancelled.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(cancelled.wait(), STORE_CANCEL_CHECK_SECONDS)
+            if not cancelled.is_set() and await asyncio.to_thread(hooks.cancelled):
+                return
 
 
 async def _dispatch(

@@ -312,6 +312,9 @@ async def _relay_text(job_id: str, calls: dict[int, dict[str, Any]]) -> AsyncIte
                     raise failure
             continue
         after = events[-1].id
+        # The text of everything read at once goes out as one piece: a reader that fell behind
+        # (a busy socket, a loaded API) gets fewer, larger deltas instead of a frame per token.
+        texts: list[str] = []
         for event in events:
             if event.type == "chunk":
                 for line in event.data.split("\n"):
@@ -320,12 +323,18 @@ async def _relay_text(job_id: str, calls: dict[int, dict[str, Any]]) -> AsyncIte
                         merge_deltas(calls, delta.get("tool_calls") or [])
                         text = delta.get("content")
                         if text:  # as stored: PostgreSQL's text holds no NUL
-                            yield storable(text)
+                            texts.append(storable(text))
             elif event.type == "error":
+                if texts:
+                    yield "".join(texts)
                 info = event.json()
                 raise RelayedError(int(info["status"]), info["error"])
             elif event.type in ("end", "result"):
+                if texts:
+                    yield "".join(texts)
                 return
+        if texts:
+            yield "".join(texts)
 
 
 @router.post(

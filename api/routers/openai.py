@@ -217,6 +217,7 @@ class _Waiter:
         self.job_id = job_id
         self.request = request
         self.after = "0"
+        self.left: list[relay.RelayEvent] = []
         self.started = False
         self.deadline = time.monotonic() + get_settings().inference_wait_seconds
         # The server does not tell a streaming response that its client left: listen for it.
@@ -234,6 +235,9 @@ class _Waiter:
         self._listener.cancel()
 
     async def next_events(self) -> list[relay.RelayEvent]:
+        if self.left:  # what came after the first answer in its read
+            left, self.left = self.left, []
+            return left
         while True:
             events = await relay.read(async_client(), self.job_id, self.after, block_ms=250)
             if self.gone.is_set():
@@ -250,14 +254,17 @@ class _Waiter:
                 )
 
     async def first_answer(self) -> relay.RelayEvent:
-        """Wait for the first event that is not ``started`` (an error raises)."""
+        """Wait for the first event that is not ``started`` (an error raises); the events read
+        with it are the next ``next_events``."""
         while True:
-            for event in await self.next_events():
+            events = await self.next_events()
+            for index, event in enumerate(events):
                 if event.type == "started":
                     continue
                 if event.type == "error":
                     info = event.json()
                     raise RelayedError(int(info["status"]), info["error"])
+                self.left = events[index + 1 :]
                 return event
 
 
