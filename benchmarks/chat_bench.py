@@ -179,7 +179,9 @@ def _started(
         device=args.device,
         max_batch_size=batch_size,
         batch_wait_ms=settings.inference_batch_wait_ms,
-        cpu_threads=settings.inference_cpu_threads,  # the workers' setting: the same threads
+        # The anchor alone on the machine: a thread per core (its fastest here; the workers
+        # leave a core to the platform, CONVEYOR_INFERENCE_CPU_THREADS).
+        cpu_threads=os.cpu_count() or 1,
     )
     stack = Stack(dict(os.environ), concurrency=batch_size, log_dir=work / "logs")
     try:

@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     embedded_redis_port: int = 6390
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # WebSocket permessage-deflate (uvicorn's ``--ws-per-message-deflate``). Off: each socket's
+    # zlib state costs memory held for the socket's life and CPU on every frame, and a
+    # stream's frames (a token or a few, JSON) hardly shrink.
+    api_ws_per_message_deflate: bool = False
     api_url: str = "http://127.0.0.1:8000"
     api_key: SecretStr | None = None
     flower_port: int = 5555

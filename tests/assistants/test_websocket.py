@@ -51,6 +51,10 @@ def test_conversation_two_in_flight_and_ping(
 
     async def scenario() -> None:
         async with connect(ws_url(stack, instance["id"], tenant.key)) as ws:
+            # The client offers permessage-deflate; the API declines it by default
+            # (CONVEYOR_API_WS_PER_MESSAGE_DEFLATE): no zlib state held per socket.
+            assert ws.response is not None
+            assert "Sec-WebSocket-Extensions" not in ws.response.headers
             await ws.send(json.dumps({"type": "ping"}))
             assert json.loads(await ws.recv())["type"] == "pong"
             await ws.send(json.dumps({"type": "message", "id": "a", "content": "Hello"}))

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pytest
+
 from config import Settings
 from crawler.config import CrawlConfig
 from deployments.runtime import local_config
@@ -48,3 +50,19 @@ def test_the_local_backend_config_is_the_deploy_settings() -> None:
     narrowed = local_config(_defaults())
     built = dataclasses.replace(narrowed, runtime_dir=Path("x"), base_env={})
     assert built == type(narrowed)(runtime_dir=Path("x"))
+
+
+def test_the_api_command_carries_the_websocket_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cli.main import api_command
+    from config import get_settings
+
+    command = api_command()
+    assert command[command.index("--ws-per-message-deflate") + 1] == "false"
+    monkeypatch.setenv("CONVEYOR_API_WS_PER_MESSAGE_DEFLATE", "true")
+    get_settings.cache_clear()
+    try:
+        command = api_command()
+        assert command[command.index("--ws-per-message-deflate") + 1] == "true"
+    finally:
+        monkeypatch.delenv("CONVEYOR_API_WS_PER_MESSAGE_DEFLATE")
+        get_settings.cache_clear()
