@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -170,6 +172,21 @@ class PrivateRedis:
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url, socket_connect_timeout=1, socket_timeout=5)
+
+
+@contextlib.contextmanager
+def private_redis(prefix: str) -> Iterator[PrivateRedis]:
+    """A started :class:`PrivateRedis` in a scratch directory, stopped and removed after."""
+    from workers.embedded import redis_server_binary
+
+    root = scratch_dir(prefix)
+    server = PrivateRedis(root, redis_server_binary())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def conveyor(*args: str) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import sys
 import time
@@ -18,7 +17,7 @@ import psutil
 import pytest
 
 from resources.backends.base import free_port
-from tests.faults.harness import REPO, PrivateRedis, base_env, conveyor, scratch_dir
+from tests.faults.harness import REPO, PrivateRedis, base_env, conveyor, private_redis
 from tests.helpers import ServiceProcess
 from workers.supervisor import Child, Supervisor
 
@@ -72,14 +71,8 @@ def test_the_delay_doubles_up_to_the_cap() -> None:
 
 @pytest.fixture
 def external_redis() -> Iterator[PrivateRedis]:
-    from workers.embedded import redis_server_binary
-
-    root = scratch_dir("cvy_up_redis_")
-    server = PrivateRedis(root, redis_server_binary())
-    server.start()
-    yield server
-    server.stop()
-    shutil.rmtree(root, ignore_errors=True)
+    with private_redis("cvy_up_redis_") as server:
+        yield server
 
 
 def _child_running(up: ServiceProcess, word: str) -> psutil.Process | None:

@@ -5,7 +5,6 @@ followed stream (``RelayReader``), one subscription watching every running job f
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,7 +14,8 @@ import redis as sync_redis
 from redis.asyncio import Redis
 
 from inference import relay
-from tests.faults.harness import PrivateRedis, scratch_dir
+from tests.faults import harness
+from tests.faults.harness import PrivateRedis
 
 
 def _calls(url: str, command: str) -> int:
@@ -95,14 +95,8 @@ def test_a_new_follower_wakes_the_blocked_xread(services: dict[str, object]) -> 
 
 @pytest.fixture
 def private_redis() -> Iterator[PrivateRedis]:
-    from workers.embedded import redis_server_binary
-
-    root = scratch_dir("cvy_relay_redis_")
-    server = PrivateRedis(root, redis_server_binary())
-    server.start()
-    yield server
-    server.stop()
-    shutil.rmtree(root, ignore_errors=True)
+    with harness.private_redis("cvy_relay_redis_") as server:
+        yield server
 
 
 def test_the_reader_raises_a_lost_redis_then_resumes(private_redis: PrivateRedis) -> None:
