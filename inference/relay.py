@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 import uuid
 import weakref
@@ -25,6 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from redis.asyncio import Redis
+
+logger = logging.getLogger(__name__)
 
 EventType = Literal["started", "chunk", "result", "error", "end"]
 EVENT_TTL_SECONDS = 3600
@@ -174,6 +177,8 @@ class RelayReader:
             followed = self.followed[job_id] = _Followed(events_key(job_id), after)
             self._by_key[followed.key] = job_id
             await self._wake()
+        elif self._task is None or self._task.done():  # ended (or died): read again
+            self._task = asyncio.ensure_future(self._run())
         loop = asyncio.get_running_loop()
         deadline = loop.time() + block_ms / 1000
         while True:
@@ -242,11 +247,14 @@ class RelayReader:
         if followed is None or not entries:
             return
         for entry_id, fields in entries:
+            followed.position = _text(entry_id)  # past it, even when it cannot be read
+            if b"t" not in fields:
+                logger.warning("relay: entry %s of %s has no type; skipped", entry_id, key)
+                continue
             kind = _text(fields[b"t"])
             data = _text(fields.get(b"d", b""))
-            followed.events.append(RelayEvent(id=_text(entry_id), type=kind, data=data))  # type: ignore[arg-type]
+            followed.events.append(RelayEvent(id=followed.position, type=kind, data=data))  # type: ignore[arg-type]
             followed.ended = followed.ended or kind in _FINAL
-        followed.position = followed.events[-1].id
         followed.changed.set()
 
 

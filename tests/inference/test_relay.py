@@ -216,3 +216,25 @@ def test_the_first_answer_keeps_what_was_read_with_it(services: dict[str, object
         return [first.data, *(e.type + e.data for e in rest)]
 
     assert asyncio.run(scenario()) == ["a", "chunkb", "end"]
+
+
+def test_an_entry_not_written_by_publish_is_skipped(services: dict[str, object]) -> None:
+    """A stray entry in a job's stream (no type) neither stops the process's reader nor
+    reaches the job's reader; what follows it does."""
+    url = str(services["broker_url"])
+    (job,) = _jobs(1)
+
+    async def scenario() -> list[str]:
+        client = Redis.from_url(url)
+        writer = Redis.from_url(url)
+        reading = asyncio.ensure_future(_read_all(client, job))
+        await asyncio.sleep(0.1)
+        await writer.xadd(relay.events_key(job), {"junk": "1"})
+        await relay.publish(writer, job, "chunk", "kept")
+        await relay.publish(writer, job, "end")
+        events = await reading
+        await client.aclose()
+        await writer.aclose()
+        return [e.type + e.data for e in events]
+
+    assert asyncio.run(scenario()) == ["chunkkept", "end"]
