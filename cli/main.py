@@ -118,14 +118,8 @@ def api_command() -> list[str]:
         "--port",
         str(settings.api_port),
         "--no-access-log",
-        *uvicorn_ws_options(settings),
+        *settings.uvicorn_ws_options(),
     ]
-
-
-def uvicorn_ws_options(settings: Settings) -> list[str]:
-    """uvicorn's WebSocket flags from the settings (every way of starting the API uses them)."""
-    deflate = "true" if settings.api_ws_per_message_deflate else "false"
-    return ["--ws-per-message-deflate", deflate]
 
 
 def embedded_s3_command() -> list[str] | None:

@@ -350,6 +350,11 @@ class Settings(BaseSettings):
     def resolved_redis_url(self) -> str:
         return self.redis_url or self.resolved_broker_url()
 
+    def uvicorn_ws_options(self) -> list[str]:
+        """uvicorn's WebSocket flags (every way of starting the API passes them)."""
+        deflate = "true" if self.api_ws_per_message_deflate else "false"
+        return ["--ws-per-message-deflate", deflate]
+
     def resolved_resources_pg_admin_dsn(self) -> str:
         """The shared PostgreSQL tier's admin DSN: the setting, else the platform's own server
         (its configured database and credentials, as a libpq URL). Empty when neither is set

@@ -106,7 +106,6 @@ class Stack:
         import sys
         import tempfile
 
-        from cli.main import uvicorn_ws_options
         from config import get_settings
 
         self.port = free_port()
@@ -126,7 +125,7 @@ class Stack:
         api_cmd = [
             sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory",
             "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
-            *uvicorn_ws_options(get_settings()),
+            *get_settings().uvicorn_ws_options(),
         ]  # fmt: skip
         self.worker = subprocess.Popen(
             worker_cmd, env=env, stdout=self.worker_log.open("wb"), stderr=subprocess.STDOUT,
