@@ -21,13 +21,14 @@ import logging
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from redis.asyncio import Redis
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 EventType = Literal["started", "chunk", "result", "error", "end"]
 EVENT_TTL_SECONDS = 3600
@@ -59,10 +60,7 @@ async def publish(redis: Redis, job_id: str, type_: EventType, data: str = "") -
     Every job a worker process relays at once writes through one :class:`RelayWriter` per Redis
     client: events published while a write is in flight go together in the next pipeline (one
     round trip and one connection checkout for all of them, not one per event and job)."""
-    writer = _WRITERS.get(redis)
-    if writer is None:
-        writer = _WRITERS[redis] = RelayWriter(redis)
-    await writer.publish(job_id, type_, data)
+    await _of(_WRITERS, RelayWriter, redis).publish(job_id, type_, data)
 
 
 class RelayWriter:
@@ -114,10 +112,7 @@ async def read(
     Every job an event loop follows is read by one :class:`RelayReader` per Redis client: one
     blocking ``XREAD`` of all their streams at once, not one per job (a reply's tokens for a
     hundred sockets cost one round trip, not a hundred, and no connection is held per job)."""
-    reader = _READERS.get(redis)
-    if reader is None:
-        reader = _READERS[redis] = RelayReader(redis)
-    return await reader.read(job_id, after, block_ms)
+    return await _of(_READERS, RelayReader, redis).read(job_id, after, block_ms)
 
 
 #: The reader's ``XREAD`` blocks at most this long (a new follower wakes it at once).
@@ -176,9 +171,10 @@ class RelayReader:
         if followed is None:
             followed = self.followed[job_id] = _Followed(events_key(job_id), after)
             self._by_key[followed.key] = job_id
-            await self._wake()
-        elif self._task is None or self._task.done():  # ended (or died): read again
-            self._task = asyncio.ensure_future(self._run())
+            if self._running():
+                await self._wake()
+        else:
+            self._running()  # a task that ended (or died) reads again
         loop = asyncio.get_running_loop()
         deadline = loop.time() + block_ms / 1000
         while True:
@@ -194,10 +190,16 @@ class RelayReader:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(followed.changed.wait(), remaining)
 
+    def _running(self) -> bool:
+        """True when the reading task was already running; else start it (it reads every
+        followed stream from the start: nothing to wake)."""
+        if self._task is not None and not self._task.done():
+            return True
+        self._task = asyncio.ensure_future(self._run())
+        return False
+
     async def _wake(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.ensure_future(self._run())
-            return
+        """Make the running task's XREAD take in a new stream."""
         self._kick.set()
         if self._woken:  # a wake-up not yet seen by the XREAD: it reads this stream too
             return
@@ -283,9 +285,7 @@ async def cancel_watch(redis: Redis, job_id: str) -> AsyncIterator[asyncio.Event
     """An event set when the API asks to cancel ``job_id`` (a flag set before the watch began
     included). Every job an event loop runs is watched by one subscription to
     :data:`CANCEL_CHANNEL` (:class:`CancelWatcher`), not a blocking read per job."""
-    watcher = _WATCHERS.get(redis)
-    if watcher is None:
-        watcher = _WATCHERS[redis] = CancelWatcher(redis)
+    watcher = _of(_WATCHERS, CancelWatcher, redis)
     cancelled = watcher.add(job_id)
     try:
         if await cancel_requested(redis, job_id):  # asked before the watch began
@@ -357,6 +357,16 @@ class CancelWatcher:
 
 
 _WATCHERS: weakref.WeakKeyDictionary[Redis, CancelWatcher] = weakref.WeakKeyDictionary()
+
+
+def _of(
+    registry: weakref.WeakKeyDictionary[Redis, _T], make: Callable[[Redis], _T], redis: Redis
+) -> _T:
+    """The registry's object for this Redis client (one per client, so one per event loop)."""
+    found = registry.get(redis)
+    if found is None:
+        found = registry[redis] = make(redis)
+    return found
 
 
 async def announce_models(redis: Redis, models: Sequence[tuple[str, str]], worker: str) -> None:

@@ -315,6 +315,7 @@ async def _relay_text(job_id: str, calls: dict[int, dict[str, Any]]) -> AsyncIte
         # The text of everything read at once goes out as one piece: a reader that fell behind
         # (a busy socket, a loaded API) gets fewer, larger deltas instead of a frame per token.
         texts: list[str] = []
+        final: relay.RelayEvent | None = None
         for event in events:
             if event.type == "chunk":
                 for line in event.data.split("\n"):
@@ -324,17 +325,16 @@ async def _relay_text(job_id: str, calls: dict[int, dict[str, Any]]) -> AsyncIte
                         text = delta.get("content")
                         if text:  # as stored: PostgreSQL's text holds no NUL
                             texts.append(storable(text))
-            elif event.type == "error":
-                if texts:
-                    yield "".join(texts)
-                info = event.json()
-                raise RelayedError(int(info["status"]), info["error"])
-            elif event.type in ("end", "result"):
-                if texts:
-                    yield "".join(texts)
-                return
+            elif event.type in ("error", "end", "result"):
+                final = event
+                break
         if texts:
             yield "".join(texts)
+        if final is not None:
+            if final.type == "error":
+                info = final.json()
+                raise RelayedError(int(info["status"]), info["error"])
+            return
 
 
 @router.post(
