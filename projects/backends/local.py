@@ -784,7 +784,13 @@ class LocalProjectsBackend(Backend):
             if r.pid is not None and self._alive(r):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(r.pid, signal.SIGKILL)
+                killed = time.monotonic() + 2.0
+                while self._alive(r) and time.monotonic() < killed:
+                    time.sleep(0.01)
             r.status = "stopped"
+        for pid in pids:  # a replica this process started, by another backend object: reap it
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
 
     def _terminate(self, pid: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
